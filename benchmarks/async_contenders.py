@@ -1,0 +1,290 @@
+"""asyncio contenders: pools and dedicated-connection baselines behind one interface.
+
+Each contender gives every task an ``(acquire, release)`` pair of coroutine functions
+and a ``query`` coroutine function for its driver. Pools and the baseline of the same
+driver share the same ``query``, so the ratio between them measures only the pool.
+"""
+
+from __future__ import annotations
+
+import inspect
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
+from typing import Any, ClassVar
+
+from benchmarks.contenders import SQL, ContenderUnavailable, load_poolkeeper, make_poolkeeper_pool
+
+AsyncGetter = Callable[[], Awaitable[Any]]
+AsyncPutter = Callable[[Any], Awaitable[None]]
+Query = Callable[[Any], Awaitable[None]]
+
+
+async def query_psycopg(conn: Any) -> None:
+    """Cursor round trip on a psycopg ``AsyncConnection`` (the sync workload's twin)."""
+    cur = conn.cursor()
+    await cur.execute(SQL)
+    await cur.fetchone()
+    await cur.close()
+
+
+async def query_asyncpg(conn: Any) -> None:
+    """asyncpg has no client cursor outside a transaction; ``fetchval`` is its round trip."""
+    await conn.fetchval(SQL)
+
+
+def _require(module: str) -> None:
+    try:
+        __import__(module)
+    except Exception as exc:
+        raise ContenderUnavailable(f"import {module} failed: {exc!r}") from exc
+
+
+def _awaitable_putter(put: Callable[[Any], Any]) -> AsyncPutter:
+    """Wrap a return method that may or may not be a coroutine function."""
+    if inspect.iscoroutinefunction(put):
+        return put  # type: ignore[no-any-return]
+
+    async def wrapped(conn: Any) -> None:
+        result = put(conn)
+        if inspect.isawaitable(result):
+            await result
+
+    return wrapped
+
+
+class AsyncContender(ABC):
+    """One asyncio pool (or baseline); opened once per round inside the round's event loop."""
+
+    name: ClassVar[str]
+    reference: ClassVar[str]
+    dedicated: ClassVar[bool] = False
+    query: ClassVar[Query]
+    exhausted: tuple[type[BaseException], ...] = ()
+
+    def __init__(self, dsn: str, size: int) -> None:
+        self.dsn = dsn
+        self.size = size
+
+    @classmethod
+    def check_available(cls) -> None:
+        """Raise ContenderUnavailable if the library is missing."""
+
+    @abstractmethod
+    async def open(self) -> None:
+        """Create the pool and wait until ``size`` connections are open."""
+
+    @abstractmethod
+    def bind(self, worker: int) -> tuple[AsyncGetter, AsyncPutter]:
+        """The acquire and release coroutine functions for task number ``worker``."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Close every connection."""
+
+
+class _PoolkeeperAsync(AsyncContender):
+    driver: ClassVar[str]
+
+    @classmethod
+    def check_available(cls) -> None:
+        """Raise unless ``poolkeeper.AsyncPool`` can be imported."""
+        load_poolkeeper("AsyncPool")
+
+    async def open(self) -> None:
+        """Create the pool without opening it in the constructor, then open and wait."""
+        cls = load_poolkeeper("AsyncPool")
+        self.exhausted = (load_poolkeeper("PoolTimeout"),)
+        extra: dict[str, Any] = {"driver": self.driver} if self.driver != "psycopg" else {}
+        try:
+            pool = make_poolkeeper_pool(cls, self.dsn, self.size, open=False, **extra)
+        except ContenderUnavailable:
+            pool = make_poolkeeper_pool(cls, self.dsn, self.size, **extra)
+        except Exception as exc:  # e.g. ConfigurationError for a driver not supported yet
+            raise ContenderUnavailable(f"AsyncPool(driver={self.driver!r}): {exc!r}") from exc
+        self.pool = pool
+        opener = getattr(pool, "open", None)
+        if opener is not None:
+            result = opener()
+            if inspect.isawaitable(result):
+                await result
+        result = pool.wait()
+        if inspect.isawaitable(result):
+            await result
+
+    def bind(self, worker: int) -> tuple[AsyncGetter, AsyncPutter]:
+        """The pool's own methods (return wrapped only if it is not a coroutine function)."""
+        return self.pool.getconn, _awaitable_putter(self.pool.putconn)
+
+    async def close(self) -> None:
+        """Close the pool."""
+        result = self.pool.close()
+        if inspect.isawaitable(result):
+            await result
+
+
+class PoolkeeperAsyncPool(_PoolkeeperAsync):
+    """``poolkeeper.AsyncPool`` on psycopg 3, default settings."""
+
+    name = "poolkeeper_async"
+    reference = "dedicated_async_psycopg"
+    driver = "psycopg"
+    query = staticmethod(query_psycopg)
+
+
+class PoolkeeperAsyncpgPool(_PoolkeeperAsync):
+    """``poolkeeper.AsyncPool(driver="asyncpg")``, default settings."""
+
+    name = "poolkeeper_asyncpg"
+    reference = "dedicated_asyncpg"
+    driver = "asyncpg"
+    query = staticmethod(query_asyncpg)
+
+    @classmethod
+    def check_available(cls) -> None:
+        """Raise unless both poolkeeper.AsyncPool and asyncpg import."""
+        super().check_available()
+        _require("asyncpg")
+
+
+class PsycopgAsyncPool(AsyncContender):
+    """``psycopg_pool.AsyncConnectionPool``, min_size = max_size."""
+
+    name = "psycopg_pool_async"
+    reference = "dedicated_async_psycopg"
+    query = staticmethod(query_psycopg)
+
+    @classmethod
+    def check_available(cls) -> None:
+        """Raise unless psycopg_pool imports."""
+        _require("psycopg_pool")
+
+    async def open(self) -> None:
+        """Open explicitly: opening an async pool in its constructor is deprecated."""
+        from psycopg import AsyncConnection
+        from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+        self.exhausted = (PoolTimeout,)
+        self.pool: AsyncConnectionPool[AsyncConnection[Any]] = AsyncConnectionPool(
+            self.dsn,
+            min_size=self.size,
+            max_size=self.size,
+            kwargs={"autocommit": True},
+            open=False,
+            timeout=30.0,
+        )
+        await self.pool.open(wait=True)
+
+    def bind(self, worker: int) -> tuple[AsyncGetter, AsyncPutter]:
+        """The pool's own coroutine methods."""
+        return self.pool.getconn, self.pool.putconn
+
+    async def close(self) -> None:
+        """Close the pool."""
+        await self.pool.close()
+
+
+class AsyncpgPool(AsyncContender):
+    """``asyncpg.create_pool(min_size=size, max_size=size)``, its defaults otherwise."""
+
+    name = "asyncpg_pool"
+    reference = "dedicated_asyncpg"
+    query = staticmethod(query_asyncpg)
+
+    @classmethod
+    def check_available(cls) -> None:
+        """Raise unless asyncpg imports."""
+        _require("asyncpg")
+
+    async def open(self) -> None:
+        """Create the pool; asyncpg opens ``min_size`` connections before returning."""
+        import asyncpg
+
+        self.pool = await asyncpg.create_pool(
+            self.dsn, min_size=self.size, max_size=self.size, command_timeout=30.0
+        )
+        self.exhausted = (TimeoutError,)
+
+    def bind(self, worker: int) -> tuple[AsyncGetter, AsyncPutter]:
+        """``acquire`` (its result is awaitable) and ``release``, unwrapped."""
+        return self.pool.acquire, self.pool.release
+
+    async def close(self) -> None:
+        """Close the pool."""
+        await self.pool.close()
+
+
+class _AsyncDedicated(AsyncContender):
+    dedicated = True
+
+    @abstractmethod
+    async def connect(self) -> Any:
+        """Open one connection."""
+
+    async def open(self) -> None:
+        """Open one connection per task slot."""
+        self.conns = [await self.connect() for _ in range(self.size)]
+
+    def bind(self, worker: int) -> tuple[AsyncGetter, AsyncPutter]:
+        """Coroutines that hand out this task's own connection and do nothing on return."""
+        conn = self.conns[worker]
+
+        async def get() -> Any:
+            return conn
+
+        async def put(_conn: Any) -> None:
+            return None
+
+        return get, put
+
+    async def close(self) -> None:
+        """Close the connections."""
+        for conn in self.conns:
+            await conn.close()
+
+
+class DedicatedAsyncPsycopg(_AsyncDedicated):
+    """Baseline: one ``psycopg.AsyncConnection`` per task."""
+
+    name = "dedicated_async_psycopg"
+    reference = "dedicated_async_psycopg"
+    query = staticmethod(query_psycopg)
+
+    @classmethod
+    def check_available(cls) -> None:
+        """Raise unless psycopg imports."""
+        _require("psycopg")
+
+    async def connect(self) -> Any:
+        """Open one autocommit connection."""
+        from psycopg import AsyncConnection
+
+        return await AsyncConnection.connect(self.dsn, autocommit=True)
+
+
+class DedicatedAsyncpg(_AsyncDedicated):
+    """Baseline: one asyncpg connection per task."""
+
+    name = "dedicated_asyncpg"
+    reference = "dedicated_asyncpg"
+    query = staticmethod(query_asyncpg)
+
+    @classmethod
+    def check_available(cls) -> None:
+        """Raise unless asyncpg imports."""
+        _require("asyncpg")
+
+    async def connect(self) -> Any:
+        """Open one connection."""
+        import asyncpg
+
+        return await asyncpg.connect(self.dsn)
+
+
+ASYNC_CONTENDERS: tuple[type[AsyncContender], ...] = (
+    PoolkeeperAsyncPool,
+    PoolkeeperAsyncpgPool,
+    PsycopgAsyncPool,
+    AsyncpgPool,
+    DedicatedAsyncPsycopg,
+    DedicatedAsyncpg,
+)

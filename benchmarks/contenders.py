@@ -1,0 +1,349 @@
+"""Synchronous contenders: pools and dedicated-connection baselines behind one interface.
+
+Every contender hands each worker thread a ``(get, put)`` pair. The runner times
+``get()``, runs the same DB-API cursor round trip on whatever it returned and calls
+``put()``. Pools bind their own methods directly, so the measured cost is the
+library's, not a wrapper's.
+
+All connections run in autocommit: otherwise each ``SELECT 1`` would open a
+transaction that pools roll back on return (an extra round trip) while a dedicated
+connection would sit "idle in transaction" forever, and the comparison would be
+about transaction handling, not pooling.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+SQL = "SELECT 1"
+
+
+#: a worker's checkout: returns a DB-API connection (drivers differ, hence Any)
+Getter = Callable[[], Any]
+#: a worker's return of the connection it got from the paired Getter
+Putter = Callable[[Any], None]
+
+
+class ContenderUnavailable(Exception):
+    """The contender cannot run here (library missing, feature not implemented yet)."""
+
+
+def load_poolkeeper(attr: str) -> Any:
+    """Return ``poolkeeper.<attr>``, or raise ContenderUnavailable.
+
+    Looked up dynamically because the pool core is being written alongside this
+    harness: a missing or half-finished module must skip the contender, not break
+    ``mypy`` or the other contenders.
+    """
+    try:
+        module = importlib.import_module("poolkeeper")
+    except Exception as exc:  # any import-time failure means "not ready"
+        raise ContenderUnavailable(f"import poolkeeper failed: {exc!r}") from exc
+    try:
+        return getattr(module, attr)
+    except AttributeError as exc:
+        raise ContenderUnavailable(f"poolkeeper.{attr} does not exist yet") from exc
+
+
+def make_poolkeeper_pool(cls: Any, dsn: str, size: int, **extra: Any) -> Any:
+    """Build a poolkeeper pool with default settings except size and autocommit.
+
+    ``connect_kwargs`` is in the API contract; if this build does not take it yet we
+    fall back to ``configure`` so that the workload stays identical to the peers'.
+    """
+    base: dict[str, Any] = {"min_size": size, "max_size": size, "timeout": 30.0, **extra}
+    driver = extra.get("driver", "psycopg")
+    if driver == "asyncpg":
+        attempts: list[dict[str, Any]] = [base]
+    else:
+        attempts = [
+            {**base, "connect_kwargs": {"autocommit": True}},
+            {**base, "configure": _set_autocommit},
+        ]
+    last: Exception | None = None
+    for kwargs in attempts:
+        try:
+            return cls(dsn, **kwargs)
+        except TypeError as exc:
+            last = exc
+    raise ContenderUnavailable(f"cannot construct {cls.__name__}: {last!r}")
+
+
+def _set_autocommit(conn: Any) -> None:
+    conn.autocommit = True
+
+
+class SyncContender(ABC):
+    """One pool (or baseline) under test; opened once per round, shared by all thread counts."""
+
+    name: ClassVar[str]
+    #: the dedicated baseline with the same driver, for the "vs dedicated" ratio
+    reference: ClassVar[str]
+    #: a dedicated baseline owns one connection per worker; it only runs up to pool size
+    dedicated: ClassVar[bool] = False
+    #: exceptions from ``get()`` that mean "pool exhausted": counted, not fatal
+    exhausted: tuple[type[BaseException], ...] = ()
+
+    def __init__(self, dsn: str, size: int) -> None:
+        self.dsn = dsn
+        self.size = size
+
+    @classmethod
+    def check_available(cls) -> None:
+        """Raise ContenderUnavailable if the library is missing (cheap: imports only)."""
+
+    @abstractmethod
+    def open(self) -> None:
+        """Create the pool and wait until ``size`` connections are open."""
+
+    @abstractmethod
+    def bind(self, worker: int) -> tuple[Getter, Putter]:
+        """The checkout and return callables for worker number ``worker``."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Close every connection."""
+
+
+def _require(module: str) -> None:
+    try:
+        importlib.import_module(module)
+    except Exception as exc:
+        raise ContenderUnavailable(f"import {module} failed: {exc!r}") from exc
+
+
+class PoolkeeperPool(SyncContender):
+    """``poolkeeper.Pool`` with default settings."""
+
+    name = "poolkeeper"
+    reference = "dedicated_psycopg"
+
+    @classmethod
+    def check_available(cls) -> None:
+        """Raise unless ``poolkeeper.Pool`` can be imported."""
+        load_poolkeeper("Pool")
+
+    def open(self) -> None:
+        """Create the pool and wait for ``min_size`` connections."""
+        self.exhausted = (load_poolkeeper("PoolTimeout"),)
+        self.pool = make_poolkeeper_pool(load_poolkeeper("Pool"), self.dsn, self.size)
+        self.pool.wait()
+
+    def bind(self, worker: int) -> tuple[Getter, Putter]:
+        """The pool's own bound methods."""
+        return self.pool.getconn, self.pool.putconn
+
+    def close(self) -> None:
+        """Close the pool."""
+        self.pool.close()
+
+
+class PsycopgPool(SyncContender):
+    """``psycopg_pool.ConnectionPool``, min_size = max_size, default settings otherwise."""
+
+    name = "psycopg_pool"
+    reference = "dedicated_psycopg"
+
+    @classmethod
+    def check_available(cls) -> None:
+        """Raise unless psycopg_pool imports."""
+        _require("psycopg_pool")
+
+    def open(self) -> None:
+        """Create the pool (open=True) and wait for all connections."""
+        from psycopg_pool import ConnectionPool, PoolTimeout
+
+        self.exhausted = (PoolTimeout,)
+        self.pool: ConnectionPool[Any] = ConnectionPool(
+            self.dsn,
+            min_size=self.size,
+            max_size=self.size,
+            kwargs={"autocommit": True},
+            open=True,
+            timeout=30.0,
+        )
+        self.pool.wait()
+
+    def bind(self, worker: int) -> tuple[Getter, Putter]:
+        """The pool's own bound methods."""
+        return self.pool.getconn, self.pool.putconn
+
+    def close(self) -> None:
+        """Close the pool."""
+        self.pool.close()
+
+
+class Psycopg2Pool(SyncContender):
+    """``psycopg2.pool.ThreadedConnectionPool(size, size)``; it raises PoolError when empty."""
+
+    name = "psycopg2_pool"
+    reference = "dedicated_psycopg2"
+
+    @classmethod
+    def check_available(cls) -> None:
+        """Raise unless psycopg2 imports."""
+        _require("psycopg2.pool")
+
+    def open(self) -> None:
+        """Create the pool; switch every connection to autocommit before it is lent."""
+        from psycopg2.pool import PoolError, ThreadedConnectionPool
+
+        self.exhausted = (PoolError,)
+        self.pool = ThreadedConnectionPool(self.size, self.size, self.dsn)
+        # The pool has no connection hook; borrow all once to set autocommit.
+        conns = [self.pool.getconn() for _ in range(self.size)]
+        for conn in conns:
+            conn.autocommit = True
+        for conn in conns:
+            self.pool.putconn(conn)
+
+    def bind(self, worker: int) -> tuple[Getter, Putter]:
+        """The pool's own bound methods."""
+        return self.pool.getconn, self.pool.putconn
+
+    def close(self) -> None:
+        """Close every connection."""
+        self.pool.closeall()
+
+
+class SQLAlchemyQueuePool(SyncContender):
+    """SQLAlchemy ``QueuePool(creator, pool_size=size, max_overflow=0)`` over psycopg 3.
+
+    Used directly rather than through an Engine so that each iteration is exactly one
+    checkout + cursor + return, the same as for the other pools. Its default
+    reset-on-return calls ``rollback()``, which psycopg skips for an idle autocommit
+    connection, so it costs no round trip.
+    """
+
+    name = "sqlalchemy"
+    reference = "dedicated_psycopg"
+
+    @classmethod
+    def check_available(cls) -> None:
+        """Raise unless SQLAlchemy 2 and psycopg import."""
+        _require("sqlalchemy.pool")
+        _require("psycopg")
+
+    def open(self) -> None:
+        """Create the pool and fill it by borrowing every connection once."""
+        import psycopg
+        from sqlalchemy.exc import TimeoutError as SATimeout
+        from sqlalchemy.pool import QueuePool
+
+        dsn = self.dsn
+
+        def creator() -> Any:
+            return psycopg.connect(dsn, autocommit=True)
+
+        self.exhausted = (SATimeout,)
+        self.pool = QueuePool(creator, pool_size=self.size, max_overflow=0, timeout=30.0)
+        conns = [self.pool.connect() for _ in range(self.size)]
+        # The proxy's class: its unbound close() is the cheapest way to return a connection.
+        self._close: Callable[[Any], None] = type(conns[0]).close
+        for conn in conns:
+            conn.close()
+
+    def bind(self, worker: int) -> tuple[Getter, Putter]:
+        """``pool.connect`` and the proxy's ``close``."""
+        return self.pool.connect, self._close
+
+    def close(self) -> None:
+        """Dispose of the pool."""
+        self.pool.dispose()
+
+
+class _Dedicated(SyncContender):
+    """Each worker owns one connection; checkout is a function call returning it."""
+
+    dedicated = True
+
+    @abstractmethod
+    def connect(self) -> Any:
+        """Open one autocommit connection."""
+
+    def open(self) -> None:
+        """Open one connection per worker slot."""
+        self.conns = [self.connect() for _ in range(self.size)]
+
+    def bind(self, worker: int) -> tuple[Getter, Putter]:
+        """Closures that hand out this worker's own connection and do nothing on return."""
+        conn = self.conns[worker]
+
+        def get() -> Any:
+            return conn
+
+        def put(_conn: Any) -> None:
+            return None
+
+        return get, put
+
+    def close(self) -> None:
+        """Close the connections."""
+        for conn in self.conns:
+            conn.close()
+
+
+class DedicatedPsycopg(_Dedicated):
+    """Baseline for psycopg 3 pools: one ``psycopg.Connection`` per thread."""
+
+    name = "dedicated_psycopg"
+    reference = "dedicated_psycopg"
+
+    @classmethod
+    def check_available(cls) -> None:
+        """Raise unless psycopg imports."""
+        _require("psycopg")
+
+    def connect(self) -> Any:
+        """Open one autocommit connection."""
+        import psycopg
+
+        return psycopg.connect(self.dsn, autocommit=True)
+
+
+class DedicatedPsycopg2(_Dedicated):
+    """Baseline for psycopg2's pool: one psycopg2 connection per thread."""
+
+    name = "dedicated_psycopg2"
+    reference = "dedicated_psycopg2"
+
+    @classmethod
+    def check_available(cls) -> None:
+        """Raise unless psycopg2 imports."""
+        _require("psycopg2")
+
+    def connect(self) -> Any:
+        """Open one autocommit connection."""
+        import psycopg2
+
+        conn = psycopg2.connect(self.dsn)
+        conn.autocommit = True
+        return conn
+
+
+#: in the order they are listed in reports
+SYNC_CONTENDERS: tuple[type[SyncContender], ...] = (
+    PoolkeeperPool,
+    PsycopgPool,
+    Psycopg2Pool,
+    SQLAlchemyQueuePool,
+    DedicatedPsycopg,
+    DedicatedPsycopg2,
+)
+
+#: the pools whose bare checkout + return the microbenchmark times
+MICRO_CONTENDERS: tuple[type[SyncContender], ...] = (
+    PoolkeeperPool,
+    PsycopgPool,
+    Psycopg2Pool,
+    SQLAlchemyQueuePool,
+)
+
+
+def note(message: str) -> None:
+    """Progress and skip notes go to stderr so stdout holds only the report."""
+    print(message, file=sys.stderr, flush=True)

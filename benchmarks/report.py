@@ -1,0 +1,332 @@
+"""Summaries over rounds, the printed tables, and issue 5's targets as MET / MISSED."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from benchmarks.async_contenders import ASYNC_CONTENDERS
+from benchmarks.contenders import SYNC_CONTENDERS
+from benchmarks.micro import NOOP
+from benchmarks.memory import BARE
+from benchmarks.stats import (
+    CellResult,
+    MemoryResult,
+    MicroResult,
+    Spread,
+    Summary,
+    safe_ratio,
+)
+
+_CLASSES = (*SYNC_CONTENDERS, *ASYNC_CONTENDERS)
+ORDER: dict[str, int] = {cls.name: i for i, cls in enumerate(_CLASSES)}
+REFERENCE: dict[str, str] = {cls.name: cls.reference for cls in _CLASSES}
+DEDICATED: frozenset[str] = frozenset(cls.name for cls in _CLASSES if cls.dedicated)
+#: poolkeeper contender -> the established pool it must beat in the same run
+PEER: dict[str, str] = {
+    "poolkeeper": "psycopg_pool",
+    "poolkeeper_async": "psycopg_pool_async",
+    "poolkeeper_asyncpg": "asyncpg_pool",
+}
+
+Key = tuple[str, str, int]
+
+
+def _index(cells: Iterable[CellResult]) -> dict[Key, dict[int, CellResult]]:
+    index: dict[Key, dict[int, CellResult]] = defaultdict(dict)
+    for cell in cells:
+        index[(cell.contender, cell.mode, cell.workers)][cell.round] = cell
+    return index
+
+
+def _paired(
+    rounds: dict[int, CellResult], other: dict[int, CellResult] | None
+) -> Spread | None:
+    """Median of per-round ratios: pairing within a round cancels slow drift of the host."""
+    if not other:
+        return None
+    return Spread.of(
+        [safe_ratio(c.ops_per_s, other[r].ops_per_s) for r, c in rounds.items() if r in other]
+    )
+
+
+def summarize(cells: Sequence[CellResult], pool_size: int) -> list[Summary]:
+    """One Summary per (contender, mode, workers), in report order."""
+    index = _index(cells)
+    summaries: list[Summary] = []
+    for key in sorted(index, key=lambda k: (k[1] != "sync", ORDER.get(k[0], 99), k[2])):
+        name, mode, workers = key
+        rounds = index[key]
+        values = list(rounds.values())
+        reference = REFERENCE.get(name)
+        ref_rounds = index.get((reference, mode, min(workers, pool_size))) if reference else None
+        peer = PEER.get(name)
+        kinds = sorted({c.error_kind for c in values if c.error_kind})
+        summary = Summary(
+            contender=name,
+            mode=mode,
+            workers=workers,
+            reference=reference,
+            rounds=len(values),
+            ops_per_s=Spread.of([c.ops_per_s for c in values]),
+            errors=sum(c.errors for c in values),
+            error_kind="; ".join(kinds) or None,
+            vs_reference=_paired(rounds, ref_rounds) if name not in DEDICATED else None,
+            vs_psycopg_pool=_paired(rounds, index.get((peer, mode, workers))) if peer else None,
+            wait_p50_us=Spread.of([c.wait_p50_us for c in values]),
+            wait_p99_us=Spread.of([c.wait_p99_us for c in values]),
+            wait_max_us=Spread.of([c.wait_max_us for c in values]),
+            p99_over_p50=Spread.of([safe_ratio(c.wait_p99_us, c.wait_p50_us) for c in values]),
+            max_over_p50=Spread.of([safe_ratio(c.wait_max_us, c.wait_p50_us) for c in values]),
+            min_worker_share=Spread.of([c.min_worker_share for c in values]),
+        )
+        summaries.append(summary)
+    return summaries
+
+
+# -- formatting ------------------------------------------------------------------------
+
+
+def _num(value: float) -> str:
+    if math.isnan(value):
+        return "-"
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def fmt(spread: Spread | None, kind: str = "num") -> str:
+    """``median [low-high]`` as a number, percentage (``pct``) or factor (``x``)."""
+    if spread is None:
+        return "-"
+    if kind == "pct":
+        return f"{spread.median:.0%} [{spread.low:.0%}-{spread.high:.0%}]"
+    if kind == "x":
+        return f"{spread.median:.2f}x [{spread.low:.2f}-{spread.high:.2f}]"
+    if kind == "int":
+        return f"{spread.median:,.0f} [{spread.low:,.0f}-{spread.high:,.0f}]"
+    return f"{_num(spread.median)} [{_num(spread.low)}-{_num(spread.high)}]"
+
+
+def _med(spread: Spread | None) -> str:
+    return "-" if spread is None else _num(spread.median)
+
+
+def throughput_table(summaries: Sequence[Summary], mode: str, pool_size: int) -> list[str]:
+    """Rows of one mode's throughput table."""
+    unit = "thr" if mode == "sync" else "tasks"
+    lines = [
+        f"{'contender':<24}{unit:>5}  {'ops/s median [min-max]':<26}{'vs dedicated':<17}"
+        f"{'vs psycopg_pool*':<20}{'wait µs p50/p99/max':<24}{'min/med ops':<12}errors",
+    ]
+    for s in summaries:
+        if s.mode != mode:
+            continue
+        waits = f"{_med(s.wait_p50_us)} / {_med(s.wait_p99_us)} / {_med(s.wait_max_us)}"
+        share = "-" if s.min_worker_share is None else f"{s.min_worker_share.median:.2f}"
+        if s.contender in DEDICATED:
+            vs_ref = "= 100%" if s.workers <= pool_size else "-"
+        else:
+            vs_ref = fmt(s.vs_reference, "pct")
+        errors = ""
+        if s.errors or s.error_kind:
+            errors = f"raises {s.error_kind} ({s.errors:,}x)"
+        lines.append(
+            f"{s.contender:<24}{s.workers:>5}  {fmt(s.ops_per_s, 'int'):<26}{vs_ref:<17}"
+            f"{fmt(s.vs_psycopg_pool, 'x'):<20}{waits:<24}{share:<12}{errors}"
+        )
+    return lines
+
+
+def micro_spreads(micro: Sequence[MicroResult]) -> dict[str, Spread]:
+    """µs per uncontended pair, per contender."""
+    by: dict[str, list[float]] = defaultdict(list)
+    for m in micro:
+        by[m.contender].append(m.ns_per_pair / 1000.0)
+    return {name: s for name, values in by.items() if (s := Spread.of(values)) is not None}
+
+
+def memory_extra(memory: Sequence[MemoryResult], target_n: int) -> dict[str, Spread]:
+    """KiB each pool adds beyond the bare connections, paired per repetition, scaled to
+    ``target_n`` connections when fewer could be measured."""
+    by_rep: dict[int, dict[str, MemoryResult]] = defaultdict(dict)
+    for m in memory:
+        by_rep[m.repetition][m.contender] = m
+    extra: dict[str, list[float]] = defaultdict(list)
+    for rep in by_rep.values():
+        bare = rep.get(BARE)
+        if bare is None:
+            continue
+        for name, m in rep.items():
+            value = m.traced_bytes - (0 if name == BARE else bare.traced_bytes)
+            extra[name].append(value * target_n / m.connections / 1024.0)
+    return {name: s for name, values in extra.items() if (s := Spread.of(values)) is not None}
+
+
+@dataclass(frozen=True)
+class Target:
+    """One line of the issue's target list with its verdict."""
+
+    target: str
+    measured: str
+    verdict: str  # MET, MISSED or NOT MEASURED
+
+
+def _verdict(value: float | None, ok: Callable[[float], bool]) -> str:
+    if value is None or math.isnan(value):
+        return "NOT MEASURED"
+    return "MET" if ok(value) else "MISSED"
+
+
+def evaluate_targets(
+    summaries: Sequence[Summary],
+    micro: Sequence[MicroResult],
+    memory: Sequence[MemoryResult],
+    cfg_threads: Sequence[int],
+    cfg_tasks: Sequence[int],
+    memory_n: int,
+) -> list[Target]:
+    """Issue 5's targets, each judged on medians over rounds."""
+    by = {(s.contender, s.mode, s.workers): s for s in summaries}
+    targets: list[Target] = []
+
+    pair = micro_spreads(micro).get("poolkeeper")
+    targets.append(
+        Target(
+            "uncontended getconn+putconn <= 1.0 µs",
+            "-" if pair is None else f"{fmt(pair)} µs",
+            _verdict(None if pair is None else pair.median, lambda v: v <= 1.0),
+        )
+    )
+
+    for n in (1, 10):
+        s = by.get(("poolkeeper", "sync", n))
+        spread = s.vs_reference if s else None
+        if n not in cfg_threads:
+            continue
+        targets.append(
+            Target(
+                f"{n} thread{'s' * (n > 1)}, 10 conns: >= 95% of dedicated psycopg",
+                fmt(spread, "pct"),
+                _verdict(spread.median if spread else None, lambda v: v >= 0.95),
+            )
+        )
+
+    for n in (16, 64):
+        if n not in cfg_threads:
+            continue
+        s = by.get(("poolkeeper", "sync", n))
+        spread = s.vs_psycopg_pool if s else None
+        targets.append(
+            Target(
+                f"{n} threads: >= 1.25x psycopg_pool throughput",
+                fmt(spread, "x"),
+                _verdict(spread.median if spread else None, lambda v: v >= 1.25),
+            )
+        )
+        p99 = s.p99_over_p50 if s else None
+        targets.append(
+            Target(
+                f"{n} threads: p99 wait <= 3x median wait",
+                "-" if p99 is None or s is None
+                else f"{fmt(p99, 'x')} (p50 {_med(s.wait_p50_us)} µs)",
+                _verdict(p99.median if p99 else None, lambda v: v <= 3.0),
+            )
+        )
+        mx = s.max_over_p50 if s else None
+        share = s.min_worker_share if s else None
+        measured = "-" if mx is None else f"{fmt(mx, 'x')}"
+        if share is not None:
+            measured += f"; min/med thread ops {share.median:.2f}"
+        targets.append(
+            Target(
+                f"{n} threads: no starvation, max wait < 10x median",
+                measured,
+                _verdict(mx.median if mx else None, lambda v: v < 10.0),
+            )
+        )
+
+    for name, driver, floor in (
+        ("poolkeeper_async", "psycopg", 0.90),
+        ("poolkeeper_asyncpg", "asyncpg", 0.85),
+    ):
+        for n in cfg_tasks:
+            s = by.get((name, "async", n))
+            spread = s.vs_reference if s else None
+            targets.append(
+                Target(
+                    f"asyncio {driver}, {n} tasks: >= {floor:.0%} of dedicated",
+                    fmt(spread, "pct"),
+                    _verdict(spread.median if spread else None, lambda v, f=floor: v >= f),
+                )
+            )
+
+    extra = memory_extra(memory, memory_n).get("poolkeeper")
+    targets.append(
+        Target(
+            f"{memory_n} idle conns: < 1 MiB Python heap beyond the driver's",
+            "-" if extra is None else f"{fmt(extra)} KiB",
+            _verdict(None if extra is None else extra.median, lambda v: v < 1024.0),
+        )
+    )
+    return targets
+
+
+def render(
+    summaries: Sequence[Summary],
+    micro: Sequence[MicroResult],
+    memory: Sequence[MemoryResult],
+    targets: Sequence[Target],
+    *,
+    header: Sequence[str],
+    pool_size: int,
+    memory_n: int,
+    notes: Sequence[str] = (),
+) -> str:
+    """The whole printed report."""
+    out: list[str] = [*header, ""]
+    for mode, title in (
+        ("sync", f"Threads over a {pool_size}-connection pool"),
+        ("async", f"asyncio tasks over {pool_size} connections"),
+    ):
+        if any(s.mode == mode for s in summaries):
+            out += [f"== {title} ==", *throughput_table(summaries, mode, pool_size), ""]
+    if any(s.mode in ("sync", "async") for s in summaries):
+        out += [
+            "  vs dedicated: per-round ratio to the same driver's dedicated baseline at",
+            f"  min(workers, {pool_size}); * poolkeeper rows only: ratio to psycopg_pool "
+            "(sync/async) or asyncpg's pool (driver=asyncpg), same round.",
+            "  min/med ops: fewest ops of any worker / median worker's ops (1.00 = even).",
+            "",
+        ]
+    spreads = micro_spreads(micro)
+    if spreads:
+        out.append("== Uncontended getconn + putconn, one thread, no query (µs per pair) ==")
+        for name in sorted(spreads, key=lambda n: (n == NOOP, ORDER.get(n, 99))):
+            label = "(harness floor: loop + 2 calls)" if name == NOOP else ""
+            out.append(f"{name:<24}{fmt(spreads[name]):<28}{label}")
+        out.append("")
+    extra = memory_extra(memory, memory_n)
+    if extra:
+        out.append(f"== Python heap for {memory_n} idle connections (tracemalloc, KiB) ==")
+        for name in sorted(extra, key=lambda n: (n != BARE, n)):
+            label = "total for the bare connections" if name == BARE else "beyond bare"
+            out.append(f"{name:<24}{fmt(extra[name]):<28}{label}")
+        out.append("")
+    if targets:
+        out.append("== Issue 5 targets (poolkeeper, default settings) ==")
+        for t in targets:
+            out.append(f"{t.verdict:<13}{t.target:<52}{t.measured}")
+        out.append("")
+    out += list(notes)
+    return "\n".join(out).rstrip() + "\n"
+
+
+def median_or_nan(values: Sequence[float]) -> float:
+    """Median, NaN for no values."""
+    return statistics.median(values) if values else math.nan

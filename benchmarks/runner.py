@@ -1,0 +1,375 @@
+"""Running cells and interleaving them in rounds.
+
+A *cell* is one contender at one concurrency level for ``duration`` seconds. A
+*round* runs every cell once; contenders are rotated between rounds so that none
+always runs first (warm caches) or last (a tired machine). Claims are medians over
+rounds because single runs on a shared 2-core host swing by tens of percent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from benchmarks.async_contenders import ASYNC_CONTENDERS, AsyncContender
+from benchmarks.contenders import SQL, SYNC_CONTENDERS, ContenderUnavailable, SyncContender, note
+from benchmarks.stats import CellResult, wait_summary_us
+
+T = TypeVar("T")
+
+# A cell that has not finished this long after its deadline is declared hung.
+_HANG_GRACE_S = 60.0
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """Everything that shapes a run; the defaults are the issue's full benchmark."""
+
+    rounds: int = 5
+    duration: float = 2.0
+    warmup: float = 0.2
+    pool_size: int = 10
+    threads: tuple[int, ...] = (1, 10, 16, 64)
+    tasks: tuple[int, ...] = (10, 64)
+    micro_iterations: int = 200_000
+    memory_connections: int = 100
+    memory_repetitions: int = 3
+    only: frozenset[str] | None = None
+    run_sync: bool = True
+    run_async: bool = True
+    run_micro: bool = True
+    run_memory: bool = True
+
+    def wants(self, name: str) -> bool:
+        """Whether ``--only`` lets contender ``name`` run."""
+        return self.only is None or name in self.only
+
+    def dedicated_levels(self, levels: Sequence[int]) -> tuple[int, ...]:
+        """Levels a dedicated baseline runs at: one connection per worker, at most pool size.
+
+        Above pool size the reference is the pool-sized baseline: "dedicated" is the
+        limit of ``pool_size`` connections each owned by one worker.
+        """
+        return tuple(sorted({min(n, self.pool_size) for n in levels}))
+
+
+def rotate(items: Sequence[T], by: int) -> list[T]:
+    """``items`` rotated left by ``by`` (mod length)."""
+    if not items:
+        return []
+    k = by % len(items)
+    return [*items[k:], *items[:k]]
+
+
+class Skips:
+    """Contenders that cannot run, with the reason printed once."""
+
+    def __init__(self, section: str) -> None:
+        self.section = section
+        self.reasons: dict[str, str] = {}
+
+    def add(self, name: str, reason: str) -> None:
+        """Record and announce that ``name`` is skipped (in this section) from now on."""
+        if name not in self.reasons:
+            self.reasons[name] = reason
+            note(f"  skip {self.section} {name}: {reason}")
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.reasons
+
+
+def available(
+    classes: Sequence[type[Any]], cfg: BenchConfig, skips: Skips
+) -> list[type[Any]]:
+    """The contender classes that ``--only`` selects and whose libraries import."""
+    chosen = []
+    for cls in classes:
+        if not cfg.wants(cls.name):
+            continue
+        try:
+            cls.check_available()
+        except ContenderUnavailable as exc:
+            skips.add(cls.name, str(exc))
+            continue
+        chosen.append(cls)
+    return chosen
+
+
+# -- sync ------------------------------------------------------------------------------
+
+
+def run_sync_cell(
+    contender: SyncContender, workers: int, cfg: BenchConfig, round_no: int
+) -> CellResult:
+    """Run ``workers`` threads over ``contender`` for ``cfg.duration`` seconds."""
+    barrier = threading.Barrier(workers + 1)
+    deadlines = [0, 0]
+    outcomes: list[tuple[list[int], int, int, str | None] | None] = [None] * workers
+    exhausted = contender.exhausted
+
+    def worker(idx: int) -> None:
+        get, put = contender.bind(idx)
+        pc = time.perf_counter_ns
+        waits: list[int] = []
+        append = waits.append
+        errors = 0
+        error_kind: str | None = None
+        end_ns = 0
+        try:
+            barrier.wait()
+            warm_end, end = deadlines
+            while pc() < warm_end:
+                try:
+                    conn = get()
+                except exhausted:
+                    continue
+                cur = conn.cursor()
+                cur.execute(SQL)
+                cur.fetchone()
+                cur.close()
+                put(conn)
+            while True:
+                t0 = pc()
+                if t0 >= end:
+                    break
+                try:
+                    conn = get()
+                except exhausted as exc:
+                    # The caller would have failed its request; it retries at once,
+                    # as a busy server keeps taking requests.
+                    errors += 1
+                    error_kind = type(exc).__name__
+                    continue
+                t1 = pc()
+                cur = conn.cursor()
+                cur.execute(SQL)
+                cur.fetchone()
+                cur.close()
+                put(conn)
+                append(t1 - t0)
+            end_ns = pc()
+        except BaseException as exc:
+            error_kind = f"crash: {exc!r}"
+            end_ns = pc()
+        outcomes[idx] = (waits, errors, end_ns, error_kind)
+
+    threads = [
+        threading.Thread(target=worker, args=(i,), name=f"bench-{i}", daemon=True)
+        for i in range(workers)
+    ]
+    gc.collect()
+    for thread in threads:
+        thread.start()
+    start = time.perf_counter_ns()
+    warm_end = start + int(cfg.warmup * 1e9)
+    deadlines[:] = [warm_end, warm_end + int(cfg.duration * 1e9)]
+    barrier.wait()
+    hang_deadline = time.monotonic() + cfg.warmup + cfg.duration + _HANG_GRACE_S
+    for thread in threads:
+        thread.join(max(0.0, hang_deadline - time.monotonic()))
+    hung = sum(thread.is_alive() for thread in threads)
+    return _cell(contender.name, "sync", workers, round_no, warm_end, outcomes, hung)
+
+
+def _cell(
+    name: str,
+    mode: str,
+    workers: int,
+    round_no: int,
+    measure_start_ns: int,
+    outcomes: Sequence[tuple[list[int], int, int, str | None] | None],
+    hung: int,
+) -> CellResult:
+    all_waits: list[int] = []
+    worker_ops: list[int] = []
+    errors = 0
+    kinds: set[str] = set()
+    last_end = measure_start_ns
+    for outcome in outcomes:
+        if outcome is None:
+            worker_ops.append(0)
+            continue
+        waits, errs, end_ns, kind = outcome
+        all_waits.extend(waits)
+        worker_ops.append(len(waits))
+        errors += errs
+        last_end = max(last_end, end_ns)
+        if kind:
+            kinds.add(kind)
+    if hung:
+        kinds.add(f"hung: {hung} workers still blocked")
+    elapsed = max(1e-9, (last_end - measure_start_ns) / 1e9)
+    ops = len(all_waits)
+    p50, p99, wmax = wait_summary_us(all_waits)
+    return CellResult(
+        contender=name,
+        mode=mode,
+        workers=workers,
+        round=round_no,
+        elapsed_s=elapsed,
+        ops=ops,
+        errors=errors,
+        error_kind="; ".join(sorted(kinds)) or None,
+        ops_per_s=ops / elapsed,
+        worker_ops=tuple(worker_ops),
+        wait_p50_us=p50,
+        wait_p99_us=p99,
+        wait_max_us=wmax,
+    )
+
+
+def _progress(cell: CellResult) -> str:
+    text = f"{cell.workers}w {cell.ops_per_s:,.0f}/s"
+    if cell.errors or cell.error_kind:
+        text += f" ({cell.errors} err {cell.error_kind})"
+    return text
+
+
+def run_sync_round(
+    dsn: str, cfg: BenchConfig, classes: Sequence[type[SyncContender]], round_no: int,
+    skips: Skips,
+) -> list[CellResult]:
+    """One round of every sync contender at every thread count."""
+    cells: list[CellResult] = []
+    for cls in rotate(classes, round_no):
+        if cls.name in skips:
+            continue
+        levels = cfg.dedicated_levels(cfg.threads) if cls.dedicated else cfg.threads
+        contender = cls(dsn, cfg.pool_size)
+        try:
+            contender.open()
+        except Exception as exc:
+            skips.add(cls.name, f"open failed: {exc!r}")
+            continue
+        done: list[str] = []
+        try:
+            for workers in levels:
+                cell = run_sync_cell(contender, workers, cfg, round_no)
+                cells.append(cell)
+                done.append(_progress(cell))
+                if cell.error_kind and "hung" in cell.error_kind:
+                    skips.add(cls.name, f"hung at {workers} threads; not run again")
+                    break
+        finally:
+            note(f"  [{round_no + 1}] {cls.name}: " + ", ".join(done))
+            if cls.name not in skips:
+                contender.close()
+    return cells
+
+
+# -- asyncio ---------------------------------------------------------------------------
+
+
+async def run_async_cell(
+    contender: AsyncContender, tasks: int, cfg: BenchConfig, round_no: int
+) -> CellResult:
+    """Run ``tasks`` tasks over ``contender`` for ``cfg.duration`` seconds."""
+    exhausted = contender.exhausted
+    query = contender.query
+    pc = time.perf_counter_ns
+    start = pc()
+    warm_end = start + int(cfg.warmup * 1e9)
+    end = warm_end + int(cfg.duration * 1e9)
+
+    async def worker(idx: int) -> tuple[list[int], int, int, str | None]:
+        get, put = contender.bind(idx)
+        waits: list[int] = []
+        append = waits.append
+        errors = 0
+        error_kind: str | None = None
+        try:
+            while pc() < warm_end:
+                try:
+                    conn = await get()
+                except exhausted:
+                    continue
+                await query(conn)
+                await put(conn)
+            while True:
+                t0 = pc()
+                if t0 >= end:
+                    break
+                try:
+                    conn = await get()
+                except exhausted as exc:
+                    errors += 1
+                    error_kind = type(exc).__name__
+                    continue
+                t1 = pc()
+                await query(conn)
+                await put(conn)
+                append(t1 - t0)
+        except Exception as exc:
+            error_kind = f"crash: {exc!r}"
+        return waits, errors, pc(), error_kind
+
+    gc.collect()
+    jobs = [asyncio.ensure_future(worker(i)) for i in range(tasks)]
+    budget = cfg.warmup + cfg.duration + _HANG_GRACE_S
+    done, pending = await asyncio.wait(jobs, timeout=budget)
+    for job in pending:
+        job.cancel()
+    outcomes = [job.result() if job in done else None for job in jobs]
+    return _cell(contender.name, "async", tasks, round_no, warm_end, outcomes, len(pending))
+
+
+async def _run_async_contender(
+    contender: AsyncContender, levels: Sequence[int], cfg: BenchConfig, round_no: int,
+    skips: Skips,
+) -> list[CellResult]:
+    cells: list[CellResult] = []
+    try:
+        await contender.open()
+    except Exception as exc:
+        skips.add(contender.name, f"open failed: {exc!r}")
+        return cells
+    done: list[str] = []
+    try:
+        for tasks in levels:
+            cell = await run_async_cell(contender, tasks, cfg, round_no)
+            cells.append(cell)
+            done.append(_progress(cell))
+            if cell.error_kind and "hung" in cell.error_kind:
+                skips.add(contender.name, f"hung at {tasks} tasks; not run again")
+                break
+    finally:
+        note(f"  [{round_no + 1}] {contender.name}: " + ", ".join(done))
+        if contender.name not in skips:
+            await asyncio.wait_for(contender.close(), 30.0)
+    return cells
+
+
+def run_async_round(
+    dsn: str, cfg: BenchConfig, classes: Sequence[type[AsyncContender]], round_no: int,
+    skips: Skips,
+) -> list[CellResult]:
+    """One round of every asyncio contender at every task count, each in a fresh loop."""
+    cells: list[CellResult] = []
+    for cls in rotate(classes, round_no):
+        if cls.name in skips:
+            continue
+        levels = cfg.dedicated_levels(cfg.tasks) if cls.dedicated else cfg.tasks
+        contender = cls(dsn, cfg.pool_size)
+        cells += asyncio.run(_run_async_contender(contender, levels, cfg, round_no, skips))
+    return cells
+
+
+def run_rounds(dsn: str, cfg: BenchConfig, skips: Skips) -> list[CellResult]:
+    """All rounds of the throughput benchmark; sync and asyncio cells in every round."""
+    sync_classes: list[type[SyncContender]] = (
+        available(SYNC_CONTENDERS, cfg, skips) if cfg.run_sync else []
+    )
+    async_classes: list[type[AsyncContender]] = (
+        available(ASYNC_CONTENDERS, cfg, skips) if cfg.run_async else []
+    )
+    cells: list[CellResult] = []
+    for round_no in range(cfg.rounds):
+        note(f"round {round_no + 1}/{cfg.rounds}")
+        cells += run_sync_round(dsn, cfg, sync_classes, round_no, skips)
+        cells += run_async_round(dsn, cfg, async_classes, round_no, skips)
+    return cells

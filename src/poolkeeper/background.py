@@ -1,0 +1,86 @@
+"""Threads that do the pool's slow work: opening, pinging and closing connections."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+
+__all__ = ["BackgroundWorkers"]
+
+_log = logging.getLogger("poolkeeper.pool")
+_STOP = None
+
+
+class BackgroundWorkers:
+    """A few daemon threads running submitted callables, plus one periodic task.
+
+    Daemon threads, so a forgotten pool never keeps the interpreter alive; the
+    pool's ``close()`` stops them explicitly.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        count: int,
+        periodic: Callable[[], float],
+    ) -> None:
+        self._name = name
+        self._queue: queue.SimpleQueue[Callable[[], object] | None] = queue.SimpleQueue()
+        self._stopping = threading.Event()
+        self._periodic = periodic
+        self._threads = [
+            threading.Thread(target=self._run, name=f"poolkeeper-{name}-worker-{i}", daemon=True)
+            for i in range(count)
+        ]
+        self._threads.append(
+            threading.Thread(
+                target=self._run_periodic, name=f"poolkeeper-{name}-housekeeping", daemon=True
+            )
+        )
+
+    def start(self) -> None:
+        """Start every thread."""
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, task: Callable[[], object]) -> None:
+        """Run ``task`` on a worker thread soon."""
+        if not self._stopping.is_set():
+            self._queue.put(task)
+
+    @property
+    def stopping(self) -> threading.Event:
+        """Set when the workers are asked to stop; tasks wait on it to sleep interruptibly."""
+        return self._stopping
+
+    def stop(self, timeout: float) -> None:
+        """Ask every thread to finish, and wait up to ``timeout`` for them."""
+        self._stopping.set()
+        for _ in self._threads:
+            self._queue.put(_STOP)
+        current = threading.current_thread()
+        for thread in self._threads:
+            if thread is not current and thread.is_alive():
+                thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            task = self._queue.get()
+            if task is _STOP:
+                return
+            try:
+                task()
+            except Exception:
+                # A bug in a task must not kill the worker and silently stop maintenance.
+                _log.exception("poolkeeper %s: background task failed", self._name)
+
+    def _run_periodic(self) -> None:
+        delay = 0.0
+        while not self._stopping.wait(delay):
+            try:
+                delay = self._periodic()
+            except Exception:
+                _log.exception("poolkeeper %s: housekeeping failed", self._name)
+                delay = 1.0

@@ -1,0 +1,262 @@
+"""``PoolConfig``: validated, immutable pool settings.
+
+Settings come, highest first, from keyword arguments, the ``dsn=`` argument and
+the environment (``POOLKEEPER_<NAME>_URL``, ``DATABASE_URL``, then libpq's own
+``PG*`` variables, which libpq reads itself when the conninfo leaves them out).
+Every check happens here, at construction, so a bad value fails before any
+connection is attempted, with ``ConfigurationError`` naming the setting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+from collections.abc import Callable, Mapping
+from typing import Any, Literal, Union
+
+from psycopg.conninfo import conninfo_to_dict
+
+from poolkeeper.errors import ConfigurationError
+from poolkeeper.redact import MASK, redact, secrets
+
+__all__ = ["ConnectKwargs", "Dsn", "PoolConfig", "env_url_name"]
+
+Dsn = Union[str, Callable[[], str]]
+ConnectKwargs = Union[Mapping[str, Any], Callable[[], Mapping[str, Any]]]
+CheckSetting = Union[Literal["auto"], None, Callable[[Any], object]]
+ResetSetting = Literal["auto", "always", None]
+
+KNOWN_DRIVERS = ("psycopg", "psycopg2", "asyncpg")
+_ENV_SIZES = {
+    "min_size": "POOLKEEPER_MIN_SIZE",
+    "max_size": "POOLKEEPER_MAX_SIZE",
+    "timeout": "POOLKEEPER_TIMEOUT",
+}
+_NAME_OK = re.compile(r"^[A-Za-z0-9_.-]{1,63}$")
+
+
+def env_url_name(pool_name: str) -> str:
+    """The environment variable that holds a named pool's URL: ``POOLKEEPER_<NAME>_URL``."""
+    return "POOLKEEPER_" + re.sub(r"[^A-Za-z0-9]", "_", pool_name).upper() + "_URL"
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class PoolConfig:
+    """Validated, immutable settings of one pool; see docs/configuration.md for each field.
+
+    Build it with :meth:`PoolConfig.build` (which applies the environment) or pass the
+    same keywords to ``Pool``/``Database``. ``repr`` never shows a password.
+    """
+
+    dsn: Dsn = ""
+    name: str = "poolkeeper"
+    driver: str = "psycopg"
+    min_size: int = 1
+    max_size: int = 10
+    timeout: float = 30.0
+    max_waiting: int = 0
+    max_lifetime: float | None = 3600.0
+    max_idle: float | None = 600.0
+    check: CheckSetting = "auto"
+    check_after: float = 0.25
+    reset: ResetSetting = "auto"
+    connect_timeout: float = 10.0
+    reconnect_timeout: float = 300.0
+    leak_threshold: float | None = None
+    configure: Callable[[Any], object] | None = None
+    connect_kwargs: ConnectKwargs | None = None
+    keepalive_interval: float | None = 30.0
+    tcp_user_timeout: float | None = 30.0
+    statement_timeout: float | None = None
+    idle_in_transaction_timeout: float | None = None
+    fail_fast_after: float | None = 0.5
+    pgbouncer: bool = False
+    num_workers: int = 2
+    # Names of the settings the caller gave explicitly (kwargs, dsn, env), for Database's
+    # "a later call with different settings is an error" rule.
+    explicit: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        self._validate()
+
+    # -- construction -------------------------------------------------------------------
+
+    @classmethod
+    def build(
+        cls,
+        dsn: Dsn | None = None,
+        *,
+        name: str | None = None,
+        environ: Mapping[str, str] | None = None,
+        **options: Any,
+    ) -> PoolConfig:
+        """Merge keyword ``options`` > ``dsn`` > environment into a validated config."""
+        env = os.environ if environ is None else environ
+        unknown = set(options) - {f.name for f in dataclasses.fields(cls)} - {"explicit"}
+        if unknown:
+            bad = sorted(unknown)[0]
+            raise ConfigurationError(
+                f"unknown setting {bad!r}; the settings are listed in docs/configuration.md"
+            )
+        explicit = set(options)
+        pool_name = name if name is not None else "poolkeeper"
+        if name is not None:
+            explicit.add("name")
+        if dsn is not None:
+            explicit.add("dsn")
+            chosen_dsn: Dsn = dsn
+        else:
+            chosen_dsn = cls._dsn_from_env(pool_name, env)
+        for field_name, var in _ENV_SIZES.items():
+            if field_name not in options and env.get(var, "").strip():
+                options[field_name] = cls._number_from_env(field_name, var, env[var])
+        return cls(dsn=chosen_dsn, name=pool_name, explicit=frozenset(explicit), **options)
+
+    @staticmethod
+    def _dsn_from_env(pool_name: str, env: Mapping[str, str]) -> str:
+        for var in (env_url_name(pool_name), "DATABASE_URL"):
+            value = env.get(var, "").strip()
+            if value:
+                return value
+        # Empty conninfo: libpq fills host, port, user, password… from PG* itself.
+        return ""
+
+    @staticmethod
+    def _number_from_env(field_name: str, var: str, raw: str) -> float | int:
+        try:
+            return int(raw) if field_name.endswith("size") else float(raw)
+        except ValueError:
+            raise ConfigurationError(
+                f"{field_name}: environment variable {var}={raw!r} is not a number"
+            ) from None
+
+    def replace(self, **changes: Any) -> PoolConfig:
+        """A copy with ``changes`` applied and validated."""
+        return dataclasses.replace(self, **changes)
+
+    # -- derived values -----------------------------------------------------------------
+
+    def resolve_conninfo(self) -> tuple[str, dict[str, Any]]:
+        """Call the DSN and kwargs callables (if any) and return ``(conninfo, kwargs)``.
+
+        Called at every connect, so rotating passwords and IAM tokens take effect
+        without rebuilding the pool. Any password found is registered for redaction.
+        """
+        conninfo = self.dsn() if callable(self.dsn) else self.dsn
+        raw_kwargs = self.connect_kwargs() if callable(self.connect_kwargs) else self.connect_kwargs
+        kwargs = dict(raw_kwargs or {})
+        try:
+            params = conninfo_to_dict(conninfo) if conninfo else {}
+        except Exception as exc:
+            raise ConfigurationError(f"dsn: cannot be parsed: {redact(str(exc))}") from None
+        secrets.add(str(params.get("password") or ""))
+        secrets.add(str(kwargs.get("password") or ""))
+        if "application_name" not in params and "application_name" not in kwargs:
+            kwargs["application_name"] = self.name
+        return conninfo, kwargs
+
+    def fingerprint(self) -> dict[str, object]:
+        """The explicit settings, for comparing two ``Database()`` calls (values redacted)."""
+        return {key: getattr(self, key) for key in sorted(self.explicit)}
+
+    def __repr__(self) -> str:
+        shown = []
+        for field in dataclasses.fields(self):
+            if field.name == "explicit":
+                continue
+            value = getattr(self, field.name)
+            if field.name == "dsn":
+                value = self.redacted_dsn()
+            elif field.name == "connect_kwargs" and isinstance(value, Mapping):
+                value = {k: (MASK if k == "password" else v) for k, v in value.items()}
+            shown.append(f"{field.name}={value!r}")
+        return f"PoolConfig({', '.join(shown)})"
+
+    def redacted_dsn(self) -> str:
+        """The DSN with its password masked (a callable DSN is shown as such, not called)."""
+        if callable(self.dsn):
+            return f"<callable {getattr(self.dsn, '__qualname__', 'dsn')}>"
+        return redact(self.dsn)
+
+    # -- validation ---------------------------------------------------------------------
+
+    def _validate(self) -> None:
+        if not isinstance(self.name, str) or not _NAME_OK.match(self.name):
+            raise ConfigurationError(
+                f"name: {self.name!r} must be 1-63 letters, digits, '_', '-' or '.'"
+            )
+        if self.driver not in KNOWN_DRIVERS:
+            raise ConfigurationError(
+                f"driver: unknown driver {self.driver!r}; choose one of {', '.join(KNOWN_DRIVERS)}"
+            )
+        self._check_int("min_size", minimum=0)
+        self._check_int("max_size", minimum=1)
+        self._check_int("max_waiting", minimum=0)
+        self._check_int("num_workers", minimum=1)
+        if self.min_size > self.max_size:
+            raise ConfigurationError(
+                f"min_size: {self.min_size} is larger than max_size {self.max_size}; "
+                "raise max_size or lower min_size"
+            )
+        for field_name in ("timeout", "connect_timeout", "reconnect_timeout", "check_after"):
+            self._check_seconds(field_name, optional=False)
+        for field_name in (
+            "max_lifetime",
+            "max_idle",
+            "leak_threshold",
+            "keepalive_interval",
+            "tcp_user_timeout",
+            "statement_timeout",
+            "idle_in_transaction_timeout",
+            "fail_fast_after",
+        ):
+            self._check_seconds(field_name, optional=True)
+        if not (self.check in ("auto", None) or callable(self.check)):
+            raise ConfigurationError(
+                f"check: {self.check!r} is not 'auto', None or a callable(conn)"
+            )
+        if self.reset not in ("auto", "always", None):
+            raise ConfigurationError(f"reset: {self.reset!r} is not 'auto', 'always' or None")
+        if self.configure is not None and not callable(self.configure):
+            raise ConfigurationError("configure: must be a callable taking the new connection")
+        if self.connect_kwargs is not None and not (
+            callable(self.connect_kwargs) or isinstance(self.connect_kwargs, Mapping)
+        ):
+            raise ConfigurationError("connect_kwargs: must be a mapping or a callable returning one")
+        if isinstance(self.dsn, str):
+            try:
+                params = conninfo_to_dict(self.dsn) if self.dsn else {}
+            except Exception as exc:
+                raise ConfigurationError(
+                    f"dsn: cannot be parsed ({redact(str(exc))}); expected a "
+                    "postgresql://user@host:port/dbname URL or 'host=... dbname=...' string"
+                ) from None
+            secrets.add(str(params.get("password") or ""))
+        elif not callable(self.dsn):
+            raise ConfigurationError("dsn: must be a string or a callable returning one")
+        if isinstance(self.connect_kwargs, Mapping):
+            secrets.add(str(self.connect_kwargs.get("password") or ""))
+
+    def _check_int(self, field_name: str, *, minimum: int) -> None:
+        value = getattr(self, field_name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ConfigurationError(
+                f"{field_name}: {value!r} must be a whole number >= {minimum}"
+            )
+
+    def _check_seconds(self, field_name: str, *, optional: bool) -> None:
+        value = getattr(self, field_name)
+        if value is None and optional:
+            return
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+            or value <= 0
+        ):
+            hint = " or None to turn it off" if optional else ""
+            raise ConfigurationError(
+                f"{field_name}: {value!r} must be a positive number of seconds{hint}"
+            )

@@ -1,0 +1,125 @@
+"""The small interface every driver implements; the pool core talks only to this.
+
+A driver turns a resolved conninfo into a connection and answers the few
+questions the pool asks about one: is it idle, in a transaction or broken; is
+its session dirty; which backend serves it. Nothing here knows about pooling.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
+from typing import Any, Protocol, TypeVar
+
+__all__ = [
+    "BROKEN",
+    "IDLE",
+    "IN_TRANSACTION",
+    "AsyncDriver",
+    "ConnectSpec",
+    "SyncDriver",
+]
+
+C = TypeVar("C")
+
+#: ``status()`` results: plain ints, because this is read on every return.
+IDLE = 0
+IN_TRANSACTION = 1
+BROKEN = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class ConnectSpec:
+    """Everything a driver needs to open one connection, already resolved."""
+
+    conninfo: str
+    kwargs: dict[str, Any]
+    connect_timeout: float
+    tcp_user_timeout: float | None
+    keepalive_idle: float | None
+    statement_timeout: float | None
+    idle_in_transaction_timeout: float | None
+    pgbouncer: bool
+
+
+class SyncDriver(Protocol[C]):
+    """A blocking driver (psycopg 3, psycopg2)."""
+
+    name: str
+
+    def connect(self, spec: ConnectSpec) -> C:
+        """Open one connection; raise the driver's own error on failure."""
+
+    def status(self, conn: C) -> int:
+        """``IDLE``, ``IN_TRANSACTION`` (or failed transaction) or ``BROKEN``."""
+
+    def rollback(self, conn: C) -> None:
+        """Roll back the open transaction."""
+
+    def ping(self, conn: C) -> None:
+        """One cheap round trip; raise if the connection is unusable."""
+
+    def close(self, conn: C) -> None:
+        """Close, never raising."""
+
+    def session_dirty(self, conn: C) -> bool:
+        """True if statements run since the last reset may have changed session state."""
+
+    def reset_session(self, conn: C) -> None:
+        """Clear session state (role, search_path, temp tables, locks, LISTEN...)."""
+
+    def transaction(self, conn: C) -> AbstractContextManager[Any]:
+        """BEGIN on enter; COMMIT on clean exit, ROLLBACK on error."""
+
+    def backend_pid(self, conn: C) -> int:
+        """The server process id serving ``conn``."""
+
+    def is_disconnect(self, exc: BaseException) -> bool:
+        """True if ``exc`` says the server went away, restarted or failed over."""
+
+    def fileno(self, conn: C) -> int:
+        """The socket's file descriptor (for fork safety), or -1 if closed."""
+
+
+class AsyncDriver(Protocol[C]):
+    """An asyncio driver (psycopg 3 async, asyncpg); the same questions, awaited."""
+
+    name: str
+
+    def connect(self, spec: ConnectSpec) -> Awaitable[C]:
+        """Open one connection."""
+
+    def status(self, conn: C) -> int:
+        """``IDLE``, ``IN_TRANSACTION`` or ``BROKEN``; answered from client state."""
+
+    def rollback(self, conn: C) -> Awaitable[None]:
+        """Roll back the open transaction."""
+
+    def ping(self, conn: C) -> Awaitable[None]:
+        """One cheap round trip; raise if the connection is unusable."""
+
+    def close(self, conn: C) -> Awaitable[None]:
+        """Close, never raising."""
+
+    def session_dirty(self, conn: C) -> bool:
+        """True if statements since the last reset may have changed session state."""
+
+    def reset_session(self, conn: C) -> Awaitable[None]:
+        """Clear session state."""
+
+    def transaction(self, conn: C) -> AbstractAsyncContextManager[Any]:
+        """BEGIN on enter; COMMIT on clean exit, ROLLBACK on error."""
+
+    def backend_pid(self, conn: C) -> int:
+        """The server process id serving ``conn``."""
+
+    def is_disconnect(self, exc: BaseException) -> bool:
+        """True if ``exc`` says the server went away, restarted or failed over."""
+
+    def fileno(self, conn: C) -> int:
+        """The socket's file descriptor (for fork safety), or -1 if closed."""
+
+
+#: Signature of a user ``check=`` callable and of ``configure=``.
+ConnHook = Callable[[Any], object]

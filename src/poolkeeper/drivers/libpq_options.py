@@ -1,0 +1,46 @@
+"""Connection parameters shared by the two libpq-based drivers (psycopg 3, psycopg2)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from poolkeeper.drivers.base import ConnectSpec
+
+__all__ = ["SERVER_GONE_SQLSTATES", "is_server_gone_sqlstate", "libpq_params"]
+
+#: admin_shutdown, crash_shutdown, cannot_connect_now, and read_only_sql_transaction,
+#: which on a pool meant for the primary means we are talking to a demoted server.
+SERVER_GONE_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "25006"})
+
+
+def is_server_gone_sqlstate(sqlstate: str | None) -> bool:
+    """True for SQLSTATE class 08 (connection exception) and the codes above."""
+    return sqlstate is not None and (sqlstate.startswith("08") or sqlstate in SERVER_GONE_SQLSTATES)
+
+
+def libpq_params(spec: ConnectSpec) -> dict[str, Any]:
+    """libpq keywords for the pool's timeouts, merged under the user's own.
+
+    The user's conninfo and keyword arguments win over these defaults, so a
+    DSN that sets ``keepalives_idle`` keeps it.
+    """
+    params: dict[str, Any] = {
+        # libpq counts whole seconds and treats values below 2 as 2.
+        "connect_timeout": max(2, math.ceil(spec.connect_timeout)),
+    }
+    if spec.keepalive_idle is not None:
+        idle = max(1, round(spec.keepalive_idle))
+        params.update(keepalives=1, keepalives_idle=idle, keepalives_interval=max(1, idle // 3))
+        params["keepalives_count"] = 3
+    if spec.tcp_user_timeout is not None:
+        params["tcp_user_timeout"] = round(spec.tcp_user_timeout * 1000)
+    options = []
+    if spec.statement_timeout is not None:
+        options.append(f"-c statement_timeout={round(spec.statement_timeout * 1000)}")
+    if spec.idle_in_transaction_timeout is not None:
+        ms = round(spec.idle_in_transaction_timeout * 1000)
+        options.append(f"-c idle_in_transaction_session_timeout={ms}")
+    if options:
+        params["options"] = " ".join(options)
+    return params

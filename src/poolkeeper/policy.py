@@ -1,0 +1,172 @@
+"""The pool's decisions, with no I/O: lifetimes, backoff, the circuit breaker, housekeeping.
+
+The sync and async shells both consult this module; it is where fairness of
+retirement, jitter and back-off live, and it is tested without a server.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Iterable
+
+from poolkeeper.record import ConnectionRecord
+
+__all__ = [
+    "Backoff",
+    "Breaker",
+    "HousekeepingPlan",
+    "connections_to_open",
+    "expiry",
+    "housekeeping_tick",
+    "plan_housekeeping",
+]
+
+#: Lifetimes are shortened by up to this fraction, so connections opened together
+#: (at start-up, after a restart) do not all retire in the same second.
+LIFETIME_JITTER = 0.10
+
+
+def expiry(now: float, max_lifetime: float | None, rng: random.Random | None = None) -> float:
+    """When a connection opened at ``now`` should retire (``inf`` without a lifetime)."""
+    if max_lifetime is None:
+        return float("inf")
+    draw = (rng or random).random()
+    return now + max_lifetime * (1.0 - LIFETIME_JITTER * draw)
+
+
+class Backoff:
+    """Exponential back-off with jitter for reconnect attempts.
+
+    Each delay is drawn between half and all of ``initial * 2**n`` (capped), so many
+    processes that lost the same server do not reconnect in lock-step.
+    """
+
+    def __init__(
+        self, initial: float = 0.05, cap: float = 2.0, rng: random.Random | None = None
+    ) -> None:
+        self.initial = initial
+        self.cap = cap
+        self._attempt = 0
+        self._rng = rng or random.Random()
+
+    def next_delay(self) -> float:
+        """The delay before the next attempt; grows with each call until :meth:`reset`."""
+        ceiling = min(self.cap, self.initial * (2**self._attempt))
+        self._attempt = min(self._attempt + 1, 30)
+        return ceiling * (0.5 + 0.5 * self._rng.random())
+
+    def reset(self) -> None:
+        """Start again from the initial delay (after a success)."""
+        self._attempt = 0
+
+
+class Breaker:
+    """Fail fast while the server is known to be down.
+
+    Opens once connection attempts have failed without a success for ``window``
+    seconds; closes on the first success. While open, a caller that cannot be
+    served by an idle connection gets ``ConnectionFailed`` at once, after at most
+    one probe attempt every ``probe_interval`` seconds.
+    """
+
+    def __init__(self, window: float | None, probe_interval: float = 0.1) -> None:
+        self.window = window
+        self.probe_interval = probe_interval
+        self.failing_since: float | None = None
+        self.last_attempt = float("-inf")
+
+    def is_open(self, now: float) -> bool:
+        """True while callers should fail fast."""
+        return (
+            self.window is not None
+            and self.failing_since is not None
+            and now - self.failing_since >= self.window
+        )
+
+    def probe_due(self, now: float) -> bool:
+        """True if it is time to let one more connection attempt through."""
+        return now - self.last_attempt >= self.probe_interval
+
+    def attempt(self, now: float) -> None:
+        """Note that a connection attempt starts."""
+        self.last_attempt = now
+
+    def failure(self, now: float) -> None:
+        """Note a failed attempt."""
+        if self.failing_since is None:
+            self.failing_since = now
+
+    def success(self) -> None:
+        """Close the breaker."""
+        self.failing_since = None
+
+
+def connections_to_open(
+    *, total: int, opening: int, waiting: int, min_size: int, max_size: int
+) -> int:
+    """How many new connections to start now.
+
+    ``total`` counts open connections plus those being opened. Enough to reach
+    ``min_size``, plus one per waiting caller not already covered by an attempt in
+    flight, never beyond ``max_size``.
+    """
+    want = max(min_size - total, waiting - opening, 0)
+    return max(0, min(want, max_size - total))
+
+
+@dataclasses.dataclass
+class HousekeepingPlan:
+    """What one housekeeping pass decided for the idle connections."""
+
+    retire: list[ConnectionRecord] = dataclasses.field(default_factory=list)
+    ping: list[ConnectionRecord] = dataclasses.field(default_factory=list)
+
+
+def plan_housekeeping(
+    idle: Iterable[ConnectionRecord],
+    *,
+    now: float,
+    total: int,
+    min_size: int,
+    max_idle: float | None,
+    keepalive_interval: float | None,
+    generation: int,
+) -> HousekeepingPlan:
+    """Decide which idle connections to retire and which to ping.
+
+    ``idle`` is ordered oldest-idle first. Retired: past their lifetime, from an
+    older generation (``drain()``), or idle longer than ``max_idle`` while the
+    pool would stay at or above ``min_size`` without them. Pinged: idle
+    connections not used or pinged for ``keepalive_interval``.
+    """
+    plan = HousekeepingPlan()
+    remaining = total
+    for rec in idle:
+        expired = now >= rec.expires_at or rec.generation < generation
+        idle_too_long = (
+            max_idle is not None and now - rec.last_used >= max_idle and remaining > min_size
+        )
+        if expired or idle_too_long:
+            plan.retire.append(rec)
+            remaining -= 1
+        elif keepalive_interval is not None and now - rec.last_checked >= keepalive_interval:
+            plan.ping.append(rec)
+    return plan
+
+
+def housekeeping_tick(
+    *,
+    max_lifetime: float | None,
+    max_idle: float | None,
+    keepalive_interval: float | None,
+    leak_threshold: float | None,
+) -> float:
+    """How often housekeeping runs: often enough for the shortest interval configured."""
+    intervals = [
+        value
+        for value in (max_lifetime, max_idle, keepalive_interval, leak_threshold)
+        if value is not None
+    ]
+    shortest = min(intervals, default=4.0)
+    return min(1.0, max(0.02, shortest / 4))

