@@ -18,6 +18,7 @@ from typing import Any, Literal, Union
 
 from psycopg.conninfo import conninfo_to_dict
 
+from poolkeeper.drivers.base import ConnectSpec
 from poolkeeper.errors import ConfigurationError
 from poolkeeper.redact import MASK, redact, secrets
 
@@ -156,6 +157,20 @@ class PoolConfig:
         if "application_name" not in params and "application_name" not in kwargs:
             kwargs["application_name"] = self.name
         return conninfo, kwargs
+
+    def connect_spec(self) -> ConnectSpec:
+        """Resolve the DSN/kwargs (calling callables) into what a driver needs to connect."""
+        conninfo, kwargs = self.resolve_conninfo()
+        return ConnectSpec(
+            conninfo=conninfo,
+            kwargs=kwargs,
+            connect_timeout=self.connect_timeout,
+            tcp_user_timeout=self.tcp_user_timeout,
+            keepalive_idle=self.keepalive_interval,
+            statement_timeout=self.statement_timeout,
+            idle_in_transaction_timeout=self.idle_in_transaction_timeout,
+            pgbouncer=self.pgbouncer,
+        )
 
     def fingerprint(self) -> dict[str, object]:
         """The explicit settings, for comparing two ``Database()`` calls (values redacted)."""

@@ -30,7 +30,7 @@ from typing import Any
 from poolkeeper import forking
 from poolkeeper.background import BackgroundWorkers
 from poolkeeper.config import PoolConfig
-from poolkeeper.drivers import BROKEN, IN_TRANSACTION, ConnectSpec, SyncDriver, load_sync_driver
+from poolkeeper.drivers import BROKEN, IN_TRANSACTION, SyncDriver, load_sync_driver
 from poolkeeper.errors import (
     ConfigurationError,
     ConnectionFailed,
@@ -627,20 +627,6 @@ class Pool:
 
     # -- internals: background work -----------------------------------------------------
 
-    def _connect_spec(self) -> ConnectSpec:
-        conninfo, kwargs = self.config.resolve_conninfo()
-        cfg = self.config
-        return ConnectSpec(
-            conninfo=conninfo,
-            kwargs=kwargs,
-            connect_timeout=cfg.connect_timeout,
-            tcp_user_timeout=cfg.tcp_user_timeout,
-            keepalive_idle=cfg.keepalive_interval,
-            statement_timeout=cfg.statement_timeout,
-            idle_in_transaction_timeout=cfg.idle_in_transaction_timeout,
-            pgbouncer=cfg.pgbouncer,
-        )
-
     def _run_configure(self, conn: Any) -> None:
         configure = self.config.configure
         if configure is None:
@@ -656,7 +642,7 @@ class Pool:
             conn._pk_dirty = False
 
     def _connect_new(self) -> ConnectionRecord:
-        conn = self._driver.connect(self._connect_spec())
+        conn = self._driver.connect(self.config.connect_spec())
         try:
             self._run_configure(conn)
         except Exception:
