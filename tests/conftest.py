@@ -51,7 +51,9 @@ def make_pool(dsn: str, request: pytest.FixtureRequest) -> Iterator[PoolFactory]
     default_name = "pk-" + request.node.name[:40].replace("[", "-").replace("]", "")
 
     def factory(*args: Any, **kwargs: Any) -> Pool:
-        kwargs.setdefault("name", "".join(c if c.isalnum() or c in "-_." else "-" for c in default_name)[:63])
+        kwargs.setdefault(
+            "name", "".join(c if c.isalnum() or c in "-_." else "-" for c in default_name)[:63]
+        )
         kwargs.setdefault("timeout", 10.0)
         pool = Pool(dsn if not args else args[0], **kwargs)
         pools.append(pool)

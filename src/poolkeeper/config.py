@@ -14,7 +14,7 @@ import math
 import os
 import re
 from collections.abc import Callable, Mapping
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 from psycopg.conninfo import conninfo_to_dict
 
@@ -24,9 +24,9 @@ from poolkeeper.redact import MASK, redact, secrets
 
 __all__ = ["ConnectKwargs", "Dsn", "PoolConfig", "env_url_name"]
 
-Dsn = Union[str, Callable[[], str]]
-ConnectKwargs = Union[Mapping[str, Any], Callable[[], Mapping[str, Any]]]
-CheckSetting = Union[Literal["auto"], None, Callable[[Any], object]]
+Dsn = str | Callable[[], str]
+ConnectKwargs = Mapping[str, Any] | Callable[[], Mapping[str, Any]]
+CheckSetting = Literal["auto"] | Callable[[Any], object] | None
 ResetSetting = Literal["auto", "always", None]
 
 KNOWN_DRIVERS = ("psycopg", "psycopg2", "asyncpg")
@@ -239,7 +239,9 @@ class PoolConfig:
         if self.connect_kwargs is not None and not (
             callable(self.connect_kwargs) or isinstance(self.connect_kwargs, Mapping)
         ):
-            raise ConfigurationError("connect_kwargs: must be a mapping or a callable returning one")
+            raise ConfigurationError(
+                "connect_kwargs: must be a mapping or a callable returning one"
+            )
         if isinstance(self.dsn, str):
             try:
                 params = conninfo_to_dict(self.dsn) if self.dsn else {}
@@ -257,9 +259,7 @@ class PoolConfig:
     def _check_int(self, field_name: str, *, minimum: int) -> None:
         value = getattr(self, field_name)
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ConfigurationError(
-                f"{field_name}: {value!r} must be a whole number >= {minimum}"
-            )
+            raise ConfigurationError(f"{field_name}: {value!r} must be a whole number >= {minimum}")
 
     def _check_seconds(self, field_name: str, *, optional: bool) -> None:
         value = getattr(self, field_name)

@@ -54,7 +54,8 @@ class Backoff:
         """The delay before the next attempt; grows with each call until :meth:`reset`."""
         ceiling = min(self.cap, self.initial * (2**self._attempt))
         self._attempt = min(self._attempt + 1, 30)
-        return ceiling * (0.5 + 0.5 * self._rng.random())
+        jitter: float = self._rng.random()
+        return ceiling * (0.5 + 0.5 * jitter)
 
     def reset(self) -> None:
         """Start again from the initial delay (after a success)."""

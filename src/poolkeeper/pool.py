@@ -90,14 +90,16 @@ class Pool:
         self,
         dsn: Any = None,
         *,
-        open: bool = True,  # noqa: A002 - the contract's name
+        open: bool = True,
         config: PoolConfig | None = None,
         **options: Any,
     ) -> None:
         if config is None:
             config = PoolConfig.build(dsn, name=options.pop("name", None), **options)
         elif dsn is not None or options:
-            raise ConfigurationError("config: pass either config= or dsn/keyword settings, not both")
+            raise ConfigurationError(
+                "config: pass either config= or dsn/keyword settings, not both"
+            )
         self.config = config
         self.name = config.name
         self._driver: SyncDriver[Any] = load_sync_driver(config.driver)
@@ -371,9 +373,11 @@ class Pool:
                 f"pool {self.name!r} did not lend this connection (already returned, or "
                 "from another pool); return each connection once, to the pool it came from"
             )
-        if self._status(conn) or self._reset_mode is not None and self._needs_reset(conn):
-            if not self._clean_on_return(rec):
-                return
+        needs_cleaning = self._status(conn) or (
+            self._reset_mode is not None and self._needs_reset(conn)
+        )
+        if needs_cleaning and not self._clean_on_return(rec):
+            return
         if self._closed or rec.generation < self._generation:
             self._retire(rec, "pool closed" if self._closed else "drained")
             return

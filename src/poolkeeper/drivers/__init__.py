@@ -6,7 +6,14 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from poolkeeper.drivers.base import BROKEN, IDLE, IN_TRANSACTION, AsyncDriver, ConnectSpec, SyncDriver
+from poolkeeper.drivers.base import (
+    BROKEN,
+    IDLE,
+    IN_TRANSACTION,
+    AsyncDriver,
+    ConnectSpec,
+    SyncDriver,
+)
 from poolkeeper.errors import ConfigurationError
 
 __all__ = [

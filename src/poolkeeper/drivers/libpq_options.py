@@ -5,9 +5,16 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from psycopg.conninfo import conninfo_to_dict
+
 from poolkeeper.drivers.base import ConnectSpec
 
-__all__ = ["SERVER_GONE_SQLSTATES", "is_server_gone_sqlstate", "libpq_params"]
+__all__ = [
+    "SERVER_GONE_SQLSTATES",
+    "is_server_gone_sqlstate",
+    "libpq_params",
+    "merge_conninfo",
+]
 
 #: admin_shutdown, crash_shutdown, cannot_connect_now, and read_only_sql_transaction,
 #: which on a pool meant for the primary means we are talking to a demoted server.
@@ -43,4 +50,16 @@ def libpq_params(spec: ConnectSpec) -> dict[str, Any]:
         options.append(f"-c idle_in_transaction_session_timeout={ms}")
     if options:
         params["options"] = " ".join(options)
+    return params
+
+
+def merge_conninfo(spec: ConnectSpec) -> dict[str, Any]:
+    """Pool defaults < the user's conninfo < the user's keyword arguments."""
+    defaults = libpq_params(spec)
+    given = conninfo_to_dict(spec.conninfo) if spec.conninfo else {}
+    params = {**defaults, **given}
+    if "options" in given and "options" in defaults:
+        # Both sets of -c flags must reach the server; the user's come last and win.
+        params["options"] = f"{defaults['options']} {given['options']}"
+    params.update(spec.kwargs)
     return params

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 from contextlib import AbstractContextManager
 from typing import Any
 
 import psycopg
 from psycopg import pq
-from psycopg.conninfo import conninfo_to_dict
 
 from poolkeeper.drivers.base import BROKEN, IDLE, IN_TRANSACTION, ConnectSpec
-from poolkeeper.drivers.libpq_options import is_server_gone_sqlstate, libpq_params
+from poolkeeper.drivers.libpq_options import is_server_gone_sqlstate, merge_conninfo
 from poolkeeper.session_state import RESET_SQL, touches_session
 
-__all__ = ["PoolConnection", "PsycopgDriver", "TrackingCursor", "merge_conninfo"]
+__all__ = ["PoolConnection", "PsycopgDriver", "TrackingCursor"]
 
 # pq.TransactionStatus as plain ints, indexed by the status libpq reports.
 _STATUS_BY_PQ = (
@@ -28,12 +28,12 @@ _STATUS_BY_PQ = (
 class TrackingCursor(psycopg.Cursor[Any]):
     """A psycopg cursor that marks its connection dirty when SQL may change the session."""
 
-    def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:  # noqa: D102
+    def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
         if not self._conn._pk_dirty and touches_session(query):  # type: ignore[attr-defined]
             self._conn._pk_dirty = True  # type: ignore[attr-defined]
         return super().execute(query, params, **kwargs)
 
-    def executemany(self, query: Any, params_seq: Any, **kwargs: Any) -> None:  # noqa: D102
+    def executemany(self, query: Any, params_seq: Any, **kwargs: Any) -> None:
         if touches_session(query):
             self._conn._pk_dirty = True  # type: ignore[attr-defined]
         super().executemany(query, params_seq, **kwargs)
@@ -43,18 +43,6 @@ class PoolConnection(psycopg.Connection[Any]):
     """``psycopg.Connection`` with one flag: may this session carry state to the next borrower."""
 
     _pk_dirty: bool = False
-
-
-def merge_conninfo(spec: ConnectSpec) -> dict[str, Any]:
-    """Pool defaults < the user's conninfo < the user's keyword arguments."""
-    defaults = libpq_params(spec)
-    given = conninfo_to_dict(spec.conninfo) if spec.conninfo else {}
-    params = {**defaults, **given}
-    if "options" in given and "options" in defaults:
-        # Both sets of -c flags must reach the server; the user's come last and win.
-        params["options"] = f"{defaults['options']} {given['options']}"
-    params.update(spec.kwargs)
-    return params
 
 
 class PsycopgDriver:
@@ -92,11 +80,9 @@ class PsycopgDriver:
             )
 
     def close(self, conn: PoolConnection) -> None:
-        """Close without raising."""
-        try:
+        """Close without raising: closing a dead connection must not fail the pool."""
+        with contextlib.suppress(Exception):
             conn.close()
-        except Exception:  # noqa: S110 - closing a dead connection must not fail the pool
-            pass
 
     def session_dirty(self, conn: PoolConnection) -> bool:
         """Whether a statement since the last reset may have changed session state."""

@@ -1,0 +1,122 @@
+"""psycopg2, blocking: for code that still speaks psycopg2 (extra ``[psycopg2]``)."""
+
+from __future__ import annotations
+
+import contextlib
+from contextlib import AbstractContextManager
+from typing import Any
+
+import psycopg2
+import psycopg2.extensions
+
+from poolkeeper.drivers.base import BROKEN, IDLE, IN_TRANSACTION, ConnectSpec
+from poolkeeper.drivers.libpq_options import is_server_gone_sqlstate, merge_conninfo
+from poolkeeper.session_state import RESET_SQL, touches_session
+
+__all__ = ["PoolConnection2", "Psycopg2Driver"]
+
+_STATUS = (IDLE, BROKEN, IN_TRANSACTION, IN_TRANSACTION, BROKEN)
+
+
+class _TracksSession:
+    """Cursor mixin: flag the connection when SQL may change session state."""
+
+    connection: Any
+
+    def execute(self, query: Any, vars: Any = None) -> Any:
+        if touches_session(query):
+            self.connection._pk_dirty = True
+        return super().execute(query, vars)  # type: ignore[misc]
+
+    def executemany(self, query: Any, vars_list: Any) -> Any:
+        if touches_session(query):
+            self.connection._pk_dirty = True
+        return super().executemany(query, vars_list)  # type: ignore[misc]
+
+
+class PoolConnection2(psycopg2.extensions.connection):
+    """psycopg2's connection with the pool's session-dirty flag."""
+
+    _pk_dirty = False
+
+
+def _tracking(cursor_class: type[Any]) -> type[Any]:
+    return type(f"Tracking{cursor_class.__name__}", (_TracksSession, cursor_class), {})
+
+
+class Psycopg2Driver:
+    """Sync psycopg2 behind the pool's driver interface."""
+
+    name = "psycopg2"
+
+    def connect(self, spec: ConnectSpec) -> PoolConnection2:
+        """Open a connection whose cursors (the user's ``cursor_factory`` too) track SET & co."""
+        params = merge_conninfo(spec)
+        cursor_class = params.pop("cursor_factory", None) or psycopg2.extensions.cursor
+        conn: PoolConnection2 = psycopg2.connect(
+            connection_factory=PoolConnection2, cursor_factory=_tracking(cursor_class), **params
+        )
+        return conn
+
+    def status(self, conn: PoolConnection2) -> int:
+        """IDLE / IN_TRANSACTION / BROKEN from libpq's transaction status."""
+        if conn.closed:
+            return BROKEN
+        return _STATUS[conn.get_transaction_status()]
+
+    def rollback(self, conn: PoolConnection2) -> None:
+        """Roll back."""
+        conn.rollback()
+
+    def ping(self, conn: PoolConnection2) -> None:
+        """``SELECT 1`` in autocommit, so the ping opens no transaction."""
+        autocommit = conn.autocommit
+        conn.autocommit = True
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT 1")
+        finally:
+            conn.autocommit = autocommit
+
+    def close(self, conn: PoolConnection2) -> None:
+        """Close without raising."""
+        with contextlib.suppress(Exception):
+            conn.close()
+
+    def session_dirty(self, conn: PoolConnection2) -> bool:
+        """Whether SQL since the last reset may have changed session state."""
+        return conn._pk_dirty
+
+    def reset_session(self, conn: PoolConnection2) -> None:
+        """DISCARD ALL outside a transaction."""
+        autocommit = conn.autocommit
+        conn.autocommit = True
+        try:
+            with conn.cursor() as cur:
+                cur.execute(RESET_SQL)
+        finally:
+            conn.autocommit = autocommit
+        conn._pk_dirty = False
+
+    def transaction(self, conn: PoolConnection2) -> AbstractContextManager[Any]:
+        """psycopg2's ``with conn:``: COMMIT on success, ROLLBACK on error."""
+        return conn
+
+    def backend_pid(self, conn: PoolConnection2) -> int:
+        """The backend's process id."""
+        return int(conn.get_backend_pid())
+
+    def is_disconnect(self, exc: BaseException) -> bool:
+        """Connection lost, or a SQLSTATE meaning the server restarted or was demoted."""
+        lost = isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError))
+        if lost and getattr(exc, "pgcode", None) is None:
+            return True
+        if isinstance(exc, psycopg2.Error):
+            return is_server_gone_sqlstate(exc.pgcode)
+        return False
+
+    def fileno(self, conn: PoolConnection2) -> int:
+        """The socket, or -1 once closed."""
+        if conn.closed:
+            return -1
+        return int(conn.fileno())
