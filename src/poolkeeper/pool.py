@@ -104,6 +104,11 @@ class Pool:
         self.name = config.name
         self._driver: SyncDriver[Any] = load_sync_driver(config.driver)
         self._status = self._driver.status
+        self._return_state = self._driver.return_state
+        # reset="always" must take the slow path on every return: no state equals this.
+        self._clean_state: object = (
+            object() if config.reset == "always" else self._driver.clean_state
+        )
 
         self._idle: deque[ConnectionRecord] = deque()
         self._lent: dict[int, ConnectionRecord] = {}
@@ -117,15 +122,13 @@ class Pool:
         self._closed = not open
         self._opened = False
         self._forked = False
-        # Connections last known good before this moment must be pinged before use:
-        # set when one connection reveals the server restarted.
-        self._suspect_before = float("-inf")
         self._apply_check_settings()
 
         self._breaker = Breaker(config.fail_fast_after)
         self._probe = threading.Event()
         self._last_error: ConnectionFailed | None = None
         self._stats_borrows = Counter()
+        self._count_borrow = self._stats_borrows.add
         self._stats_waits = Counter()
         self._stats_timeouts = Counter()
         self._stats_opened = Counter()
@@ -194,6 +197,8 @@ class Pool:
                 return
             self._closed = True
             self._opened = True
+            # Connections still borrowed are retired when they come back.
+            self._generation += 1
             waiters = list(self._waiters)
             self._waiters.clear()
             idle = list(self._idle)
@@ -258,16 +263,12 @@ class Pool:
             except IndexError:
                 pass
             else:
-                now = _monotonic()
-                if (
-                    now - rec.last_checked <= self._check_after
-                    and rec.last_checked >= self._suspect_before
-                    and now < rec.expires_at
-                ):
-                    rec.borrowed_at = now
+                # One compare: check_due folds check_after and "suspect" into a deadline.
+                if _monotonic() < rec.check_due:
                     self._lent[id(rec.conn)] = rec
-                    self._stats_borrows.add()
+                    self._count_borrow()
                     if self._leak_threshold is not None:
+                        rec.borrowed_at = _monotonic()
                         rec.borrow_stack = "".join(traceback.format_stack(limit=16)[:-1])
                     return rec.conn
                 return self._getconn_slow(timeout, rec)
@@ -288,7 +289,7 @@ class Pool:
             if self._validate(rec, now):
                 rec.borrowed_at = now
                 self._lent[id(rec.conn)] = rec
-                self._stats_borrows.add()
+                self._count_borrow()
                 if waited:
                     self._stats_waits.add()
                     self._wait_samples.add(now - start)
@@ -346,16 +347,16 @@ class Pool:
         if now >= rec.expires_at or rec.generation < self._generation:
             self._retire(rec, "reached max_lifetime" if now >= rec.expires_at else "drained")
             return False
-        if now - rec.last_checked <= self._check_after and rec.last_checked >= self._suspect_before:
+        if now < rec.check_due:
             return True
         try:
             self._ping(rec.conn)
         except Exception as exc:
             self._stats_checks_failed.add()
-            self._note_server_gone(rec)
+            self._note_server_gone()
             self._retire(rec, f"failed its check ({redact(str(exc)) or type(exc).__name__})")
             return False
-        rec.last_checked = now
+        self._mark_good(rec, now)
         return True
 
     def putconn(self, conn: Any) -> None:
@@ -373,17 +374,16 @@ class Pool:
                 f"pool {self.name!r} did not lend this connection (already returned, or "
                 "from another pool); return each connection once, to the pool it came from"
             )
-        needs_cleaning = self._status(conn) or (
-            self._reset_mode is not None and self._needs_reset(conn)
-        )
-        if needs_cleaning and not self._clean_on_return(rec):
-            return
-        if self._closed or rec.generation < self._generation:
-            self._retire(rec, "pool closed" if self._closed else "drained")
+        # One C-level read of (transaction status, session dirty) against "clean".
+        if self._return_state(conn) != self._clean_state and not self._clean_on_return(rec):
             return
         now = _monotonic()
-        rec.last_used = now
-        rec.last_checked = now
+        # close() and drain() both bump the generation, so one compare covers them.
+        if rec.generation != self._generation or now >= rec.expires_at:
+            self._retire(rec, "returned after close, drain() or max_lifetime")
+            return
+        rec.last_used = rec.last_checked = now
+        rec.check_due = now + self._check_after
         if self._waiters:
             self._return_locked_path(rec)
             return
@@ -394,28 +394,39 @@ class Pool:
                 self._serve_waiters_locked()
 
     def _needs_reset(self, conn: Any) -> bool:
-        return self._reset_mode == "always" or self._driver.session_dirty(conn)
+        if self._reset_mode == "always":
+            return True
+        if self._reset_mode is None:
+            # The flag is meaningless without resets; clear it so the next return is fast.
+            self._driver.mark_clean(conn)
+            return False
+        return self._driver.session_dirty(conn)
+
+    def _mark_good(self, rec: ConnectionRecord, now: float) -> None:
+        """``rec`` was just seen working: no check needed for another ``check_after``."""
+        rec.last_checked = now
+        rec.check_due = now + self._check_after
 
     def _clean_on_return(self, rec: ConnectionRecord) -> bool:
         """Roll back and/or reset ``rec``; False if it had to be discarded instead."""
         conn = rec.conn
         status = self._status(conn)
         if status == BROKEN:
-            self._note_server_gone(rec)
+            self._note_server_gone()
             self._retire(rec, "returned broken or closed")
             return False
         try:
             if status == IN_TRANSACTION:
                 self._stats_rollbacks.add()
                 self._driver.rollback(conn)
-            if self._reset_mode is not None and self._needs_reset(conn):
+            if self._needs_reset(conn):
                 self._stats_resets.add()
                 self._driver.reset_session(conn)
                 if self.config.configure is not None:
                     self._run_configure(conn)
         except Exception as exc:
             if self._driver.is_disconnect(exc):
-                self._note_server_gone(rec)
+                self._note_server_gone()
             self._retire(rec, f"could not be cleaned on return ({redact(str(exc))})")
             return False
         return True
@@ -435,7 +446,7 @@ class Pool:
             yield conn
         except BaseException as exc:
             if self._driver.is_disconnect(exc):
-                self._suspect_before = _monotonic()
+                self._note_server_gone()
             raise
         finally:
             self.putconn(conn)
@@ -474,7 +485,7 @@ class Pool:
                 self._stats_checks_failed.add()
                 self._retire(rec, f"failed pool.check() ({redact(str(exc))})")
             else:
-                rec.last_checked = _monotonic()
+                self._mark_good(rec, _monotonic())
                 self._give_back_idle(rec)
 
     def drain(self) -> None:
@@ -625,9 +636,11 @@ class Pool:
         self._driver.close(rec.conn)
         self._stats_closed.add()
 
-    def _note_server_gone(self, rec: ConnectionRecord) -> None:
-        """A connection died: anything idle since before now may be dead too."""
-        self._suspect_before = _monotonic()
+    def _note_server_gone(self) -> None:
+        """A connection died: every connection idle now may be dead too; check each
+        before it is lent (cheaper than a flag the borrow path would have to read)."""
+        for rec in list(self._idle):
+            rec.check_due = float("-inf")
 
     # -- internals: background work -----------------------------------------------------
 
@@ -659,6 +672,7 @@ class Pool:
             expires_at=expiry(now, self.config.max_lifetime),
             generation=self._generation,
             backend_pid=self._driver.backend_pid(conn),
+            check_after=self._check_after,
         )
 
     def _open_one(self) -> None:
@@ -770,10 +784,10 @@ class Pool:
             self._driver.ping(rec.conn)
         except Exception as exc:
             self._stats_checks_failed.add()
-            self._note_server_gone(rec)
+            self._note_server_gone()
             self._retire(rec, f"failed its keepalive ping ({redact(str(exc))})")
             return
-        rec.last_checked = _monotonic()
+        self._mark_good(rec, _monotonic())
         self._give_back_idle(rec)
 
     def _report_leaks(self, now: float) -> None:

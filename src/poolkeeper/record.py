@@ -21,6 +21,7 @@ class ConnectionRecord:
         "backend_pid",
         "borrow_stack",
         "borrowed_at",
+        "check_due",
         "conn",
         "created_at",
         "expires_at",
@@ -31,12 +32,22 @@ class ConnectionRecord:
     )
 
     def __init__(
-        self, conn: Any, *, now: float, expires_at: float, generation: int, backend_pid: int
+        self,
+        conn: Any,
+        *,
+        now: float,
+        expires_at: float,
+        generation: int,
+        backend_pid: int,
+        check_after: float = 0.0,
     ) -> None:
         self.conn = conn
         self.created_at = now
         self.last_used = now
         self.last_checked = now
+        # When it must next be checked before lending: last_checked + check_after,
+        # or -inf once something suggests it may be dead.
+        self.check_due = now + check_after
         self.expires_at = expires_at
         self.generation = generation
         self.backend_pid = backend_pid

@@ -47,6 +47,15 @@ class SyncDriver(Protocol[C]):
     """A blocking driver (psycopg 3, psycopg2)."""
 
     name: str
+    #: Called on every return: what ``return_state(conn)`` gives for an idle, clean
+    #: connection; anything else sends the return down the slow path.
+    clean_state: object
+
+    def return_state(self, conn: C) -> object:
+        """A cheap summary of (transaction status, session dirty), ideally C-level."""
+
+    def mark_clean(self, conn: C) -> None:
+        """Forget that the session may be dirty (after a reset, or when resets are off)."""
 
     def connect(self, spec: ConnectSpec) -> C:
         """Open one connection; raise the driver's own error on failure."""
@@ -86,6 +95,14 @@ class AsyncDriver(Protocol[C]):
     """An asyncio driver (psycopg 3 async, asyncpg); the same questions, awaited."""
 
     name: str
+    #: See ``SyncDriver.clean_state``.
+    clean_state: object
+
+    def return_state(self, conn: C) -> object:
+        """A cheap summary of (transaction status, session dirty)."""
+
+    def mark_clean(self, conn: C) -> None:
+        """Forget that the session may be dirty."""
 
     def connect(self, spec: ConnectSpec) -> Awaitable[C]:
         """Open one connection."""

@@ -48,6 +48,15 @@ class Psycopg2Driver:
     """Sync psycopg2 behind the pool's driver interface."""
 
     name = "psycopg2"
+    clean_state = (IDLE, False)
+
+    def return_state(self, conn: PoolConnection2) -> object:
+        """(status, dirty): psycopg2 exposes the status only through a method call."""
+        return (self.status(conn), conn._pk_dirty)
+
+    def mark_clean(self, conn: PoolConnection2) -> None:
+        """Forget the session-dirty flag."""
+        conn._pk_dirty = False
 
     def connect(self, spec: ConnectSpec) -> PoolConnection2:
         """Open a connection whose cursors (the user's ``cursor_factory`` too) track SET & co."""
