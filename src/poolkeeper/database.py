@@ -129,11 +129,11 @@ class Database:
     def release_connection(self, conn: Any) -> None:
         """Return a connection: rolls back an open transaction, discards a broken one."""
         pool = self._pool
-        if pool is not None and id(conn) in pool._lent:
+        if pool is not None and conn in pool._lent:
             pool.putconn(conn)
             return
         for replica in self._replica_pools or ():
-            if id(conn) in replica._lent:
+            if conn in replica._lent:
                 replica.putconn(conn)
                 return
         if pool is None:

@@ -111,7 +111,9 @@ class Pool:
         )
 
         self._idle: deque[ConnectionRecord] = deque()
-        self._lent: dict[int, ConnectionRecord] = {}
+        # Keyed by the connection itself: drivers' classes hash by identity (checked
+        # once per connection in _connect_new), which is cheaper than calling id().
+        self._lent: dict[Any, ConnectionRecord] = {}
         self._waiters: deque[_Waiter] = deque()
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
@@ -265,7 +267,7 @@ class Pool:
             else:
                 # One compare: check_due folds check_after and "suspect" into a deadline.
                 if _monotonic() < rec.check_due:
-                    self._lent[id(rec.conn)] = rec
+                    self._lent[rec.conn] = rec
                     self._count_borrow()
                     if self._leak_threshold is not None:
                         rec.borrowed_at = _monotonic()
@@ -288,7 +290,7 @@ class Pool:
             now = _monotonic()
             if self._validate(rec, now):
                 rec.borrowed_at = now
-                self._lent[id(rec.conn)] = rec
+                self._lent[rec.conn] = rec
                 self._count_borrow()
                 if waited:
                     self._stats_waits.add()
@@ -366,10 +368,8 @@ class Pool:
         discarded and replaced in the background; a connection whose session
         state may leak to the next borrower is reset (``reset="auto"``).
         """
-        rec = self._lent.pop(id(conn), None)
-        if rec is None or rec.conn is not conn:
-            if rec is not None:
-                self._lent[id(conn)] = rec
+        rec = self._lent.pop(conn, None)
+        if rec is None:
             raise PoolError(
                 f"pool {self.name!r} did not lend this connection (already returned, or "
                 "from another pool); return each connection once, to the pool it came from"
@@ -660,6 +660,9 @@ class Pool:
 
     def _connect_new(self) -> ConnectionRecord:
         conn = self._driver.connect(self.config.connect_spec())
+        if type(conn).__eq__ is not object.__eq__:
+            self._driver.close(conn)
+            raise TypeError(f"{type(conn).__name__} overrides __eq__; the pool needs identity")
         try:
             self._run_configure(conn)
         except Exception:
