@@ -1,0 +1,1 @@
+"""Exporting pool statistics to monitoring systems (one module per system)."""
