@@ -95,6 +95,10 @@ def test_readonly_connections_come_from_the_replica_pool(
         assert backends(admin, "primary-replica0") == [conn.info.backend_pid]
     with db.connection() as conn:
         assert backends(admin, "primary") == [conn.info.backend_pid]
+    # A read-only error on a replica is expected there, not a sign of failover.
+    assert db._replica_pools is not None
+    assert not db._replica_pools[0].meant_for_primary
+    assert db.pool.meant_for_primary
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")

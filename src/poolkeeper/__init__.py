@@ -21,6 +21,7 @@ from poolkeeper.errors import (
     WrongEventLoop,
 )
 from poolkeeper.pool import Pool
+from poolkeeper.shutdown import install_shutdown_hook, uninstall_shutdown_hook
 from poolkeeper.stats import PoolStats
 
 if TYPE_CHECKING:
@@ -41,6 +42,8 @@ __all__ = [
     "PoolTimeout",
     "TooManyWaiters",
     "WrongEventLoop",
+    "install_shutdown_hook",
+    "uninstall_shutdown_hook",
 ]
 
 __version__ = "0.1.0"

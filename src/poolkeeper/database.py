@@ -117,6 +117,9 @@ class Database:
             with self._pool_lock:
                 if self._replica_cycle is None:
                     self._replica_pools = [Pool(config=cfg) for cfg in self._replica_configs]
+                    for replica in self._replica_pools:
+                        # A read-only error from a replica is expected, not a failover.
+                        replica.meant_for_primary = False
                     self._replica_cycle = itertools.cycle(self._replica_pools)
         return next(self._replica_cycle)
 

@@ -18,6 +18,7 @@ __all__ = [
     "HousekeepingPlan",
     "connections_to_open",
     "expiry",
+    "health_status",
     "housekeeping_tick",
     "plan_housekeeping",
 ]
@@ -52,7 +53,7 @@ class Backoff:
 
     def next_delay(self) -> float:
         """The delay before the next attempt; grows with each call until :meth:`reset`."""
-        ceiling = min(self.cap, self.initial * (2**self._attempt))
+        ceiling = min(self.cap, self.initial * (1 << self._attempt))
         self._attempt = min(self._attempt + 1, 30)
         jitter: float = self._rng.random()
         return ceiling * (0.5 + 0.5 * jitter)
@@ -84,6 +85,14 @@ class Breaker:
             and self.failing_since is not None
             and now - self.failing_since >= self.window
         )
+
+    def opens_in(self, now: float) -> float:
+        """Seconds until the breaker opens if failures go on (``inf`` if it never will,
+        or is open already): a retry scheduled then lets waiting callers fail fast."""
+        if self.window is None or self.failing_since is None:
+            return float("inf")
+        remaining = self.failing_since + self.window - now
+        return remaining + 0.005 if remaining > 0 else float("inf")
 
     def probe_due(self, now: float) -> bool:
         """True if it is time to let one more connection attempt through."""
@@ -171,3 +180,17 @@ def housekeeping_tick(
     ]
     shortest = min(intervals, default=4.0)
     return min(1.0, max(0.02, shortest / 4))
+
+
+def health_status(
+    *, closed: bool, breaker_open: bool, open_count: int, min_size: int, waiting: int
+) -> str:
+    """``health()``'s verdict: ``closed``, ``down`` (server known unreachable),
+    ``degraded`` (fewer than ``min_size`` open, or callers waiting) or ``ok``."""
+    if closed:
+        return "closed"
+    if breaker_open:
+        return "down"
+    if open_count < min_size or waiting:
+        return "degraded"
+    return "ok"

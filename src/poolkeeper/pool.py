@@ -24,13 +24,16 @@ import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
+
+from psycopg.conninfo import conninfo_to_dict
 
 from poolkeeper import forking
 from poolkeeper.background import BackgroundWorkers
 from poolkeeper.config import PoolConfig
 from poolkeeper.drivers import BROKEN, IN_TRANSACTION, SyncDriver, load_sync_driver
+from poolkeeper.drivers.libpq_options import READ_ONLY_SQLSTATE
 from poolkeeper.errors import (
     ConfigurationError,
     ConnectionFailed,
@@ -55,6 +58,22 @@ __all__ = ["Pool"]
 
 _log = logging.getLogger("poolkeeper.pool")
 _monotonic = time.monotonic
+_STANDBY_TARGETS = frozenset({"read-only", "standby", "prefer-standby"})
+
+
+class _ConfigureFailed(Exception):
+    """``configure=`` raised on a new connection, which was closed."""
+
+
+def _meant_for_primary(config: PoolConfig) -> bool:
+    """Unless its conninfo asks libpq for a standby, a pool is meant for the primary."""
+    target = None
+    if isinstance(config.connect_kwargs, Mapping):
+        target = config.connect_kwargs.get("target_session_attrs")
+    if target is None and isinstance(config.dsn, str) and "target_session_attrs" in config.dsn:
+        with contextlib.suppress(Exception):
+            target = conninfo_to_dict(config.dsn).get("target_session_attrs")
+    return target not in _STANDBY_TARGETS
 
 
 class _Waiter:
@@ -124,6 +143,8 @@ class Pool:
         self._closed = not open
         self._opened = False
         self._forked = False
+        #: False for a pool meant for standbys: a read-only error there is no failover.
+        self.meant_for_primary = _meant_for_primary(config)
         self._apply_check_settings()
 
         self._breaker = Breaker(config.fail_fast_after)
@@ -298,6 +319,14 @@ class Pool:
                 if self._leak_threshold is not None:
                     rec.borrow_stack = "".join(traceback.format_stack(limit=16)[:-2])
                 return rec.conn
+            # Each failed check costs up to connect_timeout: never try past the deadline.
+            if _monotonic() >= deadline:
+                self._stats_timeouts.add()
+                raise self._timeout_error(
+                    f"pool {self.name!r}: no working connection within {limit:g}s "
+                    "(the idle ones failed their check and replacements were not ready)",
+                    "check the server and network, or raise timeout",
+                )
 
     def _acquire_record(self, deadline: float, limit: float) -> tuple[ConnectionRecord, bool]:
         """Take an idle record, or queue and wait for one. Returns (record, waited)."""
@@ -447,9 +476,25 @@ class Pool:
         except BaseException as exc:
             if self._driver.is_disconnect(exc):
                 self._note_server_gone()
+            elif getattr(exc, "sqlstate", None) == READ_ONLY_SQLSTATE:
+                self._on_read_only_error(conn)
             raise
         finally:
             self.putconn(conn)
+
+    def _on_read_only_error(self, conn: Any) -> None:
+        """SQLSTATE 25006 on a pool meant for the primary, from a connection that reached
+        a hot standby: the primary was demoted (failover). A ping would pass on the
+        standby, so verifying is not enough: replace every connection."""
+        is_standby = getattr(self._driver, "is_standby", None)
+        if not self.meant_for_primary or is_standby is None or not is_standby(conn):
+            return
+        _log.warning(
+            "pool %r: a connection reached a read-only standby (SQLSTATE 25006); the "
+            "primary was demoted or failed over, so every connection is being replaced",
+            self.name,
+        )
+        self.drain()
 
     @contextlib.contextmanager
     def transaction(self, timeout: float | None = None) -> Iterator[Any]:
@@ -480,7 +525,8 @@ class Pool:
             self._idle.clear()
         for rec in batch:
             try:
-                self._driver.ping(rec.conn)
+                # The pool's own check: the driver's ping, or the user's check= callable.
+                self._ping(rec.conn)
             except Exception as exc:
                 self._stats_checks_failed.add()
                 self._retire(rec, f"failed pool.check() ({redact(str(exc))})")
@@ -660,14 +706,19 @@ class Pool:
 
     def _connect_new(self) -> ConnectionRecord:
         conn = self._driver.connect(self.config.connect_spec())
-        if type(conn).__eq__ is not object.__eq__:
+        equality: object = type(conn).__eq__
+        if equality is not object.__eq__:
             self._driver.close(conn)
             raise TypeError(f"{type(conn).__name__} overrides __eq__; the pool needs identity")
         try:
             self._run_configure(conn)
-        except Exception:
+        except Exception as exc:
             self._driver.close(conn)
-            raise
+            # Said apart from "could not connect": the server was fine, the hook was not.
+            raise _ConfigureFailed(
+                f"configure= raised {type(exc).__name__}: {redact(str(exc))}; "
+                "the new connection was discarded"
+            ) from exc
         now = _monotonic()
         return ConnectionRecord(
             conn,
@@ -697,7 +748,10 @@ class Pool:
                         self._last_error,
                     )
                     break
-                if self._probe.wait(backoff.next_delay()):
+                # Try again no later than the moment the breaker may open, so callers
+                # queued meanwhile learn at once that the server is down.
+                delay = min(backoff.next_delay(), self._breaker.opens_in(_monotonic()))
+                if self._probe.wait(delay):
                     self._probe.clear()
                 continue
             self._on_connect_success(rec)
@@ -710,9 +764,12 @@ class Pool:
     def _on_connect_failure(self, exc: BaseException) -> None:
         self._stats_connect_errors.add()
         detail = redact(str(exc).strip()) or type(exc).__name__
-        error = ConnectionFailed(
-            f"could not connect to {self.config.redacted_dsn()!r}: {detail}", detail
+        what = (
+            "a new connection failed configure= on"
+            if isinstance(exc, _ConfigureFailed)
+            else "could not connect to"
         )
+        error = ConnectionFailed(f"{what} {self.config.redacted_dsn()!r}: {detail}", detail)
         self._last_error = error
         _log.warning("pool %r: %s", self.name, error)
         now = _monotonic()
@@ -727,7 +784,10 @@ class Pool:
 
     def _on_connect_success(self, rec: ConnectionRecord) -> None:
         self._stats_opened.add()
-        self._breaker.success()
+        if self._breaker.failing_since is not None:
+            self._breaker.success()
+            # The server is back: wake the other reconnect loops from their back-off.
+            self._probe.set()
         _log.debug("pool %r: opened connection to backend %d", self.name, rec.backend_pid)
         with self._lock:
             self._opening -= 1

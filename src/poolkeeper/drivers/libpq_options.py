@@ -10,15 +10,20 @@ from psycopg.conninfo import conninfo_to_dict
 from poolkeeper.drivers.base import ConnectSpec
 
 __all__ = [
+    "READ_ONLY_SQLSTATE",
     "SERVER_GONE_SQLSTATES",
     "is_server_gone_sqlstate",
     "libpq_params",
     "merge_conninfo",
 ]
 
-#: admin_shutdown, crash_shutdown, cannot_connect_now, and read_only_sql_transaction,
-#: which on a pool meant for the primary means we are talking to a demoted server.
-SERVER_GONE_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "25006"})
+#: admin_shutdown, crash_shutdown, cannot_connect_now.
+SERVER_GONE_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})
+
+#: read_only_sql_transaction. Not "server gone" by itself: a read-only transaction on
+#: a healthy primary raises it too. The pool asks the connection whether it reached a
+#: hot standby before concluding the primary was demoted (see ``Pool.connection``).
+READ_ONLY_SQLSTATE = "25006"
 
 
 def is_server_gone_sqlstate(sqlstate: str | None) -> bool:

@@ -190,7 +190,7 @@ class PsycopgDriver:
         pgconn.send_query(b"")
         results = _wait_within(generators.execute(pgconn), pgconn.socket, conn._pk_ping_timeout)
         if not results or results[-1].status != pq.ExecStatus.EMPTY_QUERY:
-            message = pgconn.get_error_message().decode("utf-8", "replace").strip()
+            message = pgconn.get_error_message().strip()
             raise psycopg.OperationalError(message or "the server did not answer the ping")
 
     def close(self, conn: PoolConnection) -> None:
@@ -227,6 +227,11 @@ class PsycopgDriver:
         if isinstance(exc, psycopg.OperationalError) and exc.sqlstate is None:
             return True
         return is_server_gone_sqlstate(exc.sqlstate)
+
+    def is_standby(self, conn: PoolConnection) -> bool:
+        """True if the server reports it is a hot standby (PostgreSQL 14+ says so
+        unasked, in ``in_hot_standby``): no round trip."""
+        return conn.info.parameter_status("in_hot_standby") == "on"
 
     def fileno(self, conn: PoolConnection) -> int:
         """The libpq socket, or -1 once closed."""

@@ -1,0 +1,1 @@
+"""Fault-injection tests: each starts its own PostgreSQL and breaks it on purpose."""

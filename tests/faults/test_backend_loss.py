@@ -1,0 +1,178 @@
+"""Backends killed under a warm pool, and a network that cuts or black-holes traffic."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import psycopg
+import pytest
+
+from poolkeeper import ConnectionFailed, Pool, PoolTimeout
+from poolkeeper.embedded import LocalServer
+from tests.faults.conftest import Report, admin_connect, backend_pids, wait_until
+from tests.faults.proxy import FaultProxy
+
+pytestmark = pytest.mark.fault
+
+PoolMaker = Callable[..., Pool]
+
+
+def _warm(pool: Pool, count: int) -> None:
+    """Borrow ``count`` connections at once so that ``count`` are open and idle."""
+    pool.wait(timeout=10)
+    held = [pool.getconn(timeout=5) for _ in range(count)]
+    for conn in held:
+        conn.execute("SELECT 1")
+    for conn in held:
+        pool.putconn(conn)
+
+
+def _terminate_all(server: LocalServer, application_name: str) -> int:
+    with admin_connect(server) as admin:
+        killed = admin.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE application_name = %s",
+            [application_name],
+        ).fetchone()
+    wait_until(lambda: not backend_pids(server, application_name), 5, "terminated backends to exit")
+    return int(killed[0]) if killed else 0
+
+
+def _borrow_many(pool: Pool, count: int) -> tuple[int, list[str]]:
+    """Borrow and query ``count`` times; return (successes, errors seen by callers)."""
+    ok, errors = 0, []
+    for _ in range(count):
+        try:
+            with pool.connection(timeout=5) as conn:
+                conn.execute("SELECT 1").fetchone()
+            ok += 1
+        except Exception as exc:
+            errors.append(f"{type(exc).__name__}: {exc}")
+    return ok, errors
+
+
+def test_terminate_every_backend_then_100_borrows_succeed(
+    shared_server: LocalServer, pools: PoolMaker, report: Report
+) -> None:
+    """pg_terminate_backend on all of a warm pool: callers never see a dead connection."""
+    name = "fault-terminate"
+    pool = pools(shared_server.dsn, name=name, min_size=4, max_size=8)
+    _warm(pool, 4)
+    old = backend_pids(shared_server, name)
+    assert len(old) == 4
+    # A warm pool whose connections sat idle a moment (longer than check_after).
+    time.sleep(pool.config.check_after + 0.05)
+    report["backends_terminated"] = _terminate_all(shared_server, name)
+
+    start = time.monotonic()
+    ok, errors = _borrow_many(pool, 100)
+    report["borrows_ok"] = ok
+    report["errors_surfaced"] = len(errors)
+    report["seconds_for_100_borrows"] = time.monotonic() - start
+    assert errors == []
+    assert ok == 100
+    assert not (backend_pids(shared_server, name) & old)
+    assert pool.stats().checks_failed >= 1
+
+
+def test_one_dead_connection_makes_every_older_idle_one_suspect(
+    shared_server: LocalServer, pools: PoolMaker, report: Report
+) -> None:
+    """With borrow-time checks effectively off, the first failure marks all older idle
+    connections suspect, so the error surfaces once, not once per dead connection."""
+    name = "fault-epoch"
+    pool = pools(shared_server.dsn, name=name, min_size=4, max_size=8, check_after=3600)
+    _warm(pool, 4)
+    _terminate_all(shared_server, name)
+
+    ok, errors = _borrow_many(pool, 100)
+    report["errors_surfaced"] = len(errors)
+    report["borrows_ok"] = ok
+    # The one connection lent before anything was known to be wrong fails; the three
+    # other dead ones are verified and replaced before they are lent.
+    assert len(errors) == 1, errors
+    assert ok == 99
+    assert pool.stats().checks_failed == 3
+
+
+def test_proxy_cut_all_connections(
+    shared_server: LocalServer,
+    pools: PoolMaker,
+    proxy_to: Callable[[int], FaultProxy],
+    report: Report,
+) -> None:
+    """Every connection reset by the network: the pool replaces them unseen by callers."""
+    proxy = proxy_to(shared_server.port)
+    name = "fault-cut"
+    dsn = f"postgresql://postgres@127.0.0.1:{proxy.port}/postgres"
+    pool = pools(dsn, name=name, min_size=4, max_size=8)
+    _warm(pool, 4)
+    time.sleep(pool.config.check_after + 0.05)
+    proxy.cut()
+    start = time.monotonic()
+    ok, errors = _borrow_many(pool, 50)
+    report["errors_surfaced"] = len(errors)
+    report["seconds_for_50_borrows"] = time.monotonic() - start
+    assert errors == []
+    assert ok == 50
+
+
+def test_proxy_black_hole_fails_within_timeouts_then_heals(
+    shared_server: LocalServer,
+    pools: PoolMaker,
+    proxy_to: Callable[[int], FaultProxy],
+    report: Report,
+) -> None:
+    """A peer that accepts but never answers: queries, checks and connects all end
+    within the configured timeouts, and the pool serves again once the network heals."""
+    proxy = proxy_to(shared_server.port)
+    name = "fault-blackhole"
+    dsn = f"postgresql://postgres@127.0.0.1:{proxy.port}/postgres"
+    statement_timeout = 1.0
+    pool = pools(
+        dsn,
+        name=name,
+        min_size=2,
+        max_size=4,
+        connect_timeout=2.0,
+        statement_timeout=statement_timeout,
+    )
+    _warm(pool, 2)
+    proxy.blackhole()
+
+    # 1. A query on a connection that was just in use (no borrow-time check).
+    conn = pool.getconn(timeout=1)
+    start = time.monotonic()
+    with pytest.raises(psycopg.OperationalError):
+        conn.execute("SELECT 1")
+    query_failed_after = time.monotonic() - start
+    pool.putconn(conn)
+    report["query_failed_after_s"] = query_failed_after
+    assert query_failed_after < 2 * statement_timeout + 1.5
+
+    # 2. A borrow while black-holed: bounded by the caller's timeout, with the cause.
+    start = time.monotonic()
+    with pytest.raises((PoolTimeout, ConnectionFailed)), pool.connection(timeout=3) as other:
+        other.execute("SELECT 1")
+    borrow_failed_after = time.monotonic() - start
+    report["borrow_failed_after_s"] = borrow_failed_after
+    assert borrow_failed_after < 3 + 0.5 + statement_timeout * 2
+
+    # 3. Heal: the pool serves again on its own.
+    proxy.heal()
+    healed_at = time.monotonic()
+
+    def serves() -> bool:
+        try:
+            with pool.connection(timeout=1) as conn:
+                conn.execute("SELECT 1")
+        except Exception:
+            return False
+        return True
+
+    wait_until(serves, 10, "the pool to serve after heal")
+    report["seconds_to_serve_after_heal"] = time.monotonic() - healed_at
+    _, errors = _borrow_many(pool, 20)
+    report["errors_after_heal"] = len(errors)
+    assert errors == []
