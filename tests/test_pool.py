@@ -255,12 +255,30 @@ def test_close_waits_for_borrowed_connections_then_closes_them(make_pool: PoolFa
 def test_wait_times_out_when_min_size_cannot_be_reached() -> None:
     from poolkeeper import Pool
 
-    pool = Pool("postgresql://nobody@127.0.0.1:1/none", min_size=1, connect_timeout=1)
+    pool = Pool(
+        "postgresql://nobody@127.0.0.1:1/none", min_size=1, connect_timeout=1, fail_fast_after=None
+    )
     try:
         start = time.monotonic()
-        with pytest.raises(PoolTimeout, match="min_size"):
+        with pytest.raises(PoolTimeout, match="min_size") as info:
             pool.wait(timeout=0.5)
         assert time.monotonic() - start < 1.5
+        assert "last error" in str(info.value)
+        assert info.value.__cause__ is not None
+    finally:
+        pool.close(0.5)
+
+
+def test_wait_fails_fast_once_the_server_is_known_unreachable() -> None:
+    from poolkeeper import Pool
+
+    pool = Pool("postgresql://nobody@127.0.0.1:1/none", min_size=2, fail_fast_after=0.2)
+    try:
+        start = time.monotonic()
+        with pytest.raises(PoolTimeout, match="refused") as info:
+            pool.wait(timeout=10)
+        assert time.monotonic() - start < 2.0
+        assert info.value.__cause__ is not None
     finally:
         pool.close(0.5)
 

@@ -194,20 +194,29 @@ class Pool:
             self._grow_locked()
 
     def wait(self, timeout: float | None = None) -> None:
-        """Block until ``min_size`` connections are open, else raise ``PoolTimeout``."""
+        """Block until ``min_size`` connections are open, else raise ``PoolTimeout``.
+
+        Like ``getconn``, it gives up early while the circuit breaker is open (the
+        server is known unreachable); the last connect error is the ``__cause__``.
+        """
         limit = self.config.timeout if timeout is None else timeout
-        deadline = _monotonic() + limit
+        start = _monotonic()
+        deadline = start + limit
         with self._changed:
             while self._open_count() < self.config.min_size:
                 self._raise_if_closed()
-                remaining = deadline - _monotonic()
-                if remaining <= 0:
+                now = _monotonic()
+                unreachable = self._breaker.is_open(now)
+                if now >= deadline or unreachable:
+                    last = self._last_error
+                    reason = f"; last error: {last.detail}" if last is not None else ""
                     raise self._timeout_error(
                         f"pool {self.name!r} opened {self._open_count()} of "
-                        f"min_size={self.config.min_size} connections within {limit:g}s",
+                        f"min_size={self.config.min_size} connections within "
+                        f"{now - start:.1f}s{reason}",
                         "check that the server is reachable, or lower min_size",
                     )
-                self._changed.wait(min(remaining, 0.1))
+                self._changed.wait(min(deadline - now, 0.1))
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop lending, wait up to ``timeout`` for borrowed connections, close everything.
