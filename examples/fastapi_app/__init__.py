@@ -1,0 +1,1 @@
+"""A FastAPI app on poolkeeper's asyncio pool: ``uvicorn examples.fastapi_app.app:app``."""

@@ -1,0 +1,229 @@
+"""``AsyncDatabase``: the process-wide shared asyncio pool, one per name.
+
+One object per name and process, as with ``Database``; behind it, one
+:class:`~poolkeeper.AsyncPool` per running event loop. A connection belongs to the
+loop it was opened in, and programs meet more than one loop without trying:
+pytest-asyncio gives each test its own, a script calls ``asyncio.run`` twice, a
+worker thread runs its own. Each loop's pool is made on first use in that loop
+and closed when that loop shuts down (``asyncio.run`` returning) or by
+``close_all_connections()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import threading
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any, ClassVar
+
+from poolkeeper import forking
+from poolkeeper.async_pool import AsyncPool
+from poolkeeper.config import PoolConfig
+from poolkeeper.database import check_same_settings
+from poolkeeper.drivers import load_async_driver
+from poolkeeper.errors import ConfigurationError, PoolError
+from poolkeeper.stats import PoolStats
+
+__all__ = ["AsyncDatabase"]
+
+
+class _LoopPools:
+    """The pools of one ``AsyncDatabase`` in one event loop."""
+
+    __slots__ = ("cycle", "primary", "replicas")
+
+    def __init__(self, primary: AsyncPool, replicas: list[AsyncPool]) -> None:
+        self.primary = primary
+        self.replicas = replicas
+        self.cycle: Iterator[AsyncPool] | None = itertools.cycle(replicas) if replicas else None
+
+    def all(self) -> list[AsyncPool]:
+        return [self.primary, *self.replicas]
+
+
+class AsyncDatabase:
+    """The shared asyncio pool for ``name``: the same object on every call, in every thread.
+
+    ``AsyncDatabase(name="default", dsn=None, **settings)``: the first call for a
+    name takes the settings (as for :class:`~poolkeeper.AsyncPool`, plus
+    ``replicas=[dsn, ...]`` for ``connection(readonly=True)``); later calls return
+    the same object and raise ``ConfigurationError`` if they ask for different
+    settings. Constructing it needs no event loop; every method that uses a pool
+    must run inside one, and uses that loop's own pool.
+    """
+
+    _instances: ClassVar[dict[str, AsyncDatabase]] = {}
+    _registry_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    name: str
+    config: PoolConfig
+    _replica_configs: tuple[PoolConfig, ...]
+    # Keyed by loop; a closed loop's entry is dropped when the next loop's is made.
+    _pools: dict[asyncio.AbstractEventLoop, _LoopPools]
+
+    def __new__(cls, name: str = "default", dsn: Any = None, **options: Any) -> AsyncDatabase:
+        instance = cls._instances.get(name)
+        if instance is None:
+            with cls._registry_lock:
+                instance = cls._instances.get(name)
+                if instance is None:
+                    instance = super().__new__(cls)
+                    instance._setup(name, dsn, options)
+                    cls._instances[name] = instance
+                    return instance
+        if dsn is not None or options:
+            replicas = options.pop("replicas", None)
+            requested = PoolConfig.build(dsn, name=name, **options)
+            check_same_settings(instance.config, requested, f"AsyncDatabase({name!r})")
+            if replicas is not None and tuple(replicas) != instance._replica_dsns():
+                raise ConfigurationError(
+                    f"replicas: AsyncDatabase({name!r}) already exists with other replicas; "
+                    "pass the same list everywhere"
+                )
+        return instance
+
+    def __init__(self, name: str = "default", dsn: Any = None, **options: Any) -> None:
+        """Settings are taken by ``__new__``; a repeated call changes nothing."""
+
+    def _setup(self, name: str, dsn: Any, options: dict[str, Any]) -> None:
+        replicas: Sequence[Any] = options.pop("replicas", None) or ()
+        self.name = name
+        self.config = PoolConfig.build(dsn, name=name, **options)
+        # A missing driver extra should fail here, not at the first query.
+        load_async_driver(self.config.driver)
+        self._replica_configs = tuple(
+            self.config.replace(dsn=replica, name=f"{name}-replica{i}", min_size=0)
+            for i, replica in enumerate(replicas)
+        )
+        self._pools = {}
+        self._pools_lock = threading.Lock()
+        forking.register(self)
+
+    def _replica_dsns(self) -> tuple[Any, ...]:
+        return tuple(cfg.dsn for cfg in self._replica_configs)
+
+    # -- the pools behind it -----------------------------------------------------------
+
+    def _loop_pools(self) -> _LoopPools:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise PoolError(
+                f"AsyncDatabase({self.name!r}) must be used inside a running event loop "
+                "(from a coroutine); use poolkeeper.Database() in synchronous code"
+            ) from None
+        pools = self._pools.get(loop)
+        if pools is None or pools.primary.closed:
+            with self._pools_lock:
+                pools = self._pools.get(loop)
+                if pools is None or pools.primary.closed:
+                    for old in [lp for lp in self._pools if lp.is_closed()]:
+                        del self._pools[old]
+                    # Constructed inside the running loop, so each pool starts at once.
+                    pools = _LoopPools(
+                        AsyncPool(config=self.config),
+                        [AsyncPool(config=cfg) for cfg in self._replica_configs],
+                    )
+                    self._pools[loop] = pools
+        return pools
+
+    @property
+    def pool(self) -> AsyncPool:
+        """This event loop's pool, created on first use in the loop (again after a close)."""
+        return self._loop_pools().primary
+
+    def _read_pool(self) -> AsyncPool:
+        pools = self._loop_pools()
+        return next(pools.cycle) if pools.cycle is not None else pools.primary
+
+    # -- the seed recipe's API, awaited --------------------------------------------------
+
+    async def get_connection(self, timeout: float | None = None) -> Any:
+        """Borrow a connection; waits up to ``timeout`` then raises ``PoolTimeout``."""
+        return await self.pool.getconn(timeout)
+
+    async def release_connection(self, conn: Any) -> None:
+        """Return a connection: rolls back an open transaction, discards a broken one."""
+        pools = self._loop_pools()
+        for pool in pools.all():
+            if conn in pool._lent:
+                await pool.putconn(conn)
+                return
+        await pools.primary.putconn(conn)
+
+    async def close_all_connections(self, timeout: float = 5.0) -> None:
+        """Close this name's pools in every event loop; the next use opens fresh ones.
+
+        The current loop's pools are closed here; another loop's are closed in that
+        loop (if it still runs) and waited for up to ``timeout``.
+        """
+        here = asyncio.get_running_loop()
+        with self._pools_lock:
+            everything = list(self._pools.items())
+            self._pools.clear()
+        elsewhere: list[asyncio.Future[None]] = []
+        for loop, pools in everything:
+            if loop is here:
+                for pool in pools.all():
+                    await pool.close(timeout)
+            elif not loop.is_closed() and loop.is_running():
+                future = asyncio.run_coroutine_threadsafe(_close_pools(pools, timeout), loop)
+                elsewhere.append(asyncio.wrap_future(future))
+        if elsewhere:
+            await asyncio.wait(elsewhere, timeout=timeout + 1.0)
+
+    # -- preferred, exception-safe forms -----------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def connection(
+        self, timeout: float | None = None, *, readonly: bool = False
+    ) -> AsyncIterator[Any]:
+        """Borrow for an ``async with`` block; ``readonly=True`` uses a replica when
+        configured."""
+        pool = self._read_pool() if readonly else self.pool
+        async with pool.connection(timeout) as conn:
+            yield conn
+
+    @contextlib.asynccontextmanager
+    async def transaction(self, timeout: float | None = None) -> AsyncIterator[Any]:
+        """Borrow inside BEGIN … COMMIT, ROLLBACK on error."""
+        async with self.pool.transaction(timeout) as conn:
+            yield conn
+
+    def stats(self) -> PoolStats:
+        """This event loop's primary pool's :class:`~poolkeeper.PoolStats`."""
+        return self.pool.stats()
+
+    def health(self) -> dict[str, object]:
+        """This event loop's primary pool's health, answered at once."""
+        return self.pool.health()
+
+    async def drain(self) -> None:
+        """Replace every connection of this loop's primary pool (see ``AsyncPool.drain``)."""
+        await self.pool.drain()
+
+    # -- process-wide -------------------------------------------------------------------
+
+    @classmethod
+    async def reset_all(cls, timeout: float = 5.0) -> None:
+        """Close every ``AsyncDatabase`` singleton and forget them (tests, shutdown hooks)."""
+        with cls._registry_lock:
+            instances = list(cls._instances.values())
+            cls._instances.clear()
+        for instance in instances:
+            await instance.close_all_connections(timeout)
+
+    def _after_fork_in_child(self) -> None:
+        # The pools' own fork hooks make their sockets inert; we just stop using them.
+        self._pools = {}
+        self._pools_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"<poolkeeper.AsyncDatabase {self.name!r} dsn={self.config.redacted_dsn()!r}>"
+
+
+async def _close_pools(pools: _LoopPools, timeout: float) -> None:
+    for pool in pools.all():
+        await pool.close(timeout)

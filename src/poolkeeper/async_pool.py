@@ -1,0 +1,999 @@
+"""``AsyncPool``: the asyncio connection pool.
+
+The sync :class:`~poolkeeper.Pool`'s design on one event loop, where every
+stretch of code between two ``await``\\ s is atomic, so no lock is needed at all:
+
+* Idle connections sit in a ``deque`` used as a stack; ``getconn`` pops one
+  without awaiting anything unless a liveness check is due.
+* A caller that finds none queues an ``asyncio.Future``; ``putconn`` hands a
+  returned connection straight to the first live waiter, so waiters are served
+  first come, first served and nobody jumps the queue.
+* Opening, keepalive pings, retiring and closing run as background tasks on the
+  pool's loop; the decisions about them come from ``policy.py``, shared with the
+  sync pool.
+
+Cancellation never loses a connection: a connection is always in exactly one of
+the idle stack, the lent map, a waiter's future, or the hands of a coroutine
+that puts it back (or retires it) in a ``finally``/``except BaseException``.
+
+An ``AsyncPool`` belongs to the event loop it was opened in. Using it from another
+loop raises :class:`~poolkeeper.errors.WrongEventLoop`; ``AsyncDatabase`` keeps one
+pool per loop for code that runs under several.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import time
+import traceback
+from asyncio import get_running_loop as _running_loop
+from collections import deque
+from collections.abc import AsyncIterator, Coroutine
+from types import TracebackType
+from typing import Any
+
+from poolkeeper import forking
+from poolkeeper.config import PoolConfig
+from poolkeeper.drivers import BROKEN, IN_TRANSACTION, AsyncDriver, load_async_driver
+from poolkeeper.errors import (
+    ConfigurationError,
+    ConnectionFailed,
+    PoolClosed,
+    PoolError,
+    PoolTimeout,
+    TooManyWaiters,
+    WrongEventLoop,
+)
+from poolkeeper.policy import (
+    Backoff,
+    Breaker,
+    connections_to_open,
+    expiry,
+    health_status,
+    housekeeping_tick,
+    plan_housekeeping,
+)
+from poolkeeper.record import ConnectionRecord
+from poolkeeper.redact import redact
+from poolkeeper.stats import Counter, PoolStats, WaitSamples
+
+__all__ = ["AsyncPool"]
+
+_log = logging.getLogger("poolkeeper.pool")
+_monotonic = time.monotonic
+
+#: How long a pool whose event loop is shutting down waits for borrowed connections.
+LOOP_SHUTDOWN_GRACE = 1.0
+
+
+class _Signal:
+    """Wake every coroutine sleeping on it; like ``asyncio.Event`` but edge-triggered,
+    with a timeout, and bound to no loop until someone waits."""
+
+    __slots__ = ("_sleepers",)
+
+    def __init__(self) -> None:
+        self._sleepers: list[asyncio.Future[None]] = []
+
+    def fire(self) -> None:
+        """Wake everyone sleeping now."""
+        if self._sleepers:
+            sleepers, self._sleepers = self._sleepers, []
+            for fut in sleepers:
+                if not fut.done():
+                    fut.set_result(None)
+
+    async def wait(self, timeout: float) -> bool:
+        """Sleep until the next :meth:`fire` or ``timeout`` seconds; True if fired."""
+        fut: asyncio.Future[None] = _running_loop().create_future()
+        self._sleepers.append(fut)
+        try:
+            done, _ = await asyncio.wait([fut], timeout=timeout)
+            return bool(done)
+        finally:
+            if not fut.done():
+                fut.cancel()
+                with contextlib.suppress(ValueError):
+                    self._sleepers.remove(fut)
+
+
+class _Borrowed:
+    """``async with pool.connection()``: a class, not a generator, to keep it cheap."""
+
+    __slots__ = ("_conn", "_pool", "_timeout")
+
+    def __init__(self, pool: AsyncPool, timeout: float | None) -> None:
+        self._pool = pool
+        self._timeout = timeout
+        self._conn: Any = None
+
+    async def __aenter__(self) -> Any:
+        self._conn = await self._pool.getconn(self._timeout)
+        return self._conn
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        pool = self._pool
+        if exc is not None and pool._driver.is_disconnect(exc):
+            pool._note_server_gone()
+        await pool.putconn(self._conn)
+
+
+class AsyncPool:
+    """An asyncio pool of PostgreSQL connections, bound to one event loop.
+
+    ``AsyncPool(dsn=None, *, open=True, config=None, **settings)`` takes the same
+    settings as :class:`~poolkeeper.Pool`. A constructor cannot await, so
+    ``open=True`` starts the pool at once when called inside a running loop, and
+    otherwise at its first use (``getconn``, ``wait``, ``async with``) in the loop
+    that uses it. ``open=False`` waits for ``await pool.open()`` or
+    ``async with pool``. The connection you get is the driver's own
+    (``psycopg.AsyncConnection`` or ``asyncpg.Connection``).
+    """
+
+    def __init__(
+        self,
+        dsn: Any = None,
+        *,
+        open: bool = True,
+        config: PoolConfig | None = None,
+        **options: Any,
+    ) -> None:
+        if config is None:
+            config = PoolConfig.build(dsn, name=options.pop("name", None), **options)
+        elif dsn is not None or options:
+            raise ConfigurationError(
+                "config: pass either config= or dsn/keyword settings, not both"
+            )
+        self.config = config
+        self.name = config.name
+        self._driver: AsyncDriver[Any] = load_async_driver(config.driver)
+        self._status = self._driver.status
+        self._return_state = self._driver.return_state
+        # reset="always" must take the slow path on every return: no state equals this.
+        self._clean_state: object = (
+            object() if config.reset == "always" else self._driver.clean_state
+        )
+
+        self._idle: deque[ConnectionRecord] = deque()
+        # Keyed by the connection itself: drivers' classes hash by identity (checked
+        # once per connection in _connect_new), which is cheaper than calling id().
+        self._lent: dict[Any, ConnectionRecord] = {}
+        self._waiters: deque[asyncio.Future[ConnectionRecord]] = deque()
+        # Open connections plus connections being opened.
+        self._total = 0
+        self._opening = 0
+        self._generation = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = not open
+        self._opened = False
+        self._forked = False
+        self._apply_check_settings()
+
+        self._breaker = Breaker(config.fail_fast_after)
+        self._probe = _Signal()
+        self._changed = _Signal()
+        self._last_error: ConnectionFailed | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._openers: set[asyncio.Task[Any]] = set()
+        self._housekeeper: asyncio.Task[None] | None = None
+        self._connect_slots: asyncio.Semaphore | None = None
+        self._stats_borrows = Counter()
+        self._count_borrow = self._stats_borrows.add
+        self._stats_waits = Counter()
+        self._stats_timeouts = Counter()
+        self._stats_opened = Counter()
+        self._stats_closed = Counter()
+        self._stats_connect_errors = Counter()
+        self._stats_checks_failed = Counter()
+        self._stats_rollbacks = Counter()
+        self._stats_resets = Counter()
+        self._stats_leaks = Counter()
+        self._wait_samples = WaitSamples()
+        forking.register(self)
+        if open:
+            try:
+                loop = _running_loop()
+            except RuntimeError:
+                return  # opened at first use, in whichever loop that is
+            self._start(loop)
+
+    def _apply_check_settings(self) -> None:
+        check = self.config.check
+        self._check_after = float("inf") if check is None else self.config.check_after
+        self._user_check = check if callable(check) else None
+        self._leak_threshold = self.config.leak_threshold
+        self._reset_mode = self.config.reset
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Bind the pool to the running loop, start its background tasks and begin
+        opening ``min_size`` connections. Returns at once; ``await pool.wait()`` to wait
+        for them."""
+        loop = _running_loop()
+        if self._opened:
+            if loop is not self._loop:
+                raise self._wrong_loop_error()
+            if self._closed:
+                raise PoolClosed(f"pool {self.name!r} was closed; create a new AsyncPool")
+            return
+        if self._forked:
+            self._raise_if_closed()
+        self._start(loop)
+
+    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._opened = True
+        self._closed = False
+        self._connect_slots = asyncio.Semaphore(self.config.num_workers)
+        self._housekeeper = loop.create_task(
+            self._housekeeping_loop(), name=f"poolkeeper-{self.name}-housekeeping"
+        )
+        self._grow()
+
+    def _bind(self) -> None:
+        """Check (on the slow paths only) that we run in the pool's loop; start a pool
+        made with ``open=True`` outside any loop."""
+        loop = _running_loop()
+        if loop is self._loop:
+            return
+        if self._loop is not None:
+            raise self._wrong_loop_error()
+        if self._closed or self._forked:
+            self._raise_if_closed()
+        self._start(loop)
+
+    async def wait(self, timeout: float | None = None) -> None:
+        """Wait until ``min_size`` connections are open, else raise ``PoolTimeout``."""
+        self._bind()
+        limit = self.config.timeout if timeout is None else timeout
+        deadline = _monotonic() + limit
+        while self._open_count() < self.config.min_size:
+            self._raise_if_closed()
+            remaining = deadline - _monotonic()
+            if remaining <= 0:
+                raise self._timeout_error(
+                    f"pool {self.name!r} opened {self._open_count()} of "
+                    f"min_size={self.config.min_size} connections within {limit:g}s",
+                    "check that the server is reachable, or lower min_size",
+                )
+            await self._changed.wait(min(remaining, 0.1))
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Stop lending, wait up to ``timeout`` for borrowed connections, close everything.
+
+        Waiting callers get ``PoolClosed`` at once. Connections still borrowed when
+        the deadline passes are closed under their borrowers. Also called for you
+        when the pool's event loop shuts down (``asyncio.run`` returning).
+        """
+        if self._closed:
+            return
+        if self._loop is not None and _running_loop() is not self._loop:
+            raise self._wrong_loop_error()
+        self._closed = True
+        self._opened = True
+        # Connections still borrowed are retired when they come back.
+        self._generation += 1
+        waiters = list(self._waiters)
+        self._waiters.clear()
+        for fut in waiters:
+            if not fut.done():
+                fut.set_exception(PoolClosed(f"pool {self.name!r} was closed while waiting"))
+        idle = list(self._idle)
+        self._idle.clear()
+        self._total -= len(idle)
+        self._probe.fire()
+        self._changed.fire()
+        current = asyncio.current_task()
+        if self._housekeeper is not None and self._housekeeper is not current:
+            self._housekeeper.cancel()
+        for task in list(self._openers):
+            task.cancel()
+        deadline = _monotonic() + timeout
+        await asyncio.gather(*(self._close_rec(rec) for rec in idle))
+        while self._lent:
+            remaining = deadline - _monotonic()
+            if remaining <= 0:
+                break
+            await self._changed.wait(remaining)
+        stragglers = list(self._lent.values())
+        self._lent.clear()
+        if stragglers:
+            _log.warning(
+                "pool %r: closing %d connection(s) still borrowed after %gs",
+                self.name,
+                len(stragglers),
+                timeout,
+            )
+            self._total -= len(stragglers)
+            await asyncio.gather(*(self._close_rec(rec) for rec in stragglers))
+        # Closers, keepalive pings and openers cancelled above: let them finish. Some
+        # spawn a closer as they end (an opener that connected anyway), hence the loop.
+        grace = _monotonic() + 1.0
+        while pending := [task for task in self._tasks if task is not current]:
+            remaining = max(deadline, grace) - _monotonic()
+            if remaining <= 0:
+                for task in pending:
+                    task.cancel()
+                await asyncio.wait(pending, timeout=1.0)
+                break
+            await asyncio.wait(pending, timeout=remaining)
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called (or the pool was made with ``open=False``)."""
+        return self._closed
+
+    async def __aenter__(self) -> AsyncPool:
+        if not self._opened:
+            await self.open()
+        else:
+            self._bind()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return (
+            f"<poolkeeper.AsyncPool {self.name!r} {state} dsn={self.config.redacted_dsn()!r} "
+            f"size={self._total} idle={len(self._idle)} in_use={len(self._lent)}>"
+        )
+
+    # -- borrowing ----------------------------------------------------------------------
+
+    async def getconn(self, timeout: float | None = None) -> Any:
+        """Borrow a connection; wait up to ``timeout`` (default: the pool's) for one.
+
+        Raises ``PoolTimeout``, ``TooManyWaiters``, ``ConnectionFailed`` (server known
+        to be down), ``PoolClosed`` or ``WrongEventLoop``. Return it with
+        :meth:`putconn`, or prefer ``async with pool.connection()``.
+        """
+        # Fast path: our loop, nobody queued, an idle connection at hand, no check due.
+        if not self._waiters and _running_loop() is self._loop:
+            try:
+                rec = self._idle.pop()
+            except IndexError:
+                pass
+            else:
+                # One compare: check_due folds check_after and "suspect" into a deadline.
+                if _monotonic() < rec.check_due:
+                    self._lent[rec.conn] = rec
+                    self._count_borrow()
+                    if self._leak_threshold is not None:
+                        rec.borrowed_at = _monotonic()
+                        rec.borrow_stack = "".join(traceback.format_stack(limit=16)[:-1])
+                    return rec.conn
+                return await self._getconn_slow(timeout, rec)
+        return await self._getconn_slow(timeout, None)
+
+    async def _getconn_slow(self, timeout: float | None, candidate: ConnectionRecord | None) -> Any:
+        if candidate is None:
+            self._bind()
+        start = _monotonic()
+        limit = self.config.timeout if timeout is None else timeout
+        deadline = start + limit
+        waited = False
+        while True:
+            rec = candidate
+            candidate = None
+            if rec is None:
+                rec, did_wait = await self._acquire_record(deadline, limit)
+                waited = waited or did_wait
+            if self._closed:
+                # Handed over just before close(): close() no longer sees it, we must.
+                self._retire(rec, "pool closed")
+                self._raise_if_closed()
+            now = _monotonic()
+            if await self._validate(rec, now):
+                rec.borrowed_at = now
+                self._lent[rec.conn] = rec
+                self._count_borrow()
+                if waited:
+                    self._stats_waits.add()
+                    self._wait_samples.add(now - start)
+                if self._leak_threshold is not None:
+                    rec.borrow_stack = "".join(traceback.format_stack(limit=16)[:-2])
+                return rec.conn
+
+    async def _acquire_record(self, deadline: float, limit: float) -> tuple[ConnectionRecord, bool]:
+        """Take an idle record, or queue and wait for one. Returns (record, waited)."""
+        self._raise_if_closed()
+        if not self._waiters and self._idle:
+            return self._idle.pop(), False
+        now = _monotonic()
+        if self._breaker.is_open(now) and not self._idle:
+            if not self._breaker.probe_due(now):
+                raise self._breaker_error()
+            self._probe.fire()
+        if self.config.max_waiting and len(self._waiters) >= self.config.max_waiting:
+            raise TooManyWaiters(
+                f"pool {self.name!r}: {len(self._waiters)} callers already wait "
+                f"(max_waiting={self.config.max_waiting}); shed load or raise max_waiting"
+            )
+        loop = _running_loop()
+        waiter: asyncio.Future[ConnectionRecord] = loop.create_future()
+        self._waiters.append(waiter)
+        self._serve_waiters()
+        self._grow()
+        expire = loop.call_later(max(0.0, deadline - now), self._expire_waiter, waiter, limit)
+        try:
+            rec = await waiter
+        except BaseException:
+            expire.cancel()
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                # Handed a connection at the very moment we were cancelled: pass it on.
+                self._give_back(waiter.result())
+            else:
+                self._forget_waiter(waiter)
+            raise
+        expire.cancel()
+        return rec, True
+
+    def _expire_waiter(self, waiter: asyncio.Future[ConnectionRecord], limit: float) -> None:
+        if waiter.done():
+            return
+        self._forget_waiter(waiter)
+        self._stats_timeouts.add()
+        waiter.set_exception(
+            self._timeout_error(
+                f"pool {self.name!r}: no connection free within {limit:g}s "
+                f"(max_size={self.config.max_size}, in use={len(self._lent)}, "
+                f"waiting={len(self._waiters)})",
+                "raise max_size or timeout, or return connections sooner",
+            )
+        )
+
+    def _forget_waiter(self, waiter: asyncio.Future[ConnectionRecord]) -> None:
+        with contextlib.suppress(ValueError):
+            self._waiters.remove(waiter)
+
+    async def _validate(self, rec: ConnectionRecord, now: float) -> bool:
+        """Is ``rec`` fit to lend? If not, retire it (the caller tries again)."""
+        if now >= rec.expires_at or rec.generation < self._generation:
+            self._retire(rec, "reached max_lifetime" if now >= rec.expires_at else "drained")
+            return False
+        if now < rec.check_due:
+            return True
+        try:
+            await self._run_check(rec.conn)
+        except Exception as exc:
+            self._stats_checks_failed.add()
+            self._note_server_gone()
+            self._retire(rec, f"failed its check ({redact(str(exc)) or type(exc).__name__})")
+            return False
+        except BaseException:
+            # Cancelled mid-ping: the connection's protocol state is unknown.
+            self._retire(rec, "its borrower was cancelled during the check")
+            raise
+        self._mark_good(rec, _monotonic())
+        return True
+
+    async def _run_check(self, conn: Any) -> None:
+        check = self._user_check
+        if check is None:
+            await self._driver.ping(conn)
+            return
+        result = check(conn)
+        if inspect.isawaitable(result):
+            await result
+
+    async def putconn(self, conn: Any) -> None:
+        """Return a borrowed connection.
+
+        An open transaction is rolled back; a broken or closed connection is
+        discarded and replaced in the background; a connection whose session
+        state may leak to the next borrower is reset (``reset="auto"``). If this
+        is cancelled while cleaning, the connection is discarded, never lost.
+        """
+        rec = self._lent.pop(conn, None)
+        if rec is None:
+            if self._closed and self._opened:
+                return  # close() already closed it under its borrower
+            raise PoolError(
+                f"pool {self.name!r} did not lend this connection (already returned, or "
+                "from another pool); return each connection once, to the pool it came from"
+            )
+        if _running_loop() is not self._loop:
+            self._lent[conn] = rec
+            raise self._wrong_loop_error()
+        # One C-level read of (transaction status, session dirty) against "clean".
+        if self._return_state(conn) != self._clean_state and not await self._clean_on_return(rec):
+            return
+        now = _monotonic()
+        # close() and drain() both bump the generation, so one compare covers them.
+        if rec.generation != self._generation or now >= rec.expires_at:
+            self._retire(rec, "returned after close, drain() or max_lifetime")
+            return
+        rec.last_used = rec.last_checked = now
+        rec.check_due = now + self._check_after
+        if self._waiters and self._hand_off(rec):
+            return
+        self._idle.append(rec)
+
+    def _needs_reset(self, conn: Any) -> bool:
+        if self._reset_mode == "always":
+            return True
+        if self._reset_mode is None:
+            # The flag is meaningless without resets; clear it so the next return is fast.
+            self._driver.mark_clean(conn)
+            return False
+        return self._driver.session_dirty(conn)
+
+    def _mark_good(self, rec: ConnectionRecord, now: float) -> None:
+        """``rec`` was just seen working: no check needed for another ``check_after``."""
+        rec.last_checked = now
+        rec.check_due = now + self._check_after
+
+    async def _clean_on_return(self, rec: ConnectionRecord) -> bool:
+        """Roll back and/or reset ``rec``; False if it had to be discarded instead."""
+        conn = rec.conn
+        status = self._status(conn)
+        if status == BROKEN:
+            self._note_server_gone()
+            self._retire(rec, "returned broken or closed")
+            return False
+        try:
+            if status == IN_TRANSACTION:
+                self._stats_rollbacks.add()
+                await self._driver.rollback(conn)
+            if self._needs_reset(conn):
+                self._stats_resets.add()
+                await self._driver.reset_session(conn)
+                if self.config.configure is not None:
+                    await self._run_configure(conn)
+        except Exception as exc:
+            if self._driver.is_disconnect(exc):
+                self._note_server_gone()
+            self._retire(rec, f"could not be cleaned on return ({redact(str(exc))})")
+            return False
+        except BaseException:
+            # Cancelled mid-rollback: the session's state is unknown, so it cannot be
+            # lent again, but it must still leave the books.
+            self._retire(rec, "cancelled while being cleaned on return")
+            raise
+        return True
+
+    def connection(self, timeout: float | None = None) -> _Borrowed:
+        """``async with pool.connection() as conn``: borrowed on entry, returned on exit,
+        even on error or cancellation."""
+        return _Borrowed(self, timeout)
+
+    @contextlib.asynccontextmanager
+    async def transaction(self, timeout: float | None = None) -> AsyncIterator[Any]:
+        """Borrow a connection inside BEGIN … COMMIT (ROLLBACK if the block raises)."""
+        async with self.connection(timeout) as conn, self._driver.transaction(conn):
+            yield conn
+
+    # -- maintenance API ----------------------------------------------------------------
+
+    async def resize(self, min_size: int, max_size: int) -> None:
+        """Change the bounds at run time; growth starts now, shrinking as connections idle."""
+        self._bind()
+        self.config = self.config.replace(min_size=min_size, max_size=max_size)
+        excess = self._total - max_size
+        surplus: list[ConnectionRecord] = []
+        while excess > 0 and self._idle:
+            surplus.append(self._idle.popleft())
+            excess -= 1
+        self._grow()
+        for rec in surplus:
+            self._retire(rec, "pool resized")
+
+    async def check(self) -> None:
+        """Ping every idle connection now; close the dead and open replacements."""
+        self._bind()
+        batch = list(self._idle)
+        self._idle.clear()
+        await asyncio.gather(*(self._keepalive(rec, "pool.check()") for rec in batch))
+
+    async def drain(self) -> None:
+        """Replace every connection: idle ones now, borrowed ones when they come back.
+
+        Use after rotating credentials, ``CREATE EXTENSION`` or a failover.
+        """
+        self._bind()
+        self._generation += 1
+        old = list(self._idle)
+        self._idle.clear()
+        for rec in old:
+            self._retire(rec, "drained")
+
+    def stats(self) -> PoolStats:
+        """A snapshot of counters and gauges (never awaits, safe from any thread)."""
+        p50, p99, worst = self._wait_samples.percentiles()
+        return PoolStats(
+            name=self.name,
+            min_size=self.config.min_size,
+            max_size=self.config.max_size,
+            size=self._total,
+            idle=len(self._idle),
+            in_use=len(self._lent),
+            opening=self._opening,
+            waiting=len(self._waiters),
+            borrows=self._stats_borrows.value,
+            waits=self._stats_waits.value,
+            timeouts=self._stats_timeouts.value,
+            wait_p50_ms=p50 * 1000,
+            wait_p99_ms=p99 * 1000,
+            wait_max_ms=worst * 1000,
+            connections_opened=self._stats_opened.value,
+            connections_closed=self._stats_closed.value,
+            connect_errors=self._stats_connect_errors.value,
+            checks_failed=self._stats_checks_failed.value,
+            rollbacks=self._stats_rollbacks.value,
+            resets=self._stats_resets.value,
+            leaks=self._stats_leaks.value,
+            breaker_open=self._breaker.is_open(_monotonic()),
+            last_error=str(self._last_error) if self._last_error else None,
+        )
+
+    def health(self) -> dict[str, object]:
+        """Answer at once: ``status`` is ``ok``, ``degraded`` (some connections missing,
+        or callers waiting), ``down`` (the server is known unreachable) or ``closed``."""
+        return {
+            "status": health_status(
+                closed=self._closed,
+                breaker_open=self._breaker.is_open(_monotonic()),
+                open_count=self._open_count(),
+                min_size=self.config.min_size,
+                waiting=len(self._waiters),
+            ),
+            "name": self.name,
+            "size": self._total,
+            "idle": len(self._idle),
+            "in_use": len(self._lent),
+            "waiting": len(self._waiters),
+            "last_error": str(self._last_error) if self._last_error else None,
+        }
+
+    # -- internals: accounting ----------------------------------------------------------
+
+    def _open_count(self) -> int:
+        return self._total - self._opening
+
+    def _raise_if_closed(self) -> None:
+        if self._forked:
+            raise PoolClosed(
+                f"pool {self.name!r} was created in the parent process and cannot be used "
+                "after fork(); create the pool in the child, or use poolkeeper.AsyncDatabase(), "
+                "which does so for you"
+            )
+        if self._closed:
+            if not self._opened:
+                raise PoolClosed(
+                    f"pool {self.name!r} is not open yet (open=False); "
+                    "'await pool.open()' first, or use 'async with AsyncPool(...) as pool'"
+                )
+            raise PoolClosed(f"pool {self.name!r} is closed; create a new AsyncPool")
+
+    def _wrong_loop_error(self) -> WrongEventLoop:
+        gone = " (that loop is closed now)" if self._loop and self._loop.is_closed() else ""
+        return WrongEventLoop(
+            f"pool {self.name!r} was opened in another event loop{gone}, and its connections "
+            "can only be used there; create the AsyncPool inside the loop that uses it (in "
+            "your app's lifespan or the coroutine given to asyncio.run), one per loop, or use "
+            "poolkeeper.AsyncDatabase(), which keeps one pool per event loop for you"
+        )
+
+    def _timeout_error(self, message: str, hint: str) -> PoolTimeout:
+        error = PoolTimeout(f"{message}; {hint}")
+        if self._last_error is not None and self._breaker.failing_since is not None:
+            error.__cause__ = self._last_error
+        return error
+
+    def _breaker_error(self) -> ConnectionFailed:
+        cause = self._last_error
+        detail = f": {cause.detail}" if cause is not None else ""
+        error = ConnectionFailed(
+            f"pool {self.name!r}: the server is unreachable{detail}; failing fast until a "
+            "reconnect succeeds (fail_fast_after=None turns this off)"
+        )
+        error.__cause__ = cause
+        return error
+
+    def _hand_off(self, rec: ConnectionRecord) -> bool:
+        """Give ``rec`` to the first waiter still waiting; False if there is none."""
+        waiters = self._waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(rec)
+                return True
+        return False
+
+    def _serve_waiters(self) -> None:
+        while self._waiters and self._idle:
+            rec = self._idle.pop()
+            if not self._hand_off(rec):
+                self._idle.append(rec)
+
+    def _give_back(self, rec: ConnectionRecord) -> None:
+        """Put a good record back: to the first waiter, else onto the hot end."""
+        if self._closed:
+            self._retire(rec, "pool closed")
+        elif not self._hand_off(rec):
+            self._idle.append(rec)
+
+    def _give_back_idle(self, rec: ConnectionRecord) -> None:
+        """Return a pinged record: to the first waiter, else to the cold end."""
+        if self._closed:
+            self._retire(rec, "pool closed")
+            return
+        if not self._hand_off(rec):
+            self._idle.appendleft(rec)
+        self._changed.fire()
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str | None = None) -> asyncio.Task[Any]:
+        loop = self._loop
+        assert loop is not None
+        task = loop.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _grow(self) -> None:
+        if self._closed or self._loop is None:
+            return
+        count = connections_to_open(
+            total=self._total,
+            opening=self._opening,
+            waiting=len(self._waiters),
+            min_size=self.config.min_size,
+            max_size=self.config.max_size,
+        )
+        for _ in range(count):
+            self._total += 1
+            self._opening += 1
+            task = self._spawn(self._open_one(), f"poolkeeper-{self.name}-connect")
+            self._openers.add(task)
+            task.add_done_callback(self._openers.discard)
+
+    def _retire(self, rec: ConnectionRecord, why: str) -> None:
+        """Drop ``rec`` from the pool (it is neither idle nor lent now), close it in
+        the background, and open a replacement if the pool needs one."""
+        _log.debug("pool %r: closing connection to backend %d: %s", self.name, rec.backend_pid, why)
+        self._total -= 1
+        self._grow()
+        self._changed.fire()
+        self._spawn(self._close_rec(rec))
+
+    async def _close_conn(self, conn: Any) -> None:
+        await self._driver.close(conn)
+
+    async def _close_rec(self, rec: ConnectionRecord) -> None:
+        await self._driver.close(rec.conn)
+        self._stats_closed.add()
+
+    def _note_server_gone(self) -> None:
+        """A connection died: every connection idle now may be dead too; check each
+        before it is lent (cheaper than a flag the borrow path would have to read)."""
+        for rec in self._idle:
+            rec.check_due = float("-inf")
+
+    # -- internals: background work -----------------------------------------------------
+
+    async def _run_configure(self, conn: Any) -> None:
+        configure = self.config.configure
+        if configure is None:
+            return
+        result = configure(conn)
+        if inspect.isawaitable(result):
+            await result
+        if self._status(conn) != 0:
+            raise ConfigurationError(
+                "configure: the callable left the connection inside a transaction; "
+                "commit at its end, or switch the connection to autocommit first"
+            )
+        # What configure set is the baseline every borrower should see, not a leak.
+        with contextlib.suppress(AttributeError):
+            conn._pk_dirty = False
+
+    async def _connect_new(self) -> ConnectionRecord:
+        conn = await self._driver.connect(self.config.connect_spec())
+        eq: object = type(conn).__eq__
+        if eq is not object.__eq__:
+            await self._driver.close(conn)
+            raise TypeError(f"{type(conn).__name__} overrides __eq__; the pool needs identity")
+        try:
+            await self._run_configure(conn)
+        except Exception:
+            await self._driver.close(conn)
+            raise
+        except BaseException:
+            self._spawn(self._close_conn(conn))
+            raise
+        now = _monotonic()
+        return ConnectionRecord(
+            conn,
+            now=now,
+            expires_at=expiry(now, self.config.max_lifetime),
+            generation=self._generation,
+            backend_pid=self._driver.backend_pid(conn),
+            check_after=self._check_after,
+        )
+
+    async def _open_one(self) -> None:
+        """Open one connection (the slot is already counted), retrying with back-off."""
+        backoff = Backoff()
+        give_up_at = _monotonic() + self.config.reconnect_timeout
+        slots = self._connect_slots
+        assert slots is not None
+        opened = False
+        try:
+            while not self._closed:
+                try:
+                    async with slots:
+                        self._breaker.attempt(_monotonic())
+                        rec = await self._connect_new()
+                except Exception as exc:
+                    self._on_connect_failure(exc)
+                    if _monotonic() >= give_up_at:
+                        _log.error(
+                            "pool %r: giving up on a connection after reconnect_timeout=%gs: %s",
+                            self.name,
+                            self.config.reconnect_timeout,
+                            self._last_error,
+                        )
+                        break
+                    # Try again no later than the moment the breaker may open, so callers
+                    # queued meanwhile learn at once that the server is down.
+                    delay = min(backoff.next_delay(), self._breaker.opens_in(_monotonic()))
+                    await self._probe.wait(delay)
+                    continue
+                opened = True
+                self._on_connect_success(rec)
+                return
+        finally:
+            if not opened:
+                self._total -= 1
+                self._opening -= 1
+                self._changed.fire()
+
+    def _on_connect_failure(self, exc: BaseException) -> None:
+        self._stats_connect_errors.add()
+        detail = redact(str(exc).strip()) or type(exc).__name__
+        error = ConnectionFailed(
+            f"could not connect to {self.config.redacted_dsn()!r}: {detail}", detail
+        )
+        self._last_error = error
+        _log.warning("pool %r: %s", self.name, error)
+        now = _monotonic()
+        self._breaker.failure(now)
+        if not self._breaker.is_open(now):
+            return
+        waiters = list(self._waiters)
+        self._waiters.clear()
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_exception(self._breaker_error())
+
+    def _on_connect_success(self, rec: ConnectionRecord) -> None:
+        self._stats_opened.add()
+        if self._breaker.failing_since is not None:
+            self._breaker.success()
+            # The server is back: wake the other reconnect loops from their back-off.
+            self._probe.fire()
+        _log.debug("pool %r: opened connection to backend %d", self.name, rec.backend_pid)
+        self._opening -= 1
+        if self._closed:
+            self._total -= 1
+            self._spawn(self._close_rec(rec))
+        elif not self._hand_off(rec):
+            self._idle.append(rec)
+        self._changed.fire()
+
+    async def _housekeeping_loop(self) -> None:
+        try:
+            while True:
+                try:
+                    delay = self._housekeeping()
+                except Exception:
+                    _log.exception("poolkeeper %s: housekeeping failed", self.name)
+                    delay = 1.0
+                await asyncio.sleep(delay)
+        except asyncio.CancelledError:
+            if not self._closed:
+                # Cancelled by someone else than close(): the loop is shutting down
+                # (asyncio.run, pytest-asyncio and uvicorn cancel every task), so close
+                # the connections while the loop can still run their goodbyes.
+                await self.close(timeout=LOOP_SHUTDOWN_GRACE)
+            raise
+
+    def _housekeeping(self) -> float:
+        """One periodic pass; returns the seconds until the next."""
+        cfg = self.config
+        now = _monotonic()
+        plan = plan_housekeeping(
+            list(self._idle),
+            now=now,
+            total=self._open_count(),
+            min_size=cfg.min_size,
+            max_idle=cfg.max_idle,
+            keepalive_interval=cfg.keepalive_interval,
+            generation=self._generation,
+        )
+        retire = [rec for rec in plan.retire if self._take_idle(rec)]
+        ping = [rec for rec in plan.ping if self._take_idle(rec)]
+        for rec in retire:
+            self._retire(rec, "housekeeping: lifetime or max_idle reached")
+        for rec in ping:
+            self._spawn(self._keepalive(rec, "keepalive ping"))
+        self._grow()
+        if self._leak_threshold is not None:
+            self._report_leaks(now)
+        return housekeeping_tick(
+            max_lifetime=cfg.max_lifetime,
+            max_idle=cfg.max_idle,
+            keepalive_interval=cfg.keepalive_interval,
+            leak_threshold=cfg.leak_threshold,
+        )
+
+    def _take_idle(self, rec: ConnectionRecord) -> bool:
+        try:
+            self._idle.remove(rec)
+        except ValueError:
+            return False
+        return True
+
+    async def _keepalive(self, rec: ConnectionRecord, what: str) -> None:
+        try:
+            await self._driver.ping(rec.conn)
+        except Exception as exc:
+            self._stats_checks_failed.add()
+            self._note_server_gone()
+            self._retire(rec, f"failed its {what} ({redact(str(exc))})")
+            return
+        except BaseException:
+            self._retire(rec, f"cancelled during its {what}")
+            raise
+        self._mark_good(rec, _monotonic())
+        self._give_back_idle(rec)
+
+    def _report_leaks(self, now: float) -> None:
+        threshold = self._leak_threshold
+        assert threshold is not None
+        for rec in list(self._lent.values()):
+            if not rec.leak_reported and now - rec.borrowed_at >= threshold:
+                rec.leak_reported = True
+                self._stats_leaks.add()
+                _log.warning(
+                    "pool %r: connection to backend %d borrowed %.1fs ago and not returned "
+                    "(leak_threshold=%gs); it was borrowed here:\n%s",
+                    self.name,
+                    rec.backend_pid,
+                    now - rec.borrowed_at,
+                    threshold,
+                    rec.borrow_stack or "(no stack recorded)",
+                )
+
+    # -- fork safety --------------------------------------------------------------------
+
+    def _after_fork_in_child(self) -> None:
+        """In a forked child: make the parent's sockets inert here, forget everything."""
+        records = list(self._idle) + list(self._lent.values())
+        for rec in records:
+            forking.neutralise_fd(self._driver.fileno(rec.conn))
+        # Keep the objects alive: their finalisers have nothing useful to do here.
+        _orphans.extend(records)
+        self._idle = deque()
+        self._lent = {}
+        self._waiters = deque()
+        self._tasks = set()
+        self._openers = set()
+        self._housekeeper = None
+        self._total = self._opening = 0
+        self._forked = True
+        self._closed = True
+
+
+_orphans: list[ConnectionRecord] = []

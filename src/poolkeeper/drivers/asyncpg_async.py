@@ -1,0 +1,313 @@
+"""asyncpg behind the pool's asyncio driver interface (``pip install 'poolkeeper[asyncpg]'``).
+
+asyncpg is not libpq: it reads ``postgresql://`` URLs and keyword arguments but
+not libpq's ``key=value`` conninfo, and it has no TCP keepalive or
+``tcp_user_timeout`` settings. :func:`asyncpg_connect_args` turns the pool's
+resolved conninfo into asyncpg's arguments; the pool's keepalive pings (and
+``check="auto"``) are what detect dead connections on this driver.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+from urllib.parse import urlencode
+
+import asyncpg
+from psycopg.conninfo import conninfo_to_dict
+
+from poolkeeper.drivers.base import BROKEN, IDLE, IN_TRANSACTION, ConnectSpec
+from poolkeeper.drivers.libpq_options import is_server_gone_sqlstate
+from poolkeeper.errors import ConfigurationError
+from poolkeeper.session_state import RESET_SQL, touches_session
+
+__all__ = ["AsyncpgDriver", "PoolAsyncpgConnection", "asyncpg_connect_args"]
+
+_log = logging.getLogger("poolkeeper.pool")
+
+#: libpq keywords asyncpg understands in a URL's query string (and so in its ``dsn``).
+_URL_KEYS = frozenset(
+    {
+        "host",
+        "port",
+        "dbname",
+        "user",
+        "password",
+        "passfile",
+        "service",
+        "sslmode",
+        "sslcert",
+        "sslkey",
+        "sslrootcert",
+        "sslcrl",
+        "sslpassword",
+        "sslnegotiation",
+        "ssl_min_protocol_version",
+        "ssl_max_protocol_version",
+        "target_session_attrs",
+        "krbsrvname",
+        "gsslib",
+    }
+)
+#: libpq keywords that only make sense to libpq's own socket handling: asyncpg has
+#: no equivalent, so they are dropped (the pool's pings cover dead-peer detection).
+_LIBPQ_ONLY = frozenset(
+    {
+        "hostaddr",
+        "keepalives",
+        "keepalives_idle",
+        "keepalives_interval",
+        "keepalives_count",
+        "tcp_user_timeout",
+        "channel_binding",
+        "gssencmode",
+        "gssdelegation",
+        "require_auth",
+        "requiressl",
+        "sslcompression",
+        "sslsni",
+        "sslcertmode",
+        "load_balance_hosts",
+        "fallback_application_name",
+        "replication",
+        "requirepeer",
+    }
+)
+
+
+def _options_to_settings(options: str) -> dict[str, str]:
+    """libpq's ``options`` ("-c name=value --name=value ...") as server settings."""
+    settings: dict[str, str] = {}
+    tokens = shlex.split(options)
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        if token == "-c" and i + 1 < len(tokens):
+            pair = tokens[i + 1]
+            i += 2
+        elif token.startswith(("-c", "--")):
+            pair = token[2:]
+            i += 1
+        else:
+            raise ConfigurationError(
+                f"dsn: options={options!r} cannot be passed to asyncpg; use '-c name=value' "
+                "pairs, or server_settings in connect_kwargs"
+            )
+        name, sep, value = pair.partition("=")
+        if not sep:
+            raise ConfigurationError(f"dsn: options entry {pair!r} is not name=value")
+        settings[name.replace("-", "_")] = value
+    return settings
+
+
+def asyncpg_connect_args(spec: ConnectSpec) -> tuple[str | None, dict[str, Any]]:
+    """``(dsn, kwargs)`` for :func:`asyncpg.connect`, built from the pool's connect spec.
+
+    Precedence as with libpq: pool defaults < the user's conninfo < the user's
+    keyword arguments. ``application_name`` and ``options`` become
+    ``server_settings``; ``connect_timeout`` becomes asyncpg's ``timeout``.
+    """
+    server_settings: dict[str, str] = {}
+    if spec.statement_timeout is not None:
+        server_settings["statement_timeout"] = str(round(spec.statement_timeout * 1000))
+    if spec.idle_in_transaction_timeout is not None:
+        ms = round(spec.idle_in_transaction_timeout * 1000)
+        server_settings["idle_in_transaction_session_timeout"] = str(ms)
+    kwargs: dict[str, Any] = {"timeout": spec.connect_timeout}
+    if spec.pgbouncer:
+        # Transaction-mode PgBouncer moves us between server sessions: no cached
+        # server-side prepared statements, or the next transaction may not find them.
+        kwargs["statement_cache_size"] = 0
+
+    params = conninfo_to_dict(spec.conninfo) if spec.conninfo else {}
+    if "hostaddr" in params and "host" not in params:
+        params["host"] = params["hostaddr"]
+    url_params: dict[str, str] = {}
+    for key, value in params.items():
+        if value is None:
+            continue
+        text = str(value)
+        if key in _URL_KEYS:
+            url_params[key] = text
+        elif key in ("application_name", "client_encoding"):
+            server_settings[key] = text
+        elif key == "options":
+            server_settings.update(_options_to_settings(text))
+        elif key == "connect_timeout":
+            kwargs["timeout"] = float(text)
+        elif key in _LIBPQ_ONLY:
+            _log.debug("asyncpg: ignoring libpq-only connection parameter %r", key)
+        else:
+            # Anything else in a conninfo is a server setting to asyncpg, as in its URLs.
+            server_settings[key] = text
+    dsn = "postgresql://?" + urlencode(url_params) if url_params else None
+
+    for key, value in spec.kwargs.items():
+        if key in ("application_name", "client_encoding"):
+            server_settings[key] = str(value)
+        elif key == "options":
+            server_settings.update(_options_to_settings(str(value)))
+        elif key == "server_settings":
+            server_settings.update(value or {})
+        elif key == "dbname":
+            kwargs["database"] = value
+        elif key == "sslmode":
+            kwargs["ssl"] = value
+        elif key == "connect_timeout":
+            kwargs["timeout"] = float(value)
+        elif key == "autocommit" and value:
+            # asyncpg is always in autocommit outside an explicit transaction.
+            continue
+        else:
+            kwargs[key] = value
+    if server_settings:
+        kwargs["server_settings"] = server_settings
+    return dsn, kwargs
+
+
+class PoolAsyncpgConnection(asyncpg.Connection):
+    """``asyncpg.Connection`` that marks itself dirty when SQL may change the session.
+
+    The wrappers return asyncpg's own coroutine rather than awaiting it, so the
+    tracking adds a flag test and a regex scan, not a coroutine frame, per query.
+    """
+
+    __slots__ = ("_pk_dirty", "_pk_ping_timeout")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._pk_dirty = False
+        # How long the pool's ping waits for its answer (the pool's connect_timeout).
+        self._pk_ping_timeout = 10.0
+
+    def _pk_note(self, query: object) -> None:
+        if not self._pk_dirty and touches_session(query):
+            self._pk_dirty = True
+
+    def execute(self, query: str, *args: Any, **kwargs: Any) -> Any:
+        self._pk_note(query)
+        return super().execute(query, *args, **kwargs)
+
+    def executemany(self, command: str, *args: Any, **kwargs: Any) -> Any:
+        self._pk_note(command)
+        return super().executemany(command, *args, **kwargs)
+
+    def fetch(self, query: str, *args: Any, **kwargs: Any) -> Any:
+        self._pk_note(query)
+        return super().fetch(query, *args, **kwargs)
+
+    def fetchval(self, query: str, *args: Any, **kwargs: Any) -> Any:
+        self._pk_note(query)
+        return super().fetchval(query, *args, **kwargs)
+
+    def fetchrow(self, query: str, *args: Any, **kwargs: Any) -> Any:
+        self._pk_note(query)
+        return super().fetchrow(query, *args, **kwargs)
+
+    def fetchmany(self, query: str, *args: Any, **kwargs: Any) -> Any:
+        self._pk_note(query)
+        return super().fetchmany(query, *args, **kwargs)
+
+    def cursor(self, query: str, *args: Any, **kwargs: Any) -> Any:
+        self._pk_note(query)
+        return super().cursor(query, *args, **kwargs)
+
+    def prepare(self, query: str, *args: Any, **kwargs: Any) -> Any:
+        self._pk_note(query)
+        return super().prepare(query, *args, **kwargs)
+
+
+class AsyncpgDriver:
+    """asyncpg behind the pool's driver interface."""
+
+    name = "asyncpg"
+    clean_state = (IDLE, False)
+
+    def return_state(self, conn: PoolAsyncpgConnection) -> object:
+        """(status, session dirty): asyncpg keeps both in Python-level state."""
+        return (self.status(conn), self.session_dirty(conn))
+
+    def mark_clean(self, conn: PoolAsyncpgConnection) -> None:
+        """Forget the session-dirty flag."""
+        conn._pk_dirty = False
+
+    async def connect(self, spec: ConnectSpec) -> PoolAsyncpgConnection:
+        """Open a connection whose queries track session changes."""
+        dsn, kwargs = asyncpg_connect_args(spec)
+        conn: PoolAsyncpgConnection = await asyncpg.connect(
+            dsn, connection_class=PoolAsyncpgConnection, **kwargs
+        )
+        conn._pk_ping_timeout = spec.connect_timeout
+        return conn
+
+    def status(self, conn: PoolAsyncpgConnection) -> int:
+        """IDLE / IN_TRANSACTION / BROKEN from asyncpg's client-side state."""
+        protocol: Any = conn._protocol  # type: ignore[attr-defined]
+        # A query cancelled mid-flight leaves a cancel request racing the server.
+        if conn.is_closed() or protocol._is_cancelling():
+            return BROKEN
+        return IN_TRANSACTION if protocol.is_in_transaction() else IDLE
+
+    async def rollback(self, conn: PoolAsyncpgConnection) -> None:
+        """Roll back the open transaction, and forget an unmanaged ``Transaction`` object."""
+        # Otherwise the next borrower's conn.transaction() would think it is nested.
+        conn._top_xact = None  # type: ignore[attr-defined]
+        await asyncpg.Connection.execute(conn, "ROLLBACK")
+
+    async def ping(self, conn: PoolAsyncpgConnection) -> None:
+        """An empty simple query: one round trip."""
+        if conn.is_closed():
+            raise asyncpg.exceptions.InterfaceError("connection is closed")
+        await asyncpg.Connection.execute(conn, "", timeout=conn._pk_ping_timeout)
+
+    async def close(self, conn: PoolAsyncpgConnection) -> None:
+        """Close gracefully if the server answers within 2 s, else drop the socket."""
+        try:
+            await conn.close(timeout=2.0)
+        except Exception:
+            conn.terminate()
+
+    def session_dirty(self, conn: PoolAsyncpgConnection) -> bool:
+        """SQL that may have changed the session, or listeners a borrower left behind."""
+        return (
+            conn._pk_dirty
+            or bool(conn._listeners)  # type: ignore[attr-defined]
+            or bool(conn._log_listeners)  # type: ignore[attr-defined]
+        )
+
+    async def reset_session(self, conn: PoolAsyncpgConnection) -> None:
+        """DISCARD ALL, then forget what it invalidated on the client side."""
+        await asyncpg.Connection.execute(conn, RESET_SQL)
+        # DISCARD ALL deallocated asyncpg's cached prepared statements too.
+        conn._drop_local_statement_cache()  # type: ignore[attr-defined]
+        conn._listeners.clear()  # type: ignore[attr-defined]
+        conn._log_listeners.clear()  # type: ignore[attr-defined]
+        conn._pk_dirty = False
+
+    def transaction(self, conn: PoolAsyncpgConnection) -> AbstractAsyncContextManager[Any]:
+        """asyncpg's transaction block: BEGIN, then COMMIT or ROLLBACK."""
+        return conn.transaction()
+
+    def backend_pid(self, conn: PoolAsyncpgConnection) -> int:
+        """The backend's process id."""
+        return conn.get_server_pid()
+
+    def is_disconnect(self, exc: BaseException) -> bool:
+        """Connection lost, or a SQLSTATE that means the server restarted or was demoted."""
+        if isinstance(exc, asyncpg.exceptions.ConnectionDoesNotExistError):
+            return True
+        if isinstance(exc, asyncpg.exceptions.InterfaceError):
+            return "closed" in str(exc)
+        if isinstance(exc, asyncpg.exceptions.PostgresError):
+            return is_server_gone_sqlstate(getattr(exc, "sqlstate", None))
+        return isinstance(exc, ConnectionError)
+
+    def fileno(self, conn: PoolAsyncpgConnection) -> int:
+        """The socket's descriptor, or -1 once closed."""
+        try:
+            sock = conn._transport.get_extra_info("socket")  # type: ignore[attr-defined]
+            return int(sock.fileno()) if sock is not None else -1
+        except Exception:
+            return -1
