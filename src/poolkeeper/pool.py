@@ -133,6 +133,7 @@ class Pool:
         # Keyed by the connection itself: drivers' classes hash by identity (checked
         # once per connection in _connect_new), which is cheaper than calling id().
         self._lent: dict[Any, ConnectionRecord] = {}
+        self._closed_under_borrower: set[Any] = set()
         self._waiters: deque[_Waiter] = deque()
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
@@ -247,6 +248,9 @@ class Pool:
                 self._changed.wait(min(0.05, max(0.0, deadline - _monotonic())))
             stragglers = list(self._lent.values())
             self._lent.clear()
+            self._total -= len(stragglers)
+            # Their borrowers will still call putconn(): that must not be an error.
+            self._closed_under_borrower.update(rec.conn for rec in stragglers)
         if stragglers:
             _log.warning(
                 "pool %r: closing %d connection(s) still borrowed after %gs",
@@ -408,6 +412,9 @@ class Pool:
         """
         rec = self._lent.pop(conn, None)
         if rec is None:
+            if conn in self._closed_under_borrower:
+                self._closed_under_borrower.discard(conn)
+                return
             raise PoolError(
                 f"pool {self.name!r} did not lend this connection (already returned, or "
                 "from another pool); return each connection once, to the pool it came from"
