@@ -24,56 +24,23 @@ import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from psycopg.conninfo import conninfo_to_dict
-
-from poolkeeper import forking
 from poolkeeper.background import BackgroundWorkers
 from poolkeeper.config import PoolConfig
 from poolkeeper.drivers import BROKEN, IN_TRANSACTION, SyncDriver, load_sync_driver
 from poolkeeper.drivers.libpq_options import READ_ONLY_SQLSTATE
-from poolkeeper.errors import (
-    ConfigurationError,
-    ConnectionFailed,
-    PoolClosed,
-    PoolError,
-    PoolTimeout,
-    TooManyWaiters,
-)
-from poolkeeper.policy import (
-    Backoff,
-    Breaker,
-    connections_to_open,
-    expiry,
-    housekeeping_tick,
-    plan_housekeeping,
-)
+from poolkeeper.errors import ConfigurationError, PoolClosed, PoolError, TooManyWaiters
+from poolkeeper.policy import Backoff, connections_to_open
+from poolkeeper.pool_core import PoolCore
 from poolkeeper.record import ConnectionRecord
 from poolkeeper.redact import redact
-from poolkeeper.stats import Counter, PoolStats, WaitSamples
 
 __all__ = ["Pool"]
 
 _log = logging.getLogger("poolkeeper.pool")
 _monotonic = time.monotonic
-_STANDBY_TARGETS = frozenset({"read-only", "standby", "prefer-standby"})
-
-
-class _ConfigureFailed(Exception):
-    """``configure=`` raised on a new connection, which was closed."""
-
-
-def _meant_for_primary(config: PoolConfig) -> bool:
-    """Unless its conninfo asks libpq for a standby, a pool is meant for the primary."""
-    target = None
-    if isinstance(config.connect_kwargs, Mapping):
-        target = config.connect_kwargs.get("target_session_attrs")
-    if target is None and isinstance(config.dsn, str) and "target_session_attrs" in config.dsn:
-        with contextlib.suppress(Exception):
-            target = conninfo_to_dict(config.dsn).get("target_session_attrs")
-    return target not in _STANDBY_TARGETS
 
 
 class _Waiter:
@@ -96,7 +63,7 @@ class _Waiter:
         self.lock.release()
 
 
-class Pool:
+class Pool(PoolCore):
     """A thread-safe pool of PostgreSQL connections.
 
     Not a singleton: you own its lifecycle (``close()``, or use it as a context
@@ -119,61 +86,19 @@ class Pool:
             raise ConfigurationError(
                 "config: pass either config= or dsn/keyword settings, not both"
             )
-        self.config = config
-        self.name = config.name
         self._driver: SyncDriver[Any] = load_sync_driver(config.driver)
-        self._status = self._driver.status
-        self._return_state = self._driver.return_state
-        # reset="always" must take the slow path on every return: no state equals this.
-        self._clean_state: object = (
-            object() if config.reset == "always" else self._driver.clean_state
-        )
-
-        self._idle: deque[ConnectionRecord] = deque()
-        # Keyed by the connection itself: drivers' classes hash by identity (checked
-        # once per connection in _connect_new), which is cheaper than calling id().
-        self._lent: dict[Any, ConnectionRecord] = {}
-        self._closed_under_borrower: set[Any] = set()
         self._waiters: deque[_Waiter] = deque()
+        self._setup_core(config, self._driver, open=open)
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
-        # Open connections plus connections being opened (changed only under the lock).
-        self._total = 0
-        self._opening = 0
-        self._generation = 0
-        self._closed = not open
-        self._opened = False
-        self._forked = False
-        #: False for a pool meant for standbys: a read-only error there is no failover.
-        self.meant_for_primary = _meant_for_primary(config)
-        self._apply_check_settings()
-
-        self._breaker = Breaker(config.fail_fast_after)
         self._probe = threading.Event()
-        self._last_error: ConnectionFailed | None = None
-        self._stats_borrows = Counter()
-        self._count_borrow = self._stats_borrows.add
-        self._stats_waits = Counter()
-        self._stats_timeouts = Counter()
-        self._stats_opened = Counter()
-        self._stats_closed = Counter()
-        self._stats_connect_errors = Counter()
-        self._stats_checks_failed = Counter()
-        self._stats_rollbacks = Counter()
-        self._stats_resets = Counter()
-        self._stats_leaks = Counter()
-        self._wait_samples = WaitSamples()
         self._workers: BackgroundWorkers | None = None
-        forking.register(self)
         if open:
             self.open()
 
     def _apply_check_settings(self) -> None:
-        check = self.config.check
-        self._check_after = float("inf") if check is None else self.config.check_after
-        self._ping: Callable[[Any], object] = check if callable(check) else self._driver.ping
-        self._leak_threshold = self.config.leak_threshold
-        self._reset_mode = self.config.reset
+        super()._apply_check_settings()
+        self._ping: Callable[[Any], object] = self._user_check or self._driver.ping
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -209,14 +134,7 @@ class Pool:
                 now = _monotonic()
                 unreachable = self._breaker.is_open(now)
                 if now >= deadline or unreachable:
-                    last = self._last_error
-                    reason = f"; last error: {last.detail}" if last is not None else ""
-                    raise self._timeout_error(
-                        f"pool {self.name!r} opened {self._open_count()} of "
-                        f"min_size={self.config.min_size} connections within "
-                        f"{now - start:.1f}s{reason}",
-                        "check that the server is reachable, or lower min_size",
-                    )
+                    raise self._wait_timeout_error(start, now)
                 self._changed.wait(min(deadline - now, 0.1))
 
     def close(self, timeout: float = 5.0) -> None:
@@ -264,11 +182,6 @@ class Pool:
         if self._workers is not None:
             self._workers.stop(timeout=max(0.1, deadline - _monotonic()))
 
-    @property
-    def closed(self) -> bool:
-        """True once :meth:`close` was called (or the pool was made with ``open=False``)."""
-        return self._closed
-
     def __enter__(self) -> Pool:
         if not self._opened:
             self.open()
@@ -276,13 +189,6 @@ class Pool:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-    def __repr__(self) -> str:
-        state = "closed" if self._closed else "open"
-        return (
-            f"<poolkeeper.Pool {self.name!r} {state} dsn={self.config.redacted_dsn()!r} "
-            f"size={self._total} idle={len(self._idle)} in_use={len(self._lent)}>"
-        )
 
     # -- borrowing ----------------------------------------------------------------------
 
@@ -438,20 +344,6 @@ class Pool:
             with self._lock:
                 self._serve_waiters_locked()
 
-    def _needs_reset(self, conn: Any) -> bool:
-        if self._reset_mode == "always":
-            return True
-        if self._reset_mode is None:
-            # The flag is meaningless without resets; clear it so the next return is fast.
-            self._driver.mark_clean(conn)
-            return False
-        return self._driver.session_dirty(conn)
-
-    def _mark_good(self, rec: ConnectionRecord, now: float) -> None:
-        """``rec`` was just seen working: no check needed for another ``check_after``."""
-        rec.last_checked = now
-        rec.check_due = now + self._check_after
-
     def _clean_on_return(self, rec: ConnectionRecord) -> bool:
         """Roll back and/or reset ``rec``; False if it had to be discarded instead."""
         conn = rec.conn
@@ -499,18 +391,8 @@ class Pool:
             self.putconn(conn)
 
     def _on_read_only_error(self, conn: Any) -> None:
-        """SQLSTATE 25006 on a pool meant for the primary, from a connection that reached
-        a hot standby: the primary was demoted (failover). A ping would pass on the
-        standby, so verifying is not enough: replace every connection."""
-        is_standby = getattr(self._driver, "is_standby", None)
-        if not self.meant_for_primary or is_standby is None or not is_standby(conn):
-            return
-        _log.warning(
-            "pool %r: a connection reached a read-only standby (SQLSTATE 25006); the "
-            "primary was demoted or failed over, so every connection is being replaced",
-            self.name,
-        )
-        self.drain()
+        if self._is_failover(conn):
+            self.drain()
 
     @contextlib.contextmanager
     def transaction(self, timeout: float | None = None) -> Iterator[Any]:
@@ -522,14 +404,9 @@ class Pool:
 
     def resize(self, min_size: int, max_size: int) -> None:
         """Change the bounds at run time; growth starts now, shrinking as connections idle."""
-        new_config = self.config.replace(min_size=min_size, max_size=max_size)
+        self.config.replace(min_size=min_size, max_size=max_size)  # validate before locking
         with self._lock:
-            self.config = new_config
-            excess = self._total - max_size
-            surplus: list[ConnectionRecord] = []
-            while excess > 0 and self._idle:
-                surplus.append(self._idle.popleft())
-                excess -= 1
+            surplus = self._resize_surplus(min_size, max_size)
             self._grow_locked()
         for rec in surplus:
             self._retire(rec, "pool resized")
@@ -556,94 +433,11 @@ class Pool:
         Use after rotating credentials, ``CREATE EXTENSION`` or a failover.
         """
         with self._lock:
-            self._generation += 1
-            old = list(self._idle)
-            self._idle.clear()
+            old = self._drain_idle()
         for rec in old:
             self._retire(rec, "drained")
 
-    def stats(self) -> PoolStats:
-        """A snapshot of counters and gauges (takes no lock)."""
-        p50, p99, worst = self._wait_samples.percentiles()
-        in_use = len(self._lent)
-        return PoolStats(
-            name=self.name,
-            min_size=self.config.min_size,
-            max_size=self.config.max_size,
-            size=self._total,
-            idle=len(self._idle),
-            in_use=in_use,
-            opening=self._opening,
-            waiting=len(self._waiters),
-            borrows=self._stats_borrows.value,
-            waits=self._stats_waits.value,
-            timeouts=self._stats_timeouts.value,
-            wait_p50_ms=p50 * 1000,
-            wait_p99_ms=p99 * 1000,
-            wait_max_ms=worst * 1000,
-            connections_opened=self._stats_opened.value,
-            connections_closed=self._stats_closed.value,
-            connect_errors=self._stats_connect_errors.value,
-            checks_failed=self._stats_checks_failed.value,
-            rollbacks=self._stats_rollbacks.value,
-            resets=self._stats_resets.value,
-            leaks=self._stats_leaks.value,
-            breaker_open=self._breaker.is_open(_monotonic()),
-            last_error=str(self._last_error) if self._last_error else None,
-        )
-
-    def health(self) -> dict[str, object]:
-        """Answer at once: ``status`` is ``ok``, ``degraded`` (some connections missing,
-        or callers waiting), ``down`` (the server is known unreachable) or ``closed``."""
-        now = _monotonic()
-        if self._closed:
-            status = "closed"
-        elif self._breaker.is_open(now):
-            status = "down"
-        elif self._open_count() < self.config.min_size or self._waiters:
-            status = "degraded"
-        else:
-            status = "ok"
-        return {
-            "status": status,
-            "name": self.name,
-            "size": self._total,
-            "idle": len(self._idle),
-            "in_use": len(self._lent),
-            "waiting": len(self._waiters),
-            "last_error": str(self._last_error) if self._last_error else None,
-        }
-
     # -- internals: accounting ----------------------------------------------------------
-
-    def _open_count(self) -> int:
-        return self._total - self._opening
-
-    def _raise_if_closed(self) -> None:
-        if self._forked:
-            raise PoolClosed(
-                f"pool {self.name!r} was created in the parent process and cannot be used "
-                "after fork(); create the pool in the child, or use poolkeeper.Database(), "
-                "which does so for you"
-            )
-        if self._closed:
-            raise PoolClosed(f"pool {self.name!r} is closed; create a new Pool")
-
-    def _timeout_error(self, message: str, hint: str) -> PoolTimeout:
-        error = PoolTimeout(f"{message}; {hint}")
-        if self._last_error is not None and self._breaker.failing_since is not None:
-            error.__cause__ = self._last_error
-        return error
-
-    def _breaker_error(self) -> ConnectionFailed:
-        cause = self._last_error
-        detail = f": {cause.detail}" if cause is not None else ""
-        error = ConnectionFailed(
-            f"pool {self.name!r}: the server is unreachable{detail}; failing fast until a "
-            "reconnect succeeds (fail_fast_after=None turns this off)"
-        )
-        error.__cause__ = cause
-        return error
 
     def _serve_waiters_locked(self) -> None:
         while self._waiters and self._idle:
@@ -698,52 +492,25 @@ class Pool:
         self._driver.close(rec.conn)
         self._stats_closed.add()
 
-    def _note_server_gone(self) -> None:
-        """A connection died: every connection idle now may be dead too; check each
-        before it is lent (cheaper than a flag the borrow path would have to read)."""
-        for rec in list(self._idle):
-            rec.check_due = float("-inf")
-
     # -- internals: background work -----------------------------------------------------
 
     def _run_configure(self, conn: Any) -> None:
         configure = self.config.configure
-        if configure is None:
-            return
-        configure(conn)
-        if self._status(conn) != 0:
-            raise ConfigurationError(
-                "configure: the callable left the connection inside a transaction; "
-                "call conn.commit() at its end, or set conn.autocommit = True first"
-            )
-        # What configure set is the baseline every borrower should see, not a leak.
-        with contextlib.suppress(AttributeError):
-            conn._pk_dirty = False
+        if configure is not None:
+            configure(conn)
+            self._after_configure(conn)
 
     def _connect_new(self) -> ConnectionRecord:
         conn = self._driver.connect(self.config.connect_spec())
-        equality: object = type(conn).__eq__
-        if equality is not object.__eq__:
+        if not self._identity_ok(conn):
             self._driver.close(conn)
             raise TypeError(f"{type(conn).__name__} overrides __eq__; the pool needs identity")
         try:
             self._run_configure(conn)
         except Exception as exc:
             self._driver.close(conn)
-            # Said apart from "could not connect": the server was fine, the hook was not.
-            raise _ConfigureFailed(
-                f"configure= raised {type(exc).__name__}: {redact(str(exc))}; "
-                "the new connection was discarded"
-            ) from exc
-        now = _monotonic()
-        return ConnectionRecord(
-            conn,
-            now=now,
-            expires_at=expiry(now, self.config.max_lifetime),
-            generation=self._generation,
-            backend_pid=self._driver.backend_pid(conn),
-            check_after=self._check_after,
-        )
+            raise self._configure_failed(exc) from exc
+        return self._new_record(conn)
 
     def _open_one(self) -> None:
         """Open one connection (the slot is already counted), retrying with back-off."""
@@ -757,12 +524,7 @@ class Pool:
             except Exception as exc:
                 self._on_connect_failure(exc)
                 if _monotonic() >= give_up_at:
-                    _log.error(
-                        "pool %r: giving up on a connection after reconnect_timeout=%gs: %s",
-                        self.name,
-                        self.config.reconnect_timeout,
-                        self._last_error,
-                    )
+                    self._log_give_up()
                     break
                 # Try again no later than the moment the breaker may open, so callers
                 # queued meanwhile learn at once that the server is down.
@@ -778,16 +540,7 @@ class Pool:
             self._changed.notify_all()
 
     def _on_connect_failure(self, exc: BaseException) -> None:
-        self._stats_connect_errors.add()
-        detail = redact(str(exc).strip()) or type(exc).__name__
-        what = (
-            "a new connection failed configure= on"
-            if isinstance(exc, _ConfigureFailed)
-            else "could not connect to"
-        )
-        error = ConnectionFailed(f"{what} {self.config.redacted_dsn()!r}: {detail}", detail)
-        self._last_error = error
-        _log.warning("pool %r: %s", self.name, error)
+        self._record_connect_failure(exc)
         now = _monotonic()
         with self._lock:
             self._breaker.failure(now)
@@ -799,12 +552,9 @@ class Pool:
             waiter.fail(self._breaker_error())
 
     def _on_connect_success(self, rec: ConnectionRecord) -> None:
-        self._stats_opened.add()
-        if self._breaker.failing_since is not None:
-            self._breaker.success()
+        if self._record_connect_success(rec):
             # The server is back: wake the other reconnect loops from their back-off.
             self._probe.set()
-        _log.debug("pool %r: opened connection to backend %d", self.name, rec.backend_pid)
         with self._lock:
             self._opening -= 1
             if self._closed:
@@ -822,41 +572,18 @@ class Pool:
 
     def _housekeeping(self) -> float:
         """One periodic pass; returns the seconds until the next."""
-        cfg = self.config
         now = _monotonic()
         with self._lock:
-            plan = plan_housekeeping(
-                list(self._idle),
-                now=now,
-                total=self._open_count(),
-                min_size=cfg.min_size,
-                max_idle=cfg.max_idle,
-                keepalive_interval=cfg.keepalive_interval,
-                generation=self._generation,
-            )
-            taken = [rec for rec in plan.retire + plan.ping if self._take_idle_locked(rec)]
+            retire, ping = self._plan_housekeeping(now)
             self._grow_locked()
-        for rec in taken:
-            if rec in plan.retire:
-                self._retire(rec, "housekeeping: lifetime or max_idle reached")
-            elif self._workers is not None:
+        for rec in retire:
+            self._retire(rec, "housekeeping: lifetime or max_idle reached")
+        if self._workers is not None:
+            for rec in ping:
                 self._workers.submit(lambda rec=rec: self._keepalive(rec))  # type: ignore[misc]
         if self._leak_threshold is not None:
             self._report_leaks(now)
-        return housekeeping_tick(
-            max_lifetime=cfg.max_lifetime,
-            max_idle=cfg.max_idle,
-            keepalive_interval=cfg.keepalive_interval,
-            leak_threshold=cfg.leak_threshold,
-        )
-
-    def _take_idle_locked(self, rec: ConnectionRecord) -> bool:
-        # The borrow path pops without the lock, so rec may be gone already.
-        try:
-            self._idle.remove(rec)
-        except ValueError:
-            return False
-        return True
+        return self._housekeeping_delay()
 
     def _keepalive(self, rec: ConnectionRecord) -> None:
         try:
@@ -869,42 +596,11 @@ class Pool:
         self._mark_good(rec, _monotonic())
         self._give_back_idle(rec)
 
-    def _report_leaks(self, now: float) -> None:
-        threshold = self._leak_threshold
-        assert threshold is not None
-        for rec in list(self._lent.values()):
-            if not rec.leak_reported and now - rec.borrowed_at >= threshold:
-                rec.leak_reported = True
-                self._stats_leaks.add()
-                _log.warning(
-                    "pool %r: connection to backend %d borrowed %.1fs ago and not returned "
-                    "(leak_threshold=%gs); it was borrowed here:\n%s",
-                    self.name,
-                    rec.backend_pid,
-                    now - rec.borrowed_at,
-                    threshold,
-                    rec.borrow_stack or "(no stack recorded)",
-                )
-
     # -- fork safety --------------------------------------------------------------------
 
     def _after_fork_in_child(self) -> None:
-        """In a forked child: make the parent's sockets inert here, forget everything."""
-        records = list(self._idle) + list(self._lent.values())
-        for rec in records:
-            forking.neutralise_fd(self._driver.fileno(rec.conn))
-        # Keep the objects alive: their finalisers would write to what is now /dev/null,
-        # harmless, but there is no reason to run them at all.
-        _orphans.extend(records)
-        self._idle = deque()
-        self._lent = {}
-        self._waiters = deque()
+        """In a forked child: forget the parent's connections, threads and locks."""
+        super()._after_fork_in_child()
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._workers = None
-        self._total = self._opening = 0
-        self._forked = True
-        self._closed = True
-
-
-_orphans: list[ConnectionRecord] = []

@@ -1,0 +1,423 @@
+"""``PoolCore``: the state and bookkeeping ``Pool`` and ``AsyncPool`` share.
+
+Everything here is free of waiting and I/O: the idle stack and lent map, the
+counters, the breaker's view of the server, how a record is made, how errors
+and stats read, what housekeeping should do, what a forked child forgets. The
+two shells add the parts that differ: how a caller waits (a lock or a future),
+how work runs in the background (threads or tasks), and the I/O itself.
+The borrow and return paths stay in the shells: they are the hot path, and
+each is written for its own concurrency model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
+
+from psycopg.conninfo import conninfo_to_dict
+
+from poolkeeper import forking
+from poolkeeper.config import PoolConfig
+from poolkeeper.errors import ConfigurationError, ConnectionFailed, PoolClosed, PoolTimeout
+from poolkeeper.policy import (
+    Breaker,
+    HousekeepingPlan,
+    expiry,
+    health_status,
+    housekeeping_tick,
+    plan_housekeeping,
+)
+from poolkeeper.record import ConnectionRecord
+from poolkeeper.redact import redact
+from poolkeeper.stats import Counter, PoolStats, WaitSamples
+
+__all__ = ["ConfigureFailed", "PoolCore", "meant_for_primary"]
+
+_log = logging.getLogger("poolkeeper.pool")
+_monotonic = time.monotonic
+_STANDBY_TARGETS = frozenset({"read-only", "standby", "prefer-standby"})
+
+# Records a forked child inherited: kept alive so their finalisers never run there.
+_orphans: list[ConnectionRecord] = []
+
+
+class ConfigureFailed(Exception):
+    """``configure=`` raised on a new connection, which was closed."""
+
+
+def meant_for_primary(config: PoolConfig) -> bool:
+    """Unless its conninfo asks libpq for a standby, a pool is meant for the primary."""
+    target = None
+    if isinstance(config.connect_kwargs, Mapping):
+        target = config.connect_kwargs.get("target_session_attrs")
+    if target is None and isinstance(config.dsn, str) and "target_session_attrs" in config.dsn:
+        with contextlib.suppress(Exception):
+            target = conninfo_to_dict(config.dsn).get("target_session_attrs")
+    return target not in _STANDBY_TARGETS
+
+
+class PoolCore:
+    """State, counters and decisions shared by the sync and asyncio pools."""
+
+    #: Names used in messages: the class users build, and its singleton facade.
+    _pool_class: ClassVar[str] = "Pool"
+    _facade_class: ClassVar[str] = "Database"
+
+    _waiters: deque[Any]
+
+    def _setup_core(self, config: PoolConfig, driver: Any, *, open: bool) -> None:
+        self.config = config
+        self.name = config.name
+        self._driver = driver
+        self._status: Callable[[Any], int] = driver.status
+        self._return_state: Callable[[Any], object] = driver.return_state
+        # reset="always" must take the slow path on every return: no state equals this.
+        self._clean_state: object = object() if config.reset == "always" else driver.clean_state
+
+        self._idle: deque[ConnectionRecord] = deque()
+        # Keyed by the connection itself: drivers' classes hash by identity (checked
+        # once per connection in _identity_ok), which is cheaper than calling id().
+        self._lent: dict[Any, ConnectionRecord] = {}
+        self._closed_under_borrower: set[Any] = set()
+        # Open connections plus connections being opened.
+        self._total = 0
+        self._opening = 0
+        self._generation = 0
+        self._closed = not open
+        self._opened = False
+        self._forked = False
+        #: False for a pool meant for standbys: a read-only error there is no failover.
+        self.meant_for_primary = meant_for_primary(config)
+        self._apply_check_settings()
+
+        self._breaker = Breaker(config.fail_fast_after)
+        self._last_error: ConnectionFailed | None = None
+        self._stats_borrows = Counter()
+        self._count_borrow = self._stats_borrows.add
+        self._stats_waits = Counter()
+        self._stats_timeouts = Counter()
+        self._stats_opened = Counter()
+        self._stats_closed = Counter()
+        self._stats_connect_errors = Counter()
+        self._stats_checks_failed = Counter()
+        self._stats_rollbacks = Counter()
+        self._stats_resets = Counter()
+        self._stats_leaks = Counter()
+        self._wait_samples = WaitSamples()
+        forking.register(self)
+
+    def _apply_check_settings(self) -> None:
+        check = self.config.check
+        self._check_after = float("inf") if check is None else self.config.check_after
+        self._user_check: Callable[[Any], object] | None = check if callable(check) else None
+        self._leak_threshold = self.config.leak_threshold
+        self._reset_mode = self.config.reset
+
+    # -- public, shared -----------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        """True once ``close()`` was called (or the pool was made with ``open=False``)."""
+        return self._closed
+
+    def stats(self) -> PoolStats:
+        """A snapshot of counters and gauges (takes no lock, never waits)."""
+        p50, p99, worst = self._wait_samples.percentiles()
+        return PoolStats(
+            name=self.name,
+            min_size=self.config.min_size,
+            max_size=self.config.max_size,
+            size=self._total,
+            idle=len(self._idle),
+            in_use=len(self._lent),
+            opening=self._opening,
+            waiting=len(self._waiters),
+            borrows=self._stats_borrows.value,
+            waits=self._stats_waits.value,
+            timeouts=self._stats_timeouts.value,
+            wait_p50_ms=p50 * 1000,
+            wait_p99_ms=p99 * 1000,
+            wait_max_ms=worst * 1000,
+            connections_opened=self._stats_opened.value,
+            connections_closed=self._stats_closed.value,
+            connect_errors=self._stats_connect_errors.value,
+            checks_failed=self._stats_checks_failed.value,
+            rollbacks=self._stats_rollbacks.value,
+            resets=self._stats_resets.value,
+            leaks=self._stats_leaks.value,
+            breaker_open=self._breaker.is_open(_monotonic()),
+            last_error=str(self._last_error) if self._last_error else None,
+        )
+
+    def health(self) -> dict[str, object]:
+        """Answer at once: ``status`` is ``ok``, ``degraded`` (some connections missing,
+        or callers waiting), ``down`` (the server is known unreachable) or ``closed``."""
+        return {
+            "status": health_status(
+                closed=self._closed,
+                breaker_open=self._breaker.is_open(_monotonic()),
+                open_count=self._open_count(),
+                min_size=self.config.min_size,
+                waiting=len(self._waiters),
+            ),
+            "name": self.name,
+            "size": self._total,
+            "idle": len(self._idle),
+            "in_use": len(self._lent),
+            "waiting": len(self._waiters),
+            "last_error": str(self._last_error) if self._last_error else None,
+        }
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return (
+            f"<poolkeeper.{self._pool_class} {self.name!r} {state} "
+            f"dsn={self.config.redacted_dsn()!r} "
+            f"size={self._total} idle={len(self._idle)} in_use={len(self._lent)}>"
+        )
+
+    # -- accounting and errors ----------------------------------------------------------
+
+    def _open_count(self) -> int:
+        return self._total - self._opening
+
+    def _raise_if_closed(self) -> None:
+        if self._forked:
+            raise PoolClosed(
+                f"pool {self.name!r} was created in the parent process and cannot be used "
+                f"after fork(); create the pool in the child, or use "
+                f"poolkeeper.{self._facade_class}(), which does so for you"
+            )
+        if self._closed:
+            if not self._opened:
+                raise PoolClosed(
+                    f"pool {self.name!r} is not open yet (open=False); call open() first, "
+                    f"or use it as a context manager"
+                )
+            raise PoolClosed(f"pool {self.name!r} is closed; create a new {self._pool_class}")
+
+    def _timeout_error(self, message: str, hint: str) -> PoolTimeout:
+        error = PoolTimeout(f"{message}; {hint}")
+        if self._last_error is not None and self._breaker.failing_since is not None:
+            error.__cause__ = self._last_error
+        return error
+
+    def _wait_timeout_error(self, started: float, now: float) -> PoolTimeout:
+        """``wait()`` gave up: at its deadline, or early because the server is down."""
+        last = self._last_error
+        reason = f"; last error: {last.detail}" if last is not None else ""
+        return self._timeout_error(
+            f"pool {self.name!r} opened {self._open_count()} of "
+            f"min_size={self.config.min_size} connections within {now - started:.1f}s{reason}",
+            "check that the server is reachable, or lower min_size",
+        )
+
+    def _breaker_error(self) -> ConnectionFailed:
+        cause = self._last_error
+        detail = f": {cause.detail}" if cause is not None else ""
+        error = ConnectionFailed(
+            f"pool {self.name!r}: the server is unreachable{detail}; failing fast until a "
+            "reconnect succeeds (fail_fast_after=None turns this off)"
+        )
+        error.__cause__ = cause
+        return error
+
+    # -- checks and resets --------------------------------------------------------------
+
+    def _mark_good(self, rec: ConnectionRecord, now: float) -> None:
+        """``rec`` was just seen working: no check needed for another ``check_after``."""
+        rec.last_checked = now
+        rec.check_due = now + self._check_after
+
+    def _note_server_gone(self) -> None:
+        """A connection died: every connection idle now may be dead too; check each
+        before it is lent (cheaper than a flag the borrow path would have to read)."""
+        for rec in list(self._idle):
+            rec.check_due = float("-inf")
+
+    def _needs_reset(self, conn: Any) -> bool:
+        if self._reset_mode == "always":
+            return True
+        if self._reset_mode is None:
+            # The flag is meaningless without resets; clear it so the next return is fast.
+            self._driver.mark_clean(conn)
+            return False
+        return bool(self._driver.session_dirty(conn))
+
+    def _is_failover(self, conn: Any) -> bool:
+        """SQLSTATE 25006 from ``conn``: is this a demoted primary (replace everything)?
+
+        Only on a pool meant for the primary, and only if the connection reached a hot
+        standby: a read-only transaction on a healthy primary raises 25006 too, and a
+        ping would pass on a standby, so verifying connections would not be enough.
+        """
+        is_standby = getattr(self._driver, "is_standby", None)
+        if not self.meant_for_primary or is_standby is None or not is_standby(conn):
+            return False
+        _log.warning(
+            "pool %r: a connection reached a read-only standby (SQLSTATE 25006); the "
+            "primary was demoted or failed over, so every connection is being replaced",
+            self.name,
+        )
+        return True
+
+    # -- new connections ----------------------------------------------------------------
+
+    def _identity_ok(self, conn: Any) -> bool:
+        """The lent map needs identity equality; a driver class overriding it is a bug."""
+        equality: object = type(conn).__eq__
+        return equality is object.__eq__
+
+    def _after_configure(self, conn: Any) -> None:
+        """Check what ``configure=`` left behind; its settings become the baseline."""
+        if self._status(conn) != 0:
+            raise ConfigurationError(
+                "configure: the callable left the connection inside a transaction; "
+                "commit at its end, or switch the connection to autocommit first"
+            )
+        # What configure set is the baseline every borrower should see, not a leak.
+        with contextlib.suppress(AttributeError):
+            conn._pk_dirty = False
+
+    @staticmethod
+    def _configure_failed(exc: BaseException) -> ConfigureFailed:
+        # Said apart from "could not connect": the server was fine, the hook was not.
+        return ConfigureFailed(
+            f"configure= raised {type(exc).__name__}: {redact(str(exc))}; "
+            "the new connection was discarded"
+        )
+
+    def _new_record(self, conn: Any) -> ConnectionRecord:
+        now = _monotonic()
+        return ConnectionRecord(
+            conn,
+            now=now,
+            expires_at=expiry(now, self.config.max_lifetime),
+            generation=self._generation,
+            backend_pid=self._driver.backend_pid(conn),
+            check_after=self._check_after,
+        )
+
+    def _record_connect_failure(self, exc: BaseException) -> None:
+        """Count, redact and log a failed attempt; it becomes ``_last_error``."""
+        self._stats_connect_errors.add()
+        detail = redact(str(exc).strip()) or type(exc).__name__
+        what = (
+            "a new connection failed configure= on"
+            if isinstance(exc, ConfigureFailed)
+            else "could not connect to"
+        )
+        error = ConnectionFailed(f"{what} {self.config.redacted_dsn()!r}: {detail}", detail)
+        self._last_error = error
+        _log.warning("pool %r: %s", self.name, error)
+
+    def _record_connect_success(self, rec: ConnectionRecord) -> bool:
+        """Count a new connection; True if it ends an outage (wake the other openers)."""
+        self._stats_opened.add()
+        _log.debug("pool %r: opened connection to backend %d", self.name, rec.backend_pid)
+        if self._breaker.failing_since is None:
+            return False
+        self._breaker.success()
+        return True
+
+    def _log_give_up(self) -> None:
+        _log.error(
+            "pool %r: giving up on a connection after reconnect_timeout=%gs: %s",
+            self.name,
+            self.config.reconnect_timeout,
+            self._last_error,
+        )
+
+    # -- maintenance --------------------------------------------------------------------
+
+    def _take_idle(self, rec: ConnectionRecord) -> bool:
+        # The sync borrow path pops without the lock, so rec may be gone already.
+        try:
+            self._idle.remove(rec)
+        except ValueError:
+            return False
+        return True
+
+    def _plan_housekeeping(
+        self, now: float
+    ) -> tuple[list[ConnectionRecord], list[ConnectionRecord]]:
+        """Decide, and take out of the idle stack, what to retire and what to ping."""
+        cfg = self.config
+        plan: HousekeepingPlan = plan_housekeeping(
+            list(self._idle),
+            now=now,
+            total=self._open_count(),
+            min_size=cfg.min_size,
+            max_idle=cfg.max_idle,
+            keepalive_interval=cfg.keepalive_interval,
+            generation=self._generation,
+        )
+        retire = [rec for rec in plan.retire if self._take_idle(rec)]
+        ping = [rec for rec in plan.ping if self._take_idle(rec)]
+        return retire, ping
+
+    def _housekeeping_delay(self) -> float:
+        cfg = self.config
+        return housekeeping_tick(
+            max_lifetime=cfg.max_lifetime,
+            max_idle=cfg.max_idle,
+            keepalive_interval=cfg.keepalive_interval,
+            leak_threshold=cfg.leak_threshold,
+        )
+
+    def _resize_surplus(self, min_size: int, max_size: int) -> list[ConnectionRecord]:
+        """Apply new bounds; return the idle records beyond the new ``max_size``."""
+        self.config = self.config.replace(min_size=min_size, max_size=max_size)
+        excess = self._total - max_size
+        surplus: list[ConnectionRecord] = []
+        while excess > 0 and self._idle:
+            surplus.append(self._idle.popleft())
+            excess -= 1
+        return surplus
+
+    def _drain_idle(self) -> list[ConnectionRecord]:
+        """Start a new generation (borrowed ones retire on return); take every idle one."""
+        self._generation += 1
+        old = list(self._idle)
+        self._idle.clear()
+        return old
+
+    def _report_leaks(self, now: float) -> None:
+        threshold = self._leak_threshold
+        assert threshold is not None
+        for rec in list(self._lent.values()):
+            if not rec.leak_reported and now - rec.borrowed_at >= threshold:
+                rec.leak_reported = True
+                self._stats_leaks.add()
+                _log.warning(
+                    "pool %r: connection to backend %d borrowed %.1fs ago and not returned "
+                    "(leak_threshold=%gs); it was borrowed here:\n%s",
+                    self.name,
+                    rec.backend_pid,
+                    now - rec.borrowed_at,
+                    threshold,
+                    rec.borrow_stack or "(no stack recorded)",
+                )
+
+    # -- fork safety --------------------------------------------------------------------
+
+    def _after_fork_in_child(self) -> None:
+        """In a forked child: make the parent's sockets inert here, forget every record.
+
+        The shells extend this to replace their locks, threads or tasks."""
+        records = list(self._idle) + list(self._lent.values())
+        for rec in records:
+            forking.neutralise_fd(self._driver.fileno(rec.conn))
+        # Keep the objects alive: their finalisers would write to what is now /dev/null,
+        # harmless, but there is no reason to run them at all.
+        _orphans.extend(records)
+        self._idle = deque()
+        self._lent = {}
+        self._waiters = deque()
+        self._total = self._opening = 0
+        self._forked = True
+        self._closed = True
