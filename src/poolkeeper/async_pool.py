@@ -33,32 +33,22 @@ from asyncio import get_running_loop as _running_loop
 from collections import deque
 from collections.abc import AsyncIterator, Coroutine
 from types import TracebackType
-from typing import Any
+from typing import Any, ClassVar
 
-from poolkeeper import forking
 from poolkeeper.config import PoolConfig
 from poolkeeper.drivers import BROKEN, IN_TRANSACTION, AsyncDriver, load_async_driver
+from poolkeeper.drivers.libpq_options import READ_ONLY_SQLSTATE
 from poolkeeper.errors import (
     ConfigurationError,
-    ConnectionFailed,
     PoolClosed,
     PoolError,
-    PoolTimeout,
     TooManyWaiters,
     WrongEventLoop,
 )
-from poolkeeper.policy import (
-    Backoff,
-    Breaker,
-    connections_to_open,
-    expiry,
-    health_status,
-    housekeeping_tick,
-    plan_housekeeping,
-)
+from poolkeeper.policy import Backoff, connections_to_open
+from poolkeeper.pool_core import PoolCore
 from poolkeeper.record import ConnectionRecord
 from poolkeeper.redact import redact
-from poolkeeper.stats import Counter, PoolStats, WaitSamples
 
 __all__ = ["AsyncPool"]
 
@@ -121,12 +111,18 @@ class _Borrowed:
         tb: TracebackType | None,
     ) -> None:
         pool = self._pool
-        if exc is not None and pool._driver.is_disconnect(exc):
-            pool._note_server_gone()
+        failover = False
+        if exc is not None:
+            if pool._driver.is_disconnect(exc):
+                pool._note_server_gone()
+            elif getattr(exc, "sqlstate", None) == READ_ONLY_SQLSTATE:
+                failover = pool._is_failover(self._conn)
         await pool.putconn(self._conn)
+        if failover:
+            await pool.drain()
 
 
-class AsyncPool:
+class AsyncPool(PoolCore):
     """An asyncio pool of PostgreSQL connections, bound to one event loop.
 
     ``AsyncPool(dsn=None, *, open=True, config=None, **settings)`` takes the same
@@ -137,6 +133,12 @@ class AsyncPool:
     ``async with pool``. The connection you get is the driver's own
     (``psycopg.AsyncConnection`` or ``asyncpg.Connection``).
     """
+
+    _pool_class: ClassVar[str] = "AsyncPool"
+    _facade_class: ClassVar[str] = "AsyncDatabase"
+    _open_hint: ClassVar[str] = (
+        "'await pool.open()' first, or use 'async with AsyncPool(...) as pool'"
+    )
 
     def __init__(
         self,
@@ -152,65 +154,22 @@ class AsyncPool:
             raise ConfigurationError(
                 "config: pass either config= or dsn/keyword settings, not both"
             )
-        self.config = config
-        self.name = config.name
         self._driver: AsyncDriver[Any] = load_async_driver(config.driver)
-        self._status = self._driver.status
-        self._return_state = self._driver.return_state
-        # reset="always" must take the slow path on every return: no state equals this.
-        self._clean_state: object = (
-            object() if config.reset == "always" else self._driver.clean_state
-        )
-
-        self._idle: deque[ConnectionRecord] = deque()
-        # Keyed by the connection itself: drivers' classes hash by identity (checked
-        # once per connection in _connect_new), which is cheaper than calling id().
-        self._lent: dict[Any, ConnectionRecord] = {}
         self._waiters: deque[asyncio.Future[ConnectionRecord]] = deque()
-        # Open connections plus connections being opened.
-        self._total = 0
-        self._opening = 0
-        self._generation = 0
+        self._setup_core(config, self._driver, open=open)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._closed = not open
-        self._opened = False
-        self._forked = False
-        self._apply_check_settings()
-
-        self._breaker = Breaker(config.fail_fast_after)
         self._probe = _Signal()
         self._changed = _Signal()
-        self._last_error: ConnectionFailed | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._openers: set[asyncio.Task[Any]] = set()
         self._housekeeper: asyncio.Task[None] | None = None
         self._connect_slots: asyncio.Semaphore | None = None
-        self._stats_borrows = Counter()
-        self._count_borrow = self._stats_borrows.add
-        self._stats_waits = Counter()
-        self._stats_timeouts = Counter()
-        self._stats_opened = Counter()
-        self._stats_closed = Counter()
-        self._stats_connect_errors = Counter()
-        self._stats_checks_failed = Counter()
-        self._stats_rollbacks = Counter()
-        self._stats_resets = Counter()
-        self._stats_leaks = Counter()
-        self._wait_samples = WaitSamples()
-        forking.register(self)
         if open:
             try:
                 loop = _running_loop()
             except RuntimeError:
                 return  # opened at first use, in whichever loop that is
             self._start(loop)
-
-    def _apply_check_settings(self) -> None:
-        check = self.config.check
-        self._check_after = float("inf") if check is None else self.config.check_after
-        self._user_check = check if callable(check) else None
-        self._leak_threshold = self.config.leak_threshold
-        self._reset_mode = self.config.reset
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -252,20 +211,21 @@ class AsyncPool:
         self._start(loop)
 
     async def wait(self, timeout: float | None = None) -> None:
-        """Wait until ``min_size`` connections are open, else raise ``PoolTimeout``."""
+        """Wait until ``min_size`` connections are open, else raise ``PoolTimeout``.
+
+        Like ``getconn``, it gives up early while the circuit breaker is open (the
+        server is known unreachable); the last connect error is the ``__cause__``.
+        """
         self._bind()
         limit = self.config.timeout if timeout is None else timeout
-        deadline = _monotonic() + limit
+        start = _monotonic()
+        deadline = start + limit
         while self._open_count() < self.config.min_size:
             self._raise_if_closed()
-            remaining = deadline - _monotonic()
-            if remaining <= 0:
-                raise self._timeout_error(
-                    f"pool {self.name!r} opened {self._open_count()} of "
-                    f"min_size={self.config.min_size} connections within {limit:g}s",
-                    "check that the server is reachable, or lower min_size",
-                )
-            await self._changed.wait(min(remaining, 0.1))
+            now = _monotonic()
+            if now >= deadline or self._breaker.is_open(now):
+                raise self._wait_timeout_error(start, now)
+            await self._changed.wait(min(deadline - now, 0.1))
 
     async def close(self, timeout: float = 5.0) -> None:
         """Stop lending, wait up to ``timeout`` for borrowed connections, close everything.
@@ -327,11 +287,6 @@ class AsyncPool:
                 break
             await asyncio.wait(pending, timeout=remaining)
 
-    @property
-    def closed(self) -> bool:
-        """True once :meth:`close` was called (or the pool was made with ``open=False``)."""
-        return self._closed
-
     async def __aenter__(self) -> AsyncPool:
         if not self._opened:
             await self.open()
@@ -341,13 +296,6 @@ class AsyncPool:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
-
-    def __repr__(self) -> str:
-        state = "closed" if self._closed else "open"
-        return (
-            f"<poolkeeper.AsyncPool {self.name!r} {state} dsn={self.config.redacted_dsn()!r} "
-            f"size={self._total} idle={len(self._idle)} in_use={len(self._lent)}>"
-        )
 
     # -- borrowing ----------------------------------------------------------------------
 
@@ -520,20 +468,6 @@ class AsyncPool:
             return
         self._idle.append(rec)
 
-    def _needs_reset(self, conn: Any) -> bool:
-        if self._reset_mode == "always":
-            return True
-        if self._reset_mode is None:
-            # The flag is meaningless without resets; clear it so the next return is fast.
-            self._driver.mark_clean(conn)
-            return False
-        return self._driver.session_dirty(conn)
-
-    def _mark_good(self, rec: ConnectionRecord, now: float) -> None:
-        """``rec`` was just seen working: no check needed for another ``check_after``."""
-        rec.last_checked = now
-        rec.check_due = now + self._check_after
-
     async def _clean_on_return(self, rec: ConnectionRecord) -> bool:
         """Roll back and/or reset ``rec``; False if it had to be discarded instead."""
         conn = rec.conn
@@ -579,12 +513,7 @@ class AsyncPool:
     async def resize(self, min_size: int, max_size: int) -> None:
         """Change the bounds at run time; growth starts now, shrinking as connections idle."""
         self._bind()
-        self.config = self.config.replace(min_size=min_size, max_size=max_size)
-        excess = self._total - max_size
-        surplus: list[ConnectionRecord] = []
-        while excess > 0 and self._idle:
-            surplus.append(self._idle.popleft())
-            excess -= 1
+        surplus = self._resize_surplus(min_size, max_size)
         self._grow()
         for rec in surplus:
             self._retire(rec, "pool resized")
@@ -602,79 +531,10 @@ class AsyncPool:
         Use after rotating credentials, ``CREATE EXTENSION`` or a failover.
         """
         self._bind()
-        self._generation += 1
-        old = list(self._idle)
-        self._idle.clear()
-        for rec in old:
+        for rec in self._drain_idle():
             self._retire(rec, "drained")
 
-    def stats(self) -> PoolStats:
-        """A snapshot of counters and gauges (never awaits, safe from any thread)."""
-        p50, p99, worst = self._wait_samples.percentiles()
-        return PoolStats(
-            name=self.name,
-            min_size=self.config.min_size,
-            max_size=self.config.max_size,
-            size=self._total,
-            idle=len(self._idle),
-            in_use=len(self._lent),
-            opening=self._opening,
-            waiting=len(self._waiters),
-            borrows=self._stats_borrows.value,
-            waits=self._stats_waits.value,
-            timeouts=self._stats_timeouts.value,
-            wait_p50_ms=p50 * 1000,
-            wait_p99_ms=p99 * 1000,
-            wait_max_ms=worst * 1000,
-            connections_opened=self._stats_opened.value,
-            connections_closed=self._stats_closed.value,
-            connect_errors=self._stats_connect_errors.value,
-            checks_failed=self._stats_checks_failed.value,
-            rollbacks=self._stats_rollbacks.value,
-            resets=self._stats_resets.value,
-            leaks=self._stats_leaks.value,
-            breaker_open=self._breaker.is_open(_monotonic()),
-            last_error=str(self._last_error) if self._last_error else None,
-        )
-
-    def health(self) -> dict[str, object]:
-        """Answer at once: ``status`` is ``ok``, ``degraded`` (some connections missing,
-        or callers waiting), ``down`` (the server is known unreachable) or ``closed``."""
-        return {
-            "status": health_status(
-                closed=self._closed,
-                breaker_open=self._breaker.is_open(_monotonic()),
-                open_count=self._open_count(),
-                min_size=self.config.min_size,
-                waiting=len(self._waiters),
-            ),
-            "name": self.name,
-            "size": self._total,
-            "idle": len(self._idle),
-            "in_use": len(self._lent),
-            "waiting": len(self._waiters),
-            "last_error": str(self._last_error) if self._last_error else None,
-        }
-
     # -- internals: accounting ----------------------------------------------------------
-
-    def _open_count(self) -> int:
-        return self._total - self._opening
-
-    def _raise_if_closed(self) -> None:
-        if self._forked:
-            raise PoolClosed(
-                f"pool {self.name!r} was created in the parent process and cannot be used "
-                "after fork(); create the pool in the child, or use poolkeeper.AsyncDatabase(), "
-                "which does so for you"
-            )
-        if self._closed:
-            if not self._opened:
-                raise PoolClosed(
-                    f"pool {self.name!r} is not open yet (open=False); "
-                    "'await pool.open()' first, or use 'async with AsyncPool(...) as pool'"
-                )
-            raise PoolClosed(f"pool {self.name!r} is closed; create a new AsyncPool")
 
     def _wrong_loop_error(self) -> WrongEventLoop:
         gone = " (that loop is closed now)" if self._loop and self._loop.is_closed() else ""
@@ -684,22 +544,6 @@ class AsyncPool:
             "your app's lifespan or the coroutine given to asyncio.run), one per loop, or use "
             "poolkeeper.AsyncDatabase(), which keeps one pool per event loop for you"
         )
-
-    def _timeout_error(self, message: str, hint: str) -> PoolTimeout:
-        error = PoolTimeout(f"{message}; {hint}")
-        if self._last_error is not None and self._breaker.failing_since is not None:
-            error.__cause__ = self._last_error
-        return error
-
-    def _breaker_error(self) -> ConnectionFailed:
-        cause = self._last_error
-        detail = f": {cause.detail}" if cause is not None else ""
-        error = ConnectionFailed(
-            f"pool {self.name!r}: the server is unreachable{detail}; failing fast until a "
-            "reconnect succeeds (fail_fast_after=None turns this off)"
-        )
-        error.__cause__ = cause
-        return error
 
     def _hand_off(self, rec: ConnectionRecord) -> bool:
         """Give ``rec`` to the first waiter still waiting; False if there is none."""
@@ -774,12 +618,6 @@ class AsyncPool:
         await self._driver.close(rec.conn)
         self._stats_closed.add()
 
-    def _note_server_gone(self) -> None:
-        """A connection died: every connection idle now may be dead too; check each
-        before it is lent (cheaper than a flag the borrow path would have to read)."""
-        for rec in self._idle:
-            rec.check_due = float("-inf")
-
     # -- internals: background work -----------------------------------------------------
 
     async def _run_configure(self, conn: Any) -> None:
@@ -789,38 +627,22 @@ class AsyncPool:
         result = configure(conn)
         if inspect.isawaitable(result):
             await result
-        if self._status(conn) != 0:
-            raise ConfigurationError(
-                "configure: the callable left the connection inside a transaction; "
-                "commit at its end, or switch the connection to autocommit first"
-            )
-        # What configure set is the baseline every borrower should see, not a leak.
-        with contextlib.suppress(AttributeError):
-            conn._pk_dirty = False
+        self._after_configure(conn)
 
     async def _connect_new(self) -> ConnectionRecord:
         conn = await self._driver.connect(self.config.connect_spec())
-        eq: object = type(conn).__eq__
-        if eq is not object.__eq__:
+        if not self._identity_ok(conn):
             await self._driver.close(conn)
             raise TypeError(f"{type(conn).__name__} overrides __eq__; the pool needs identity")
         try:
             await self._run_configure(conn)
-        except Exception:
+        except Exception as exc:
             await self._driver.close(conn)
-            raise
+            raise self._configure_failed(exc) from exc
         except BaseException:
             self._spawn(self._close_conn(conn))
             raise
-        now = _monotonic()
-        return ConnectionRecord(
-            conn,
-            now=now,
-            expires_at=expiry(now, self.config.max_lifetime),
-            generation=self._generation,
-            backend_pid=self._driver.backend_pid(conn),
-            check_after=self._check_after,
-        )
+        return self._new_record(conn)
 
     async def _open_one(self) -> None:
         """Open one connection (the slot is already counted), retrying with back-off."""
@@ -838,12 +660,7 @@ class AsyncPool:
                 except Exception as exc:
                     self._on_connect_failure(exc)
                     if _monotonic() >= give_up_at:
-                        _log.error(
-                            "pool %r: giving up on a connection after reconnect_timeout=%gs: %s",
-                            self.name,
-                            self.config.reconnect_timeout,
-                            self._last_error,
-                        )
+                        self._log_give_up()
                         break
                     # Try again no later than the moment the breaker may open, so callers
                     # queued meanwhile learn at once that the server is down.
@@ -860,13 +677,7 @@ class AsyncPool:
                 self._changed.fire()
 
     def _on_connect_failure(self, exc: BaseException) -> None:
-        self._stats_connect_errors.add()
-        detail = redact(str(exc).strip()) or type(exc).__name__
-        error = ConnectionFailed(
-            f"could not connect to {self.config.redacted_dsn()!r}: {detail}", detail
-        )
-        self._last_error = error
-        _log.warning("pool %r: %s", self.name, error)
+        self._record_connect_failure(exc)
         now = _monotonic()
         self._breaker.failure(now)
         if not self._breaker.is_open(now):
@@ -878,12 +689,9 @@ class AsyncPool:
                 waiter.set_exception(self._breaker_error())
 
     def _on_connect_success(self, rec: ConnectionRecord) -> None:
-        self._stats_opened.add()
-        if self._breaker.failing_since is not None:
-            self._breaker.success()
+        if self._record_connect_success(rec):
             # The server is back: wake the other reconnect loops from their back-off.
             self._probe.fire()
-        _log.debug("pool %r: opened connection to backend %d", self.name, rec.backend_pid)
         self._opening -= 1
         if self._closed:
             self._total -= 1
@@ -911,19 +719,8 @@ class AsyncPool:
 
     def _housekeeping(self) -> float:
         """One periodic pass; returns the seconds until the next."""
-        cfg = self.config
         now = _monotonic()
-        plan = plan_housekeeping(
-            list(self._idle),
-            now=now,
-            total=self._open_count(),
-            min_size=cfg.min_size,
-            max_idle=cfg.max_idle,
-            keepalive_interval=cfg.keepalive_interval,
-            generation=self._generation,
-        )
-        retire = [rec for rec in plan.retire if self._take_idle(rec)]
-        ping = [rec for rec in plan.ping if self._take_idle(rec)]
+        retire, ping = self._plan_housekeeping(now)
         for rec in retire:
             self._retire(rec, "housekeeping: lifetime or max_idle reached")
         for rec in ping:
@@ -931,19 +728,7 @@ class AsyncPool:
         self._grow()
         if self._leak_threshold is not None:
             self._report_leaks(now)
-        return housekeeping_tick(
-            max_lifetime=cfg.max_lifetime,
-            max_idle=cfg.max_idle,
-            keepalive_interval=cfg.keepalive_interval,
-            leak_threshold=cfg.leak_threshold,
-        )
-
-    def _take_idle(self, rec: ConnectionRecord) -> bool:
-        try:
-            self._idle.remove(rec)
-        except ValueError:
-            return False
-        return True
+        return self._housekeeping_delay()
 
     async def _keepalive(self, rec: ConnectionRecord, what: str) -> None:
         try:
@@ -959,41 +744,11 @@ class AsyncPool:
         self._mark_good(rec, _monotonic())
         self._give_back_idle(rec)
 
-    def _report_leaks(self, now: float) -> None:
-        threshold = self._leak_threshold
-        assert threshold is not None
-        for rec in list(self._lent.values()):
-            if not rec.leak_reported and now - rec.borrowed_at >= threshold:
-                rec.leak_reported = True
-                self._stats_leaks.add()
-                _log.warning(
-                    "pool %r: connection to backend %d borrowed %.1fs ago and not returned "
-                    "(leak_threshold=%gs); it was borrowed here:\n%s",
-                    self.name,
-                    rec.backend_pid,
-                    now - rec.borrowed_at,
-                    threshold,
-                    rec.borrow_stack or "(no stack recorded)",
-                )
-
     # -- fork safety --------------------------------------------------------------------
 
     def _after_fork_in_child(self) -> None:
-        """In a forked child: make the parent's sockets inert here, forget everything."""
-        records = list(self._idle) + list(self._lent.values())
-        for rec in records:
-            forking.neutralise_fd(self._driver.fileno(rec.conn))
-        # Keep the objects alive: their finalisers have nothing useful to do here.
-        _orphans.extend(records)
-        self._idle = deque()
-        self._lent = {}
-        self._waiters = deque()
+        """In a forked child: forget the parent's connections, tasks and loop."""
+        super()._after_fork_in_child()
         self._tasks = set()
         self._openers = set()
         self._housekeeper = None
-        self._total = self._opening = 0
-        self._forked = True
-        self._closed = True
-
-
-_orphans: list[ConnectionRecord] = []

@@ -66,6 +66,7 @@ class PoolCore:
     #: Names used in messages: the class users build, and its singleton facade.
     _pool_class: ClassVar[str] = "Pool"
     _facade_class: ClassVar[str] = "Database"
+    _open_hint: ClassVar[str] = "call pool.open() first, or use 'with Pool(...) as pool'"
 
     _waiters: deque[Any]
 
@@ -195,8 +196,7 @@ class PoolCore:
         if self._closed:
             if not self._opened:
                 raise PoolClosed(
-                    f"pool {self.name!r} is not open yet (open=False); call open() first, "
-                    f"or use it as a context manager"
+                    f"pool {self.name!r} is not open yet (open=False); {self._open_hint}"
                 )
             raise PoolClosed(f"pool {self.name!r} is closed; create a new {self._pool_class}")
 
