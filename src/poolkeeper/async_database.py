@@ -15,15 +15,13 @@ import asyncio
 import contextlib
 import itertools
 import threading
-from collections.abc import AsyncIterator, Iterator, Sequence
-from typing import Any, ClassVar
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
-from poolkeeper import forking
 from poolkeeper.async_pool import AsyncPool
-from poolkeeper.config import PoolConfig
-from poolkeeper.database import check_same_settings
 from poolkeeper.drivers import load_async_driver
-from poolkeeper.errors import ConfigurationError, PoolError
+from poolkeeper.errors import PoolError
+from poolkeeper.registry import NamedSingleton
 from poolkeeper.stats import PoolStats
 
 __all__ = ["AsyncDatabase"]
@@ -43,7 +41,7 @@ class _LoopPools:
         return [self.primary, *self.replicas]
 
 
-class AsyncDatabase:
+class AsyncDatabase(NamedSingleton):
     """The shared asyncio pool for ``name``: the same object on every call, in every thread.
 
     ``AsyncDatabase(name="default", dsn=None, **settings)``: the first call for a
@@ -54,55 +52,14 @@ class AsyncDatabase:
     must run inside one, and uses that loop's own pool.
     """
 
-    _instances: ClassVar[dict[str, AsyncDatabase]] = {}
-    _registry_lock: ClassVar[threading.Lock] = threading.Lock()
-
-    name: str
-    config: PoolConfig
-    _replica_configs: tuple[PoolConfig, ...]
     # Keyed by loop; a closed loop's entry is dropped when the next loop's is made.
     _pools: dict[asyncio.AbstractEventLoop, _LoopPools]
 
-    def __new__(cls, name: str = "default", dsn: Any = None, **options: Any) -> AsyncDatabase:
-        instance = cls._instances.get(name)
-        if instance is None:
-            with cls._registry_lock:
-                instance = cls._instances.get(name)
-                if instance is None:
-                    instance = super().__new__(cls)
-                    instance._setup(name, dsn, options)
-                    cls._instances[name] = instance
-                    return instance
-        if dsn is not None or options:
-            replicas = options.pop("replicas", None)
-            requested = PoolConfig.build(dsn, name=name, **options)
-            check_same_settings(instance.config, requested, f"AsyncDatabase({name!r})")
-            if replicas is not None and tuple(replicas) != instance._replica_dsns():
-                raise ConfigurationError(
-                    f"replicas: AsyncDatabase({name!r}) already exists with other replicas; "
-                    "pass the same list everywhere"
-                )
-        return instance
-
-    def __init__(self, name: str = "default", dsn: Any = None, **options: Any) -> None:
-        """Settings are taken by ``__new__``; a repeated call changes nothing."""
-
-    def _setup(self, name: str, dsn: Any, options: dict[str, Any]) -> None:
-        replicas: Sequence[Any] = options.pop("replicas", None) or ()
-        self.name = name
-        self.config = PoolConfig.build(dsn, name=name, **options)
+    def _setup_pools(self) -> None:
         # A missing driver extra should fail here, not at the first query.
         load_async_driver(self.config.driver)
-        self._replica_configs = tuple(
-            self.config.replace(dsn=replica, name=f"{name}-replica{i}", min_size=0)
-            for i, replica in enumerate(replicas)
-        )
         self._pools = {}
         self._pools_lock = threading.Lock()
-        forking.register(self)
-
-    def _replica_dsns(self) -> tuple[Any, ...]:
-        return tuple(cfg.dsn for cfg in self._replica_configs)
 
     # -- the pools behind it -----------------------------------------------------------
 
@@ -209,19 +166,13 @@ class AsyncDatabase:
     @classmethod
     async def reset_all(cls, timeout: float = 5.0) -> None:
         """Close every ``AsyncDatabase`` singleton and forget them (tests, shutdown hooks)."""
-        with cls._registry_lock:
-            instances = list(cls._instances.values())
-            cls._instances.clear()
-        for instance in instances:
+        for instance in cls._forget_all():
             await instance.close_all_connections(timeout)
 
     def _after_fork_in_child(self) -> None:
         # The pools' own fork hooks make their sockets inert; we just stop using them.
         self._pools = {}
         self._pools_lock = threading.Lock()
-
-    def __repr__(self) -> str:
-        return f"<poolkeeper.AsyncDatabase {self.name!r} dsn={self.config.redacted_dsn()!r}>"
 
 
 async def _close_pools(pools: _LoopPools, timeout: float) -> None:

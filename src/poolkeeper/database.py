@@ -10,34 +10,17 @@ from __future__ import annotations
 import contextlib
 import itertools
 import threading
-from collections.abc import Iterator, Sequence
-from typing import Any, ClassVar
+from collections.abc import Iterator
+from typing import Any
 
-from poolkeeper import forking
-from poolkeeper.config import PoolConfig
-from poolkeeper.errors import ConfigurationError, PoolError
+from poolkeeper.errors import PoolError
 from poolkeeper.pool import Pool
-from poolkeeper.redact import redact
+from poolkeeper.registry import NamedSingleton
 
-__all__ = ["Database", "check_same_settings"]
-
-
-def check_same_settings(existing: PoolConfig, requested: PoolConfig, what: str) -> None:
-    """Raise ``ConfigurationError`` if ``requested`` explicitly asks for other settings."""
-    for key in sorted(requested.explicit):
-        mine, theirs = getattr(existing, key), getattr(requested, key)
-        if mine != theirs:
-            if key == "dsn":
-                mine, theirs = existing.redacted_dsn(), requested.redacted_dsn()
-            raise ConfigurationError(
-                f"{key}: {what} already exists with {key}={redact(repr(mine))}, and this call "
-                f"asks for {key}={redact(repr(theirs))}. Pass the same settings everywhere "
-                f"(or none), use another name= for a second pool, or call "
-                f"Database.reset_all() first in tests"
-            )
+__all__ = ["Database"]
 
 
-class Database:
+class Database(NamedSingleton):
     """The shared pool for ``name``: the same object on every call, in every thread.
 
     ``Database(name="default", dsn=None, **settings)``: the first call for a name
@@ -47,55 +30,14 @@ class Database:
     In a forked child the first use builds a fresh pool.
     """
 
-    _instances: ClassVar[dict[str, Database]] = {}
-    _registry_lock: ClassVar[threading.Lock] = threading.Lock()
-
-    name: str
-    config: PoolConfig
     _pool: Pool | None
-    _replica_configs: tuple[PoolConfig, ...]
     _replica_pools: list[Pool] | None
 
-    def __new__(cls, name: str = "default", dsn: Any = None, **options: Any) -> Database:
-        instance = cls._instances.get(name)
-        if instance is None:
-            with cls._registry_lock:
-                instance = cls._instances.get(name)
-                if instance is None:
-                    instance = super().__new__(cls)
-                    instance._setup(name, dsn, options)
-                    cls._instances[name] = instance
-                    return instance
-        if dsn is not None or options:
-            replicas = options.pop("replicas", None)
-            requested = PoolConfig.build(dsn, name=name, **options)
-            check_same_settings(instance.config, requested, f"Database({name!r})")
-            if replicas is not None and tuple(replicas) != instance._replica_dsns():
-                raise ConfigurationError(
-                    f"replicas: Database({name!r}) already exists with other replicas; "
-                    "pass the same list everywhere"
-                )
-        return instance
-
-    def __init__(self, name: str = "default", dsn: Any = None, **options: Any) -> None:
-        """Settings are taken by ``__new__``; a repeated call changes nothing."""
-
-    def _setup(self, name: str, dsn: Any, options: dict[str, Any]) -> None:
-        replicas: Sequence[Any] = options.pop("replicas", None) or ()
-        self.name = name
-        self.config = PoolConfig.build(dsn, name=name, **options)
-        self._replica_configs = tuple(
-            self.config.replace(dsn=replica, name=f"{name}-replica{i}", min_size=0)
-            for i, replica in enumerate(replicas)
-        )
+    def _setup_pools(self) -> None:
         self._pool = None
         self._replica_pools = None
         self._replica_cycle: Iterator[Pool] | None = None
         self._pool_lock = threading.Lock()
-        forking.register(self)
-
-    def _replica_dsns(self) -> tuple[Any, ...]:
-        return tuple(cfg.dsn for cfg in self._replica_configs)
 
     # -- the pool behind it ------------------------------------------------------------
 
@@ -188,10 +130,7 @@ class Database:
     @classmethod
     def reset_all(cls, timeout: float = 5.0) -> None:
         """Close every ``Database`` singleton and forget them (tests, shutdown hooks)."""
-        with cls._registry_lock:
-            instances = list(cls._instances.values())
-            cls._instances.clear()
-        for instance in instances:
+        for instance in cls._forget_all():
             instance.close_all_connections(timeout)
 
     def _after_fork_in_child(self) -> None:
@@ -200,6 +139,3 @@ class Database:
         self._replica_pools = None
         self._replica_cycle = None
         self._pool_lock = threading.Lock()
-
-    def __repr__(self) -> str:
-        return f"<poolkeeper.Database {self.name!r} dsn={self.config.redacted_dsn()!r}>"

@@ -425,7 +425,7 @@ class Pool(PoolCore):
                 self._retire(rec, f"failed pool.check() ({redact(str(exc))})")
             else:
                 self._mark_good(rec, _monotonic())
-                self._give_back_idle(rec)
+                self._admit(rec, cold=True)
 
     def drain(self) -> None:
         """Replace every connection: idle ones now, borrowed ones when they come back.
@@ -443,19 +443,23 @@ class Pool(PoolCore):
         while self._waiters and self._idle:
             self._waiters.popleft().give(self._idle.pop())
 
-    def _give_back_idle(self, rec: ConnectionRecord) -> None:
-        """Return a (pinged or new) record: to the first waiter, else to the cold end."""
+    def _admit(self, rec: ConnectionRecord, *, cold: bool, opened: bool = False) -> None:
+        """Put ``rec`` into service: to the first waiter, else onto the stack (the cold
+        end for one that was only pinged, the hot end for a new one); if the pool
+        closed meanwhile, close it instead. ``opened``: it fills an opening slot."""
         with self._lock:
-            if self._closed:
+            if opened:
+                self._opening -= 1
+            closing = self._closed
+            if closing:
                 self._total -= 1
-                closing = True
+            elif self._waiters:
+                self._waiters.popleft().give(rec)
+            elif cold:
+                self._idle.appendleft(rec)
             else:
-                closing = False
-                if self._waiters:
-                    self._waiters.popleft().give(rec)
-                else:
-                    self._idle.appendleft(rec)
-                self._changed.notify_all()
+                self._idle.append(rec)
+            self._changed.notify_all()
         if closing:
             self._close_rec(rec)
 
@@ -555,20 +559,7 @@ class Pool(PoolCore):
         if self._record_connect_success(rec):
             # The server is back: wake the other reconnect loops from their back-off.
             self._probe.set()
-        with self._lock:
-            self._opening -= 1
-            if self._closed:
-                self._total -= 1
-                closing = True
-            else:
-                closing = False
-                if self._waiters:
-                    self._waiters.popleft().give(rec)
-                else:
-                    self._idle.append(rec)
-            self._changed.notify_all()
-        if closing:
-            self._close_rec(rec)
+        self._admit(rec, cold=False, opened=True)
 
     def _housekeeping(self) -> float:
         """One periodic pass; returns the seconds until the next."""
@@ -594,7 +585,7 @@ class Pool(PoolCore):
             self._retire(rec, f"failed its keepalive ping ({redact(str(exc))})")
             return
         self._mark_good(rec, _monotonic())
-        self._give_back_idle(rec)
+        self._admit(rec, cold=True)
 
     # -- fork safety --------------------------------------------------------------------
 

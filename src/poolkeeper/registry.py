@@ -1,0 +1,114 @@
+"""``NamedSingleton``: one object per name and process, the registry behind
+``Database`` and ``AsyncDatabase``.
+
+The first call for a name takes the settings; later calls return the same
+object, and raise ``ConfigurationError`` if they ask for different settings
+(never silently ignored). Creation is thread-safe: racing threads make one.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Any, ClassVar, TypeVar
+
+from poolkeeper import forking
+from poolkeeper.config import PoolConfig
+from poolkeeper.errors import ConfigurationError
+from poolkeeper.redact import redact
+
+__all__ = ["NamedSingleton", "check_same_settings"]
+
+_S = TypeVar("_S", bound="NamedSingleton")
+
+
+def check_same_settings(existing: PoolConfig, requested: PoolConfig, what: str) -> None:
+    """Raise ``ConfigurationError`` if ``requested`` explicitly asks for other settings."""
+    for key in sorted(requested.explicit):
+        mine, theirs = getattr(existing, key), getattr(requested, key)
+        if mine != theirs:
+            if key == "dsn":
+                mine, theirs = existing.redacted_dsn(), requested.redacted_dsn()
+            raise ConfigurationError(
+                f"{key}: {what} already exists with {key}={redact(repr(mine))}, and this call "
+                f"asks for {key}={redact(repr(theirs))}. Pass the same settings everywhere "
+                f"(or none), use another name= for a second pool, or call "
+                f"{what.split('(', maxsplit=1)[0]}.reset_all() first in tests"
+            )
+
+
+class NamedSingleton:
+    """Base of the per-name, per-process facades. Subclasses implement
+    :meth:`_setup_pools` (and ``_after_fork_in_child``); each gets its own registry."""
+
+    _instances: ClassVar[dict[str, Any]]
+    _registry_lock: ClassVar[threading.Lock]
+
+    name: str
+    config: PoolConfig
+    _replica_configs: tuple[PoolConfig, ...]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._instances = {}
+        cls._registry_lock = threading.Lock()
+
+    def __new__(cls: type[_S], name: str = "default", dsn: Any = None, **options: Any) -> _S:
+        instance: _S | None = cls._instances.get(name)
+        if instance is None:
+            with cls._registry_lock:
+                instance = cls._instances.get(name)
+                if instance is None:
+                    instance = super().__new__(cls)
+                    instance._setup(name, dsn, options)
+                    cls._instances[name] = instance
+                    return instance
+        if dsn is not None or options:
+            instance._check_same(name, dsn, options)
+        return instance
+
+    def __init__(self, name: str = "default", dsn: Any = None, **options: Any) -> None:
+        """Settings are taken by ``__new__``; a repeated call changes nothing."""
+
+    def _setup(self, name: str, dsn: Any, options: dict[str, Any]) -> None:
+        replicas: Sequence[Any] = options.pop("replicas", None) or ()
+        self.name = name
+        self.config = PoolConfig.build(dsn, name=name, **options)
+        self._replica_configs = tuple(
+            self.config.replace(dsn=replica, name=f"{name}-replica{i}", min_size=0)
+            for i, replica in enumerate(replicas)
+        )
+        self._setup_pools()
+        forking.register(self)
+
+    def _setup_pools(self) -> None:
+        raise NotImplementedError
+
+    def _after_fork_in_child(self) -> None:
+        raise NotImplementedError
+
+    def _check_same(self, name: str, dsn: Any, options: dict[str, Any]) -> None:
+        what = f"{type(self).__name__}({name!r})"
+        replicas = options.pop("replicas", None)
+        requested = PoolConfig.build(dsn, name=name, **options)
+        check_same_settings(self.config, requested, what)
+        if replicas is not None and tuple(replicas) != self._replica_dsns():
+            raise ConfigurationError(
+                f"replicas: {what} already exists with other replicas; "
+                "pass the same list everywhere"
+            )
+
+    def _replica_dsns(self) -> tuple[Any, ...]:
+        return tuple(cfg.dsn for cfg in self._replica_configs)
+
+    @classmethod
+    def _forget_all(cls: type[_S]) -> list[_S]:
+        """Empty the registry; return what was in it (for ``reset_all``)."""
+        with cls._registry_lock:
+            instances = list(cls._instances.values())
+            cls._instances.clear()
+        return instances
+
+    def __repr__(self) -> str:
+        dsn = self.config.redacted_dsn()
+        return f"<poolkeeper.{type(self).__name__} {self.name!r} dsn={dsn!r}>"
