@@ -39,7 +39,6 @@ from poolkeeper.config import PoolConfig
 from poolkeeper.drivers import BROKEN, IN_TRANSACTION, AsyncDriver, load_async_driver
 from poolkeeper.drivers.libpq_options import READ_ONLY_SQLSTATE
 from poolkeeper.errors import (
-    ConfigurationError,
     PoolClosed,
     PoolError,
     TooManyWaiters,
@@ -148,12 +147,7 @@ class AsyncPool(PoolCore):
         config: PoolConfig | None = None,
         **options: Any,
     ) -> None:
-        if config is None:
-            config = PoolConfig.build(dsn, name=options.pop("name", None), **options)
-        elif dsn is not None or options:
-            raise ConfigurationError(
-                "config: pass either config= or dsn/keyword settings, not both"
-            )
+        config = self._resolve_config(dsn, config, options)
         self._driver: AsyncDriver[Any] = load_async_driver(config.driver)
         self._waiters: deque[asyncio.Future[ConnectionRecord]] = deque()
         self._setup_core(config, self._driver, open=open)

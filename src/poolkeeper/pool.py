@@ -31,7 +31,7 @@ from poolkeeper.background import BackgroundWorkers
 from poolkeeper.config import PoolConfig
 from poolkeeper.drivers import BROKEN, IN_TRANSACTION, SyncDriver, load_sync_driver
 from poolkeeper.drivers.libpq_options import READ_ONLY_SQLSTATE
-from poolkeeper.errors import ConfigurationError, PoolClosed, PoolError, TooManyWaiters
+from poolkeeper.errors import PoolClosed, PoolError, TooManyWaiters
 from poolkeeper.policy import Backoff, connections_to_open
 from poolkeeper.pool_core import PoolCore
 from poolkeeper.record import ConnectionRecord
@@ -80,12 +80,7 @@ class Pool(PoolCore):
         config: PoolConfig | None = None,
         **options: Any,
     ) -> None:
-        if config is None:
-            config = PoolConfig.build(dsn, name=options.pop("name", None), **options)
-        elif dsn is not None or options:
-            raise ConfigurationError(
-                "config: pass either config= or dsn/keyword settings, not both"
-            )
+        config = self._resolve_config(dsn, config, options)
         self._driver: SyncDriver[Any] = load_sync_driver(config.driver)
         self._waiters: deque[_Waiter] = deque()
         self._setup_core(config, self._driver, open=open)

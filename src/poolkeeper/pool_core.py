@@ -70,6 +70,17 @@ class PoolCore:
 
     _waiters: deque[Any]
 
+    @staticmethod
+    def _resolve_config(dsn: Any, config: PoolConfig | None, options: dict[str, Any]) -> PoolConfig:
+        """The constructors' arguments: either ``config=`` or a DSN and keyword settings."""
+        if config is None:
+            return PoolConfig.build(dsn, name=options.pop("name", None), **options)
+        if dsn is not None or options:
+            raise ConfigurationError(
+                "config: pass either config= or dsn/keyword settings, not both"
+            )
+        return config
+
     def _setup_core(self, config: PoolConfig, driver: Any, *, open: bool) -> None:
         self.config = config
         self.name = config.name

@@ -4,27 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import operator
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import psycopg
-from psycopg import pq
 
-from poolkeeper.drivers.base import BROKEN, IDLE, IN_TRANSACTION, ConnectSpec
-from poolkeeper.drivers.libpq_options import is_server_gone_sqlstate, merge_conninfo
+from poolkeeper.drivers.base import ConnectSpec
+from poolkeeper.drivers.psycopg_common import PsycopgState, connect_params
 from poolkeeper.session_state import RESET_SQL, touches_session
 
 __all__ = ["AsyncPoolConnection", "AsyncPsycopgDriver", "AsyncTrackingCursor"]
-
-# pq.TransactionStatus as plain ints, indexed by the status libpq reports.
-_STATUS_BY_PQ = (
-    IDLE,  # IDLE
-    BROKEN,  # ACTIVE: a command still running (a cancelled query) cannot be reused
-    IN_TRANSACTION,  # INTRANS
-    IN_TRANSACTION,  # INERROR
-    BROKEN,  # UNKNOWN: closed or lost
-)
 
 
 class AsyncTrackingCursor(psycopg.AsyncCursor[Any]):
@@ -50,33 +39,16 @@ class AsyncPoolConnection(psycopg.AsyncConnection[Any]):
     _pk_ping_timeout: float = 10.0
 
 
-class AsyncPsycopgDriver:
+class AsyncPsycopgDriver(PsycopgState):
     """asyncio psycopg 3 behind the pool's driver interface."""
-
-    name = "psycopg"
-    # attrgetter runs in C: the whole per-return inspection costs one call.
-    return_state = staticmethod(operator.attrgetter("pgconn.transaction_status", "_pk_dirty"))
-    clean_state = (int(pq.TransactionStatus.IDLE), False)
-
-    def mark_clean(self, conn: AsyncPoolConnection) -> None:
-        """Forget the session-dirty flag."""
-        conn._pk_dirty = False
 
     async def connect(self, spec: ConnectSpec) -> AsyncPoolConnection:
         """Open a connection whose cursors track session changes."""
-        params = merge_conninfo(spec)
-        if spec.pgbouncer:
-            # Transaction-mode PgBouncer moves us between server sessions: no server-side
-            # prepared statements, or the next transaction may not find them.
-            params.setdefault("prepare_threshold", None)
+        params = connect_params(spec)
         conn = await AsyncPoolConnection.connect(**params)
         conn.cursor_factory = AsyncTrackingCursor
         conn._pk_ping_timeout = spec.connect_timeout
         return conn
-
-    def status(self, conn: AsyncPoolConnection) -> int:
-        """Map libpq's transaction status to IDLE / IN_TRANSACTION / BROKEN."""
-        return _STATUS_BY_PQ[conn.pgconn.transaction_status]
 
     async def rollback(self, conn: AsyncPoolConnection) -> None:
         """Roll back the open transaction."""
@@ -114,10 +86,6 @@ class AsyncPsycopgDriver:
         with contextlib.suppress(Exception):
             await conn.close()
 
-    def session_dirty(self, conn: AsyncPoolConnection) -> bool:
-        """Whether a statement since the last reset may have changed session state."""
-        return conn._pk_dirty
-
     async def reset_session(self, conn: AsyncPoolConnection) -> None:
         """DISCARD ALL, outside any transaction."""
         autocommit = conn.autocommit
@@ -131,22 +99,3 @@ class AsyncPsycopgDriver:
     def transaction(self, conn: AsyncPoolConnection) -> AbstractAsyncContextManager[Any]:
         """psycopg's own transaction block: BEGIN, then COMMIT or ROLLBACK."""
         return conn.transaction()
-
-    def backend_pid(self, conn: AsyncPoolConnection) -> int:
-        """The backend's process id."""
-        return conn.info.backend_pid
-
-    def is_disconnect(self, exc: BaseException) -> bool:
-        """Connection lost, or a SQLSTATE that means the server restarted or was demoted."""
-        if not isinstance(exc, psycopg.Error):
-            return False
-        if isinstance(exc, psycopg.OperationalError) and exc.sqlstate is None:
-            return True
-        return is_server_gone_sqlstate(exc.sqlstate)
-
-    def fileno(self, conn: AsyncPoolConnection) -> int:
-        """The libpq socket, or -1 once closed."""
-        try:
-            return conn.pgconn.socket
-        except psycopg.OperationalError:
-            return -1

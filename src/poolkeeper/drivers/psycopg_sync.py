@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import operator
 import select
 import time
 from collections.abc import Generator
@@ -13,8 +12,8 @@ from typing import Any
 import psycopg
 from psycopg import generators, pq
 
-from poolkeeper.drivers.base import BROKEN, IDLE, IN_TRANSACTION, ConnectSpec
-from poolkeeper.drivers.libpq_options import is_server_gone_sqlstate, merge_conninfo
+from poolkeeper.drivers.base import ConnectSpec
+from poolkeeper.drivers.psycopg_common import PsycopgState, connect_params
 from poolkeeper.session_state import RESET_SQL, touches_session
 
 __all__ = [
@@ -24,15 +23,6 @@ __all__ = [
     "TrackingCursor",
     "silence_limit",
 ]
-
-# pq.TransactionStatus as plain ints, indexed by the status libpq reports.
-_STATUS_BY_PQ = (
-    IDLE,  # IDLE
-    BROKEN,  # ACTIVE: a command still running on return means we cannot reuse it
-    IN_TRANSACTION,  # INTRANS
-    IN_TRANSACTION,  # INERROR
-    BROKEN,  # UNKNOWN: closed or lost
-)
 
 
 class TrackingCursor(psycopg.Cursor[Any]):
@@ -140,25 +130,12 @@ def _wait_within(gen: Generator[Any, Any, Any], fileno: int, timeout: float) -> 
         return stop.value
 
 
-class PsycopgDriver:
+class PsycopgDriver(PsycopgState):
     """Sync psycopg 3 behind the pool's driver interface."""
-
-    name = "psycopg"
-    # attrgetter runs in C: the whole per-return inspection costs one call.
-    return_state = staticmethod(operator.attrgetter("pgconn.transaction_status", "_pk_dirty"))
-    clean_state = (int(pq.TransactionStatus.IDLE), False)
-
-    def mark_clean(self, conn: PoolConnection) -> None:
-        """Forget the session-dirty flag."""
-        conn._pk_dirty = False
 
     def connect(self, spec: ConnectSpec) -> PoolConnection:
         """Open a connection whose cursors track session changes."""
-        params = merge_conninfo(spec)
-        if spec.pgbouncer:
-            # Transaction-mode PgBouncer moves us between server sessions: no server-side
-            # prepared statements, or the next transaction may not find them.
-            params.setdefault("prepare_threshold", None)
+        params = connect_params(spec)
         conn: PoolConnection
         if spec.statement_timeout is not None:
             guarded = GuardedConnection.connect(**params)
@@ -169,10 +146,6 @@ class PsycopgDriver:
         conn.cursor_factory = TrackingCursor
         conn._pk_ping_timeout = spec.connect_timeout
         return conn
-
-    def status(self, conn: PoolConnection) -> int:
-        """Map libpq's transaction status to IDLE / IN_TRANSACTION / BROKEN."""
-        return _STATUS_BY_PQ[conn.pgconn.transaction_status]
 
     def rollback(self, conn: PoolConnection) -> None:
         """Roll back the open transaction."""
@@ -198,10 +171,6 @@ class PsycopgDriver:
         with contextlib.suppress(Exception):
             conn.close()
 
-    def session_dirty(self, conn: PoolConnection) -> bool:
-        """Whether a statement since the last reset may have changed session state."""
-        return conn._pk_dirty
-
     def reset_session(self, conn: PoolConnection) -> None:
         """DISCARD ALL, outside any transaction."""
         autocommit = conn.autocommit
@@ -215,27 +184,3 @@ class PsycopgDriver:
     def transaction(self, conn: PoolConnection) -> AbstractContextManager[Any]:
         """psycopg's own transaction block: BEGIN, then COMMIT or ROLLBACK."""
         return conn.transaction()
-
-    def backend_pid(self, conn: PoolConnection) -> int:
-        """The backend's process id."""
-        return conn.info.backend_pid
-
-    def is_disconnect(self, exc: BaseException) -> bool:
-        """Connection lost, or a SQLSTATE that means the server restarted or was demoted."""
-        if not isinstance(exc, psycopg.Error):
-            return False
-        if isinstance(exc, psycopg.OperationalError) and exc.sqlstate is None:
-            return True
-        return is_server_gone_sqlstate(exc.sqlstate)
-
-    def is_standby(self, conn: PoolConnection) -> bool:
-        """True if the server reports it is a hot standby (PostgreSQL 14+ says so
-        unasked, in ``in_hot_standby``): no round trip."""
-        return conn.info.parameter_status("in_hot_standby") == "on"
-
-    def fileno(self, conn: PoolConnection) -> int:
-        """The libpq socket, or -1 once closed."""
-        try:
-            return conn.pgconn.socket
-        except psycopg.OperationalError:
-            return -1

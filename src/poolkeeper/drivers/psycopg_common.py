@@ -1,0 +1,79 @@
+"""What the sync and asyncio psycopg 3 drivers share: connect parameters, and every
+question about a connection that libpq answers from memory, without I/O."""
+
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+import psycopg
+from psycopg import pq
+
+from poolkeeper.drivers.base import BROKEN, IDLE, IN_TRANSACTION, ConnectSpec
+from poolkeeper.drivers.libpq_options import is_server_gone_sqlstate, merge_conninfo
+
+__all__ = ["PsycopgState", "connect_params"]
+
+# pq.TransactionStatus as plain ints, indexed by the status libpq reports.
+_STATUS_BY_PQ = (
+    IDLE,  # IDLE
+    BROKEN,  # ACTIVE: a command still running on return (or cancelled) cannot be reused
+    IN_TRANSACTION,  # INTRANS
+    IN_TRANSACTION,  # INERROR
+    BROKEN,  # UNKNOWN: closed or lost
+)
+
+
+def connect_params(spec: ConnectSpec) -> dict[str, Any]:
+    """libpq keywords for ``connect()``, with PgBouncer's needs applied."""
+    params = merge_conninfo(spec)
+    if spec.pgbouncer:
+        # Transaction-mode PgBouncer moves us between server sessions: no server-side
+        # prepared statements, or the next transaction may not find them.
+        params.setdefault("prepare_threshold", None)
+    return params
+
+
+class PsycopgState:
+    """The I/O-free half of a psycopg 3 driver (connections carry ``_pk_dirty``)."""
+
+    name = "psycopg"
+    # attrgetter runs in C: the whole per-return inspection costs one call.
+    return_state = staticmethod(operator.attrgetter("pgconn.transaction_status", "_pk_dirty"))
+    clean_state = (int(pq.TransactionStatus.IDLE), False)
+
+    def status(self, conn: Any) -> int:
+        """Map libpq's transaction status to IDLE / IN_TRANSACTION / BROKEN."""
+        return _STATUS_BY_PQ[conn.pgconn.transaction_status]
+
+    def session_dirty(self, conn: Any) -> bool:
+        """Whether a statement since the last reset may have changed session state."""
+        return bool(conn._pk_dirty)
+
+    def mark_clean(self, conn: Any) -> None:
+        """Forget the session-dirty flag."""
+        conn._pk_dirty = False
+
+    def backend_pid(self, conn: Any) -> int:
+        """The backend's process id."""
+        return int(conn.info.backend_pid)
+
+    def is_disconnect(self, exc: BaseException) -> bool:
+        """Connection lost, or a SQLSTATE that means the server restarted or went away."""
+        if not isinstance(exc, psycopg.Error):
+            return False
+        if isinstance(exc, psycopg.OperationalError) and exc.sqlstate is None:
+            return True
+        return is_server_gone_sqlstate(exc.sqlstate)
+
+    def is_standby(self, conn: Any) -> bool:
+        """True if the server reports it is a hot standby (PostgreSQL 14+ says so
+        unasked, in ``in_hot_standby``): no round trip."""
+        return bool(conn.info.parameter_status("in_hot_standby") == "on")
+
+    def fileno(self, conn: Any) -> int:
+        """The libpq socket, or -1 once closed."""
+        try:
+            return int(conn.pgconn.socket)
+        except psycopg.OperationalError:
+            return -1
