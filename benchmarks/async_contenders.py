@@ -12,7 +12,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
 
-from benchmarks.contenders import SQL, ContenderUnavailable, load_poolkeeper, make_poolkeeper_pool
+from benchmarks.contenders import (
+    SQL,
+    ContenderUnavailableError,
+    load_poolkeeper,
+    make_poolkeeper_pool,
+)
 
 AsyncGetter = Callable[[], Awaitable[Any]]
 AsyncPutter = Callable[[Any], Awaitable[None]]
@@ -32,17 +37,21 @@ async def query_asyncpg(conn: Any) -> None:
     await conn.fetchval(SQL)
 
 
+#: the per-driver round trip, by ``AsyncContender.driver``
+QUERIES: dict[str, Query] = {"psycopg": query_psycopg, "asyncpg": query_asyncpg}
+
+
 def _require(module: str) -> None:
     try:
         __import__(module)
     except Exception as exc:
-        raise ContenderUnavailable(f"import {module} failed: {exc!r}") from exc
+        raise ContenderUnavailableError(f"import {module} failed: {exc!r}") from exc
 
 
 def _awaitable_putter(put: Callable[[Any], Any]) -> AsyncPutter:
     """Wrap a return method that may or may not be a coroutine function."""
     if inspect.iscoroutinefunction(put):
-        return put  # type: ignore[no-any-return]
+        return put
 
     async def wrapped(conn: Any) -> None:
         result = put(conn)
@@ -58,7 +67,8 @@ class AsyncContender(ABC):
     name: ClassVar[str]
     reference: ClassVar[str]
     dedicated: ClassVar[bool] = False
-    query: ClassVar[Query]
+    #: key into QUERIES: pools and baselines of one driver share the round trip code
+    driver: ClassVar[str]
     exhausted: tuple[type[BaseException], ...] = ()
 
     def __init__(self, dsn: str, size: int) -> None:
@@ -66,8 +76,9 @@ class AsyncContender(ABC):
         self.size = size
 
     @classmethod
+    @abstractmethod
     def check_available(cls) -> None:
-        """Raise ContenderUnavailable if the library is missing."""
+        """Raise ContenderUnavailableError if the library is missing."""
 
     @abstractmethod
     async def open(self) -> None:
@@ -83,8 +94,6 @@ class AsyncContender(ABC):
 
 
 class _PoolkeeperAsync(AsyncContender):
-    driver: ClassVar[str]
-
     @classmethod
     def check_available(cls) -> None:
         """Raise unless ``poolkeeper.AsyncPool`` can be imported."""
@@ -97,10 +106,10 @@ class _PoolkeeperAsync(AsyncContender):
         extra: dict[str, Any] = {"driver": self.driver} if self.driver != "psycopg" else {}
         try:
             pool = make_poolkeeper_pool(cls, self.dsn, self.size, open=False, **extra)
-        except ContenderUnavailable:
+        except ContenderUnavailableError:
             pool = make_poolkeeper_pool(cls, self.dsn, self.size, **extra)
         except Exception as exc:  # e.g. ConfigurationError for a driver not supported yet
-            raise ContenderUnavailable(f"AsyncPool(driver={self.driver!r}): {exc!r}") from exc
+            raise ContenderUnavailableError(f"AsyncPool(driver={self.driver!r}): {exc!r}") from exc
         self.pool = pool
         opener = getattr(pool, "open", None)
         if opener is not None:
@@ -128,7 +137,6 @@ class PoolkeeperAsyncPool(_PoolkeeperAsync):
     name = "poolkeeper_async"
     reference = "dedicated_async_psycopg"
     driver = "psycopg"
-    query = staticmethod(query_psycopg)
 
 
 class PoolkeeperAsyncpgPool(_PoolkeeperAsync):
@@ -137,7 +145,6 @@ class PoolkeeperAsyncpgPool(_PoolkeeperAsync):
     name = "poolkeeper_asyncpg"
     reference = "dedicated_asyncpg"
     driver = "asyncpg"
-    query = staticmethod(query_asyncpg)
 
     @classmethod
     def check_available(cls) -> None:
@@ -151,7 +158,7 @@ class PsycopgAsyncPool(AsyncContender):
 
     name = "psycopg_pool_async"
     reference = "dedicated_async_psycopg"
-    query = staticmethod(query_psycopg)
+    driver = "psycopg"
 
     @classmethod
     def check_available(cls) -> None:
@@ -188,7 +195,7 @@ class AsyncpgPool(AsyncContender):
 
     name = "asyncpg_pool"
     reference = "dedicated_asyncpg"
-    query = staticmethod(query_asyncpg)
+    driver = "asyncpg"
 
     @classmethod
     def check_available(cls) -> None:
@@ -247,7 +254,7 @@ class DedicatedAsyncPsycopg(_AsyncDedicated):
 
     name = "dedicated_async_psycopg"
     reference = "dedicated_async_psycopg"
-    query = staticmethod(query_psycopg)
+    driver = "psycopg"
 
     @classmethod
     def check_available(cls) -> None:
@@ -266,7 +273,7 @@ class DedicatedAsyncpg(_AsyncDedicated):
 
     name = "dedicated_asyncpg"
     reference = "dedicated_asyncpg"
-    query = staticmethod(query_asyncpg)
+    driver = "asyncpg"
 
     @classmethod
     def check_available(cls) -> None:

@@ -28,12 +28,12 @@ Getter = Callable[[], Any]
 Putter = Callable[[Any], None]
 
 
-class ContenderUnavailable(Exception):
+class ContenderUnavailableError(Exception):
     """The contender cannot run here (library missing, feature not implemented yet)."""
 
 
 def load_poolkeeper(attr: str) -> Any:
-    """Return ``poolkeeper.<attr>``, or raise ContenderUnavailable.
+    """Return ``poolkeeper.<attr>``, or raise ContenderUnavailableError.
 
     Looked up dynamically because the pool core is being written alongside this
     harness: a missing or half-finished module must skip the contender, not break
@@ -42,11 +42,13 @@ def load_poolkeeper(attr: str) -> Any:
     try:
         module = importlib.import_module("poolkeeper")
     except Exception as exc:  # any import-time failure means "not ready"
-        raise ContenderUnavailable(f"import poolkeeper failed: {exc!r}") from exc
+        raise ContenderUnavailableError(f"import poolkeeper failed: {exc!r}") from exc
     try:
         return getattr(module, attr)
     except AttributeError as exc:
-        raise ContenderUnavailable(f"poolkeeper.{attr} does not exist yet") from exc
+        raise ContenderUnavailableError(f"poolkeeper.{attr} does not exist yet") from exc
+    except Exception as exc:  # a lazily imported submodule that is missing or broken
+        raise ContenderUnavailableError(f"poolkeeper.{attr} failed to load: {exc!r}") from exc
 
 
 def make_poolkeeper_pool(cls: Any, dsn: str, size: int, **extra: Any) -> Any:
@@ -70,7 +72,7 @@ def make_poolkeeper_pool(cls: Any, dsn: str, size: int, **extra: Any) -> Any:
             return cls(dsn, **kwargs)
         except TypeError as exc:
             last = exc
-    raise ContenderUnavailable(f"cannot construct {cls.__name__}: {last!r}")
+    raise ContenderUnavailableError(f"cannot construct {cls.__name__}: {last!r}")
 
 
 def _set_autocommit(conn: Any) -> None:
@@ -93,8 +95,9 @@ class SyncContender(ABC):
         self.size = size
 
     @classmethod
+    @abstractmethod
     def check_available(cls) -> None:
-        """Raise ContenderUnavailable if the library is missing (cheap: imports only)."""
+        """Raise ContenderUnavailableError if the library is missing (cheap: imports only)."""
 
     @abstractmethod
     def open(self) -> None:
@@ -113,7 +116,7 @@ def _require(module: str) -> None:
     try:
         importlib.import_module(module)
     except Exception as exc:
-        raise ContenderUnavailable(f"import {module} failed: {exc!r}") from exc
+        raise ContenderUnavailableError(f"import {module} failed: {exc!r}") from exc
 
 
 class PoolkeeperPool(SyncContender):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import os
 import platform
 from importlib import metadata
@@ -55,6 +57,20 @@ def server_info(dsn: str) -> dict[str, str]:
         }
 
 
+def poolkeeper_source_digest() -> str:
+    """A short hash of poolkeeper's ``.py`` files: which build of the code was measured,
+    even when it is not committed yet."""
+    spec = importlib.util.find_spec("poolkeeper")
+    if spec is None or not spec.submodule_search_locations:
+        return "not found"
+    root = Path(next(iter(spec.submodule_search_locations)))
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def machine_info(dsn: str) -> dict[str, str]:
     """A flat description of host and software, for the report header and the JSON."""
     info = {
@@ -66,6 +82,7 @@ def machine_info(dsn: str) -> dict[str, str]:
         "loadavg_at_start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
     }
     info.update(server_info(dsn))
+    info["poolkeeper_source_sha256"] = poolkeeper_source_digest()
     for package in PACKAGES:
         try:
             info[package] = metadata.version(package)

@@ -15,7 +15,12 @@ import tracemalloc
 from collections.abc import Callable
 from typing import Any
 
-from benchmarks.contenders import ContenderUnavailable, load_poolkeeper, make_poolkeeper_pool, note
+from benchmarks.contenders import (
+    ContenderUnavailableError,
+    load_poolkeeper,
+    make_poolkeeper_pool,
+    note,
+)
 from benchmarks.runner import BenchConfig, Skips
 from benchmarks.stats import MemoryResult
 
@@ -99,8 +104,8 @@ def traced_bytes(build: Callable[[], Callable[[], None]]) -> int:
 def connections_to_use(dsn: str, wanted: int) -> tuple[int, str | None]:
     """How many connections fit on the server now, with a warning if fewer than wanted."""
     max_conn, others = _client_backends(dsn)
-    # One spare slot: a pool may open a replacement before the old backend has gone.
-    room = max_conn - others - 1
+    # The superuser may use the reserved slots too, so all of max_connections counts.
+    room = max_conn - others
     if room >= wanted:
         return wanted, None
     n = max(1, room)
@@ -116,7 +121,7 @@ def run_memory(dsn: str, cfg: BenchConfig, skips: Skips) -> tuple[list[MemoryRes
     names = [name for name in BUILDERS if name == BARE or cfg.wants(name)]
     try:
         load_poolkeeper("Pool")
-    except ContenderUnavailable as exc:
+    except ContenderUnavailableError as exc:
         skips.add("poolkeeper", str(exc))
         names.remove("poolkeeper")
     n, warning = connections_to_use(dsn, cfg.memory_connections)
@@ -134,7 +139,7 @@ def run_memory(dsn: str, cfg: BenchConfig, skips: Skips) -> tuple[list[MemoryRes
     results: list[MemoryResult] = []
     for rep in range(cfg.memory_repetitions):
         line = []
-        for name in names[rep % len(names):] + names[: rep % len(names)]:
+        for name in names[rep % len(names) :] + names[: rep % len(names)]:
             _wait_backends_at_most(dsn, baseline)
             builder = BUILDERS[name]
             try:

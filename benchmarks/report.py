@@ -8,10 +8,10 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from benchmarks.async_contenders import ASYNC_CONTENDERS
-from benchmarks.contenders import SYNC_CONTENDERS
-from benchmarks.micro import NOOP
+from benchmarks.async_contenders import ASYNC_CONTENDERS, AsyncContender
+from benchmarks.contenders import SYNC_CONTENDERS, SyncContender
 from benchmarks.memory import BARE
+from benchmarks.micro import NOOP
 from benchmarks.stats import (
     CellResult,
     MemoryResult,
@@ -21,7 +21,10 @@ from benchmarks.stats import (
     safe_ratio,
 )
 
-_CLASSES = (*SYNC_CONTENDERS, *ASYNC_CONTENDERS)
+_CLASSES: tuple[type[SyncContender] | type[AsyncContender], ...] = (
+    *SYNC_CONTENDERS,
+    *ASYNC_CONTENDERS,
+)
 ORDER: dict[str, int] = {cls.name: i for i, cls in enumerate(_CLASSES)}
 REFERENCE: dict[str, str] = {cls.name: cls.reference for cls in _CLASSES}
 DEDICATED: frozenset[str] = frozenset(cls.name for cls in _CLASSES if cls.dedicated)
@@ -33,6 +36,8 @@ PEER: dict[str, str] = {
 }
 
 Key = tuple[str, str, int]
+#: the fastest pool in the issue's microbenchmark; others are also shown relative to it
+MICRO_BASE = "psycopg2_pool"
 
 
 def _index(cells: Iterable[CellResult]) -> dict[Key, dict[int, CellResult]]:
@@ -42,9 +47,7 @@ def _index(cells: Iterable[CellResult]) -> dict[Key, dict[int, CellResult]]:
     return index
 
 
-def _paired(
-    rounds: dict[int, CellResult], other: dict[int, CellResult] | None
-) -> Spread | None:
+def _paired(rounds: dict[int, CellResult], other: dict[int, CellResult] | None) -> Spread | None:
     """Median of per-round ratios: pairing within a round cancels slow drift of the host."""
     if not other:
         return None
@@ -82,6 +85,11 @@ def summarize(cells: Sequence[CellResult], pool_size: int) -> list[Summary]:
             p99_over_p50=Spread.of([safe_ratio(c.wait_p99_us, c.wait_p50_us) for c in values]),
             max_over_p50=Spread.of([safe_ratio(c.wait_max_us, c.wait_p50_us) for c in values]),
             min_worker_share=Spread.of([c.min_worker_share for c in values]),
+            worker_ops_min=Spread.of([min(c.worker_ops, default=0) for c in values]),
+            worker_ops_median=Spread.of(
+                [statistics.median(c.worker_ops) if c.worker_ops else 0 for c in values]
+            ),
+            worker_ops_max=Spread.of([max(c.worker_ops, default=0) for c in values]),
         )
         summaries.append(summary)
     return summaries
@@ -113,6 +121,10 @@ def fmt(spread: Spread | None, kind: str = "num") -> str:
     return f"{_num(spread.median)} [{_num(spread.low)}-{_num(spread.high)}]"
 
 
+def _int(spread: Spread | None) -> str:
+    return "-" if spread is None else f"{spread.median:,.0f}"
+
+
 def _med(spread: Spread | None) -> str:
     return "-" if spread is None else _num(spread.median)
 
@@ -122,13 +134,14 @@ def throughput_table(summaries: Sequence[Summary], mode: str, pool_size: int) ->
     unit = "thr" if mode == "sync" else "tasks"
     lines = [
         f"{'contender':<24}{unit:>5}  {'ops/s median [min-max]':<26}{'vs dedicated':<17}"
-        f"{'vs psycopg_pool*':<20}{'wait µs p50/p99/max':<24}{'min/med ops':<12}errors",
+        f"{'vs psycopg_pool*':<20}{'wait µs p50 / p99 / max':<29}"
+        f"{'ops/worker min/med/max':<24}errors",
     ]
     for s in summaries:
         if s.mode != mode:
             continue
         waits = f"{_med(s.wait_p50_us)} / {_med(s.wait_p99_us)} / {_med(s.wait_max_us)}"
-        share = "-" if s.min_worker_share is None else f"{s.min_worker_share.median:.2f}"
+        share = f"{_int(s.worker_ops_min)} / {_int(s.worker_ops_median)} / {_int(s.worker_ops_max)}"
         if s.contender in DEDICATED:
             vs_ref = "= 100%" if s.workers <= pool_size else "-"
         else:
@@ -138,7 +151,7 @@ def throughput_table(summaries: Sequence[Summary], mode: str, pool_size: int) ->
             errors = f"raises {s.error_kind} ({s.errors:,}x)"
         lines.append(
             f"{s.contender:<24}{s.workers:>5}  {fmt(s.ops_per_s, 'int'):<26}{vs_ref:<17}"
-            f"{fmt(s.vs_psycopg_pool, 'x'):<20}{waits:<24}{share:<12}{errors}"
+            f"{fmt(s.vs_psycopg_pool, 'x'):<20}{waits:<29}{share:<24}{errors}"
         )
     return lines
 
@@ -149,6 +162,23 @@ def micro_spreads(micro: Sequence[MicroResult]) -> dict[str, Spread]:
     for m in micro:
         by[m.contender].append(m.ns_per_pair / 1000.0)
     return {name: s for name, values in by.items() if (s := Spread.of(values)) is not None}
+
+
+def micro_ratios(micro: Sequence[MicroResult], base: str) -> dict[str, Spread]:
+    """Each contender's time per pair over ``base``'s in the same round.
+
+    Absolute µs depend on the host and its load; the ratio to a pool measured
+    seconds apart is the more portable number.
+    """
+    by_round: dict[int, dict[str, float]] = defaultdict(dict)
+    for m in micro:
+        by_round[m.round][m.contender] = m.ns_per_pair
+    ratios: dict[str, list[float]] = defaultdict(list)
+    for row in by_round.values():
+        if base in row:
+            for name, ns in row.items():
+                ratios[name].append(safe_ratio(ns, row[base]))
+    return {name: s for name, values in ratios.items() if (s := Spread.of(values)) is not None}
 
 
 def memory_extra(memory: Sequence[MemoryResult], target_n: int) -> dict[str, Spread]:
@@ -177,18 +207,26 @@ class Target:
     verdict: str  # MET, MISSED or NOT MEASURED
 
 
-def _verdict(value: float | None, ok: Callable[[float], bool]) -> str:
-    if value is None or math.isnan(value):
+_COMPARE: dict[str, Callable[[float, float], bool]] = {
+    "<=": lambda v, bound: v <= bound,
+    "<": lambda v, bound: v < bound,
+    ">=": lambda v, bound: v >= bound,
+}
+
+
+def _verdict(spread: Spread | None, op: str, bound: float) -> str:
+    if spread is None or math.isnan(spread.median):
         return "NOT MEASURED"
-    return "MET" if ok(value) else "MISSED"
+    return "MET" if _COMPARE[op](spread.median, bound) else "MISSED"
 
 
 def evaluate_targets(
     summaries: Sequence[Summary],
     micro: Sequence[MicroResult],
     memory: Sequence[MemoryResult],
-    cfg_threads: Sequence[int],
-    cfg_tasks: Sequence[int],
+    *,
+    threads: Sequence[int],
+    tasks: Sequence[int],
     memory_n: int,
 ) -> list[Target]:
     """Issue 5's targets, each judged on medians over rounds."""
@@ -200,25 +238,25 @@ def evaluate_targets(
         Target(
             "uncontended getconn+putconn <= 1.0 µs",
             "-" if pair is None else f"{fmt(pair)} µs",
-            _verdict(None if pair is None else pair.median, lambda v: v <= 1.0),
+            _verdict(pair, "<=", 1.0),
         )
     )
 
     for n in (1, 10):
+        if n not in threads:
+            continue
         s = by.get(("poolkeeper", "sync", n))
         spread = s.vs_reference if s else None
-        if n not in cfg_threads:
-            continue
         targets.append(
             Target(
                 f"{n} thread{'s' * (n > 1)}, 10 conns: >= 95% of dedicated psycopg",
                 fmt(spread, "pct"),
-                _verdict(spread.median if spread else None, lambda v: v >= 0.95),
+                _verdict(spread, ">=", 0.95),
             )
         )
 
     for n in (16, 64):
-        if n not in cfg_threads:
+        if n not in threads:
             continue
         s = by.get(("poolkeeper", "sync", n))
         spread = s.vs_psycopg_pool if s else None
@@ -226,16 +264,17 @@ def evaluate_targets(
             Target(
                 f"{n} threads: >= 1.25x psycopg_pool throughput",
                 fmt(spread, "x"),
-                _verdict(spread.median if spread else None, lambda v: v >= 1.25),
+                _verdict(spread, ">=", 1.25),
             )
         )
         p99 = s.p99_over_p50 if s else None
         targets.append(
             Target(
                 f"{n} threads: p99 wait <= 3x median wait",
-                "-" if p99 is None or s is None
+                "-"
+                if p99 is None or s is None
                 else f"{fmt(p99, 'x')} (p50 {_med(s.wait_p50_us)} µs)",
-                _verdict(p99.median if p99 else None, lambda v: v <= 3.0),
+                _verdict(p99, "<=", 3.0),
             )
         )
         mx = s.max_over_p50 if s else None
@@ -247,7 +286,7 @@ def evaluate_targets(
             Target(
                 f"{n} threads: no starvation, max wait < 10x median",
                 measured,
-                _verdict(mx.median if mx else None, lambda v: v < 10.0),
+                _verdict(mx, "<", 10.0),
             )
         )
 
@@ -255,14 +294,14 @@ def evaluate_targets(
         ("poolkeeper_async", "psycopg", 0.90),
         ("poolkeeper_asyncpg", "asyncpg", 0.85),
     ):
-        for n in cfg_tasks:
+        for n in tasks:
             s = by.get((name, "async", n))
             spread = s.vs_reference if s else None
             targets.append(
                 Target(
                     f"asyncio {driver}, {n} tasks: >= {floor:.0%} of dedicated",
                     fmt(spread, "pct"),
-                    _verdict(spread.median if spread else None, lambda v, f=floor: v >= f),
+                    _verdict(spread, ">=", floor),
                 )
             )
 
@@ -271,7 +310,7 @@ def evaluate_targets(
         Target(
             f"{memory_n} idle conns: < 1 MiB Python heap beyond the driver's",
             "-" if extra is None else f"{fmt(extra)} KiB",
-            _verdict(None if extra is None else extra.median, lambda v: v < 1024.0),
+            _verdict(extra, "<", 1024.0),
         )
     )
     return targets
@@ -301,15 +340,20 @@ def render(
             "  vs dedicated: per-round ratio to the same driver's dedicated baseline at",
             f"  min(workers, {pool_size}); * poolkeeper rows only: ratio to psycopg_pool "
             "(sync/async) or asyncpg's pool (driver=asyncpg), same round.",
-            "  min/med ops: fewest ops of any worker / median worker's ops (1.00 = even).",
+            "  ops/worker: the fewest, median and most ops of one thread/task in a cell",
+            "  (median over rounds); a starved worker shows as a min far below the median.",
             "",
         ]
     spreads = micro_spreads(micro)
     if spreads:
-        out.append("== Uncontended getconn + putconn, one thread, no query (µs per pair) ==")
+        ratios = micro_ratios(micro, MICRO_BASE)
+        out.append("== Uncontended getconn + putconn, one thread, no query ==")
+        out.append(
+            f"{'contender':<24}{'µs per pair':<28}{'time / ' + MICRO_BASE + ' (same round)'}"
+        )
         for name in sorted(spreads, key=lambda n: (n == NOOP, ORDER.get(n, 99))):
-            label = "(harness floor: loop + 2 calls)" if name == NOOP else ""
-            out.append(f"{name:<24}{fmt(spreads[name]):<28}{label}")
+            label = "  (harness floor: loop + 2 calls)" if name == NOOP else ""
+            out.append(f"{name:<24}{fmt(spreads[name]):<28}{fmt(ratios.get(name), 'x')}{label}")
         out.append("")
     extra = memory_extra(memory, memory_n)
     if extra:
@@ -321,12 +365,7 @@ def render(
     if targets:
         out.append("== Issue 5 targets (poolkeeper, default settings) ==")
         for t in targets:
-            out.append(f"{t.verdict:<13}{t.target:<52}{t.measured}")
+            out.append(f"{t.verdict:<13}{t.target:<60}{t.measured}")
         out.append("")
     out += list(notes)
     return "\n".join(out).rstrip() + "\n"
-
-
-def median_or_nan(values: Sequence[float]) -> float:
-    """Median, NaN for no values."""
-    return statistics.median(values) if values else math.nan

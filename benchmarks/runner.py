@@ -1,23 +1,33 @@
 """Running cells and interleaving them in rounds.
 
 A *cell* is one contender at one concurrency level for ``duration`` seconds. A
-*round* runs every cell once; contenders are rotated between rounds so that none
-always runs first (warm caches) or last (a tired machine). Claims are medians over
-rounds because single runs on a shared 2-core host swing by tens of percent.
+*round* runs every cell once, level by level (every contender at 1 thread, then
+every contender at 10, ...), so that the cells a ratio compares run seconds
+apart. Contenders are rotated between rounds so that none always runs first (warm
+caches) or last (a tired machine). Claims are medians over rounds because single
+runs on a shared 2-core host swing by tens of percent.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import math
+import os
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from benchmarks.async_contenders import ASYNC_CONTENDERS, AsyncContender
-from benchmarks.contenders import SQL, SYNC_CONTENDERS, ContenderUnavailable, SyncContender, note
+from benchmarks.async_contenders import ASYNC_CONTENDERS, QUERIES, AsyncContender
+from benchmarks.contenders import (
+    SQL,
+    SYNC_CONTENDERS,
+    ContenderUnavailableError,
+    SyncContender,
+    note,
+)
 from benchmarks.stats import CellResult, wait_summary_us
 
 T = TypeVar("T")
@@ -30,9 +40,11 @@ _HANG_GRACE_S = 60.0
 class BenchConfig:
     """Everything that shapes a run; the defaults are the issue's full benchmark."""
 
-    rounds: int = 5
-    duration: float = 2.0
-    warmup: float = 0.2
+    # Many short rounds rather than a few long ones: on a shared host a burst of
+    # someone else's work spoils a few rounds, and the median shrugs those off.
+    rounds: int = 10
+    duration: float = 1.0
+    warmup: float = 0.15
     pool_size: int = 10
     threads: tuple[int, ...] = (1, 10, 16, 64)
     tasks: tuple[int, ...] = (10, 64)
@@ -44,6 +56,10 @@ class BenchConfig:
     run_async: bool = True
     run_micro: bool = True
     run_memory: bool = True
+    #: seconds to wait, before each round, for other processes to quiet down (0: never)
+    quiet_wait: float = 0.0
+    #: CPU share other processes may use for the host to count as quiet
+    quiet_threshold: float = 0.15
 
     def wants(self, name: str) -> bool:
         """Whether ``--only`` lets contender ``name`` run."""
@@ -83,9 +99,7 @@ class Skips:
         return name in self.reasons
 
 
-def available(
-    classes: Sequence[type[Any]], cfg: BenchConfig, skips: Skips
-) -> list[type[Any]]:
+def available(classes: Sequence[type[Any]], cfg: BenchConfig, skips: Skips) -> list[type[Any]]:
     """The contender classes that ``--only`` selects and whose libraries import."""
     chosen = []
     for cls in classes:
@@ -93,7 +107,7 @@ def available(
             continue
         try:
             cls.check_available()
-        except ContenderUnavailable as exc:
+        except ContenderUnavailableError as exc:
             skips.add(cls.name, str(exc))
             continue
         chosen.append(cls)
@@ -123,16 +137,9 @@ def run_sync_cell(
         try:
             barrier.wait()
             warm_end, end = deadlines
-            while pc() < warm_end:
-                try:
-                    conn = get()
-                except exhausted:
-                    continue
-                cur = conn.cursor()
-                cur.execute(SQL)
-                cur.fetchone()
-                cur.close()
-                put(conn)
+            # One loop for warm-up and measurement: a borrow that started during
+            # warm-up and ends after it is recorded with its full wait, so a thread
+            # starved from the start still shows up in the max wait.
             while True:
                 t0 = pc()
                 if t0 >= end:
@@ -142,8 +149,9 @@ def run_sync_cell(
                 except exhausted as exc:
                     # The caller would have failed its request; it retries at once,
                     # as a busy server keeps taking requests.
-                    errors += 1
-                    error_kind = type(exc).__name__
+                    if t0 >= warm_end:
+                        errors += 1
+                        error_kind = type(exc).__name__
                     continue
                 t1 = pc()
                 cur = conn.cursor()
@@ -151,7 +159,8 @@ def run_sync_cell(
                 cur.fetchone()
                 cur.close()
                 put(conn)
-                append(t1 - t0)
+                if t1 >= warm_end:
+                    append(t1 - t0)
             end_ns = pc()
         except BaseException as exc:
             error_kind = f"crash: {exc!r}"
@@ -173,13 +182,22 @@ def run_sync_cell(
     for thread in threads:
         thread.join(max(0.0, hang_deadline - time.monotonic()))
     hung = sum(thread.is_alive() for thread in threads)
-    return _cell(contender.name, "sync", workers, round_no, warm_end, outcomes, hung)
+    return _cell(
+        contender.name,
+        "sync",
+        workers,
+        round_no=round_no,
+        measure_start_ns=warm_end,
+        outcomes=outcomes,
+        hung=hung,
+    )
 
 
 def _cell(
     name: str,
     mode: str,
     workers: int,
+    *,
     round_no: int,
     measure_start_ns: int,
     outcomes: Sequence[tuple[list[int], int, int, str | None] | None],
@@ -224,40 +242,66 @@ def _cell(
 
 
 def _progress(cell: CellResult) -> str:
-    text = f"{cell.workers}w {cell.ops_per_s:,.0f}/s"
+    text = f"{cell.ops_per_s:,.0f}/s"
     if cell.errors or cell.error_kind:
         text += f" ({cell.errors} err {cell.error_kind})"
     return text
 
 
+def _levels(cfg: BenchConfig, levels: Sequence[int]) -> tuple[list[int], set[int]]:
+    """All levels to visit in order, and those at which dedicated baselines run."""
+    dedicated = set(cfg.dedicated_levels(levels))
+    return sorted(set(levels) | dedicated), dedicated
+
+
+def _runs_at(dedicated: bool, workers: int, levels: Sequence[int], ded_levels: set[int]) -> bool:
+    return workers in ded_levels if dedicated else workers in levels
+
+
 def run_sync_round(
-    dsn: str, cfg: BenchConfig, classes: Sequence[type[SyncContender]], round_no: int,
+    dsn: str,
+    cfg: BenchConfig,
+    classes: Sequence[type[SyncContender]],
+    round_no: int,
     skips: Skips,
 ) -> list[CellResult]:
-    """One round of every sync contender at every thread count."""
-    cells: list[CellResult] = []
+    """One round: every sync contender at every thread count.
+
+    All contenders are opened first and the loop goes level by level, so a pool and
+    the baseline it is compared with run seconds apart, not a minute apart: on a
+    shared host that pairing is what keeps the per-round ratios meaningful.
+    """
+    opened: list[SyncContender] = []
     for cls in rotate(classes, round_no):
         if cls.name in skips:
             continue
-        levels = cfg.dedicated_levels(cfg.threads) if cls.dedicated else cfg.threads
         contender = cls(dsn, cfg.pool_size)
         try:
             contender.open()
         except Exception as exc:
             skips.add(cls.name, f"open failed: {exc!r}")
             continue
-        done: list[str] = []
-        try:
-            for workers in levels:
+        opened.append(contender)
+    cells: list[CellResult] = []
+    levels, ded_levels = _levels(cfg, cfg.threads)
+    try:
+        for workers in levels:
+            done: list[str] = []
+            for contender in opened:
+                if contender.name in skips:
+                    continue
+                if not _runs_at(contender.dedicated, workers, cfg.threads, ded_levels):
+                    continue
                 cell = run_sync_cell(contender, workers, cfg, round_no)
                 cells.append(cell)
-                done.append(_progress(cell))
+                done.append(f"{contender.name} {_progress(cell)}")
                 if cell.error_kind and "hung" in cell.error_kind:
-                    skips.add(cls.name, f"hung at {workers} threads; not run again")
-                    break
-        finally:
-            note(f"  [{round_no + 1}] {cls.name}: " + ", ".join(done))
-            if cls.name not in skips:
+                    skips.add(contender.name, f"hung at {workers} threads; not run again")
+            note(f"  [{round_no + 1}] {workers} threads: " + ", ".join(done))
+    finally:
+        for contender in opened:
+            # A hung contender's threads still hold its connections: leave it be.
+            if contender.name not in skips:
                 contender.close()
     return cells
 
@@ -270,7 +314,7 @@ async def run_async_cell(
 ) -> CellResult:
     """Run ``tasks`` tasks over ``contender`` for ``cfg.duration`` seconds."""
     exhausted = contender.exhausted
-    query = contender.query
+    query = QUERIES[contender.driver]
     pc = time.perf_counter_ns
     start = pc()
     warm_end = start + int(cfg.warmup * 1e9)
@@ -283,13 +327,6 @@ async def run_async_cell(
         errors = 0
         error_kind: str | None = None
         try:
-            while pc() < warm_end:
-                try:
-                    conn = await get()
-                except exhausted:
-                    continue
-                await query(conn)
-                await put(conn)
             while True:
                 t0 = pc()
                 if t0 >= end:
@@ -297,13 +334,15 @@ async def run_async_cell(
                 try:
                     conn = await get()
                 except exhausted as exc:
-                    errors += 1
-                    error_kind = type(exc).__name__
+                    if t0 >= warm_end:
+                        errors += 1
+                        error_kind = type(exc).__name__
                     continue
                 t1 = pc()
                 await query(conn)
                 await put(conn)
-                append(t1 - t0)
+                if t1 >= warm_end:
+                    append(t1 - t0)
         except Exception as exc:
             error_kind = f"crash: {exc!r}"
         return waits, errors, pc(), error_kind
@@ -315,52 +354,117 @@ async def run_async_cell(
     for job in pending:
         job.cancel()
     outcomes = [job.result() if job in done else None for job in jobs]
-    return _cell(contender.name, "async", tasks, round_no, warm_end, outcomes, len(pending))
+    return _cell(
+        contender.name,
+        "async",
+        tasks,
+        round_no=round_no,
+        measure_start_ns=warm_end,
+        outcomes=outcomes,
+        hung=len(pending),
+    )
 
 
-async def _run_async_contender(
-    contender: AsyncContender, levels: Sequence[int], cfg: BenchConfig, round_no: int,
+async def _async_round(
+    dsn: str,
+    cfg: BenchConfig,
+    classes: Sequence[type[AsyncContender]],
+    round_no: int,
     skips: Skips,
 ) -> list[CellResult]:
+    opened: list[AsyncContender] = []
+    for cls in rotate(classes, round_no):
+        if cls.name in skips:
+            continue
+        contender = cls(dsn, cfg.pool_size)
+        try:
+            await contender.open()
+        except Exception as exc:
+            skips.add(cls.name, f"open failed: {exc!r}")
+            continue
+        opened.append(contender)
     cells: list[CellResult] = []
-    try:
-        await contender.open()
-    except Exception as exc:
-        skips.add(contender.name, f"open failed: {exc!r}")
-        return cells
-    done: list[str] = []
+    levels, ded_levels = _levels(cfg, cfg.tasks)
     try:
         for tasks in levels:
-            cell = await run_async_cell(contender, tasks, cfg, round_no)
-            cells.append(cell)
-            done.append(_progress(cell))
-            if cell.error_kind and "hung" in cell.error_kind:
-                skips.add(contender.name, f"hung at {tasks} tasks; not run again")
-                break
+            done: list[str] = []
+            for contender in opened:
+                if contender.name in skips:
+                    continue
+                if not _runs_at(contender.dedicated, tasks, cfg.tasks, ded_levels):
+                    continue
+                cell = await run_async_cell(contender, tasks, cfg, round_no)
+                cells.append(cell)
+                done.append(f"{contender.name} {_progress(cell)}")
+                if cell.error_kind and "hung" in cell.error_kind:
+                    skips.add(contender.name, f"hung at {tasks} tasks; not run again")
+            note(f"  [{round_no + 1}] {tasks} tasks: " + ", ".join(done))
     finally:
-        note(f"  [{round_no + 1}] {contender.name}: " + ", ".join(done))
-        if contender.name not in skips:
-            await asyncio.wait_for(contender.close(), 30.0)
+        for contender in opened:
+            if contender.name not in skips:
+                try:
+                    await asyncio.wait_for(contender.close(), 30.0)
+                except Exception as exc:
+                    note(f"  {contender.name}: close failed: {exc!r}")
     return cells
 
 
 def run_async_round(
-    dsn: str, cfg: BenchConfig, classes: Sequence[type[AsyncContender]], round_no: int,
+    dsn: str,
+    cfg: BenchConfig,
+    classes: Sequence[type[AsyncContender]],
+    round_no: int,
     skips: Skips,
 ) -> list[CellResult]:
-    """One round of every asyncio contender at every task count, each in a fresh loop."""
-    cells: list[CellResult] = []
-    for cls in rotate(classes, round_no):
-        if cls.name in skips:
-            continue
-        levels = cfg.dedicated_levels(cfg.tasks) if cls.dedicated else cfg.tasks
-        contender = cls(dsn, cfg.pool_size)
-        cells += asyncio.run(_run_async_contender(contender, levels, cfg, round_no, skips))
-    return cells
+    """One round of every asyncio contender at every task count, level by level, in a
+    fresh event loop (pools are bound to the loop they were opened in)."""
+    if not classes:
+        return []
+    return asyncio.run(_async_round(dsn, cfg, classes, round_no, skips))
 
 
-def run_rounds(dsn: str, cfg: BenchConfig, skips: Skips) -> list[CellResult]:
-    """All rounds of the throughput benchmark; sync and asyncio cells in every round."""
+def _cpu_times() -> tuple[int, int]:
+    """(idle, total) jiffies of all CPUs from /proc/stat; (0, 0) where there is none."""
+    try:
+        with open("/proc/stat", encoding="ascii") as fh:
+            fields = [int(x) for x in fh.readline().split()[1:]]
+    except (OSError, ValueError):
+        return 0, 0
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return idle, sum(fields[:8])
+
+
+def host_busy(interval: float = 1.0) -> float:
+    """Fraction of all CPUs busy over ``interval`` seconds while we sit idle: the load
+    other processes put on the host. NaN where /proc/stat is unavailable."""
+    idle0, total0 = _cpu_times()
+    time.sleep(interval)
+    idle1, total1 = _cpu_times()
+    if total1 <= total0:
+        return math.nan
+    return 1.0 - (idle1 - idle0) / (total1 - total0)
+
+
+def wait_until_quiet(cfg: BenchConfig) -> float:
+    """Sample how busy the host is; with ``quiet_wait`` set, wait up to that long for
+    other processes to use less than ``quiet_threshold`` of the CPUs. Returns the last
+    sample."""
+    busy = host_busy()
+    deadline = time.monotonic() + cfg.quiet_wait
+    while busy > cfg.quiet_threshold and time.monotonic() < deadline:
+        note(f"  host {busy:.0%} busy with other work; waiting for it to calm down")
+        time.sleep(2.0)
+        busy = host_busy()
+    return busy
+
+
+def run_rounds(dsn: str, cfg: BenchConfig, skips: Skips) -> tuple[list[CellResult], list[float]]:
+    """All rounds of the throughput benchmark; sync and asyncio cells in every round.
+
+    Also returns, per round, how busy the host was with other work just before it
+    (see :func:`wait_until_quiet`): on a shared machine that says which rounds had
+    company.
+    """
     sync_classes: list[type[SyncContender]] = (
         available(SYNC_CONTENDERS, cfg, skips) if cfg.run_sync else []
     )
@@ -368,8 +472,13 @@ def run_rounds(dsn: str, cfg: BenchConfig, skips: Skips) -> list[CellResult]:
         available(ASYNC_CONTENDERS, cfg, skips) if cfg.run_async else []
     )
     cells: list[CellResult] = []
+    busy: list[float] = []
     for round_no in range(cfg.rounds):
-        note(f"round {round_no + 1}/{cfg.rounds}")
+        busy.append(wait_until_quiet(cfg))
+        note(
+            f"round {round_no + 1}/{cfg.rounds} (host {busy[-1]:.0%} busy with other work, "
+            f"load average {os.getloadavg()[0]:.2f})"
+        )
         cells += run_sync_round(dsn, cfg, sync_classes, round_no, skips)
         cells += run_async_round(dsn, cfg, async_classes, round_no, skips)
-    return cells
+    return cells, busy

@@ -93,6 +93,9 @@ class Summary:
     p99_over_p50: Spread | None = None
     max_over_p50: Spread | None = None
     min_worker_share: Spread | None = None
+    worker_ops_min: Spread | None = None
+    worker_ops_median: Spread | None = None
+    worker_ops_max: Spread | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -122,7 +125,8 @@ def worker_share(worker_ops: Sequence[int]) -> float:
         return math.nan
     median = statistics.median(worker_ops)
     if median == 0:
-        return math.nan
+        # Half the workers or more got nothing done: starvation, not "no data".
+        return 0.0 if max(worker_ops) > 0 else math.nan
     return min(worker_ops) / median
 
 

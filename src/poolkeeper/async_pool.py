@@ -580,7 +580,8 @@ class AsyncPool(PoolCore):
         return task
 
     def _grow(self) -> None:
-        if self._closed or self._loop is None:
+        # At max_size (the usual state under contention) there is nothing to decide.
+        if self._closed or self._loop is None or self._total >= self.config.max_size:
             return
         count = connections_to_open(
             total=self._total,

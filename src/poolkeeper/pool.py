@@ -459,7 +459,8 @@ class Pool(PoolCore):
             self._close_rec(rec)
 
     def _grow_locked(self) -> None:
-        if self._closed or self._workers is None:
+        # At max_size (the usual state under contention) there is nothing to decide.
+        if self._closed or self._workers is None or self._total >= self.config.max_size:
             return
         count = connections_to_open(
             total=self._total,
