@@ -458,12 +458,14 @@ def wait_until_quiet(cfg: BenchConfig) -> float:
     return busy
 
 
-def run_rounds(dsn: str, cfg: BenchConfig, skips: Skips) -> tuple[list[CellResult], list[float]]:
+def run_rounds(
+    dsn: str, cfg: BenchConfig, skips: Skips
+) -> tuple[list[CellResult], list[tuple[float, float]]]:
     """All rounds of the throughput benchmark; sync and asyncio cells in every round.
 
     Also returns, per round, how busy the host was with other work just before it
-    (see :func:`wait_until_quiet`): on a shared machine that says which rounds had
-    company.
+    (see :func:`wait_until_quiet`) and the 1-minute load average then: on a shared
+    machine that says which rounds had company.
     """
     sync_classes: list[type[SyncContender]] = (
         available(SYNC_CONTENDERS, cfg, skips) if cfg.run_sync else []
@@ -472,13 +474,14 @@ def run_rounds(dsn: str, cfg: BenchConfig, skips: Skips) -> tuple[list[CellResul
         available(ASYNC_CONTENDERS, cfg, skips) if cfg.run_async else []
     )
     cells: list[CellResult] = []
-    busy: list[float] = []
+    host: list[tuple[float, float]] = []
     for round_no in range(cfg.rounds):
-        busy.append(wait_until_quiet(cfg))
+        busy = wait_until_quiet(cfg)
+        host.append((busy, os.getloadavg()[0]))
         note(
-            f"round {round_no + 1}/{cfg.rounds} (host {busy[-1]:.0%} busy with other work, "
-            f"load average {os.getloadavg()[0]:.2f})"
+            f"round {round_no + 1}/{cfg.rounds} (host {busy:.0%} busy with other work, "
+            f"load average {host[-1][1]:.2f})"
         )
         cells += run_sync_round(dsn, cfg, sync_classes, round_no, skips)
         cells += run_async_round(dsn, cfg, async_classes, round_no, skips)
-    return cells, busy
+    return cells, host
