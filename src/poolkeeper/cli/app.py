@@ -287,6 +287,26 @@ def doctor(
     )
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@guarded
+def bench(
+    ctx: typer.Context,
+    *,
+    dsn: Annotated[
+        str | None,
+        typer.Option("--dsn", help="Server to measure (default: DATABASE_URL)."),
+    ] = None,
+) -> int:
+    """Benchmark poolkeeper beside psycopg_pool, SQLAlchemy, psycopg2 and asyncpg on your
+    server. Other options go to the harness: --quick, --rounds N, --json FILE, --help-harness
+    (see benchmarks/run.py). Needs a source checkout with the "bench" extra installed.
+    """
+    from poolkeeper.cli.bench import run_bench  # noqa: PLC0415
+
+    args = ["--help" if arg == "--help-harness" else arg for arg in ctx.args]
+    return run_bench(dsn, args)
+
+
 def _usage_line(exc: Exception) -> str:
     message = str(getattr(exc, "format_message", exc.__str__)()).strip().rstrip(".")
     message = message[:1].lower() + message[1:]
