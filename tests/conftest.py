@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -75,6 +76,22 @@ def pk_logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
     """Everything the poolkeeper loggers say, down to DEBUG."""
     caplog.set_level(logging.DEBUG, logger="poolkeeper")
     return caplog
+
+
+def settled_backends(
+    admin: psycopg.Connection[Any], application_name: str, expected: object, timeout: float = 5.0
+) -> list[int]:
+    """``backends()`` once it equals ``expected`` (or after ``timeout``, whatever it is).
+
+    A backend whose client hung up exits on its own schedule, so pg_stat_activity
+    may list it for a moment after the client side is closed.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        pids = backends(admin, application_name)
+        if pids == expected or time.monotonic() > deadline:
+            return pids
+        time.sleep(0.02)
 
 
 def backends(admin: psycopg.Connection[Any], application_name: str) -> list[int]:

@@ -36,7 +36,7 @@ from tests.async_helpers import (
     is_closed,
     wait_until,
 )
-from tests.conftest import backends
+from tests.conftest import backends, settled_backends
 
 driver = async_helpers.driver
 make_async_pool = async_helpers.make_async_pool
@@ -809,10 +809,7 @@ def test_a_pool_made_outside_any_loop_opens_at_first_use(
     assert asyncio.run(use()) == 7
     # asyncio.run closed the loop, and the pool closed its connections with it.
     assert pool.closed
-    deadline = time.monotonic() + 5
-    while backends(admin, "pk-async-lazy") and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert backends(admin, "pk-async-lazy") == []
+    assert settled_backends(admin, "pk-async-lazy", []) == []
 
 
 def test_close_on_loop_shutdown_logs_nothing_alarming(
