@@ -365,10 +365,15 @@ class Pool(PoolCore):
 
     def _return_locked_path(self, rec: ConnectionRecord) -> None:
         with self._lock:
-            if self._waiters:
-                self._waiters.popleft().give(rec)
-            else:
+            if not self._waiters:
                 self._idle.append(rec)
+                return
+            waiter = self._waiters.popleft()
+            # Assigned under the lock, woken after it: the wake-up is a syscall, and every
+            # other borrower would queue behind it. A waiter that times out in between
+            # finds rec already set and takes it (see _acquire_record).
+            waiter.rec = rec
+        waiter.lock.release()
 
     @contextlib.contextmanager
     def connection(self, timeout: float | None = None) -> Iterator[Any]:
