@@ -17,13 +17,16 @@ import re
 __all__ = ["RESET_SQL", "touches_session"]
 
 _SESSION_SQL = re.compile(
-    rb"(?:^|;)\s*(?:SET|RESET|LISTEN|PREPARE|DECLARE|LOAD|DISCARD)\b"
-    rb"|\bset_config\s*\("
-    rb"|\bpg_(?:try_)?advisory_lock(?:_shared)?\s*\("
-    rb"|\bTEMP(?:ORARY)?\b"
-    rb"|\bSESSION\s+AUTHORIZATION\b",
-    re.IGNORECASE,
+    r"(?:^|;)\s*(?:set|reset|listen|prepare|declare|load|discard)\b"
+    r"|\bset_config\s*\("
+    r"|\bpg_(?:try_)?advisory_lock(?:_shared)?\s*\("
+    r"|\btemp(?:orary)?\b"
+    r"|\bsession\s+authorization\b"
 )
+# A statement can only touch the session through its first word, unless one of
+# these appears somewhere in it (';' for a second statement): the cheap test first.
+_LEADING = re.compile(r"\s*(?:set|reset|listen|prepare|declare|load|discard)\b")
+_ANYWHERE = (";", "set_config", "advisory_lock", "temp", "authorization")
 
 #: DISCARD ALL = CLOSE ALL, SET SESSION AUTHORIZATION DEFAULT, RESET ALL, DEALLOCATE ALL,
 #: UNLISTEN *, pg_advisory_unlock_all(), DISCARD PLANS/TEMP/SEQUENCES. psycopg notices
@@ -35,10 +38,17 @@ def touches_session(query: object) -> bool:
     """True when ``query`` may change state that outlives its transaction.
 
     ``str`` and ``bytes`` are scanned; anything else (a composed ``sql.SQL``
-    object, say) is assumed to touch the session.
+    object, say) is assumed to touch the session. This runs on every statement,
+    so the common case — one statement, none of the markers — costs a lowercase
+    copy, a few substring searches and one anchored match.
     """
     if isinstance(query, str):
-        return _SESSION_SQL.search(query.encode("utf-8", "replace")) is not None
-    if isinstance(query, (bytes, bytearray, memoryview)):
-        return _SESSION_SQL.search(bytes(query)) is not None
-    return True
+        text = query.lower()
+    elif isinstance(query, (bytes, bytearray, memoryview)):
+        text = bytes(query).decode("utf-8", "replace").lower()
+    else:
+        return True
+    for marker in _ANYWHERE:
+        if marker in text:
+            return _SESSION_SQL.search(text) is not None
+    return _LEADING.match(text) is not None
