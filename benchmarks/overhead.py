@@ -1,0 +1,120 @@
+"""Where a pooled query's extra client CPU goes, at one thread.
+
+``python -m benchmarks.overhead [DSN]`` compares, per ``SELECT 1`` with a cursor:
+a plain psycopg connection, the pool's connection class on its own (session
+tracking cursor), and the same through ``Pool.getconn``/``putconn``. It reports
+client CPU time (``time.process_time``), which on a shared two-core host is far
+steadier than wall time, and then times each step of ``putconn`` right after a
+query, when the CPU caches are cold.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import time
+from typing import Any
+
+import psycopg
+
+from poolkeeper import Pool
+from poolkeeper.drivers.psycopg_sync import PoolConnection, TrackingCursor
+
+__all__ = ["main"]
+
+_QUERIES = 3000
+_ROUNDS = 8
+
+
+def _query(conn: Any) -> None:
+    with conn.cursor() as cur:
+        cur.execute("SELECT 1")
+        cur.fetchone()
+
+
+def _per_query(loop: Any) -> tuple[float, float]:
+    cpu, wall = time.process_time(), time.perf_counter()
+    loop()
+    return (
+        (time.process_time() - cpu) / _QUERIES * 1e6,
+        (time.perf_counter() - wall) / _QUERIES * 1e6,
+    )
+
+
+def _cold_putconn_steps(pool: Pool) -> dict[str, float]:
+    """Nanoseconds per step of putconn's fast path, each measured right after a query."""
+    clock = time.perf_counter_ns
+    conn = pool.getconn()
+    rec = pool._lent[conn]
+    totals = dict.fromkeys(("lent map pop", "state read", "clock read", "expiry checks"), 0)
+    for _ in range(_QUERIES):
+        _query(conn)
+        t0 = clock()
+        pool._lent.pop(conn)
+        t1 = clock()
+        _ = pool._return_state(conn) != pool._clean_state
+        t2 = clock()
+        now = time.monotonic()
+        t3 = clock()
+        _ = rec.generation != pool._generation or now >= rec.expires_at
+        t4 = clock()
+        pool._lent[conn] = rec
+        for key, spent in zip(totals, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
+            totals[key] += spent
+    pool.putconn(conn)
+    return {key: spent / _QUERIES for key, spent in totals.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print client CPU per query for the three variants, then the cold putconn steps."""
+    args = sys.argv[1:] if argv is None else argv
+    dsn = args[0] if args else os.environ.get("DATABASE_URL", "")
+    if not dsn:
+        print("usage: python -m benchmarks.overhead DSN (or set DATABASE_URL)", file=sys.stderr)
+        return 2
+    plain = psycopg.connect(dsn, autocommit=True)
+    tracked = PoolConnection.connect(dsn, autocommit=True)
+    tracked.cursor_factory = TrackingCursor
+    pool = Pool(dsn, min_size=1, max_size=1, connect_kwargs={"autocommit": True})
+    pool.wait(10)
+
+    def through_pool() -> None:
+        get, put = pool.getconn, pool.putconn
+        for _ in range(_QUERIES):
+            conn = get()
+            _query(conn)
+            put(conn)
+
+    def on(conn: Any) -> Any:
+        def loop() -> None:
+            for _ in range(_QUERIES):
+                _query(conn)
+
+        return loop
+
+    variants = {
+        "plain psycopg connection": on(plain),
+        "pool's connection class": on(tracked),
+        "through Pool get/put": through_pool,
+    }
+    samples: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
+    for _ in range(_ROUNDS):
+        for name, loop in variants.items():
+            samples[name].append(_per_query(loop))
+    print(f"per SELECT 1, median of {_ROUNDS} interleaved rounds of {_QUERIES}:")
+    for name, values in samples.items():
+        cpu = statistics.median(v[0] for v in values)
+        wall = statistics.median(v[1] for v in values)
+        print(f"  {name:26s} client CPU {cpu:6.1f} µs   wall {wall:6.1f} µs")
+    print("putconn's fast-path steps, each right after a query (cold caches):")
+    for step, ns in _cold_putconn_steps(pool).items():
+        print(f"  {step:15s} {ns:6.0f} ns")
+    pool.close()
+    plain.close()
+    tracked.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
