@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from poolkeeper import AsyncDatabase, ConfigurationError, PoolError
+from poolkeeper import AsyncDatabase, AsyncPool, ConfigurationError, PoolError
 from tests import async_helpers
 from tests.async_helpers import backend_pid, execute, fetchval, wait_until
 from tests.conftest import backends, settled_backends
@@ -120,18 +120,20 @@ def test_use_outside_a_running_loop_says_what_to_do(dsn: str) -> None:
 def test_every_asyncio_run_gets_its_own_pool(dsn: str, driver: str, admin: Admin) -> None:
     db = AsyncDatabase("aruns", dsn=dsn, min_size=2, max_size=2, driver=driver)
 
-    async def use() -> tuple[int, int]:
+    async def use() -> tuple[AsyncPool, int]:
         pool = db.pool
         await pool.wait(5)
         async with db.connection() as conn:
             pid = backend_pid(conn)
-        return id(pool), pid
+        # The pool object itself, not id(pool): once the first one is collected, the
+        # second may be allocated at the same address and get the same id.
+        return pool, pid
 
     first_pool, first_pid = asyncio.run(use())
     # The first loop is gone: its pool closed its connections as the loop shut down.
     assert _gone(admin, "aruns")
     second_pool, second_pid = asyncio.run(use())
-    assert first_pool != second_pool
+    assert first_pool is not second_pool
     assert first_pid != second_pid
     assert _gone(admin, "aruns")
     loop = asyncio.new_event_loop()
