@@ -41,10 +41,9 @@ from poolkeeper.drivers.libpq_options import READ_ONLY_SQLSTATE
 from poolkeeper.errors import (
     PoolClosed,
     PoolError,
-    TooManyWaiters,
     WrongEventLoop,
 )
-from poolkeeper.policy import Backoff, connections_to_open
+from poolkeeper.policy import Backoff
 from poolkeeper.pool_core import PoolCore
 from poolkeeper.record import ConnectionRecord
 from poolkeeper.redact import redact
@@ -337,15 +336,7 @@ class AsyncPool(PoolCore):
                 self._raise_if_closed()
             now = _monotonic()
             if await self._validate(rec, now):
-                rec.borrowed_at = now
-                self._lent[rec.conn] = rec
-                self._count_borrow()
-                if waited:
-                    self._stats_waits.add()
-                    self._wait_samples.add(now - start)
-                if self._leak_threshold is not None:
-                    rec.borrow_stack = "".join(traceback.format_stack(limit=16)[:-2])
-                return rec.conn
+                return self._lend(rec, now, start, waited)
 
     async def _acquire_record(self, deadline: float, limit: float) -> tuple[ConnectionRecord, bool]:
         """Take an idle record, or queue and wait for one. Returns (record, waited)."""
@@ -353,15 +344,8 @@ class AsyncPool(PoolCore):
         if not self._waiters and self._idle:
             return self._idle.pop(), False
         now = _monotonic()
-        if self._breaker.is_open(now) and not self._idle:
-            if not self._breaker.probe_due(now):
-                raise self._breaker_error()
+        if self._may_queue(now):
             self._probe.fire()
-        if self.config.max_waiting and len(self._waiters) >= self.config.max_waiting:
-            raise TooManyWaiters(
-                f"pool {self.name!r}: {len(self._waiters)} callers already wait "
-                f"(max_waiting={self.config.max_waiting}); shed load or raise max_waiting"
-            )
         loop = _running_loop()
         waiter: asyncio.Future[ConnectionRecord] = loop.create_future()
         self._waiters.append(waiter)
@@ -385,15 +369,7 @@ class AsyncPool(PoolCore):
         if waiter.done():
             return
         self._forget_waiter(waiter)
-        self._stats_timeouts.add()
-        waiter.set_exception(
-            self._timeout_error(
-                f"pool {self.name!r}: no connection free within {limit:g}s "
-                f"(max_size={self.config.max_size}, in use={len(self._lent)}, "
-                f"waiting={len(self._waiters)})",
-                "raise max_size or timeout, or return connections sooner",
-            )
-        )
+        waiter.set_exception(self._no_connection_error(limit))
 
     def _forget_waiter(self, waiter: asyncio.Future[ConnectionRecord]) -> None:
         with contextlib.suppress(ValueError):
@@ -580,19 +556,9 @@ class AsyncPool(PoolCore):
         return task
 
     def _grow(self) -> None:
-        # At max_size (the usual state under contention) there is nothing to decide.
-        if self._closed or self._loop is None or self._total >= self.config.max_size:
+        if self._loop is None:
             return
-        count = connections_to_open(
-            total=self._total,
-            opening=self._opening,
-            waiting=len(self._waiters),
-            min_size=self.config.min_size,
-            max_size=self.config.max_size,
-        )
-        for _ in range(count):
-            self._total += 1
-            self._opening += 1
+        for _ in range(self._claim_open_slots()):
             task = self._spawn(self._open_one(), f"poolkeeper-{self.name}-connect")
             self._openers.add(task)
             task.add_done_callback(self._openers.discard)

@@ -31,8 +31,8 @@ from poolkeeper.background import BackgroundWorkers
 from poolkeeper.config import PoolConfig
 from poolkeeper.drivers import BROKEN, IN_TRANSACTION, SyncDriver, load_sync_driver
 from poolkeeper.drivers.libpq_options import READ_ONLY_SQLSTATE
-from poolkeeper.errors import PoolClosed, PoolError, TooManyWaiters
-from poolkeeper.policy import Backoff, connections_to_open
+from poolkeeper.errors import PoolClosed, PoolError
+from poolkeeper.policy import Backoff
 from poolkeeper.pool_core import PoolCore
 from poolkeeper.record import ConnectionRecord
 from poolkeeper.redact import redact
@@ -224,15 +224,7 @@ class Pool(PoolCore):
                 waited = waited or did_wait
             now = _monotonic()
             if self._validate(rec, now):
-                rec.borrowed_at = now
-                self._lent[rec.conn] = rec
-                self._count_borrow()
-                if waited:
-                    self._stats_waits.add()
-                    self._wait_samples.add(now - start)
-                if self._leak_threshold is not None:
-                    rec.borrow_stack = "".join(traceback.format_stack(limit=16)[:-2])
-                return rec.conn
+                return self._lend(rec, now, start, waited)
             # Each failed check costs up to connect_timeout: never try past the deadline.
             if _monotonic() >= deadline:
                 self._stats_timeouts.add()
@@ -248,16 +240,8 @@ class Pool(PoolCore):
             self._raise_if_closed()
             if not self._waiters and self._idle:
                 return self._idle.pop(), False
-            now = _monotonic()
-            if self._breaker.is_open(now) and not self._idle:
-                if not self._breaker.probe_due(now):
-                    raise self._breaker_error()
+            if self._may_queue(_monotonic()):
                 self._probe.set()
-            if self.config.max_waiting and len(self._waiters) >= self.config.max_waiting:
-                raise TooManyWaiters(
-                    f"pool {self.name!r}: {len(self._waiters)} callers already wait "
-                    f"(max_waiting={self.config.max_waiting}); shed load or raise max_waiting"
-                )
             waiter = _Waiter()
             self._waiters.append(waiter)
             # Written the waiter, now read the stack: see the module docstring.
@@ -269,13 +253,7 @@ class Pool(PoolCore):
         with self._lock:
             if waiter.rec is None and waiter.error is None:
                 self._waiters.remove(waiter)
-                self._stats_timeouts.add()
-                raise self._timeout_error(
-                    f"pool {self.name!r}: no connection free within {limit:g}s "
-                    f"(max_size={self.config.max_size}, in use={len(self._lent)}, "
-                    f"waiting={len(self._waiters)})",
-                    "raise max_size or timeout, or return connections sooner",
-                )
+                raise self._no_connection_error(limit)
         # Handed a connection (or an error) just as the deadline passed: take it.
         waiter.lock.acquire()
         return self._waiter_outcome(waiter), True
@@ -464,19 +442,9 @@ class Pool(PoolCore):
             self._close_rec(rec)
 
     def _grow_locked(self) -> None:
-        # At max_size (the usual state under contention) there is nothing to decide.
-        if self._closed or self._workers is None or self._total >= self.config.max_size:
+        if self._workers is None:
             return
-        count = connections_to_open(
-            total=self._total,
-            opening=self._opening,
-            waiting=len(self._waiters),
-            min_size=self.config.min_size,
-            max_size=self.config.max_size,
-        )
-        for _ in range(count):
-            self._total += 1
-            self._opening += 1
+        for _ in range(self._claim_open_slots()):
             self._workers.submit(self._open_one)
 
     def _retire(self, rec: ConnectionRecord, why: str) -> None:

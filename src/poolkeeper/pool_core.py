@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+import traceback
 from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
@@ -22,10 +23,17 @@ from psycopg.conninfo import conninfo_to_dict
 
 from poolkeeper import forking
 from poolkeeper.config import PoolConfig
-from poolkeeper.errors import ConfigurationError, ConnectionFailed, PoolClosed, PoolTimeout
+from poolkeeper.errors import (
+    ConfigurationError,
+    ConnectionFailed,
+    PoolClosed,
+    PoolTimeout,
+    TooManyWaiters,
+)
 from poolkeeper.policy import (
     Breaker,
     HousekeepingPlan,
+    connections_to_open,
     expiry,
     health_status,
     housekeeping_tick,
@@ -236,6 +244,64 @@ class PoolCore:
         )
         error.__cause__ = cause
         return error
+
+    # -- borrowing: the slow path's decisions -------------------------------------------
+
+    def _may_queue(self, now: float) -> bool:
+        """May a caller that found no idle connection queue? Raises ``ConnectionFailed``
+        (server known down, no probe due) or ``TooManyWaiters``. True when a reconnect
+        probe should be let through on the caller's behalf."""
+        probe = False
+        if self._breaker.is_open(now) and not self._idle:
+            if not self._breaker.probe_due(now):
+                raise self._breaker_error()
+            probe = True
+        max_waiting = self.config.max_waiting
+        if max_waiting and len(self._waiters) >= max_waiting:
+            raise TooManyWaiters(
+                f"pool {self.name!r}: {len(self._waiters)} callers already wait "
+                f"(max_waiting={max_waiting}); shed load or raise max_waiting"
+            )
+        return probe
+
+    def _lend(self, rec: ConnectionRecord, now: float, start: float, waited: bool) -> Any:
+        """Book ``rec`` as lent from ``getconn``'s slow path and return its connection."""
+        rec.borrowed_at = now
+        self._lent[rec.conn] = rec
+        self._count_borrow()
+        if waited:
+            self._stats_waits.add()
+            self._wait_samples.add(now - start)
+        if self._leak_threshold is not None:
+            # Drop our own frames: _lend, _getconn_slow, getconn.
+            rec.borrow_stack = "".join(traceback.format_stack(limit=19)[:-3])
+        return rec.conn
+
+    def _no_connection_error(self, limit: float) -> PoolTimeout:
+        """A waiter's deadline passed: count it and say what to change."""
+        self._stats_timeouts.add()
+        return self._timeout_error(
+            f"pool {self.name!r}: no connection free within {limit:g}s "
+            f"(max_size={self.config.max_size}, in use={len(self._lent)}, "
+            f"waiting={len(self._waiters)})",
+            "raise max_size or timeout, or return connections sooner",
+        )
+
+    def _claim_open_slots(self) -> int:
+        """How many connections to start opening now; their slots are counted already."""
+        # At max_size (the usual state under contention) there is nothing to decide.
+        if self._closed or self._total >= self.config.max_size:
+            return 0
+        count = connections_to_open(
+            total=self._total,
+            opening=self._opening,
+            waiting=len(self._waiters),
+            min_size=self.config.min_size,
+            max_size=self.config.max_size,
+        )
+        self._total += count
+        self._opening += count
+        return count
 
     # -- checks and resets --------------------------------------------------------------
 
