@@ -132,6 +132,17 @@ class AsyncPool(PoolCore):
     (``psycopg.AsyncConnection`` or ``asyncpg.Connection``).
     """
 
+    __slots__ = (
+        "_changed",
+        "_connect_slots",
+        "_housekeeper",
+        "_loop",
+        "_openers",
+        "_probe",
+        "_tasks",
+        "_timeout",
+    )
+
     _pool_class: ClassVar[str] = "AsyncPool"
     _facade_class: ClassVar[str] = "AsyncDatabase"
     _open_hint: ClassVar[str] = (
@@ -309,7 +320,7 @@ class AsyncPool(PoolCore):
                 # One compare: check_due folds check_after and "suspect" into a deadline.
                 if _monotonic() < rec.check_due:
                     self._lent[rec.conn] = rec
-                    self._count_borrow()
+                    next(self._borrow_ticks)
                     if self._leak_threshold is not None:
                         rec.borrowed_at = _monotonic()
                         rec.borrow_stack = "".join(traceback.format_stack(limit=16)[:-1])
@@ -424,8 +435,10 @@ class AsyncPool(PoolCore):
         if _running_loop() is not self._loop:
             self._lent[conn] = rec
             raise self._wrong_loop_error()
-        # One C-level read of (transaction status, session dirty) against "clean".
-        if self._return_state(conn) != self._clean_state and not await self._clean_on_return(rec):
+        # One C-level read of (transaction status, session dirty) against "clean". Read
+        # into a local first: CPython cannot specialize a method call on a slot.
+        return_state = self._return_state
+        if return_state(conn) != self._clean_state and not await self._clean_on_return(rec):
             return
         now = _monotonic()
         # close() and drain() both bump the generation, so one compare covers them.

@@ -72,6 +72,8 @@ class Pool(PoolCore):
     connection you get is the driver's own connection object.
     """
 
+    __slots__ = ("_changed", "_lock", "_ping", "_probe", "_workers")
+
     def __init__(
         self,
         dsn: Any = None,
@@ -203,7 +205,7 @@ class Pool(PoolCore):
                 # One compare: check_due folds check_after and "suspect" into a deadline.
                 if _monotonic() < rec.check_due:
                     self._lent[rec.conn] = rec
-                    self._count_borrow()
+                    next(self._borrow_ticks)
                     if self._leak_threshold is not None:
                         rec.borrowed_at = _monotonic()
                         rec.borrow_stack = "".join(traceback.format_stack(limit=16)[:-1])
@@ -298,8 +300,10 @@ class Pool(PoolCore):
                 f"pool {self.name!r} did not lend this connection (already returned, or "
                 "from another pool); return each connection once, to the pool it came from"
             )
-        # One C-level read of (transaction status, session dirty) against "clean".
-        if self._return_state(conn) != self._clean_state and not self._clean_on_return(rec):
+        # One C-level read of (transaction status, session dirty) against "clean". Read
+        # into a local first: CPython cannot specialize a method call on a slot.
+        return_state = self._return_state
+        if return_state(conn) != self._clean_state and not self._clean_on_return(rec):
             return
         now = _monotonic()
         # close() and drain() both bump the generation, so one compare covers them.

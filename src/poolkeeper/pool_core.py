@@ -71,6 +71,47 @@ def meant_for_primary(config: PoolConfig) -> bool:
 class PoolCore:
     """State, counters and decisions shared by the sync and asyncio pools."""
 
+    # Slots, not a __dict__: a pool has more attributes than CPython's shared-key
+    # instance dicts hold (30), and the hot path reads a dozen of them per borrow.
+    __slots__ = (
+        "__weakref__",
+        "_borrow_ticks",
+        "_breaker",
+        "_check_after",
+        "_clean_state",
+        "_closed",
+        "_closed_under_borrower",
+        "_driver",
+        "_forked",
+        "_generation",
+        "_idle",
+        "_last_error",
+        "_leak_threshold",
+        "_lent",
+        "_opened",
+        "_opening",
+        "_reset_mode",
+        "_return_state",
+        "_stats_borrows",
+        "_stats_checks_failed",
+        "_stats_closed",
+        "_stats_connect_errors",
+        "_stats_leaks",
+        "_stats_opened",
+        "_stats_resets",
+        "_stats_rollbacks",
+        "_stats_timeouts",
+        "_stats_waits",
+        "_status",
+        "_total",
+        "_user_check",
+        "_wait_samples",
+        "_waiters",
+        "config",
+        "meant_for_primary",
+        "name",
+    )
+
     #: Names used in messages: the class users build, and its singleton facade.
     _pool_class: ClassVar[str] = "Pool"
     _facade_class: ClassVar[str] = "Database"
@@ -117,7 +158,7 @@ class PoolCore:
         self._breaker = Breaker(config.fail_fast_after)
         self._last_error: ConnectionFailed | None = None
         self._stats_borrows = Counter()
-        self._count_borrow = self._stats_borrows.add
+        self._borrow_ticks = self._stats_borrows.ticks
         self._stats_waits = Counter()
         self._stats_timeouts = Counter()
         self._stats_opened = Counter()
@@ -268,7 +309,7 @@ class PoolCore:
         """Book ``rec`` as lent from ``getconn``'s slow path and return its connection."""
         rec.borrowed_at = now
         self._lent[rec.conn] = rec
-        self._count_borrow()
+        next(self._borrow_ticks)
         if waited:
             self._stats_waits.add()
             self._wait_samples.add(now - start)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["RESET_SQL", "touches_session"]
+__all__ = ["KNOWN_VERDICTS", "RESET_SQL", "touches_session"]
 
 _SESSION_SQL = re.compile(
     r"(?:^|;)\s*(?:set|reset|listen|prepare|declare|load|discard)\b"
@@ -34,13 +34,21 @@ _ANYWHERE = (";", "set_config", "advisory_lock", "temp", "authorization")
 RESET_SQL = "DISCARD ALL"
 
 
+#: Verdicts of :func:`touches_session` by query text. Applications send the same few
+#: hundred statements over and over, so the drivers' cursors look a query up here
+#: (one hashed dict read) before paying for the scan. Bounded: cleared when full, so
+#: SQL built with literals in it cannot grow it without limit.
+KNOWN_VERDICTS: dict[str | bytes, bool] = {}
+_KNOWN_MAX = 4096
+
+
 def touches_session(query: object) -> bool:
     """True when ``query`` may change state that outlives its transaction.
 
-    ``str`` and ``bytes`` are scanned; anything else (a composed ``sql.SQL``
-    object, say) is assumed to touch the session. This runs on every statement,
-    so the common case — one statement, none of the markers — costs a lowercase
-    copy, a few substring searches and one anchored match.
+    ``str`` and ``bytes`` are scanned (and the verdict remembered in
+    :data:`KNOWN_VERDICTS`); anything else (a composed ``sql.SQL`` object, say) is
+    assumed to touch the session. A query seen before costs one dict lookup; a new
+    one a lowercase copy, a few substring searches and one anchored match.
     """
     if isinstance(query, str):
         text = query.lower()
@@ -48,6 +56,15 @@ def touches_session(query: object) -> bool:
         text = bytes(query).decode("utf-8", "replace").lower()
     else:
         return True
+    verdict = _scan(text)
+    if isinstance(query, (str, bytes)):
+        if len(KNOWN_VERDICTS) >= _KNOWN_MAX:
+            KNOWN_VERDICTS.clear()
+        KNOWN_VERDICTS[query] = verdict
+    return verdict
+
+
+def _scan(text: str) -> bool:
     for marker in _ANYWHERE:
         if marker in text:
             return _SESSION_SQL.search(text) is not None

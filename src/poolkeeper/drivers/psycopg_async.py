@@ -11,18 +11,36 @@ import psycopg
 
 from poolkeeper.drivers.base import ConnectSpec
 from poolkeeper.drivers.psycopg_common import PsycopgState, connect_params
-from poolkeeper.session_state import RESET_SQL, touches_session
+from poolkeeper.session_state import KNOWN_VERDICTS, RESET_SQL, touches_session
 
 __all__ = ["AsyncPoolConnection", "AsyncPsycopgDriver", "AsyncTrackingCursor"]
+
+
+_cursor_execute = psycopg.AsyncCursor.execute
 
 
 class AsyncTrackingCursor(psycopg.AsyncCursor[Any]):
     """An async psycopg cursor that marks its connection dirty when SQL may change the session."""
 
-    async def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
-        if not self._conn._pk_dirty and touches_session(query):  # type: ignore[attr-defined]
-            self._conn._pk_dirty = True  # type: ignore[attr-defined]
-        return await super().execute(query, params, **kwargs)
+    # Not a coroutine itself: it returns psycopg's, so tracking adds no coroutine
+    # frame, and a known query costs one dict read (see TrackingCursor).
+    def execute(
+        self,
+        query: Any,
+        params: Any = None,
+        *,
+        prepare: bool | None = None,
+        binary: bool | None = None,
+    ) -> Any:
+        conn = self._conn
+        if not conn._pk_dirty:  # type: ignore[attr-defined]
+            try:
+                dirty = KNOWN_VERDICTS[query]
+            except (KeyError, TypeError):
+                dirty = touches_session(query)
+            if dirty:
+                conn._pk_dirty = True  # type: ignore[attr-defined]
+        return _cursor_execute(self, query, params, prepare=prepare, binary=binary)
 
     async def executemany(self, query: Any, params_seq: Any, **kwargs: Any) -> None:
         if touches_session(query):
@@ -47,6 +65,8 @@ class AsyncPsycopgDriver(PsycopgState):
         params = connect_params(spec)
         conn = await AsyncPoolConnection.connect(**params)
         conn.cursor_factory = AsyncTrackingCursor
+        # An instance attribute, not the class default: one dict hit per read.
+        conn._pk_dirty = False
         conn._pk_ping_timeout = spec.connect_timeout
         return conn
 

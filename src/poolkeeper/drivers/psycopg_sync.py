@@ -14,7 +14,7 @@ from psycopg import generators, pq
 
 from poolkeeper.drivers.base import ConnectSpec
 from poolkeeper.drivers.psycopg_common import PsycopgState, connect_params
-from poolkeeper.session_state import RESET_SQL, touches_session
+from poolkeeper.session_state import KNOWN_VERDICTS, RESET_SQL, touches_session
 
 __all__ = [
     "GuardedConnection",
@@ -25,13 +25,31 @@ __all__ = [
 ]
 
 
+_cursor_execute = psycopg.Cursor.execute
+
+
 class TrackingCursor(psycopg.Cursor[Any]):
     """A psycopg cursor that marks its connection dirty when SQL may change the session."""
 
-    def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
-        if not self._conn._pk_dirty and touches_session(query):  # type: ignore[attr-defined]
-            self._conn._pk_dirty = True  # type: ignore[attr-defined]
-        return super().execute(query, params, **kwargs)
+    # Runs on every statement: a known query costs one dict read, and psycopg's
+    # execute is called directly (no super() lookup, no **kwargs dict).
+    def execute(
+        self,
+        query: Any,
+        params: Any = None,
+        *,
+        prepare: bool | None = None,
+        binary: bool | None = None,
+    ) -> Any:
+        conn = self._conn
+        if not conn._pk_dirty:  # type: ignore[attr-defined]
+            try:
+                dirty = KNOWN_VERDICTS[query]
+            except (KeyError, TypeError):
+                dirty = touches_session(query)
+            if dirty:
+                conn._pk_dirty = True  # type: ignore[attr-defined]
+        return _cursor_execute(self, query, params, prepare=prepare, binary=binary)
 
     def executemany(self, query: Any, params_seq: Any, **kwargs: Any) -> None:
         if touches_session(query):
@@ -144,6 +162,8 @@ class PsycopgDriver(PsycopgState):
         else:
             conn = PoolConnection.connect(**params)
         conn.cursor_factory = TrackingCursor
+        # An instance attribute, not the class default: one dict hit per read.
+        conn._pk_dirty = False
         conn._pk_ping_timeout = spec.connect_timeout
         return conn
 
