@@ -29,6 +29,9 @@ QUICK = {
     "rounds": 2,
     "duration": 0.3,
     "warmup": 0.05,
+    # Fewer, longer slices than a full run: each slice costs a warm-up and thread
+    # start-up, and 0.1 s slices still interleave a pool with its baseline.
+    "slices": 3,
     "micro_iterations": 20_000,
     "memory_repetitions": 1,
 }
@@ -88,7 +91,7 @@ class BenchResults:
             ),
             f"workload: checkout, cursor, SELECT 1, fetch, close cursor, return; autocommit; "
             f"{cfg.rounds} interleaved rounds x {cfg.duration:g} s per cell "
-            f"(+{cfg.warmup:g} s warm-up); pool size {cfg.pool_size}",
+            f"(+{cfg.warmup:g} s warm-up){_slicing(cfg)}; pool size {cfg.pool_size}",
         ]
         notes = [f"skipped {k}: {v}" for k, v in self.skipped.items()] + self.notes
         notes.append(f"wall time {self.wall_s:.0f} s")
@@ -125,6 +128,17 @@ class BenchResults:
         return cleaned
 
 
+def _slicing(cfg: BenchConfig) -> str:
+    """How cells were sliced, for the report header; empty for unsliced cells, so
+    that the reports of runs from before slicing print as they always did."""
+    if cfg.slices == 1:
+        return ""
+    return (
+        f" in {cfg.slices} interleaved slices of {cfg.duration / cfg.slices:g} s "
+        f"(+{cfg.slice_warmup:g} s warm-up after the first)"
+    )
+
+
 #: float fields that JSON stores as null when they were NaN (nothing measured)
 _FLOAT_FIELDS = frozenset({"wait_p50_us", "wait_p99_us", "wait_max_us", "ops_per_s", "ns_per_pair"})
 
@@ -142,6 +156,9 @@ def load_results(path: str) -> BenchResults:
         config[name] = tuple(config[name])
     if config.get("only") is not None:
         config["only"] = frozenset(config["only"])
+    # Files from before slicing have no "slices": their cells ran in one piece. The
+    # other missing fields take BenchConfig's defaults.
+    config.setdefault("slices", 1)
     cells = []
     for raw in data["cells"]:
         row = _nan(raw)
@@ -242,6 +259,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--warmup", type=float, help="unmeasured seconds before each cell (default 0.15)"
     )
+    p.add_argument(
+        "--slices",
+        type=int,
+        help="run each cell as this many slices interleaved with the other contenders' "
+        "at the same level, against host speed drift (default 5; 1: whole cells)",
+    )
+    p.add_argument(
+        "--slice-warmup",
+        type=float,
+        metavar="SECONDS",
+        help="unmeasured seconds before each slice but a cell's first (default 0.03)",
+    )
     p.add_argument("--pool-size", type=int, help="connections per pool (default 10)")
     p.add_argument("--threads", type=_int_list, help="thread counts (default 1,10,16,64)")
     p.add_argument("--tasks", type=_int_list, help="asyncio task counts (default 10,64)")
@@ -278,6 +307,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         "rounds",
         "duration",
         "warmup",
+        "slices",
+        "slice_warmup",
         "pool_size",
         "threads",
         "tasks",
@@ -309,8 +340,10 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         run_memory=not args.no_memory,
     )
     cfg = BenchConfig(**values)
-    if cfg.rounds < 1 or cfg.duration <= 0 or cfg.pool_size < 1:
-        raise SystemExit("--rounds, --duration and --pool-size must be positive")
+    if cfg.rounds < 1 or cfg.duration <= 0 or cfg.pool_size < 1 or cfg.slices < 1:
+        raise SystemExit("--rounds, --duration, --pool-size and --slices must be positive")
+    if cfg.warmup < 0 or cfg.slice_warmup < 0:
+        raise SystemExit("--warmup and --slice-warmup cannot be negative")
     return cfg
 
 

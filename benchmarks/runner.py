@@ -2,10 +2,15 @@
 
 A *cell* is one contender at one concurrency level for ``duration`` seconds. A
 *round* runs every cell once, level by level (every contender at 1 thread, then
-every contender at 10, ...), so that the cells a ratio compares run seconds
-apart. Contenders are rotated between rounds so that none always runs first (warm
-caches) or last (a tired machine). Claims are medians over rounds because single
-runs on a shared 2-core host swing by tens of percent.
+every contender at 10, ...), so that the cells a ratio compares run close together.
+Within a level each cell is cut into ``slices`` slices run in passes (every
+contender's first slice, then every contender's second, ...): the host's speed
+drifts on a scale of about a second, and cells run one after another would each
+catch a different speed, while interleaved slices let a pool and its baseline share
+it. The slices are merged back into one cell. Contenders are rotated between passes
+and between rounds so that none always runs first (warm caches) or last (a tired
+machine). Claims are medians over rounds because single runs on a shared 2-core
+host swing by tens of percent.
 """
 
 from __future__ import annotations
@@ -16,9 +21,9 @@ import math
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from benchmarks.async_contenders import ASYNC_CONTENDERS, QUERIES, AsyncContender
 from benchmarks.contenders import (
@@ -28,7 +33,7 @@ from benchmarks.contenders import (
     SyncContender,
     note,
 )
-from benchmarks.stats import CellResult, wait_summary_us
+from benchmarks.stats import CellResult, SliceRun, WorkerOutcome, merge_slices
 
 T = TypeVar("T")
 
@@ -45,6 +50,12 @@ class BenchConfig:
     rounds: int = 10
     duration: float = 1.0
     warmup: float = 0.15
+    #: passes per level: each cell runs as this many interleaved slices of
+    #: ``duration / slices`` seconds (1: one uninterrupted cell per contender)
+    slices: int = 5
+    #: unmeasured seconds before each slice after a contender's first at a level
+    #: (the first has ``warmup``); the pool is warm by then, so this can be short
+    slice_warmup: float = 0.03
     pool_size: int = 10
     threads: tuple[int, ...] = (1, 10, 16, 64)
     tasks: tuple[int, ...] = (10, 64)
@@ -117,13 +128,13 @@ def available(classes: Sequence[type[Any]], cfg: BenchConfig, skips: Skips) -> l
 # -- sync ------------------------------------------------------------------------------
 
 
-def run_sync_cell(
-    contender: SyncContender, workers: int, cfg: BenchConfig, round_no: int
-) -> CellResult:
-    """Run ``workers`` threads over ``contender`` for ``cfg.duration`` seconds."""
+def run_sync_slice(
+    contender: SyncContender, workers: int, warmup: float, duration: float
+) -> SliceRun:
+    """Run ``workers`` threads over ``contender`` for ``warmup`` + ``duration`` seconds."""
     barrier = threading.Barrier(workers + 1)
     deadlines = [0, 0]
-    outcomes: list[tuple[list[int], int, int, str | None] | None] = [None] * workers
+    outcomes: list[WorkerOutcome | None] = [None] * workers
     exhausted = contender.exhausted
 
     def worker(idx: int) -> None:
@@ -165,7 +176,7 @@ def run_sync_cell(
         except BaseException as exc:
             error_kind = f"crash: {exc!r}"
             end_ns = pc()
-        outcomes[idx] = (waits, errors, end_ns, error_kind)
+        outcomes[idx] = WorkerOutcome(waits, errors, end_ns, error_kind)
 
     threads = [
         threading.Thread(target=worker, args=(i,), name=f"bench-{i}", daemon=True)
@@ -175,70 +186,15 @@ def run_sync_cell(
     for thread in threads:
         thread.start()
     start = time.perf_counter_ns()
-    warm_end = start + int(cfg.warmup * 1e9)
-    deadlines[:] = [warm_end, warm_end + int(cfg.duration * 1e9)]
+    warm_end = start + int(warmup * 1e9)
+    deadlines[:] = [warm_end, warm_end + int(duration * 1e9)]
     barrier.wait()
-    hang_deadline = time.monotonic() + cfg.warmup + cfg.duration + _HANG_GRACE_S
+    hang_deadline = time.monotonic() + warmup + duration + _HANG_GRACE_S
     for thread in threads:
         thread.join(max(0.0, hang_deadline - time.monotonic()))
     hung = sum(thread.is_alive() for thread in threads)
-    return _cell(
-        contender.name,
-        "sync",
-        workers,
-        round_no=round_no,
-        measure_start_ns=warm_end,
-        outcomes=outcomes,
-        hung=hung,
-    )
-
-
-def _cell(
-    name: str,
-    mode: str,
-    workers: int,
-    *,
-    round_no: int,
-    measure_start_ns: int,
-    outcomes: Sequence[tuple[list[int], int, int, str | None] | None],
-    hung: int,
-) -> CellResult:
-    all_waits: list[int] = []
-    worker_ops: list[int] = []
-    errors = 0
-    kinds: set[str] = set()
-    last_end = measure_start_ns
-    for outcome in outcomes:
-        if outcome is None:
-            worker_ops.append(0)
-            continue
-        waits, errs, end_ns, kind = outcome
-        all_waits.extend(waits)
-        worker_ops.append(len(waits))
-        errors += errs
-        last_end = max(last_end, end_ns)
-        if kind:
-            kinds.add(kind)
-    if hung:
-        kinds.add(f"hung: {hung} workers still blocked")
-    elapsed = max(1e-9, (last_end - measure_start_ns) / 1e9)
-    ops = len(all_waits)
-    p50, p99, wmax = wait_summary_us(all_waits)
-    return CellResult(
-        contender=name,
-        mode=mode,
-        workers=workers,
-        round=round_no,
-        elapsed_s=elapsed,
-        ops=ops,
-        errors=errors,
-        error_kind="; ".join(sorted(kinds)) or None,
-        ops_per_s=ops / elapsed,
-        worker_ops=tuple(worker_ops),
-        wait_p50_us=p50,
-        wait_p99_us=p99,
-        wait_max_us=wmax,
-    )
+    # A copy: a hung thread that finishes later must not change a slice already given up on.
+    return SliceRun(measure_start_ns=warm_end, outcomes=tuple(outcomes), hung=hung)
 
 
 def _progress(cell: CellResult) -> str:
@@ -254,8 +210,103 @@ def _levels(cfg: BenchConfig, levels: Sequence[int]) -> tuple[list[int], set[int
     return sorted(set(levels) | dedicated), dedicated
 
 
-def _runs_at(dedicated: bool, workers: int, levels: Sequence[int], ded_levels: set[int]) -> bool:
-    return workers in ded_levels if dedicated else workers in levels
+class _Contender(Protocol):
+    """What the scheduling needs of a sync or asyncio contender."""
+
+    @property
+    def name(self) -> str:
+        """Unique name, as in the report."""
+
+    @property
+    def dedicated(self) -> bool:
+        """Whether it is a dedicated baseline (runs only up to pool size)."""
+
+
+C = TypeVar("C", bound=_Contender)
+
+
+class Level(Generic[C]):
+    """One concurrency level of one round: the order of its slices, and their merge.
+
+    Shared by the sync and asyncio rounds, which differ only in how a slice is run
+    (called or awaited)::
+
+        for contender, warmup, duration in level.schedule():
+            level.add(contender, run_slice(contender, level.workers, warmup, duration))
+        cells += level.merged()
+    """
+
+    def __init__(
+        self,
+        contenders: Sequence[C],
+        workers: int,
+        *,
+        mode: str,
+        unit: str,
+        cfg: BenchConfig,
+        round_no: int,
+        skips: Skips,
+    ) -> None:
+        self.contenders = list(contenders)
+        self.workers = workers
+        self.mode = mode
+        self.unit = unit
+        self.cfg = cfg
+        self.round_no = round_no
+        self.skips = skips
+        #: slices run so far per contender, in the order of their first slice
+        self.slices: dict[str, list[SliceRun]] = {}
+
+    def schedule(self) -> Iterator[tuple[C, float, float]]:
+        """``(contender, warm-up, duration)`` of each slice, pass by pass.
+
+        Consumed lazily: a contender that hangs in one slice (see :meth:`add`) gets
+        no further slices.
+        """
+        cfg = self.cfg
+        duration = cfg.duration / cfg.slices
+        for pass_no in range(cfg.slices):
+            # Rotating each pass keeps any one contender from always running just
+            # after the same neighbour (or always first, on a freshly idle machine).
+            for contender in rotate(self.contenders, pass_no):
+                if contender.name in self.skips:
+                    continue
+                first = contender.name not in self.slices
+                yield contender, (cfg.warmup if first else cfg.slice_warmup), duration
+
+    def add(self, contender: C, part: SliceRun) -> None:
+        """Record a slice of ``contender``; after a hung slice it is skipped from now on."""
+        self.slices.setdefault(contender.name, []).append(part)
+        if part.hung:
+            self.skips.add(contender.name, f"hung at {self.workers} {self.unit}; not run again")
+
+    def merged(self) -> list[CellResult]:
+        """One cell per contender that ran, with a progress line on stderr."""
+        cells = [
+            merge_slices(name, self.mode, self.workers, self.round_no, parts)
+            for name, parts in self.slices.items()
+        ]
+        note(
+            f"  [{self.round_no + 1}] {self.workers} {self.unit}: "
+            + ", ".join(f"{cell.contender} {_progress(cell)}" for cell in cells)
+        )
+        return cells
+
+
+def levels_of(
+    opened: Sequence[C], mode: str, cfg: BenchConfig, round_no: int, skips: Skips
+) -> Iterator[Level[C]]:
+    """The levels of a ``mode`` ("sync" or "async") round in order, each with the
+    contenders that run at it."""
+    counts, unit = (cfg.threads, "threads") if mode == "sync" else (cfg.tasks, "tasks")
+    levels, ded_levels = _levels(cfg, counts)
+    for workers in levels:
+        runs = [
+            c
+            for c in opened
+            if c.name not in skips and (workers in ded_levels if c.dedicated else workers in counts)
+        ]
+        yield Level(runs, workers, mode=mode, unit=unit, cfg=cfg, round_no=round_no, skips=skips)
 
 
 def run_sync_round(
@@ -283,21 +334,11 @@ def run_sync_round(
             continue
         opened.append(contender)
     cells: list[CellResult] = []
-    levels, ded_levels = _levels(cfg, cfg.threads)
     try:
-        for workers in levels:
-            done: list[str] = []
-            for contender in opened:
-                if contender.name in skips:
-                    continue
-                if not _runs_at(contender.dedicated, workers, cfg.threads, ded_levels):
-                    continue
-                cell = run_sync_cell(contender, workers, cfg, round_no)
-                cells.append(cell)
-                done.append(f"{contender.name} {_progress(cell)}")
-                if cell.error_kind and "hung" in cell.error_kind:
-                    skips.add(contender.name, f"hung at {workers} threads; not run again")
-            note(f"  [{round_no + 1}] {workers} threads: " + ", ".join(done))
+        for level in levels_of(opened, "sync", cfg, round_no, skips):
+            for contender, warmup, duration in level.schedule():
+                level.add(contender, run_sync_slice(contender, level.workers, warmup, duration))
+            cells += level.merged()
     finally:
         for contender in opened:
             # A hung contender's threads still hold its connections: leave it be.
@@ -309,18 +350,18 @@ def run_sync_round(
 # -- asyncio ---------------------------------------------------------------------------
 
 
-async def run_async_cell(
-    contender: AsyncContender, tasks: int, cfg: BenchConfig, round_no: int
-) -> CellResult:
-    """Run ``tasks`` tasks over ``contender`` for ``cfg.duration`` seconds."""
+async def run_async_slice(
+    contender: AsyncContender, tasks: int, warmup: float, duration: float
+) -> SliceRun:
+    """Run ``tasks`` tasks over ``contender`` for ``warmup`` + ``duration`` seconds."""
     exhausted = contender.exhausted
     query = QUERIES[contender.driver]
     pc = time.perf_counter_ns
     start = pc()
-    warm_end = start + int(cfg.warmup * 1e9)
-    end = warm_end + int(cfg.duration * 1e9)
+    warm_end = start + int(warmup * 1e9)
+    end = warm_end + int(duration * 1e9)
 
-    async def worker(idx: int) -> tuple[list[int], int, int, str | None]:
+    async def worker(idx: int) -> WorkerOutcome:
         get, put = contender.bind(idx)
         waits: list[int] = []
         append = waits.append
@@ -345,24 +386,16 @@ async def run_async_cell(
                     append(t1 - t0)
         except Exception as exc:
             error_kind = f"crash: {exc!r}"
-        return waits, errors, pc(), error_kind
+        return WorkerOutcome(waits, errors, pc(), error_kind)
 
     gc.collect()
     jobs = [asyncio.ensure_future(worker(i)) for i in range(tasks)]
-    budget = cfg.warmup + cfg.duration + _HANG_GRACE_S
+    budget = warmup + duration + _HANG_GRACE_S
     done, pending = await asyncio.wait(jobs, timeout=budget)
     for job in pending:
         job.cancel()
     outcomes = [job.result() if job in done else None for job in jobs]
-    return _cell(
-        contender.name,
-        "async",
-        tasks,
-        round_no=round_no,
-        measure_start_ns=warm_end,
-        outcomes=outcomes,
-        hung=len(pending),
-    )
+    return SliceRun(measure_start_ns=warm_end, outcomes=outcomes, hung=len(pending))
 
 
 async def _async_round(
@@ -384,21 +417,12 @@ async def _async_round(
             continue
         opened.append(contender)
     cells: list[CellResult] = []
-    levels, ded_levels = _levels(cfg, cfg.tasks)
     try:
-        for tasks in levels:
-            done: list[str] = []
-            for contender in opened:
-                if contender.name in skips:
-                    continue
-                if not _runs_at(contender.dedicated, tasks, cfg.tasks, ded_levels):
-                    continue
-                cell = await run_async_cell(contender, tasks, cfg, round_no)
-                cells.append(cell)
-                done.append(f"{contender.name} {_progress(cell)}")
-                if cell.error_kind and "hung" in cell.error_kind:
-                    skips.add(contender.name, f"hung at {tasks} tasks; not run again")
-            note(f"  [{round_no + 1}] {tasks} tasks: " + ", ".join(done))
+        for level in levels_of(opened, "async", cfg, round_no, skips):
+            for contender, warmup, duration in level.schedule():
+                slice_run = await run_async_slice(contender, level.workers, warmup, duration)
+                level.add(contender, slice_run)
+            cells += level.merged()
     finally:
         for contender in opened:
             if contender.name not in skips:

@@ -9,6 +9,7 @@ import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,87 @@ class CellResult:
     def min_worker_share(self) -> float:
         """Fewest ops of any worker divided by the median worker's ops (1.0 = perfectly even)."""
         return worker_share(self.worker_ops)
+
+
+class WorkerOutcome(NamedTuple):
+    """What one worker (thread or task) did in one slice."""
+
+    #: borrow wait (ns) of every op completed after the warm-up: one entry per op
+    waits: list[int]
+    #: "pool exhausted" failures after the warm-up
+    errors: int
+    #: perf_counter_ns when the worker stopped
+    end_ns: int
+    #: the last error's description, if any
+    error_kind: str | None
+
+
+@dataclass(frozen=True)
+class SliceRun:
+    """One slice, raw: one contender at one level for part of a cell's duration.
+
+    Every wait is kept until the slices of a cell are merged (:func:`merge_slices`),
+    because percentiles of the union cannot be computed from per-slice percentiles.
+    """
+
+    #: perf_counter_ns at the end of the slice's warm-up
+    measure_start_ns: int
+    #: indexed by worker; None for a worker that never finished
+    outcomes: Sequence[WorkerOutcome | None]
+    #: workers still blocked when the slice was given up on
+    hung: int
+
+
+def merge_slices(
+    contender: str, mode: str, workers: int, round_no: int, slices: Sequence[SliceRun]
+) -> CellResult:
+    """One cell from the slices a contender ran at one level in one round.
+
+    Ops and measured time are summed (so ops/s is total ops over total measured
+    time), per-worker ops are summed by worker index, and wait percentiles are taken
+    over the waits of all slices together. A single slice gives exactly the cell an
+    unsliced run would.
+    """
+    all_waits: list[int] = []
+    worker_ops = [0] * workers
+    errors = 0
+    hung = 0
+    kinds: set[str] = set()
+    measured_ns = 0
+    for part in slices:
+        last_end = part.measure_start_ns
+        for idx, outcome in enumerate(part.outcomes):
+            if outcome is None:
+                continue
+            all_waits.extend(outcome.waits)
+            worker_ops[idx] += len(outcome.waits)
+            errors += outcome.errors
+            last_end = max(last_end, outcome.end_ns)
+            if outcome.error_kind:
+                kinds.add(outcome.error_kind)
+        # A slice is measured from the end of its warm-up to its last worker's stop.
+        measured_ns += last_end - part.measure_start_ns
+        hung += part.hung
+    if hung:
+        kinds.add(f"hung: {hung} workers still blocked")
+    elapsed = max(1e-9, measured_ns / 1e9)
+    ops = len(all_waits)
+    p50, p99, wmax = wait_summary_us(all_waits)
+    return CellResult(
+        contender=contender,
+        mode=mode,
+        workers=workers,
+        round=round_no,
+        elapsed_s=elapsed,
+        ops=ops,
+        errors=errors,
+        error_kind="; ".join(sorted(kinds)) or None,
+        ops_per_s=ops / elapsed,
+        worker_ops=tuple(worker_ops),
+        wait_p50_us=p50,
+        wait_p99_us=p99,
+        wait_max_us=wmax,
+    )
 
 
 @dataclass(frozen=True)

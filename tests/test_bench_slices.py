@@ -1,0 +1,152 @@
+"""The benchmark harness's slices: how a level is scheduled and how slices merge into a cell.
+
+Pure code: no server and no pools, only the bookkeeping the report's ratios rest on.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pytest
+
+from benchmarks.runner import BenchConfig, Level, Skips
+from benchmarks.stats import SliceRun, WorkerOutcome, merge_slices
+
+S = 1_000_000_000  # ns per second
+
+
+@dataclass(frozen=True)
+class Fake:
+    """Stands in for a contender: the schedule only looks at the name."""
+
+    name: str
+    dedicated: bool = False
+
+
+def test_merging_two_slices_sums_ops_and_takes_percentiles_over_the_union() -> None:
+    first = SliceRun(
+        measure_start_ns=0,
+        outcomes=(
+            WorkerOutcome([1000, 1000, 1000], 0, 1 * S, None),
+            WorkerOutcome([1000], 2, S // 2, "PoolError"),
+        ),
+        hung=0,
+    )
+    second = SliceRun(
+        measure_start_ns=5 * S,
+        outcomes=(
+            WorkerOutcome([9000], 1, 5 * S + S // 2, "PoolError"),
+            WorkerOutcome([9000, 9000], 0, 5 * S + S // 4, None),
+        ),
+        hung=0,
+    )
+
+    cell = merge_slices("pool", "sync", 2, 3, [first, second])
+
+    assert (cell.contender, cell.mode, cell.workers, cell.round) == ("pool", "sync", 2, 3)
+    assert cell.ops == 7
+    assert cell.worker_ops == (4, 3)
+    # Measured time is each slice's own (1 s and 0.5 s), not the 5.5 s between them.
+    assert cell.elapsed_s == pytest.approx(1.5)
+    assert cell.ops_per_s == pytest.approx(7 / 1.5)
+    # Over the union (four 1 µs waits, three 9 µs) the median is 1 µs; averaging the
+    # slices' medians would say 5 µs.
+    assert cell.wait_p50_us == 1.0
+    assert cell.wait_p99_us == 9.0
+    assert cell.wait_max_us == 9.0
+    assert cell.errors == 3
+    assert cell.error_kind == "PoolError"
+
+
+def test_a_single_slice_is_the_whole_cell_and_a_hung_worker_is_reported() -> None:
+    only = SliceRun(
+        measure_start_ns=S,
+        outcomes=(WorkerOutcome([3000, 1000, 2000], 0, 2 * S, "crash: boom"), None),
+        hung=1,
+    )
+
+    cell = merge_slices("pool", "async", 2, 0, [only])
+
+    assert cell.ops == 3
+    assert cell.worker_ops == (3, 0)
+    assert cell.elapsed_s == pytest.approx(1.0)
+    assert (cell.wait_p50_us, cell.wait_max_us) == (2.0, 3.0)
+    assert cell.error_kind == "crash: boom; hung: 1 workers still blocked"
+
+
+def test_a_cell_without_ops_has_no_wait_percentiles() -> None:
+    cell = merge_slices("pool", "sync", 1, 0, [SliceRun(0, (WorkerOutcome([], 0, 0, None),), 0)])
+    assert cell.ops == 0
+    assert math.isnan(cell.wait_p50_us)
+
+
+def _slice(ops: int, *, hung: int = 0) -> SliceRun:
+    return SliceRun(0, (WorkerOutcome([1000] * ops, 0, S // 10, None),), hung)
+
+
+def test_passes_rotate_and_only_a_contenders_first_slice_gets_the_full_warmup() -> None:
+    cfg = BenchConfig(duration=0.9, warmup=0.15, slices=3, slice_warmup=0.03)
+    level = Level(
+        [Fake("a"), Fake("b"), Fake("c", dedicated=True)],
+        1,
+        mode="sync",
+        unit="threads",
+        cfg=cfg,
+        round_no=0,
+        skips=Skips("test"),
+    )
+
+    plan = []
+    for contender, warmup, duration in level.schedule():
+        plan.append((contender.name, warmup))
+        assert duration == pytest.approx(0.3)
+        level.add(contender, _slice(10))
+    cells = level.merged()
+
+    assert plan == [
+        ("a", 0.15), ("b", 0.15), ("c", 0.15),
+        ("b", 0.03), ("c", 0.03), ("a", 0.03),
+        ("c", 0.03), ("a", 0.03), ("b", 0.03),
+    ]  # fmt: skip
+    # One cell per contender, in the order of their first slices.
+    assert [(c.contender, c.ops) for c in cells] == [("a", 30), ("b", 30), ("c", 30)]
+
+
+def test_one_slice_runs_each_contender_once_in_order_for_the_whole_duration() -> None:
+    cfg = BenchConfig(duration=1.0, warmup=0.15, slices=1)
+    level = Level(
+        [Fake("a"), Fake("b")],
+        10,
+        mode="sync",
+        unit="threads",
+        cfg=cfg,
+        round_no=0,
+        skips=Skips("test"),
+    )
+    assert [(c.name, w, d) for c, w, d in level.schedule()] == [("a", 0.15, 1.0), ("b", 0.15, 1.0)]
+
+
+def test_a_contender_that_hangs_gets_no_more_slices_but_keeps_its_cell() -> None:
+    skips = Skips("test")
+    cfg = BenchConfig(slices=3)
+    level = Level(
+        [Fake("a"), Fake("b")],
+        10,
+        mode="async",
+        unit="tasks",
+        cfg=cfg,
+        round_no=1,
+        skips=skips,
+    )
+
+    ran = []
+    for contender, _, _ in level.schedule():
+        ran.append(contender.name)
+        level.add(contender, _slice(5, hung=1 if contender.name == "b" else 0))
+    cells = {c.contender: c for c in level.merged()}
+
+    assert ran == ["a", "b", "a", "a"]
+    assert "b" in skips
+    assert cells["b"].error_kind == "hung: 1 workers still blocked"
+    assert cells["a"].ops == 15
