@@ -49,6 +49,9 @@ class TrackingCursor(psycopg.Cursor[Any]):
                 dirty = touches_session(query)
             if dirty:
                 conn._pk_dirty = True  # type: ignore[attr-defined]
+        if prepare is None and binary is None:
+            # Positional only: CPython binds these faster than keyword arguments.
+            return _cursor_execute(self, query, params)
         return _cursor_execute(self, query, params, prepare=prepare, binary=binary)
 
     def executemany(self, query: Any, params_seq: Any, **kwargs: Any) -> None:
