@@ -90,6 +90,9 @@ def summarize(cells: Sequence[CellResult], pool_size: int) -> list[Summary]:
                 [statistics.median(c.worker_ops) if c.worker_ops else 0 for c in values]
             ),
             worker_ops_max=Spread.of([max(c.worker_ops, default=0) for c in values]),
+            vcs_per_op=Spread.of([c.vcs_per_op for c in values]),
+            ivcs_per_op=Spread.of([c.ivcs_per_op for c in values]),
+            cpu_us_per_op=Spread.of([c.cpu_us_per_op for c in values]),
         )
         summaries.append(summary)
     return summaries
@@ -135,12 +138,17 @@ def throughput_table(summaries: Sequence[Summary], mode: str, pool_size: int) ->
     lines = [
         f"{'contender':<24}{unit:>5}  {'ops/s median [min-max]':<26}{'vs dedicated':<17}"
         f"{'vs psycopg_pool*':<20}{'wait µs p50 / p99 / max':<29}"
-        f"{'ops/worker min/med/max':<24}errors",
+        f"{'cs/op vol/invol':<17}{'CPU µs/op':<11}{'ops/worker min/med/max':<24}errors",
     ]
     for s in summaries:
         if s.mode != mode:
             continue
         waits = f"{_med(s.wait_p50_us)} / {_med(s.wait_p99_us)} / {_med(s.wait_max_us)}"
+        switches = (
+            "-"
+            if s.vcs_per_op is None and s.ivcs_per_op is None
+            else f"{_med(s.vcs_per_op)} / {_med(s.ivcs_per_op)}"
+        )
         share = f"{_int(s.worker_ops_min)} / {_int(s.worker_ops_median)} / {_int(s.worker_ops_max)}"
         if s.contender in DEDICATED:
             vs_ref = "= 100%" if s.workers <= pool_size else "-"
@@ -151,8 +159,48 @@ def throughput_table(summaries: Sequence[Summary], mode: str, pool_size: int) ->
             errors = f"raises {s.error_kind} ({s.errors:,}x)"
         lines.append(
             f"{s.contender:<24}{s.workers:>5}  {fmt(s.ops_per_s, 'int'):<26}{vs_ref:<17}"
-            f"{fmt(s.vs_psycopg_pool, 'x'):<20}{waits:<29}{share:<24}{errors}"
+            f"{fmt(s.vs_psycopg_pool, 'x'):<20}{waits:<29}{switches:<17}"
+            f"{_med(s.cpu_us_per_op):<11}{share:<24}{errors}"
         )
+    return lines
+
+
+#: sync pools whose rows above pool size "Where the time goes" sets beside their baseline
+BREAKDOWN = ("poolkeeper", PEER["poolkeeper"])
+
+
+def time_breakdown(summaries: Sequence[Summary], pool_size: int) -> list[str]:
+    """Rows of "Where the time goes": each :data:`BREAKDOWN` pool above pool size, with
+    its voluntary switches and CPU per op beside its dedicated baseline's at pool size.
+
+    Empty when no such row has usage figures (runs saved before they were recorded).
+    """
+    by = {(s.contender, s.mode, s.workers): s for s in summaries}
+    rows = [
+        s
+        for s in summaries
+        if s.mode == "sync" and s.contender in BREAKDOWN and s.workers > pool_size
+    ]
+    if all(s.vcs_per_op is None and s.cpu_us_per_op is None for s in rows):
+        return []
+    lines = [
+        f"== Where the time goes: threads above pool size vs dedicated at {pool_size} "
+        "(per op, median over rounds) ==",
+        f"{'contender':<24}{'thr':>5}  {'vol cs/op':>10}{'CPU µs/op':>11}    "
+        f"{'baseline':<24}{'thr':>5}  {'vol cs/op':>10}{'CPU µs/op':>11}",
+    ]
+    for s in rows:
+        base = by.get((s.reference, "sync", pool_size)) if s.reference else None
+        lines.append(
+            f"{s.contender:<24}{s.workers:>5}  {_med(s.vcs_per_op):>10}"
+            f"{_med(s.cpu_us_per_op):>11}    {s.reference or '-':<24}{pool_size:>5}  "
+            f"{_med(base.vcs_per_op if base else None):>10}"
+            f"{_med(base.cpu_us_per_op if base else None):>11}"
+        )
+    lines += [
+        "  getrusage(RUSAGE_SELF) from each slice's warm-up end to its end: the whole",
+        "  process, so the pools' background threads and the harness are included.",
+    ]
     return lines
 
 
@@ -335,6 +383,8 @@ def render(
     ):
         if any(s.mode == mode for s in summaries):
             out += [f"== {title} ==", *throughput_table(summaries, mode, pool_size), ""]
+        if mode == "sync" and (breakdown := time_breakdown(summaries, pool_size)):
+            out += [*breakdown, ""]
     if any(s.mode in ("sync", "async") for s in summaries):
         out += [
             "  vs dedicated: per-round ratio to the same driver's dedicated baseline at",
@@ -342,6 +392,8 @@ def render(
             "(sync/async) or asyncpg's pool (driver=asyncpg), same round.",
             "  ops/worker: the fewest, median and most ops of one thread/task in a cell",
             "  (median over rounds); a starved worker shows as a min far below the median.",
+            "  cs/op vol/invol, CPU µs/op: voluntary / involuntary context switches and",
+            "  CPU time of the whole process per op (median over rounds).",
             "",
         ]
     spreads = micro_spreads(micro)

@@ -140,7 +140,18 @@ def _slicing(cfg: BenchConfig) -> str:
 
 
 #: float fields that JSON stores as null when they were NaN (nothing measured)
-_FLOAT_FIELDS = frozenset({"wait_p50_us", "wait_p99_us", "wait_max_us", "ops_per_s", "ns_per_pair"})
+_FLOAT_FIELDS = frozenset(
+    {
+        "wait_p50_us",
+        "wait_p99_us",
+        "wait_max_us",
+        "ops_per_s",
+        "ns_per_pair",
+        "vcs_per_op",
+        "ivcs_per_op",
+        "cpu_us_per_op",
+    }
+)
 
 
 def _nan(row: dict[str, Any]) -> dict[str, Any]:

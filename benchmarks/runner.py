@@ -19,6 +19,7 @@ import asyncio
 import gc
 import math
 import os
+import resource
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -33,7 +34,7 @@ from benchmarks.contenders import (
     SyncContender,
     note,
 )
-from benchmarks.stats import CellResult, SliceRun, WorkerOutcome, merge_slices
+from benchmarks.stats import CellResult, SliceRun, Usage, WorkerOutcome, merge_slices
 
 T = TypeVar("T")
 
@@ -125,6 +126,32 @@ def available(classes: Sequence[type[Any]], cfg: BenchConfig, skips: Skips) -> l
     return chosen
 
 
+def usage_now() -> Usage:
+    """This process's resource usage so far, all threads together (``RUSAGE_SELF``)."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return Usage(ru.ru_nvcsw, ru.ru_nivcsw, ru.ru_utime + ru.ru_stime)
+
+
+class UsageWindow:
+    """Process usage between :meth:`open` (when a slice's warm-up ends) and :meth:`close`.
+
+    getrusage gives totals since the process started, so a slice's share is the
+    difference of two samples; the sync and async slices differ only in how they
+    get the first sample taken at the right moment.
+    """
+
+    def __init__(self) -> None:
+        self._start: Usage | None = None
+
+    def open(self) -> None:
+        """Take the first sample: the measured window starts now."""
+        self._start = usage_now()
+
+    def close(self) -> Usage | None:
+        """Usage since :meth:`open`; None if the window never opened."""
+        return None if self._start is None else usage_now() - self._start
+
+
 # -- sync ------------------------------------------------------------------------------
 
 
@@ -190,11 +217,19 @@ def run_sync_slice(
     deadlines[:] = [warm_end, warm_end + int(duration * 1e9)]
     barrier.wait()
     hang_deadline = time.monotonic() + warmup + duration + _HANG_GRACE_S
+    # This thread has nothing else to do until the workers stop, so it sleeps to the
+    # end of the warm-up and opens the usage window there, leaving the workers' loop
+    # untouched. It wakes a little late (it needs the GIL back: typically 0.2-2 ms),
+    # and the window closes after the joins (0.1-0.4 ms after the last stop).
+    window = UsageWindow()
+    time.sleep(max(0.0, (warm_end - time.perf_counter_ns()) / 1e9))
+    window.open()
     for thread in threads:
         thread.join(max(0.0, hang_deadline - time.monotonic()))
+    usage = window.close()
     hung = sum(thread.is_alive() for thread in threads)
     # A copy: a hung thread that finishes later must not change a slice already given up on.
-    return SliceRun(measure_start_ns=warm_end, outcomes=tuple(outcomes), hung=hung)
+    return SliceRun(measure_start_ns=warm_end, outcomes=tuple(outcomes), hung=hung, usage=usage)
 
 
 def _progress(cell: CellResult) -> str:
@@ -390,12 +425,17 @@ async def run_async_slice(
 
     gc.collect()
     jobs = [asyncio.ensure_future(worker(i)) for i in range(tasks)]
+    # The tasks share this thread, so the loop itself opens the usage window, as
+    # soon after the warm-up's end as it gets to the timer.
+    window = UsageWindow()
+    asyncio.get_running_loop().call_later(max(0.0, (warm_end - pc()) / 1e9), window.open)
     budget = warmup + duration + _HANG_GRACE_S
     done, pending = await asyncio.wait(jobs, timeout=budget)
+    usage = window.close()
     for job in pending:
         job.cancel()
     outcomes = [job.result() if job in done else None for job in jobs]
-    return SliceRun(measure_start_ns=warm_end, outcomes=outcomes, hung=len(pending))
+    return SliceRun(measure_start_ns=warm_end, outcomes=outcomes, hung=len(pending), usage=usage)
 
 
 async def _async_round(

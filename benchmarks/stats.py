@@ -29,6 +29,14 @@ class CellResult:
     wait_p50_us: float
     wait_p99_us: float
     wait_max_us: float
+    # Process-wide resource usage over the measured time, per op (see :class:`Usage`).
+    # NaN where it was not recorded: results saved before it existed load unchanged.
+    #: voluntary context switches per op (a thread blocked and gave up its CPU)
+    vcs_per_op: float = math.nan
+    #: involuntary context switches per op (the kernel preempted a running thread)
+    ivcs_per_op: float = math.nan
+    #: user + system CPU time of the whole process per op, µs
+    cpu_us_per_op: float = math.nan
 
     @property
     def min_worker_share(self) -> float:
@@ -50,6 +58,31 @@ class WorkerOutcome(NamedTuple):
 
 
 @dataclass(frozen=True)
+class Usage:
+    """The process's resource usage (``getrusage(RUSAGE_SELF)``): totals, or the
+    difference between two samples.
+
+    Process-wide on purpose: the sync workers are threads of this process, so one
+    sample covers all of them, but it also covers the pools' background threads and
+    the harness. It compares contenders measured the same way; it is not the
+    absolute cost of a pool.
+    """
+
+    #: voluntary context switches: a thread blocked (lock, socket, sleep)
+    vcs: int = 0
+    #: involuntary context switches: the kernel preempted a running thread
+    ivcs: int = 0
+    #: user + system CPU seconds of all threads
+    cpu_s: float = 0.0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(self.vcs + other.vcs, self.ivcs + other.ivcs, self.cpu_s + other.cpu_s)
+
+    def __sub__(self, other: Usage) -> Usage:
+        return Usage(self.vcs - other.vcs, self.ivcs - other.ivcs, self.cpu_s - other.cpu_s)
+
+
+@dataclass(frozen=True)
 class SliceRun:
     """One slice, raw: one contender at one level for part of a cell's duration.
 
@@ -63,6 +96,9 @@ class SliceRun:
     outcomes: Sequence[WorkerOutcome | None]
     #: workers still blocked when the slice was given up on
     hung: int
+    #: process usage from the end of the warm-up to the end of the slice; None when
+    #: not sampled
+    usage: Usage | None = None
 
 
 def merge_slices(
@@ -73,7 +109,8 @@ def merge_slices(
     Ops and measured time are summed (so ops/s is total ops over total measured
     time), per-worker ops are summed by worker index, and wait percentiles are taken
     over the waits of all slices together. A single slice gives exactly the cell an
-    unsliced run would.
+    unsliced run would. Resource usage is summed over slices and divided by all ops;
+    if any slice lacks it, the cell has none (NaN) rather than a skewed share.
     """
     all_waits: list[int] = []
     worker_ops = [0] * workers
@@ -100,6 +137,7 @@ def merge_slices(
     elapsed = max(1e-9, measured_ns / 1e9)
     ops = len(all_waits)
     p50, p99, wmax = wait_summary_us(all_waits)
+    vcs, ivcs, cpu_us = _usage_per_op(slices, ops)
     return CellResult(
         contender=contender,
         mode=mode,
@@ -114,7 +152,22 @@ def merge_slices(
         wait_p50_us=p50,
         wait_p99_us=p99,
         wait_max_us=wmax,
+        vcs_per_op=vcs,
+        ivcs_per_op=ivcs,
+        cpu_us_per_op=cpu_us,
     )
+
+
+def _usage_per_op(slices: Sequence[SliceRun], ops: int) -> tuple[float, float, float]:
+    """Voluntary and involuntary switches and CPU µs per op over all ``slices``.
+
+    All NaN without ops, or if any slice was not sampled: a partial sum divided by
+    all ops would understate the cost.
+    """
+    if not ops or any(part.usage is None for part in slices):
+        return math.nan, math.nan, math.nan
+    total = sum((part.usage for part in slices if part.usage is not None), Usage())
+    return total.vcs / ops, total.ivcs / ops, total.cpu_s * 1e6 / ops
 
 
 @dataclass(frozen=True)
@@ -178,6 +231,9 @@ class Summary:
     worker_ops_min: Spread | None = None
     worker_ops_median: Spread | None = None
     worker_ops_max: Spread | None = None
+    vcs_per_op: Spread | None = None
+    ivcs_per_op: Spread | None = None
+    cpu_us_per_op: Spread | None = None
     notes: list[str] = field(default_factory=list)
 
 

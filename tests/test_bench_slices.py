@@ -5,13 +5,17 @@ Pure code: no server and no pools, only the bookkeeping the report's ratios rest
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
+from benchmarks.report import summarize, time_breakdown
+from benchmarks.run import BenchResults, load_results
 from benchmarks.runner import BenchConfig, Level, Skips
-from benchmarks.stats import SliceRun, WorkerOutcome, merge_slices
+from benchmarks.stats import SliceRun, Usage, WorkerOutcome, merge_slices
 
 S = 1_000_000_000  # ns per second
 
@@ -79,6 +83,107 @@ def test_a_cell_without_ops_has_no_wait_percentiles() -> None:
     cell = merge_slices("pool", "sync", 1, 0, [SliceRun(0, (WorkerOutcome([], 0, 0, None),), 0)])
     assert cell.ops == 0
     assert math.isnan(cell.wait_p50_us)
+
+
+def test_usage_is_summed_over_slices_and_divided_by_all_ops() -> None:
+    first = SliceRun(
+        0, (WorkerOutcome([1000] * 3, 0, S, None),), 0, usage=Usage(vcs=10, ivcs=1, cpu_s=0.0003)
+    )
+    second = SliceRun(
+        0, (WorkerOutcome([1000] * 1, 0, S, None),), 0, usage=Usage(vcs=2, ivcs=3, cpu_s=0.0001)
+    )
+
+    cell = merge_slices("pool", "sync", 1, 0, [first, second])
+
+    # Totals over the cell (12 switches, 400 µs over 4 ops), not a mean of the
+    # slices' own per-op figures (which would give 2.67 switches per op).
+    assert cell.vcs_per_op == pytest.approx(3.0)
+    assert cell.ivcs_per_op == pytest.approx(1.0)
+    assert cell.cpu_us_per_op == pytest.approx(100.0)
+
+
+def test_usage_is_missing_without_ops_or_when_a_slice_was_not_sampled() -> None:
+    sampled = SliceRun(0, (WorkerOutcome([1000], 0, S, None),), 0, usage=Usage(5, 0, 0.001))
+    unsampled = SliceRun(0, (WorkerOutcome([1000], 0, S, None),), 0)
+    idle = SliceRun(0, (WorkerOutcome([], 0, S, None),), 0, usage=Usage(5, 0, 0.001))
+
+    for parts in ([sampled, unsampled], [idle]):
+        cell = merge_slices("pool", "sync", 1, 0, parts)
+        assert math.isnan(cell.vcs_per_op)
+        assert math.isnan(cell.ivcs_per_op)
+        assert math.isnan(cell.cpu_us_per_op)
+
+
+def _sampled(vcs: float, cpu_us: float) -> SliceRun:
+    """A slice of 100 ops with ``vcs`` voluntary switches and ``cpu_us`` µs CPU per op."""
+    ops = 100
+    return SliceRun(
+        0,
+        (WorkerOutcome([1000] * ops, 0, S, None),),
+        0,
+        usage=Usage(round(vcs * ops), 0, cpu_us * ops / 1e6),
+    )
+
+
+def test_where_the_time_goes_sets_pools_above_pool_size_beside_dedicated_at_pool_size() -> None:
+    figures = {
+        ("poolkeeper", 16): (4.0, 120.0),
+        ("poolkeeper", 10): (1.0, 80.0),  # at pool size: not in the block
+        ("psycopg_pool", 16): (5.0, 130.0),
+        ("dedicated_psycopg", 10): (1.5, 78.0),
+        ("sqlalchemy", 16): (9.0, 200.0),  # not one of the compared pools
+    }
+    cells = [
+        merge_slices(name, "sync", workers, r, [_sampled(vcs, cpu)])
+        for (name, workers), (vcs, cpu) in figures.items()
+        for r in range(3)
+    ]
+
+    lines = time_breakdown(summarize(cells, 10), 10)
+
+    rows = [line.split() for line in lines[2:-2]]
+    assert rows == [
+        ["poolkeeper", "16", "4.00", "120", "dedicated_psycopg", "10", "1.50", "78.0"],
+        ["psycopg_pool", "16", "5.00", "130", "dedicated_psycopg", "10", "1.50", "78.0"],
+    ]
+
+
+def test_where_the_time_goes_is_left_out_for_results_without_usage() -> None:
+    cells = [
+        merge_slices(name, "sync", workers, 0, [_slice(10)])
+        for name, workers in (("poolkeeper", 16), ("dedicated_psycopg", 10))
+    ]
+    assert time_breakdown(summarize(cells, 10), 10) == []
+
+
+RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+
+
+def test_usage_survives_a_json_round_trip_and_missing_usage_stays_missing(
+    tmp_path: Path,
+) -> None:
+    cells = [
+        merge_slices("poolkeeper", "sync", 16, 0, [_sampled(4.0, 120.0)]),
+        merge_slices("dedicated_psycopg", "sync", 10, 0, [_slice(10)]),
+    ]
+    path = tmp_path / "out.json"
+    path.write_text(json.dumps(BenchResults(BenchConfig(), {}, cells).to_json(), allow_nan=False))
+
+    loaded = {c.contender: c for c in load_results(str(path)).cells}
+
+    assert loaded["poolkeeper"].vcs_per_op == pytest.approx(4.0)
+    assert loaded["poolkeeper"].cpu_us_per_op == pytest.approx(120.0)
+    assert math.isnan(loaded["dedicated_psycopg"].cpu_us_per_op)
+
+
+@pytest.mark.parametrize("path", sorted(RESULTS.glob("*.json")), ids=lambda p: p.name)
+def test_results_saved_before_usage_was_recorded_still_load_and_report(path: Path) -> None:
+    results = load_results(str(path))
+
+    assert all(math.isnan(c.vcs_per_op) for c in results.cells)
+    report = results.report()
+    assert "Where the time goes" not in report
+    assert "cs/op vol/invol" in report
 
 
 def _slice(ops: int, *, hung: int = 0) -> SliceRun:
