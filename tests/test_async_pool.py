@@ -227,6 +227,95 @@ async def test_waiters_are_served_first_come_first_served(
     assert order == list(range(8))
 
 
+async def test_waiters_time_out_at_their_own_deadlines_in_order(
+    make_async_pool: AsyncPoolFactory,
+) -> None:
+    # One timer serves the whole queue: a later waiter with an earlier deadline must
+    # re-arm it, and each must still give up at its own deadline, not its neighbour's.
+    pool = make_async_pool(min_size=1, max_size=1, timeout=10)
+    conn = await pool.getconn()
+    timeouts = [0.5, 0.1, 0.3, 0.2, 0.4, 0.2]
+    ended: list[tuple[float, float, str]] = []
+    start = time.monotonic()
+
+    async def waiter(limit: float) -> None:
+        with pytest.raises(PoolTimeout) as info:
+            await pool.getconn(timeout=limit)
+        ended.append((limit, time.monotonic() - start, str(info.value)))
+
+    tasks = []
+    for limit in timeouts:
+        tasks.append(asyncio.create_task(waiter(limit)))
+        await asyncio.sleep(0)  # queued in this order
+    await asyncio.gather(*tasks)
+    assert [limit for limit, _, _ in ended] == sorted(timeouts)
+    for limit, elapsed, message in ended:
+        assert limit - 0.005 <= elapsed < limit + 0.25, (limit, elapsed)
+        assert f"no connection free within {limit:g}s" in message
+    stats = pool.stats()
+    assert (stats.timeouts, stats.waiting) == (len(timeouts), 0)
+    await pool.putconn(conn)
+    await assert_books_balance(pool)
+
+
+async def test_queued_waiters_share_one_deadline_timer(
+    make_async_pool: AsyncPoolFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pool = make_async_pool(min_size=1, max_size=1, timeout=10)
+    await pool.wait(5)
+    conn = await pool.getconn()  # not a wait: no timer yet
+    loop = asyncio.get_running_loop()
+    armed: list[float] = []
+    call_later = loop.call_later
+
+    def counting_call_later(delay: float, callback: Any, *args: Any, **kwargs: Any) -> Any:
+        if getattr(callback, "__self__", None) is pool:
+            armed.append(delay)
+        return call_later(delay, callback, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "call_later", counting_call_later)
+    waiters = [asyncio.create_task(pool.getconn()) for _ in range(20)]
+    await wait_until(lambda: pool.stats().waiting == 20)
+    assert len(armed) == 1  # not one timer per wait
+    # Served one after another, none times out, and no timer is set on the way.
+    for task in waiters:
+        await pool.putconn(conn)
+        conn = await task
+    assert len(armed) == 1
+    await pool.putconn(conn)
+    assert pool.stats().timeouts == 0
+
+
+async def test_a_cancelled_waiter_sets_off_nothing_at_its_deadline(
+    make_async_pool: AsyncPoolFactory,
+) -> None:
+    pool = make_async_pool(min_size=1, max_size=1, timeout=10)
+    conn = await pool.getconn()
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: errors.append(context))
+    try:
+        task = asyncio.create_task(pool.getconn(timeout=0.15))
+        await wait_until(lambda: pool.stats().waiting == 1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert pool.stats().waiting == 0
+        later = asyncio.create_task(pool.getconn(timeout=0.6))
+        await asyncio.sleep(0.3)  # past the cancelled waiter's deadline
+        assert not later.done()  # the timer fired for nobody, and expired nobody else
+        assert pool.stats().timeouts == 0
+        await pool.putconn(conn)
+        conn = await asyncio.wait_for(later, 1)
+        await pool.putconn(conn)
+        await asyncio.sleep(0.4)  # past the served waiter's deadline too
+        assert pool.stats().timeouts == 0
+        await assert_books_balance(pool)
+    finally:
+        loop.set_exception_handler(None)
+    assert errors == []
+
+
 async def test_opening_a_connection_does_not_block_borrowers(
     make_async_pool: AsyncPoolFactory,
 ) -> None:
@@ -599,6 +688,65 @@ async def test_session_state_is_reset_before_the_next_borrower(
         assert await fetchval(again, "SELECT 1") == 1
         assert await fetchval(again, "SELECT 1") == 1
     assert pool.stats().resets == 1
+
+
+async def test_return_state_is_clean_only_for_an_idle_clean_open_connection(
+    make_async_pool: AsyncPoolFactory,
+) -> None:
+    pool = make_async_pool(min_size=1, max_size=1, connect_kwargs={"autocommit": True})
+    conn = await pool.getconn()
+    drv = pool._driver
+
+    def clean() -> bool:
+        return bool(drv.return_state(conn) == drv.clean_state)
+
+    assert clean()
+    await fetchval(conn, "SELECT 1")
+    await fetchval(conn, "SELECT 1")  # a verdict already known
+    assert clean()
+    await execute(conn, "BEGIN")
+    assert not clean()
+    await drv.rollback(conn)
+    assert clean()
+    for _ in range(2):  # scanned, then known: dirty both times
+        await execute(conn, "SET search_path TO pg_catalog")
+        assert not clean()
+        await drv.reset_session(conn)
+        assert clean()
+    await conn.close()
+    assert not clean()
+    await pool.putconn(conn)
+    await wait_until(lambda: pool.stats().idle == 1)
+    assert pool.stats().connections_closed == 1
+
+
+@pytest.mark.parametrize("driver", async_helpers.DRIVERS[1:])  # asyncpg only
+async def test_asyncpg_tracking_passes_arguments_and_sees_listeners(
+    make_async_pool: AsyncPoolFactory, driver: str
+) -> None:
+    pool = make_async_pool(min_size=1, max_size=1)
+    conn = await pool.getconn()
+    drv = pool._driver
+    # Positional and keyword arguments reach asyncpg untouched.
+    assert await conn.fetchval("SELECT $1::int + 1", 41) == 42
+    assert await conn.fetchval("SELECT 1, 2", column=1) == 2
+    assert await conn.fetchrow("SELECT $1::text AS x", "a", timeout=5) == ("a",)
+    assert [r[0] for r in await conn.fetch("SELECT generate_series(1, $1)", 3)] == [1, 2, 3]
+    await conn.execute("CREATE TEMP TABLE IF NOT EXISTS pk_many (x int)")
+    await drv.reset_session(conn)
+    await conn.executemany(command="SELECT $1::int", args=[(1,), (2,)])
+    assert drv.return_state(conn) == drv.clean_state
+    # A log listener runs no SQL: the return check sees it anyway.
+    conn.add_log_listener(lambda *_: None)
+    assert drv.return_state(conn) != drv.clean_state
+    await pool.putconn(conn)
+    assert pool.stats().resets == 1
+    conn = await pool.getconn()
+    assert drv.return_state(conn) == drv.clean_state
+    await conn.add_listener("pk_channel", lambda *_: None)
+    assert drv.return_state(conn) != drv.clean_state
+    await pool.putconn(conn)
+    assert pool.stats().resets == 2
 
 
 async def test_plain_queries_cost_no_reset(make_async_pool: AsyncPoolFactory) -> None:

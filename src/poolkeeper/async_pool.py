@@ -7,7 +7,8 @@ stretch of code between two ``await``\\ s is atomic, so no lock is needed at all
   without awaiting anything unless a liveness check is due.
 * A caller that finds none queues an ``asyncio.Future``; ``putconn`` hands a
   returned connection straight to the first live waiter, so waiters are served
-  first come, first served and nobody jumps the queue.
+  first come, first served and nobody jumps the queue. One timer serves the
+  whole queue's deadlines (see ``_expire_waiters``), not one per wait.
 * Opening, keepalive pings, retiring and closing run as background tasks on the
   pool's loop; the decisions about them come from ``policy.py``, shared with the
   sync pool.
@@ -27,8 +28,10 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import operator
 import time
 import traceback
+from asyncio import Future as _Future
 from asyncio import get_running_loop as _running_loop
 from collections import deque
 from collections.abc import AsyncIterator, Coroutine
@@ -55,6 +58,12 @@ _monotonic = time.monotonic
 
 #: How long a pool whose event loop is shutting down waits for borrowed connections.
 LOOP_SHUTDOWN_GRACE = 1.0
+
+_NEVER = float("inf")
+
+#: A queued caller: (its future, its deadline on the monotonic clock, its timeout).
+_Waiter = tuple["asyncio.Future[ConnectionRecord]", float, float]
+_deadline_of = operator.itemgetter(1)
 
 
 class _Signal:
@@ -135,12 +144,13 @@ class AsyncPool(PoolCore):
     __slots__ = (
         "_changed",
         "_connect_slots",
+        "_deadline_timer",
         "_housekeeper",
         "_loop",
         "_openers",
         "_probe",
         "_tasks",
-        "_timeout",
+        "_timer_at",
     )
 
     _pool_class: ClassVar[str] = "AsyncPool"
@@ -159,7 +169,10 @@ class AsyncPool(PoolCore):
     ) -> None:
         config = self._resolve_config(dsn, config, options)
         self._driver: AsyncDriver[Any] = load_async_driver(config.driver)
-        self._waiters: deque[asyncio.Future[ConnectionRecord]] = deque()
+        self._waiters: deque[_Waiter] = deque()
+        # The queue's one deadline timer, and when it fires (inf: not armed).
+        self._deadline_timer: asyncio.TimerHandle | None = None
+        self._timer_at = _NEVER
         self._setup_core(config, self._driver, open=open)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._probe = _Signal()
@@ -248,7 +261,8 @@ class AsyncPool(PoolCore):
         self._generation += 1
         waiters = list(self._waiters)
         self._waiters.clear()
-        for fut in waiters:
+        self._disarm_timer()
+        for fut, _, _ in waiters:
             if not fut.done():
                 fut.set_exception(PoolClosed(f"pool {self.name!r} was closed while waiting"))
         idle = list(self._idle)
@@ -311,6 +325,7 @@ class AsyncPool(PoolCore):
         :meth:`putconn`, or prefer ``async with pool.connection()``.
         """
         # Fast path: our loop, nobody queued, an idle connection at hand, no check due.
+        rec: ConnectionRecord | None = None
         if not self._waiters and _running_loop() is self._loop:
             try:
                 rec = self._idle.pop()
@@ -325,69 +340,129 @@ class AsyncPool(PoolCore):
                         rec.borrowed_at = _monotonic()
                         rec.borrow_stack = "".join(traceback.format_stack(limit=16)[:-1])
                     return rec.conn
-                return await self._getconn_slow(timeout, rec)
-        return await self._getconn_slow(timeout, None)
-
-    async def _getconn_slow(self, timeout: float | None, candidate: ConnectionRecord | None) -> Any:
-        if candidate is None:
+        elif _running_loop() is not self._loop:
             self._bind()
+        # The slow path, in this same coroutine: under contention every borrow comes
+        # here, and each coroutine frame more would cost a call and a resume per wait.
         start = _monotonic()
         limit = self.config.timeout if timeout is None else timeout
         deadline = start + limit
         waited = False
         while True:
-            rec = candidate
-            candidate = None
             if rec is None:
-                rec, did_wait = await self._acquire_record(deadline, limit)
-                waited = waited or did_wait
-            if self._closed:
-                # Handed over just before close(): close() no longer sees it, we must.
-                self._retire(rec, "pool closed")
-                self._raise_if_closed()
+                if self._closed or self._forked:
+                    self._raise_if_closed()
+                waiters = self._waiters
+                if not waiters and self._idle:
+                    rec = self._idle.pop()
+                else:
+                    # Only a failing server or max_waiting can refuse a caller a place.
+                    if (
+                        self._breaker.failing_since is not None or self.config.max_waiting
+                    ) and self._may_queue(_monotonic()):
+                        self._probe.fire()
+                    # The Future class itself: loop.create_future() would add a frame.
+                    waiter: asyncio.Future[ConnectionRecord] = _Future(loop=self._loop)
+                    entry = (waiter, deadline, limit)
+                    waiters.append(entry)
+                    if self._idle:
+                        self._serve_waiters()
+                    if self._total < self.config.max_size:
+                        self._grow()
+                    # One timer for the whole queue (see _expire_waiters), re-armed only
+                    # for a deadline earlier than the one it is set for.
+                    if deadline < self._timer_at:
+                        self._arm_timer(deadline)
+                    try:
+                        rec = await waiter
+                    except BaseException:
+                        if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                            # Handed a connection at the very moment we were cancelled:
+                            # pass it on.
+                            self._give_back(waiter.result())
+                        else:
+                            self._forget_waiter(entry)
+                        raise
+                    waited = True
+                if self._closed:
+                    # Handed over just before close(): close() no longer sees it, we must.
+                    self._retire(rec, "pool closed")
+                    self._raise_if_closed()
             now = _monotonic()
-            if await self._validate(rec, now):
-                return self._lend(rec, now, start, waited)
+            # Not expired, not drained, no check due: lend it without another await.
+            if not (
+                now < rec.check_due and now < rec.expires_at and rec.generation >= self._generation
+            ) and not await self._validate(rec, now):
+                rec = None
+                continue
+            rec.borrowed_at = now
+            self._lent[rec.conn] = rec
+            next(self._borrow_ticks)
+            if waited:
+                next(self._stats_waits.ticks)
+                self._wait_samples.add(now - start)
+            if self._leak_threshold is not None:
+                rec.borrow_stack = "".join(traceback.format_stack(limit=16)[:-1])
+            return rec.conn
 
-    async def _acquire_record(self, deadline: float, limit: float) -> tuple[ConnectionRecord, bool]:
-        """Take an idle record, or queue and wait for one. Returns (record, waited)."""
-        self._raise_if_closed()
-        if not self._waiters and self._idle:
-            return self._idle.pop(), False
-        now = _monotonic()
-        if self._may_queue(now):
-            self._probe.fire()
-        loop = _running_loop()
-        waiter: asyncio.Future[ConnectionRecord] = loop.create_future()
-        self._waiters.append(waiter)
-        self._serve_waiters()
-        self._grow()
-        expire = loop.call_later(max(0.0, deadline - now), self._expire_waiter, waiter, limit)
-        try:
-            rec = await waiter
-        except BaseException:
-            expire.cancel()
-            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
-                # Handed a connection at the very moment we were cancelled: pass it on.
-                self._give_back(waiter.result())
-            else:
-                self._forget_waiter(waiter)
-            raise
-        expire.cancel()
-        return rec, True
+    def _arm_timer(self, at: float) -> None:
+        """Set the queue's one deadline timer to fire at ``at`` (monotonic seconds)."""
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+        loop = self._loop
+        assert loop is not None
+        self._timer_at = at
+        self._deadline_timer = loop.call_later(max(0.0, at - _monotonic()), self._expire_waiters)
 
-    def _expire_waiter(self, waiter: asyncio.Future[ConnectionRecord], limit: float) -> None:
-        if waiter.done():
+    def _expire_waiters(self) -> None:
+        """The deadline timer fired: fail every waiter whose deadline has passed, in
+        deadline order, and re-arm for the earliest deadline still ahead.
+
+        Waiters join in order and nearly all use the pool's timeout, so their deadlines
+        are nearly sorted: one timer does the work of one per wait (a TimerHandle, a
+        heap push and a cancel each). It may fire for a waiter served meanwhile; then
+        it only re-arms.
+        """
+        self._deadline_timer = None
+        self._timer_at = _NEVER
+        waiters = self._waiters
+        if not waiters:
             return
-        self._forget_waiter(waiter)
-        waiter.set_exception(self._no_connection_error(limit))
+        now = _monotonic()
+        overdue: list[_Waiter] = []
+        next_at = _NEVER
+        for entry in waiters:
+            deadline = entry[1]
+            if deadline <= now:
+                if not entry[0].done():
+                    overdue.append(entry)
+            elif deadline < next_at:
+                next_at = deadline
+        overdue.sort(key=_deadline_of)
+        for entry in overdue:
+            # Out of the queue first, so the message counts the others still waiting.
+            # The overdue are nearly always at the head: no scan for them then.
+            if waiters[0] is entry:
+                waiters.popleft()
+            else:
+                waiters.remove(entry)
+            entry[0].set_exception(self._no_connection_error(entry[2]))
+        if next_at < self._timer_at:
+            self._arm_timer(next_at)
 
-    def _forget_waiter(self, waiter: asyncio.Future[ConnectionRecord]) -> None:
+    def _disarm_timer(self) -> None:
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
+        self._timer_at = _NEVER
+
+    def _forget_waiter(self, entry: _Waiter) -> None:
         with contextlib.suppress(ValueError):
-            self._waiters.remove(waiter)
+            self._waiters.remove(entry)
 
     async def _validate(self, rec: ConnectionRecord, now: float) -> bool:
-        """Is ``rec`` fit to lend? If not, retire it (the caller tries again)."""
+        """Is ``rec`` fit to lend? If not, retire it (the caller tries again). Only
+        called when it is expired, drained or due for a check."""
         if now >= rec.expires_at or rec.generation < self._generation:
             self._retire(rec, "reached max_lifetime" if now >= rec.expires_at else "drained")
             return False
@@ -447,8 +522,13 @@ class AsyncPool(PoolCore):
             return
         rec.last_used = rec.last_checked = now
         rec.check_due = now + self._check_after
-        if self._waiters and self._hand_off(rec):
-            return
+        # _hand_off, inlined: under contention every return hands its connection over.
+        waiters = self._waiters
+        while waiters:
+            waiter = waiters.popleft()[0]
+            if not waiter.done():
+                waiter.set_result(rec)
+                return
         self._idle.append(rec)
 
     async def _clean_on_return(self, rec: ConnectionRecord) -> bool:
@@ -532,7 +612,7 @@ class AsyncPool(PoolCore):
         """Give ``rec`` to the first waiter still waiting; False if there is none."""
         waiters = self._waiters
         while waiters:
-            waiter = waiters.popleft()
+            waiter = waiters.popleft()[0]
             if not waiter.done():
                 waiter.set_result(rec)
                 return True
@@ -658,7 +738,7 @@ class AsyncPool(PoolCore):
             return
         waiters = list(self._waiters)
         self._waiters.clear()
-        for waiter in waiters:
+        for waiter, _, _ in waiters:
             if not waiter.done():
                 waiter.set_exception(self._breaker_error())
 
@@ -726,3 +806,6 @@ class AsyncPool(PoolCore):
         self._tasks = set()
         self._openers = set()
         self._housekeeper = None
+        # The parent's loop and its timer are not ours.
+        self._deadline_timer = None
+        self._timer_at = _NEVER

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import logging
 import shlex
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Any
+from typing import Any, TypeVar, cast
 from urllib.parse import urlencode
 
 import asyncpg
@@ -21,7 +22,7 @@ from psycopg.conninfo import conninfo_to_dict
 from poolkeeper.drivers.base import BROKEN, IDLE, IN_TRANSACTION, ConnectSpec
 from poolkeeper.drivers.libpq_options import is_server_gone_sqlstate
 from poolkeeper.errors import ConfigurationError
-from poolkeeper.session_state import RESET_SQL, touches_session
+from poolkeeper.session_state import KNOWN_VERDICTS, RESET_SQL, touches_session
 
 __all__ = ["AsyncpgDriver", "PoolAsyncpgConnection", "asyncpg_connect_args"]
 
@@ -167,12 +168,40 @@ def asyncpg_connect_args(spec: ConnectSpec) -> tuple[str | None, dict[str, Any]]
     return dsn, kwargs
 
 
-class PoolAsyncpgConnection(asyncpg.Connection):
-    """``asyncpg.Connection`` that marks itself dirty when SQL may change the session.
+_F = TypeVar("_F", bound=Callable[..., Any])
 
-    The wrappers return asyncpg's own coroutine rather than awaiting it, so the
-    tracking adds a flag test and a regex scan, not a coroutine frame, per query.
+
+def _tracking(base: _F) -> _F:
+    """``base`` (an ``asyncpg.Connection`` query method) that first marks the connection
+    dirty when its SQL may change the session.
+
+    It returns asyncpg's own coroutine rather than awaiting it, so tracking adds no
+    coroutine frame; a query seen before costs one dict read, and the base method is
+    called directly, not through ``super()``.
     """
+
+    def method(self: PoolAsyncpgConnection, query: Any, *args: Any, **kwargs: Any) -> Any:
+        if not self._pk_dirty:
+            try:
+                dirty = KNOWN_VERDICTS[query]
+            except (KeyError, TypeError):
+                dirty = touches_session(query)
+            if dirty:
+                self._pk_dirty = True
+        if args or kwargs:
+            return base(self, query, *args, **kwargs)
+        # The common call, a bare query: a plain call, not one that unpacks args.
+        return base(self, query)
+
+    method.__name__ = base.__name__
+    method.__qualname__ = f"PoolAsyncpgConnection.{base.__name__}"
+    method.__doc__ = base.__doc__
+    return cast(_F, method)
+
+
+class PoolAsyncpgConnection(asyncpg.Connection):
+    """``asyncpg.Connection`` that marks itself dirty when SQL may change the session
+    (every method that sends SQL text: see :func:`_tracking`)."""
 
     __slots__ = ("_pk_dirty", "_pk_ping_timeout")
 
@@ -182,52 +211,46 @@ class PoolAsyncpgConnection(asyncpg.Connection):
         # How long the pool's ping waits for its answer (the pool's connect_timeout).
         self._pk_ping_timeout = 10.0
 
-    def _pk_note(self, query: object) -> None:
-        if not self._pk_dirty and touches_session(query):
-            self._pk_dirty = True
-
-    def execute(self, query: str, *args: Any, **kwargs: Any) -> Any:
-        self._pk_note(query)
-        return super().execute(query, *args, **kwargs)
+    execute = _tracking(asyncpg.Connection.execute)
+    fetch = _tracking(asyncpg.Connection.fetch)
+    fetchval = _tracking(asyncpg.Connection.fetchval)
+    fetchrow = _tracking(asyncpg.Connection.fetchrow)
+    fetchmany = _tracking(asyncpg.Connection.fetchmany)
+    cursor = _tracking(asyncpg.Connection.cursor)
+    prepare = _tracking(asyncpg.Connection.prepare)
 
     def executemany(self, command: str, *args: Any, **kwargs: Any) -> Any:
-        self._pk_note(command)
-        return super().executemany(command, *args, **kwargs)
+        # Spelled out: its first parameter is called ``command``, not ``query``.
+        if touches_session(command):
+            self._pk_dirty = True
+        return asyncpg.Connection.executemany(self, command, *args, **kwargs)
 
-    def fetch(self, query: str, *args: Any, **kwargs: Any) -> Any:
-        self._pk_note(query)
-        return super().fetch(query, *args, **kwargs)
 
-    def fetchval(self, query: str, *args: Any, **kwargs: Any) -> Any:
-        self._pk_note(query)
-        return super().fetchval(query, *args, **kwargs)
+def _return_state(conn: PoolAsyncpgConnection) -> object:
+    """True unless ``conn`` is idle, open and clean: one frame, no tuple, on every return.
 
-    def fetchrow(self, query: str, *args: Any, **kwargs: Any) -> Any:
-        self._pk_note(query)
-        return super().fetchrow(query, *args, **kwargs)
-
-    def fetchmany(self, query: str, *args: Any, **kwargs: Any) -> Any:
-        self._pk_note(query)
-        return super().fetchmany(query, *args, **kwargs)
-
-    def cursor(self, query: str, *args: Any, **kwargs: Any) -> Any:
-        self._pk_note(query)
-        return super().cursor(query, *args, **kwargs)
-
-    def prepare(self, query: str, *args: Any, **kwargs: Any) -> Any:
-        self._pk_note(query)
-        return super().prepare(query, *args, **kwargs)
+    Reads in one place what :meth:`AsyncpgDriver.status` and
+    :meth:`AsyncpgDriver.session_dirty` decide apart (they run only when this is true).
+    """
+    if (
+        conn._pk_dirty
+        or conn._aborted  # type: ignore[attr-defined]
+        or conn._listeners  # type: ignore[attr-defined]
+        or conn._log_listeners  # type: ignore[attr-defined]
+    ):
+        return True
+    protocol: Any = conn._protocol  # type: ignore[attr-defined]
+    # A query cancelled mid-flight leaves a cancel request racing the server.
+    return not protocol.is_connected() or protocol._is_cancelling() or protocol.is_in_transaction()
 
 
 class AsyncpgDriver:
     """asyncpg behind the pool's driver interface."""
 
     name = "asyncpg"
-    clean_state = (IDLE, False)
-
-    def return_state(self, conn: PoolAsyncpgConnection) -> object:
-        """(status, session dirty): asyncpg keeps both in Python-level state."""
-        return (self.status(conn), self.session_dirty(conn))
+    #: ``return_state`` is a plain "needs a look" flag on this driver.
+    clean_state = False
+    return_state = staticmethod(_return_state)
 
     def mark_clean(self, conn: PoolAsyncpgConnection) -> None:
         """Forget the session-dirty flag."""
