@@ -541,6 +541,23 @@ async def test_check_replaces_connections_that_died(
     assert pool.stats().checks_failed == 2
 
 
+async def test_live_connections_pass_their_check_and_are_kept(
+    make_async_pool: AsyncPoolFactory, admin: Admin
+) -> None:
+    # A check that fails on a healthy connection would reopen the pool's connections
+    # after every idle spell of check_after (asyncpg once choked on an empty query).
+    pool = make_async_pool(min_size=2, max_size=2, check_after=0.05, name="pk-async-live")
+    await pool.wait(5)
+    before = set(backends(admin, "pk-async-live"))
+    await pool.check()
+    await asyncio.sleep(0.1)
+    async with pool.connection():
+        pass
+    assert pool.stats().checks_failed == 0
+    assert pool.stats().connections_opened == 2
+    assert set(backends(admin, "pk-async-live")) == before
+
+
 async def test_terminated_backends_are_never_lent(
     make_async_pool: AsyncPoolFactory, admin: Admin
 ) -> None:

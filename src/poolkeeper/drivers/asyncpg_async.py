@@ -280,10 +280,14 @@ class AsyncpgDriver:
         await asyncpg.Connection.execute(conn, "ROLLBACK")
 
     async def ping(self, conn: PoolAsyncpgConnection) -> None:
-        """An empty simple query: one round trip."""
+        """``SELECT 1`` as a simple query: one round trip.
+
+        Not the empty query the psycopg drivers send: asyncpg cannot take the server's
+        answer to one (EmptyQueryResponse has no command tag) and raises AttributeError.
+        """
         if conn.is_closed():
             raise asyncpg.exceptions.InterfaceError("connection is closed")
-        await asyncpg.Connection.execute(conn, "", timeout=conn._pk_ping_timeout)
+        await asyncpg.Connection.execute(conn, "SELECT 1", timeout=conn._pk_ping_timeout)
 
     async def close(self, conn: PoolAsyncpgConnection) -> None:
         """Close gracefully if the server answers within 2 s, else drop the socket."""
