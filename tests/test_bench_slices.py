@@ -176,7 +176,15 @@ def test_usage_survives_a_json_round_trip_and_missing_usage_stays_missing(
     assert math.isnan(loaded["dedicated_psycopg"].cpu_us_per_op)
 
 
-@pytest.mark.parametrize("path", sorted(RESULTS.glob("*.json")), ids=lambda p: p.name)
+def _saved_without_usage(path: Path) -> bool:
+    return "vcs_per_op" not in path.read_text()
+
+
+@pytest.mark.parametrize(
+    "path",
+    [p for p in sorted(RESULTS.glob("*.json")) if _saved_without_usage(p)],
+    ids=lambda p: p.name,
+)
 def test_results_saved_before_usage_was_recorded_still_load_and_report(path: Path) -> None:
     results = load_results(str(path))
 
@@ -255,3 +263,14 @@ def test_a_contender_that_hangs_gets_no_more_slices_but_keeps_its_cell() -> None
     assert "b" in skips
     assert cells["b"].error_kind == "hung: 1 workers still blocked"
     assert cells["a"].ops == 15
+
+
+@pytest.mark.parametrize(
+    "path",
+    [p for p in sorted(RESULTS.glob("*.json")) if not _saved_without_usage(p)],
+    ids=lambda p: p.name,
+)
+def test_results_saved_with_usage_report_where_the_time_goes(path: Path) -> None:
+    report = load_results(str(path)).report()
+
+    assert "Where the time goes" in report
