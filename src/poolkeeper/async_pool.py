@@ -395,15 +395,8 @@ class AsyncPool(PoolCore):
             ) and not await self._validate(rec, now):
                 rec = None
                 continue
-            rec.borrowed_at = now
-            self._lent[rec.conn] = rec
-            next(self._borrow_ticks)
-            if waited:
-                next(self._stats_waits.ticks)
-                self._wait_samples.add(now - start)
-            if self._leak_threshold is not None:
-                rec.borrow_stack = "".join(traceback.format_stack(limit=16)[:-1])
-            return rec.conn
+            # Ours: _lend, getconn.
+            return self._lend(rec, now, start, waited, own_frames=2)
 
     def _arm_timer(self, at: float) -> None:
         """Set the queue's one deadline timer to fire at ``at`` (monotonic seconds)."""

@@ -226,7 +226,8 @@ class Pool(PoolCore):
                 waited = waited or did_wait
             now = _monotonic()
             if self._validate(rec, now):
-                return self._lend(rec, now, start, waited)
+                # Ours: _lend, _getconn_slow, getconn.
+                return self._lend(rec, now, start, waited, own_frames=3)
             # Each failed check costs up to connect_timeout: never try past the deadline.
             if _monotonic() >= deadline:
                 self._stats_timeouts.add()

@@ -305,8 +305,14 @@ class PoolCore:
             )
         return probe
 
-    def _lend(self, rec: ConnectionRecord, now: float, start: float, waited: bool) -> Any:
-        """Book ``rec`` as lent from ``getconn``'s slow path and return its connection."""
+    def _lend(
+        self, rec: ConnectionRecord, now: float, start: float, waited: bool, own_frames: int
+    ) -> Any:
+        """Book ``rec`` as lent from ``getconn``'s slow path and return its connection.
+
+        ``own_frames``: how many innermost stack frames are the pool's (this one
+        included), left out of the borrower's stack recorded for leak reports.
+        """
         rec.borrowed_at = now
         self._lent[rec.conn] = rec
         next(self._borrow_ticks)
@@ -314,8 +320,8 @@ class PoolCore:
             self._stats_waits.add()
             self._wait_samples.add(now - start)
         if self._leak_threshold is not None:
-            # Drop our own frames: _lend, _getconn_slow, getconn.
-            rec.borrow_stack = "".join(traceback.format_stack(limit=19)[:-3])
+            stack = traceback.format_stack(limit=16 + own_frames)
+            rec.borrow_stack = "".join(stack[:-own_frames])
         return rec.conn
 
     def _no_connection_error(self, limit: float) -> PoolTimeout:
