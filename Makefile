@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_STAMP := $(VENV)/.demo-installed
 
-.PHONY: test lint typecheck pytest demo bench clean
+.PHONY: test lint typecheck pytest demo bench test-free-threaded clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,5 +37,31 @@ demo: $(DEMO_STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
 
+# The thread-safety stress test and the sync suites on a free-threaded CPython (3.13t or
+# 3.14t), GIL disabled. Set FT_PYTHON, or have one on PATH or in /opt/py31xt; without one
+# this says so and stops (docs/free-threading.md builds one in a few minutes).
+FT_PYTHON ?= $(firstword $(wildcard /opt/py314t/bin/python3.14t /opt/py313t/bin/python3.13t) \
+	$(shell command -v python3.14t python3.13t 2>/dev/null))
+FT_VENV := .venv-ft
+FT_TESTS := tests/test_stress.py tests/test_pool.py tests/test_database.py \
+	tests/test_session_reset.py tests/test_self_healing.py tests/test_redaction.py \
+	tests/faults/test_backend_loss.py tests/faults/test_retirement.py \
+	tests/faults/test_server_outage.py tests/faults/test_credentials.py
+
+test-free-threaded:
+	@if [ -z "$(FT_PYTHON)" ]; then \
+		echo "no free-threaded CPython found: set FT_PYTHON (see docs/free-threading.md)"; \
+		exit 0; \
+	fi; \
+	set -e; \
+	$(FT_PYTHON) -m venv $(FT_VENV); \
+	$(FT_VENV)/bin/pip install --quiet --upgrade pip; \
+	$(FT_VENV)/bin/pip install --quiet -e '.[embedded]' 'pytest>=8' 'pytest-timeout>=2.3' \
+		'pytest-asyncio>=0.24'; \
+	$(FT_VENV)/bin/python -X gil=0 -c 'import sys, poolkeeper, psycopg; \
+		assert not sys._is_gil_enabled(), "the GIL is on"; \
+		print(sys.version.split()[0], "free-threaded, GIL off; psycopg", psycopg.pq.__impl__)'; \
+	$(FT_VENV)/bin/python -X gil=0 -m pytest -p no:cacheprovider $(FT_TESTS)
+
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(FT_VENV) .mypy_cache .ruff_cache .pytest_cache
