@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import importlib
 import sys
+import threading
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -259,6 +261,69 @@ class SQLAlchemyQueuePool(SyncContender):
         self.pool.dispose()
 
 
+class _FifoHandOff:
+    """The least a first-come-first-served pool can do: a stack of connections, one
+    lock, and a lock per waiter that the returner releases after handing it the
+    connection. No timeout, check, reset, statistics or fork safety."""
+
+    def __init__(self, conns: list[Any]) -> None:
+        self.idle = deque(conns)
+        self.waiters: deque[list[Any]] = deque()
+        self.lock = threading.Lock()
+
+    def get(self) -> Any:
+        with self.lock:
+            if self.idle and not self.waiters:
+                return self.idle.pop()
+            waiter: list[Any] = [threading.Lock(), None]
+            waiter[0].acquire()
+            self.waiters.append(waiter)
+        waiter[0].acquire()
+        return waiter[1]
+
+    def put(self, conn: Any) -> None:
+        with self.lock:
+            if not self.waiters:
+                self.idle.append(conn)
+                return
+            waiter = self.waiters.popleft()
+            waiter[1] = conn
+        waiter[0].release()
+
+
+class FifoFloor(SyncContender):
+    """Not a pool to use: :class:`_FifoHandOff` over plain psycopg connections.
+
+    Above pool size it shows what first-come-first-served hand-off itself costs on
+    this host, apart from any pool's features: the floor for poolkeeper's waiting
+    path (docs/benchmarks.md, "where the rest of the gap goes").
+    """
+
+    name = "fifo_floor"
+    reference = "dedicated_psycopg"
+
+    @classmethod
+    def check_available(cls) -> None:
+        """Raise unless psycopg imports."""
+        _require("psycopg")
+
+    def open(self) -> None:
+        """Open ``size`` autocommit connections."""
+        import psycopg
+
+        self.conns = [psycopg.connect(self.dsn, autocommit=True) for _ in range(self.size)]
+        self.pool = _FifoHandOff(self.conns)
+
+    def bind(self, worker: int) -> tuple[Getter, Putter]:
+        """The hand-off's own bound methods."""
+        return self.pool.get, self.pool.put
+
+    def close(self) -> None:
+        """Close the connections."""
+        for conn in self.conns:
+            conn.close()
+
+
 class _Dedicated(SyncContender):
     """Each worker owns one connection; checkout is a function call returning it."""
 
@@ -334,6 +399,7 @@ SYNC_CONTENDERS: tuple[type[SyncContender], ...] = (
     PsycopgPool,
     Psycopg2Pool,
     SQLAlchemyQueuePool,
+    FifoFloor,
     DedicatedPsycopg,
     DedicatedPsycopg2,
 )

@@ -33,6 +33,8 @@ PEER: dict[str, str] = {
     "poolkeeper": "psycopg_pool",
     "poolkeeper_async": "psycopg_pool_async",
     "poolkeeper_asyncpg": "asyncpg_pool",
+    # Not a target: how far a featureless FIFO hand-off gets, for the analysis.
+    "fifo_floor": "psycopg_pool",
 }
 
 Key = tuple[str, str, int]
@@ -166,7 +168,7 @@ def throughput_table(summaries: Sequence[Summary], mode: str, pool_size: int) ->
 
 
 #: sync pools whose rows above pool size "Where the time goes" sets beside their baseline
-BREAKDOWN = ("poolkeeper", PEER["poolkeeper"])
+BREAKDOWN = ("poolkeeper", PEER["poolkeeper"], "fifo_floor")
 
 
 def time_breakdown(summaries: Sequence[Summary], pool_size: int) -> list[str]:
@@ -388,8 +390,10 @@ def render(
     if any(s.mode in ("sync", "async") for s in summaries):
         out += [
             "  vs dedicated: per-round ratio to the same driver's dedicated baseline at",
-            f"  min(workers, {pool_size}); * poolkeeper rows only: ratio to psycopg_pool "
-            "(sync/async) or asyncpg's pool (driver=asyncpg), same round.",
+            f"  min(workers, {pool_size}); * poolkeeper and fifo_floor rows only: ratio to "
+            "psycopg_pool (sync/async) or asyncpg's pool (driver=asyncpg), same round.",
+            "  fifo_floor: not a pool to use; a featureless first-come-first-served",
+            "  hand-off (benchmarks/contenders.py), the floor for any pool's waiting path.",
             "  ops/worker: the fewest, median and most ops of one thread/task in a cell",
             "  (median over rounds); a starved worker shows as a min far below the median.",
             "  cs/op vol/invol, CPU µs/op: voluntary / involuntary context switches and",

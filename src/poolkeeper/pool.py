@@ -41,18 +41,22 @@ __all__ = ["Pool"]
 
 _log = logging.getLogger("poolkeeper.pool")
 _monotonic = time.monotonic
+_allocate_lock = threading.Lock
+_new_object = object.__new__
 
 
 class _Waiter:
-    """One queued caller: a lock it sleeps on, and what it was handed."""
+    """One queued caller: a lock it sleeps on, and what it was handed.
+
+    Made by :func:`_new_waiter`, not by calling the class: under contention every
+    borrow makes one, and a Python ``__init__`` costs more than the rest of it.
+    """
 
     __slots__ = ("error", "lock", "rec")
 
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.lock.acquire()
-        self.rec: ConnectionRecord | None = None
-        self.error: PoolError | None = None
+    lock: threading.Lock
+    rec: ConnectionRecord | None
+    error: PoolError | None
 
     def give(self, rec: ConnectionRecord) -> None:
         self.rec = rec
@@ -61,6 +65,16 @@ class _Waiter:
     def fail(self, error: PoolError) -> None:
         self.error = error
         self.lock.release()
+
+
+def _new_waiter() -> _Waiter:
+    """A waiter whose lock is held, so that acquiring it again sleeps until released."""
+    waiter = _new_object(_Waiter)
+    lock = waiter.lock = _allocate_lock()
+    lock.acquire()
+    waiter.rec = None
+    waiter.error = None
+    return waiter
 
 
 class Pool(PoolCore):
@@ -196,6 +210,7 @@ class Pool(PoolCore):
         to be down) or ``PoolClosed``. Return it with :meth:`putconn`.
         """
         # Fast path: nobody queued, an idle connection at hand, no check due.
+        rec: ConnectionRecord | None = None
         if not self._waiters:
             try:
                 rec = self._idle.pop()
@@ -210,24 +225,65 @@ class Pool(PoolCore):
                         rec.borrowed_at = _monotonic()
                         rec.borrow_stack = "".join(traceback.format_stack(limit=16)[:-1])
                     return rec.conn
-                return self._getconn_slow(timeout, rec)
-        return self._getconn_slow(timeout, None)
-
-    def _getconn_slow(self, timeout: float | None, candidate: ConnectionRecord | None) -> Any:
+        # The slow path, in this same frame. Under contention every borrow comes here,
+        # and the woken waiter runs all of it while holding the GIL that the other
+        # threads need: each call left out is throughput (docs/benchmarks.md).
         start = _monotonic()
         limit = self.config.timeout if timeout is None else timeout
         deadline = start + limit
         waited = False
         while True:
-            rec = candidate
-            candidate = None
             if rec is None:
-                rec, did_wait = self._acquire_record(deadline, limit)
-                waited = waited or did_wait
+                # Made before taking the lock, to keep that short: needed unless an
+                # idle connection turned up meanwhile.
+                waiter = _new_waiter()
+                queued = False
+                with self._lock:
+                    if self._closed or self._forked:
+                        self._raise_if_closed()
+                    waiters = self._waiters
+                    if not waiters and self._idle:
+                        rec = self._idle.pop()
+                    else:
+                        # Only a failing server or max_waiting can refuse a caller a place.
+                        if (
+                            self._breaker.failing_since is not None or self.config.max_waiting
+                        ) and self._may_queue(_monotonic()):
+                            self._probe.set()
+                        waiters.append(waiter)
+                        queued = True
+                        # Written the waiter, now read the stack: see the module docstring.
+                        if self._idle:
+                            self._serve_waiters_locked()
+                        if self._total < self.config.max_size:
+                            self._grow_locked()
+                if queued:
+                    remaining = deadline - _monotonic()
+                    if remaining > 0 and waiter.lock.acquire(True, remaining):
+                        rec = waiter.rec
+                        if rec is None:
+                            assert waiter.error is not None
+                            raise waiter.error
+                    else:
+                        rec = self._after_deadline(waiter, limit)
+                    waited = True
+                assert rec is not None
             now = _monotonic()
-            if self._validate(rec, now):
-                # Ours: _lend, _getconn_slow, getconn.
-                return self._lend(rec, now, start, waited, own_frames=3)
+            # Not expired, not drained, no check due: lend it as it is.
+            if (
+                now < rec.check_due and now < rec.expires_at and rec.generation >= self._generation
+            ) or self._validate(rec, now):
+                # PoolCore._lend, inline: this runs on the woken waiter's GIL time.
+                rec.borrowed_at = now
+                self._lent[rec.conn] = rec
+                next(self._borrow_ticks)
+                if waited:
+                    self._stats_waits.add()
+                    self._wait_samples.add(now - start)
+                if self._leak_threshold is not None:
+                    rec.borrow_stack = "".join(traceback.format_stack(limit=16)[:-1])
+                return rec.conn
+            rec = None
             # Each failed check costs up to connect_timeout: never try past the deadline.
             if _monotonic() >= deadline:
                 self._stats_timeouts.add()
@@ -237,35 +293,18 @@ class Pool(PoolCore):
                     "check the server and network, or raise timeout",
                 )
 
-    def _acquire_record(self, deadline: float, limit: float) -> tuple[ConnectionRecord, bool]:
-        """Take an idle record, or queue and wait for one. Returns (record, waited)."""
-        with self._lock:
-            self._raise_if_closed()
-            if not self._waiters and self._idle:
-                return self._idle.pop(), False
-            if self._may_queue(_monotonic()):
-                self._probe.set()
-            waiter = _Waiter()
-            self._waiters.append(waiter)
-            # Written the waiter, now read the stack: see the module docstring.
-            self._serve_waiters_locked()
-            self._grow_locked()
-        remaining = deadline - _monotonic()
-        if remaining > 0 and waiter.lock.acquire(timeout=remaining):
-            return self._waiter_outcome(waiter), True
+    def _after_deadline(self, waiter: _Waiter, limit: float) -> ConnectionRecord:
+        """``waiter``'s deadline passed: leave the queue and raise ``PoolTimeout``, unless
+        it was handed a connection (or an error) in the meantime."""
         with self._lock:
             if waiter.rec is None and waiter.error is None:
                 self._waiters.remove(waiter)
                 raise self._no_connection_error(limit)
-        # Handed a connection (or an error) just as the deadline passed: take it.
+        # Handed over just as the deadline passed: the lock is released or about to be.
         waiter.lock.acquire()
-        return self._waiter_outcome(waiter), True
-
-    @staticmethod
-    def _waiter_outcome(waiter: _Waiter) -> ConnectionRecord:
-        if waiter.error is not None:
+        if waiter.rec is None:
+            assert waiter.error is not None
             raise waiter.error
-        assert waiter.rec is not None
         return waiter.rec
 
     def _validate(self, rec: ConnectionRecord, now: float) -> bool:
@@ -314,7 +353,19 @@ class Pool(PoolCore):
         rec.last_used = rec.last_checked = now
         rec.check_due = now + self._check_after
         if self._waiters:
-            self._return_locked_path(rec)
+            # Hand-off, inline: under contention every return comes here.
+            with self._lock:
+                waiters = self._waiters
+                if waiters:
+                    waiter = waiters.popleft()
+                    # Assigned under the lock, woken after it: the wake-up is a syscall,
+                    # and every other borrower would queue behind it. A waiter that times
+                    # out in between finds rec already set and takes it (see _wait_for).
+                    waiter.rec = rec
+                else:
+                    self._idle.append(rec)
+                    return
+            waiter.lock.release()
             return
         self._idle.append(rec)
         # Written the stack, now read the queue: see the module docstring.
@@ -345,18 +396,6 @@ class Pool(PoolCore):
             self._retire(rec, f"could not be cleaned on return ({redact(str(exc))})")
             return False
         return True
-
-    def _return_locked_path(self, rec: ConnectionRecord) -> None:
-        with self._lock:
-            if not self._waiters:
-                self._idle.append(rec)
-                return
-            waiter = self._waiters.popleft()
-            # Assigned under the lock, woken after it: the wake-up is a syscall, and every
-            # other borrower would queue behind it. A waiter that times out in between
-            # finds rec already set and takes it (see _acquire_record).
-            waiter.rec = rec
-        waiter.lock.release()
 
     @contextlib.contextmanager
     def connection(self, timeout: float | None = None) -> Iterator[Any]:
