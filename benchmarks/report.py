@@ -403,7 +403,10 @@ def render(
     spreads = micro_spreads(micro)
     if spreads:
         ratios = micro_ratios(micro, MICRO_BASE)
-        out.append("== Uncontended getconn + putconn, one thread, no query ==")
+        out.append(
+            "== Uncontended getconn + putconn, one thread, no query "
+            "(fastest of 5 runs per round) =="
+        )
         out.append(
             f"{'contender':<24}{'µs per pair':<28}{'time / ' + MICRO_BASE + ' (same round)'}"
         )
