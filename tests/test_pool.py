@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from typing import Any
@@ -133,6 +134,36 @@ def test_a_waiter_gets_the_connection_returned_by_another_thread(make_pool: Pool
     assert 0.15 < time.monotonic() - start < 2
     pool.putconn(again)
     assert pool.stats().waits == 1
+
+
+def test_a_wait_cut_short_by_ctrl_c_leaves_the_queue_and_strands_nothing(
+    make_pool: PoolFactory,
+) -> None:
+    pool = make_pool(min_size=1, max_size=1, timeout=10)
+    held = pool.getconn()
+    main = threading.get_ident()
+
+    def press_ctrl_c() -> None:
+        wait_until(lambda: pool.stats().waiting == 1)
+        signal.pthread_kill(main, signal.SIGINT)
+
+    # Python's own Ctrl-C handler, even if the suite was started with SIGINT ignored.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    presser = threading.Thread(target=press_ctrl_c)
+    try:
+        presser.start()
+        with pytest.raises(KeyboardInterrupt):
+            pool.getconn()
+    finally:
+        presser.join(5)
+        signal.signal(signal.SIGINT, previous)
+    assert pool.stats().waiting == 0
+    # Returned now, the connection must not go to the caller who gave up.
+    pool.putconn(held)
+    assert pool.stats().idle == 1
+    again = pool.getconn(timeout=1)
+    assert again is held
+    pool.putconn(again)
 
 
 def test_max_waiting_rejects_the_next_caller_at_once(make_pool: PoolFactory) -> None:

@@ -161,14 +161,15 @@ class Pool(PoolCore):
             self._opened = True
             # Connections still borrowed are retired when they come back.
             self._generation += 1
-            waiters = list(self._waiters)
+            # Failed under the lock: a waiter giving up at this moment must find
+            # itself either still queued or already told (see _abandon).
+            for waiter in self._waiters:
+                waiter.fail(PoolClosed(f"pool {self.name!r} was closed while waiting"))
             self._waiters.clear()
             idle = list(self._idle)
             self._idle.clear()
             self._total -= len(idle)
             self._changed.notify_all()
-        for waiter in waiters:
-            waiter.fail(PoolClosed(f"pool {self.name!r} was closed while waiting"))
         for rec in idle:
             self._close_rec(rec)
         deadline = _monotonic() + timeout
@@ -259,7 +260,14 @@ class Pool(PoolCore):
                             self._grow_locked()
                 if queued:
                     remaining = deadline - _monotonic()
-                    if remaining > 0 and waiter.lock.acquire(True, remaining):
+                    try:
+                        woken = remaining > 0 and waiter.lock.acquire(True, remaining)
+                    except BaseException:
+                        # Ctrl-C or another exception raised in this thread while it
+                        # slept: leave the queue, and pass on anything handed over.
+                        self._abandon(waiter)
+                        raise
+                    if woken:
                         rec = waiter.rec
                         if rec is None:
                             assert waiter.error is not None
@@ -292,6 +300,16 @@ class Pool(PoolCore):
                     "(the idle ones failed their check and replacements were not ready)",
                     "check the server and network, or raise timeout",
                 )
+
+    def _abandon(self, waiter: _Waiter) -> None:
+        """``waiter`` stops waiting: out of the queue, or, if a connection was handed
+        to it meanwhile, that connection to the next caller instead of stranded."""
+        with self._lock:
+            if waiter.rec is None and waiter.error is None:
+                self._waiters.remove(waiter)
+                return
+        if waiter.rec is not None:
+            self._admit(waiter.rec, cold=False)
 
     def _after_deadline(self, waiter: _Waiter, limit: float) -> ConnectionRecord:
         """``waiter``'s deadline passed: leave the queue and raise ``PoolTimeout``, unless
@@ -563,10 +581,11 @@ class Pool(PoolCore):
             self._breaker.failure(now)
             if not self._breaker.is_open(now):
                 return
-            waiters = list(self._waiters)
+            # Under the lock, as in close(); one error each, as each is raised in
+            # its own thread with its own traceback.
+            for waiter in self._waiters:
+                waiter.fail(self._breaker_error())
             self._waiters.clear()
-        for waiter in waiters:
-            waiter.fail(self._breaker_error())
 
     def _on_connect_success(self, rec: ConnectionRecord) -> None:
         if self._record_connect_success(rec):
