@@ -136,6 +136,56 @@ def test_a_waiter_gets_the_connection_returned_by_another_thread(make_pool: Pool
     assert pool.stats().waits == 1
 
 
+def test_each_waiter_times_out_at_its_own_deadline_whatever_its_place(
+    make_pool: PoolFactory,
+) -> None:
+    # One thread keeps every deadline: a later caller with a shorter timeout must wake
+    # it early, and the earlier caller must still get its full timeout.
+    pool = make_pool(min_size=1, max_size=1, timeout=10)
+    held = pool.getconn()
+    outcomes: dict[str, float] = {}
+    start = time.monotonic()
+
+    def borrow(label: str, timeout: float) -> None:
+        try:
+            pool.putconn(pool.getconn(timeout=timeout))
+        except PoolTimeout:
+            outcomes[label] = time.monotonic() - start
+
+    patient = threading.Thread(target=borrow, args=("patient", 1.0))
+    patient.start()
+    wait_until(lambda: pool.stats().waiting == 1)
+    hasty = threading.Thread(target=borrow, args=("hasty", 0.2))
+    hasty.start()
+    hasty.join(5)
+    patient.join(5)
+    assert list(outcomes) == ["hasty", "patient"]
+    assert 0.19 <= outcomes["hasty"] < 0.7
+    assert 0.99 <= outcomes["patient"] < 1.6
+    assert pool.stats().timeouts == 2
+    pool.putconn(held)
+
+
+def test_zero_timeout_fails_at_once_when_nothing_is_idle(make_pool: PoolFactory) -> None:
+    pool = make_pool(min_size=1, max_size=1)
+    held = pool.getconn()
+    start = time.monotonic()
+    with pytest.raises(PoolTimeout, match="within 0s"):
+        pool.getconn(timeout=0)
+    assert time.monotonic() - start < 0.05
+    assert pool.stats().waiting == 0
+    pool.putconn(held)
+    pool.putconn(pool.getconn(timeout=0))
+
+
+def test_close_stops_the_deadline_thread(make_pool: PoolFactory) -> None:
+    pool = make_pool(min_size=1, max_size=1)
+    name = f"poolkeeper-{pool.name}-deadlines"
+    assert any(t.name == name for t in threading.enumerate())
+    pool.close()
+    assert not any(t.name == name and t.is_alive() for t in threading.enumerate())
+
+
 def test_a_wait_cut_short_by_ctrl_c_leaves_the_queue_and_strands_nothing(
     make_pool: PoolFactory,
 ) -> None:

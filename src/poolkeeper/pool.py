@@ -43,20 +43,24 @@ _log = logging.getLogger("poolkeeper.pool")
 _monotonic = time.monotonic
 _allocate_lock = threading.Lock
 _new_object = object.__new__
+_NEVER = float("inf")
 
 
 class _Waiter:
-    """One queued caller: a lock it sleeps on, and what it was handed.
+    """One queued caller: a lock it sleeps on, its deadline, and what it was handed.
 
     Made by :func:`_new_waiter`, not by calling the class: under contention every
     borrow makes one, and a Python ``__init__`` costs more than the rest of it.
     """
 
-    __slots__ = ("error", "lock", "rec")
+    __slots__ = ("deadline", "error", "limit", "lock", "rec")
 
     lock: threading.Lock
     rec: ConnectionRecord | None
     error: PoolError | None
+    #: monotonic time at which it gets PoolTimeout, and the timeout that gave it
+    deadline: float
+    limit: float
 
     def give(self, rec: ConnectionRecord) -> None:
         self.rec = rec
@@ -67,14 +71,20 @@ class _Waiter:
         self.lock.release()
 
 
-def _new_waiter() -> _Waiter:
+def _new_waiter(deadline: float, limit: float) -> _Waiter:
     """A waiter whose lock is held, so that acquiring it again sleeps until released."""
     waiter = _new_object(_Waiter)
     lock = waiter.lock = _allocate_lock()
     lock.acquire()
     waiter.rec = None
     waiter.error = None
+    waiter.deadline = deadline
+    waiter.limit = limit
     return waiter
+
+
+def _deadline_of(waiter: _Waiter) -> float:
+    return waiter.deadline
 
 
 class Pool(PoolCore):
@@ -86,7 +96,16 @@ class Pool(PoolCore):
     connection you get is the driver's own connection object.
     """
 
-    __slots__ = ("_changed", "_lock", "_ping", "_probe", "_workers")
+    __slots__ = (
+        "_changed",
+        "_deadline_thread",
+        "_deadlines",
+        "_lock",
+        "_ping",
+        "_probe",
+        "_watch_at",
+        "_workers",
+    )
 
     def __init__(
         self,
@@ -102,6 +121,10 @@ class Pool(PoolCore):
         self._setup_core(config, self._driver, open=open)
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
+        # The deadline thread sleeps on this until the earliest deadline it knows of.
+        self._deadlines = threading.Condition(self._lock)
+        self._watch_at = _NEVER
+        self._deadline_thread: threading.Thread | None = None
         self._probe = threading.Event()
         self._workers: BackgroundWorkers | None = None
         if open:
@@ -127,6 +150,10 @@ class Pool(PoolCore):
             self._closed = False
         self._workers = BackgroundWorkers(self.name, self.config.num_workers, self._housekeeping)
         self._workers.start()
+        self._deadline_thread = threading.Thread(
+            target=self._expire_waiters, name=f"poolkeeper-{self.name}-deadlines", daemon=True
+        )
+        self._deadline_thread.start()
         with self._lock:
             self._grow_locked()
 
@@ -170,6 +197,7 @@ class Pool(PoolCore):
             self._idle.clear()
             self._total -= len(idle)
             self._changed.notify_all()
+            self._deadlines.notify_all()
         for rec in idle:
             self._close_rec(rec)
         deadline = _monotonic() + timeout
@@ -193,6 +221,9 @@ class Pool(PoolCore):
         self._probe.set()
         if self._workers is not None:
             self._workers.stop(timeout=max(0.1, deadline - _monotonic()))
+        thread = self._deadline_thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(max(0.1, deadline - _monotonic()))
 
     def __enter__(self) -> Pool:
         if not self._opened:
@@ -237,7 +268,7 @@ class Pool(PoolCore):
             if rec is None:
                 # Made before taking the lock, to keep that short: needed unless an
                 # idle connection turned up meanwhile.
-                waiter = _new_waiter()
+                waiter = _new_waiter(deadline, limit)
                 queued = False
                 with self._lock:
                     if self._closed or self._forked:
@@ -251,29 +282,35 @@ class Pool(PoolCore):
                             self._breaker.failing_since is not None or self.config.max_waiting
                         ) and self._may_queue(_monotonic()):
                             self._probe.set()
+                        if limit <= 0:
+                            raise self._no_connection_error(limit)
                         waiters.append(waiter)
                         queued = True
+                        # One thread keeps every deadline (see _expire_waiters); it
+                        # needs waking only for a deadline earlier than it sleeps for.
+                        if deadline < self._watch_at:
+                            self._watch_at = deadline
+                            self._deadlines.notify()
                         # Written the waiter, now read the stack: see the module docstring.
                         if self._idle:
                             self._serve_waiters_locked()
                         if self._total < self.config.max_size:
                             self._grow_locked()
                 if queued:
-                    remaining = deadline - _monotonic()
+                    # No timeout here: a timed sleep arms a kernel timer on every wait,
+                    # which showed in contended throughput; the deadline thread wakes
+                    # us with PoolTimeout instead.
                     try:
-                        woken = remaining > 0 and waiter.lock.acquire(True, remaining)
+                        waiter.lock.acquire()
                     except BaseException:
                         # Ctrl-C or another exception raised in this thread while it
                         # slept: leave the queue, and pass on anything handed over.
                         self._abandon(waiter)
                         raise
-                    if woken:
-                        rec = waiter.rec
-                        if rec is None:
-                            assert waiter.error is not None
-                            raise waiter.error
-                    else:
-                        rec = self._after_deadline(waiter, limit)
+                    rec = waiter.rec
+                    if rec is None:
+                        assert waiter.error is not None
+                        raise waiter.error
                     waited = True
                 assert rec is not None
             now = _monotonic()
@@ -311,19 +348,45 @@ class Pool(PoolCore):
         if waiter.rec is not None:
             self._admit(waiter.rec, cold=False)
 
-    def _after_deadline(self, waiter: _Waiter, limit: float) -> ConnectionRecord:
-        """``waiter``'s deadline passed: leave the queue and raise ``PoolTimeout``, unless
-        it was handed a connection (or an error) in the meantime."""
+    def _expire_waiters(self) -> None:
+        """The deadline thread: fail each waiter whose deadline has passed with
+        ``PoolTimeout``, then sleep until the earliest deadline still ahead.
+
+        Waiters sleep without a timeout (see getconn). Nearly all use the pool's
+        timeout and join in order, so this thread wakes about once per timeout
+        period, not once per wait; a waiter with an earlier deadline than it sleeps
+        for wakes it at once.
+        """
         with self._lock:
-            if waiter.rec is None and waiter.error is None:
-                self._waiters.remove(waiter)
-                raise self._no_connection_error(limit)
-        # Handed over just as the deadline passed: the lock is released or about to be.
-        waiter.lock.acquire()
-        if waiter.rec is None:
-            assert waiter.error is not None
-            raise waiter.error
-        return waiter.rec
+            while not self._closed:
+                try:
+                    self._fail_overdue_locked()
+                except Exception:
+                    _log.exception("pool %r: the deadline thread failed", self.name)
+                    self._watch_at = _monotonic() + 0.1
+                at = self._watch_at
+                self._deadlines.wait(None if at == _NEVER else max(0.0, at - _monotonic()))
+
+    def _fail_overdue_locked(self) -> None:
+        waiters = self._waiters
+        now = _monotonic()
+        overdue: list[_Waiter] = []
+        next_at = _NEVER
+        for waiter in waiters:
+            if waiter.deadline <= now:
+                overdue.append(waiter)
+            elif waiter.deadline < next_at:
+                next_at = waiter.deadline
+        overdue.sort(key=_deadline_of)
+        for waiter in overdue:
+            # Out of the queue first, so the message counts the others still waiting.
+            # The overdue are nearly always at the head: no scan for them then.
+            if waiters[0] is waiter:
+                waiters.popleft()
+            else:
+                waiters.remove(waiter)
+            waiter.fail(self._no_connection_error(waiter.limit))
+        self._watch_at = next_at
 
     def _validate(self, rec: ConnectionRecord, now: float) -> bool:
         """Is ``rec`` fit to lend? If not, retire it (the caller tries again)."""
@@ -626,4 +689,7 @@ class Pool(PoolCore):
         super()._after_fork_in_child()
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
+        self._deadlines = threading.Condition(self._lock)
+        self._watch_at = _NEVER
+        self._deadline_thread = None
         self._workers = None
