@@ -314,18 +314,17 @@ class Pool(PoolCore):
                     waited = True
                 assert rec is not None
             now = _monotonic()
-            # Not expired, not drained, no check due: lend it as it is.
-            if (
-                now < rec.check_due and now < rec.expires_at and rec.generation >= self._generation
-            ) or self._validate(rec, now):
+            # The fast path's one compare (lifetimes and drain() are enforced on return
+            # and by housekeeping); _validate looks at everything once a check is due.
+            if now < rec.check_due or self._validate(rec, now):
                 # PoolCore._lend, inline: this runs on the woken waiter's GIL time.
-                rec.borrowed_at = now
                 self._lent[rec.conn] = rec
                 next(self._borrow_ticks)
                 if waited:
                     self._stats_waits.add()
                     self._wait_samples.add(now - start)
                 if self._leak_threshold is not None:
+                    rec.borrowed_at = now
                     rec.borrow_stack = "".join(traceback.format_stack(limit=16)[:-1])
                 return rec.conn
             rec = None
