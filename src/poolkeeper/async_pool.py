@@ -389,10 +389,9 @@ class AsyncPool(PoolCore):
                     self._retire(rec, "pool closed")
                     self._raise_if_closed()
             now = _monotonic()
-            # Not expired, not drained, no check due: lend it without another await.
-            if not (
-                now < rec.check_due and now < rec.expires_at and rec.generation >= self._generation
-            ) and not await self._validate(rec, now):
+            # The fast path's one compare, as in Pool (lifetimes and drain() are enforced
+            # on return and by housekeeping); _validate looks at everything once due.
+            if now >= rec.check_due and not await self._validate(rec, now):
                 rec = None
                 continue
             # Ours: _lend, getconn.
@@ -455,7 +454,7 @@ class AsyncPool(PoolCore):
 
     async def _validate(self, rec: ConnectionRecord, now: float) -> bool:
         """Is ``rec`` fit to lend? If not, retire it (the caller tries again). Only
-        called when it is expired, drained or due for a check."""
+        called when a check is due."""
         if now >= rec.expires_at or rec.generation < self._generation:
             self._retire(rec, "reached max_lifetime" if now >= rec.expires_at else "drained")
             return False

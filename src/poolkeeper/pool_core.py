@@ -313,13 +313,13 @@ class PoolCore:
         ``own_frames``: how many innermost stack frames are the pool's (this one
         included), left out of the borrower's stack recorded for leak reports.
         """
-        rec.borrowed_at = now
         self._lent[rec.conn] = rec
         next(self._borrow_ticks)
         if waited:
             self._stats_waits.add()
             self._wait_samples.add(now - start)
         if self._leak_threshold is not None:
+            rec.borrowed_at = now
             stack = traceback.format_stack(limit=16 + own_frames)
             rec.borrow_stack = "".join(stack[:-own_frames])
         return rec.conn
