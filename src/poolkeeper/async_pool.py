@@ -47,7 +47,7 @@ from poolkeeper.errors import (
     WrongEventLoop,
 )
 from poolkeeper.policy import Backoff
-from poolkeeper.pool_core import PoolCore
+from poolkeeper.pool_core import PoolCore, overdue_waiters, remove_waiter
 from poolkeeper.record import ConnectionRecord
 from poolkeeper.redact import redact
 
@@ -420,24 +420,12 @@ class AsyncPool(PoolCore):
         waiters = self._waiters
         if not waiters:
             return
-        now = _monotonic()
-        overdue: list[_Waiter] = []
-        next_at = _NEVER
-        for entry in waiters:
-            deadline = entry[1]
-            if deadline <= now:
-                if not entry[0].done():
-                    overdue.append(entry)
-            elif deadline < next_at:
-                next_at = deadline
-        overdue.sort(key=_deadline_of)
+        overdue, next_at = overdue_waiters(waiters, _monotonic(), _deadline_of)
         for entry in overdue:
+            if entry[0].done():
+                continue  # cancelled meanwhile: its own task takes it out
             # Out of the queue first, so the message counts the others still waiting.
-            # The overdue are nearly always at the head: no scan for them then.
-            if waiters[0] is entry:
-                waiters.popleft()
-            else:
-                waiters.remove(entry)
+            remove_waiter(waiters, entry)
             entry[0].set_exception(self._no_connection_error(entry[2]))
         if next_at < self._timer_at:
             self._arm_timer(next_at)

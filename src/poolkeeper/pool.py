@@ -33,7 +33,7 @@ from poolkeeper.drivers import BROKEN, IN_TRANSACTION, SyncDriver, load_sync_dri
 from poolkeeper.drivers.libpq_options import READ_ONLY_SQLSTATE
 from poolkeeper.errors import PoolClosed, PoolError
 from poolkeeper.policy import Backoff
-from poolkeeper.pool_core import PoolCore
+from poolkeeper.pool_core import PoolCore, overdue_waiters, remove_waiter
 from poolkeeper.record import ConnectionRecord
 from poolkeeper.redact import redact
 
@@ -368,24 +368,11 @@ class Pool(PoolCore):
 
     def _fail_overdue_locked(self) -> None:
         waiters = self._waiters
-        now = _monotonic()
-        overdue: list[_Waiter] = []
-        next_at = _NEVER
-        for waiter in waiters:
-            if waiter.deadline <= now:
-                overdue.append(waiter)
-            elif waiter.deadline < next_at:
-                next_at = waiter.deadline
-        overdue.sort(key=_deadline_of)
+        overdue, self._watch_at = overdue_waiters(waiters, _monotonic(), _deadline_of)
         for waiter in overdue:
             # Out of the queue first, so the message counts the others still waiting.
-            # The overdue are nearly always at the head: no scan for them then.
-            if waiters[0] is waiter:
-                waiters.popleft()
-            else:
-                waiters.remove(waiter)
+            remove_waiter(waiters, waiter)
             waiter.fail(self._no_connection_error(waiter.limit))
-        self._watch_at = next_at
 
     def _validate(self, rec: ConnectionRecord, now: float) -> bool:
         """Is ``rec`` fit to lend? If not, retire it (the caller tries again)."""
@@ -440,7 +427,7 @@ class Pool(PoolCore):
                     waiter = waiters.popleft()
                     # Assigned under the lock, woken after it: the wake-up is a syscall,
                     # and every other borrower would queue behind it. A waiter that times
-                    # out in between finds rec already set and takes it (see _wait_for).
+                    # is interrupted in between finds rec set and passes it on (_abandon).
                     waiter.rec = rec
                 else:
                     self._idle.append(rec)

@@ -17,7 +17,7 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from psycopg.conninfo import conninfo_to_dict
 
@@ -43,13 +43,49 @@ from poolkeeper.record import ConnectionRecord
 from poolkeeper.redact import redact
 from poolkeeper.stats import Counter, PoolStats, WaitSamples
 
-__all__ = ["ConfigureFailed", "PoolCore", "meant_for_primary"]
+__all__ = [
+    "ConfigureFailed",
+    "PoolCore",
+    "meant_for_primary",
+    "overdue_waiters",
+    "remove_waiter",
+]
 
 _log = logging.getLogger("poolkeeper.pool")
 _monotonic = time.monotonic
 _STANDBY_TARGETS = frozenset({"read-only", "standby", "prefer-standby"})
 
 # Records a forked child inherited: kept alive so their finalisers never run there.
+_W = TypeVar("_W")
+
+
+def overdue_waiters(
+    waiters: deque[_W], now: float, deadline_of: Callable[[_W], float]
+) -> tuple[list[_W], float]:
+    """The waiters whose deadline has passed, earliest first (still queued), and the
+    earliest deadline still ahead (inf if none): one scan for both pools' deadline
+    keepers, whose waiters join in order and so are nearly sorted already."""
+    overdue: list[_W] = []
+    next_at = float("inf")
+    for waiter in waiters:
+        deadline = deadline_of(waiter)
+        if deadline <= now:
+            overdue.append(waiter)
+        elif deadline < next_at:
+            next_at = deadline
+    overdue.sort(key=deadline_of)
+    return overdue, next_at
+
+
+def remove_waiter(waiters: deque[_W], waiter: _W) -> None:
+    """Take ``waiter`` out of the queue; overdue ones are nearly always at its head,
+    where no scan is needed."""
+    if waiters[0] is waiter:
+        waiters.popleft()
+    else:
+        waiters.remove(waiter)
+
+
 _orphans: list[ConnectionRecord] = []
 
 
