@@ -56,11 +56,13 @@ def test_expired_and_drained_connections_retire_even_at_min_size() -> None:
 def test_keepalive_pings_only_connections_quiet_for_the_interval() -> None:
     quiet = _rec(opened=0, used=0, checked=60, expires=1e9)
     recent = _rec(opened=0, used=0, checked=95, expires=1e9)
+    # A return is as good as a ping: the pool only stamps last_used then.
+    returned = _rec(opened=0, used=95, checked=0, expires=1e9)
     plan = plan_housekeeping(
-        [quiet, recent],
+        [quiet, recent, returned],
         now=100,
-        total=2,
-        min_size=2,
+        total=3,
+        min_size=3,
         max_idle=None,
         keepalive_interval=30,
         generation=0,

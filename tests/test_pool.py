@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -134,6 +136,30 @@ def test_a_waiter_gets_the_connection_returned_by_another_thread(make_pool: Pool
     assert 0.15 < time.monotonic() - start < 2
     pool.putconn(again)
     assert pool.stats().waits == 1
+
+
+def test_every_wait_sleeps_until_served_however_the_last_one_ended(
+    make_pool: PoolFactory,
+) -> None:
+    # Served waiters are reused: each later wait in the same thread must still sleep
+    # until a connection is handed over, after a served wait and after a timed-out one.
+    pool = make_pool(min_size=1, max_size=1)
+    pool.wait(5)
+    conn = pool.getconn()
+    for ending in ("served", "served", "timed out", "served"):
+        start = time.monotonic()
+        if ending == "timed out":
+            with pytest.raises(PoolTimeout):
+                pool.getconn(timeout=0.2)
+            assert time.monotonic() - start >= 0.19
+            continue
+        threading.Timer(0.2, pool.putconn, [conn]).start()
+        got = pool.getconn(timeout=5)
+        assert got is conn
+        assert time.monotonic() - start >= 0.15, f"wait after a {ending} one did not sleep"
+    pool.putconn(conn)
+    assert pool.stats().waits == 3
+    assert pool.stats().borrows == 4
 
 
 def test_each_waiter_times_out_at_its_own_deadline_whatever_its_place(
@@ -433,3 +459,59 @@ def test_leaked_connection_is_logged_once_with_the_borrowers_stack(
     assert len(leaks) == 1
     assert "borrow_and_forget" in leaks[0].getMessage()
     pool.putconn(conn)
+
+
+def _in_child(*steps: Callable[[], object]) -> list[str]:
+    """Run ``steps`` in a forked child; what each returned or raised, as text."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read)
+        said = []
+        for step in steps:
+            try:
+                said.append(f"ok: {step()!r}")
+            except BaseException as exc:  # report anything to the parent
+                said.append(f"{type(exc).__name__}: {exc}")
+        os.write(write, "\n".join(said).encode())
+        os._exit(0)
+    os.close(write)
+    _, status = os.waitpid(pid, 0)
+    with os.fdopen(read) as pipe:
+        child_said = pipe.read().splitlines()
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert len(child_said) == len(steps), child_said
+    return child_said
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_pool_opened_before_fork_refuses_to_open_or_lend_in_the_child(
+    make_pool: PoolFactory,
+) -> None:
+    pool = make_pool(min_size=1, max_size=1)
+    pool.wait(5)
+    # getconn trusts "closed" to cover "forked": open() in the child must not undo it.
+    for line in _in_child(pool.open, pool.getconn):
+        assert line.startswith("PoolClosed:") and "fork()" in line, line
+    with pool.connection() as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_pool_made_with_open_false_before_fork_opens_in_the_child(
+    make_pool: PoolFactory,
+) -> None:
+    # The pre-fork server pattern: build at import time, open in each worker.
+    pool = make_pool(min_size=1, max_size=1, open=False)
+
+    def borrow_and_close() -> object:
+        pool.open()
+        with pool.connection() as conn:
+            row = conn.execute("SELECT 1").fetchone()
+        pool.close()
+        return row
+
+    assert _in_child(borrow_and_close) == ["ok: (1,)"]
+    pool.open()
+    with pool.connection() as conn:
+        assert conn.execute("SELECT 2").fetchone() == (2,)

@@ -345,21 +345,19 @@ class AsyncPool(PoolCore):
         # The slow path, in this same coroutine: under contention every borrow comes
         # here, and each coroutine frame more would cost a call and a resume per wait.
         start = _monotonic()
-        limit = self.config.timeout if timeout is None else timeout
+        limit = self._timeout if timeout is None else timeout
         deadline = start + limit
         waited = False
         while True:
             if rec is None:
-                if self._closed or self._forked:
+                if self._closed:  # a pool inherited through fork() is closed too
                     self._raise_if_closed()
                 waiters = self._waiters
                 if not waiters and self._idle:
                     rec = self._idle.pop()
                 else:
                     # Only a failing server or max_waiting can refuse a caller a place.
-                    if (
-                        self._breaker.failing_since is not None or self.config.max_waiting
-                    ) and self._may_queue(_monotonic()):
+                    if self._may_refuse and self._may_queue(_monotonic()):
                         self._probe.fire()
                     # The Future class itself: loop.create_future() would add a frame.
                     waiter: asyncio.Future[ConnectionRecord] = _Future(loop=self._loop)
@@ -367,7 +365,7 @@ class AsyncPool(PoolCore):
                     waiters.append(entry)
                     if self._idle:
                         self._serve_waiters()
-                    if self._total < self.config.max_size:
+                    if self._total < self._max_size:
                         self._grow()
                     # One timer for the whole queue (see _expire_waiters), re-armed only
                     # for a deadline earlier than the one it is set for.
@@ -394,8 +392,18 @@ class AsyncPool(PoolCore):
             if now >= rec.check_due and not await self._validate(rec, now):
                 rec = None
                 continue
-            # Ours: _lend, getconn.
-            return self._lend(rec, now, start, waited, own_frames=2)
+            # What the fast path books, inline (as in Pool.getconn). A borrow that
+            # waited is counted once, as a wait.
+            self._lent[rec.conn] = rec
+            if waited:
+                self._stats_waits.add()
+                self._record_wait(now - start)
+            else:
+                next(self._borrow_ticks)
+            if self._leak_threshold is not None:
+                rec.borrowed_at = now
+                rec.borrow_stack = "".join(traceback.format_stack(limit=16)[:-1])
+            return rec.conn
 
     def _arm_timer(self, at: float) -> None:
         """Set the queue's one deadline timer to fire at ``at`` (monotonic seconds)."""
@@ -500,7 +508,8 @@ class AsyncPool(PoolCore):
         if rec.generation != self._generation or now >= rec.expires_at:
             self._retire(rec, "returned after close, drain() or max_lifetime")
             return
-        rec.last_used = rec.last_checked = now
+        # Returned is as good as checked: keepalives count from the later of the two.
+        rec.last_used = now
         rec.check_due = now + self._check_after
         # _hand_off, inlined: under contention every return hands its connection over.
         waiters = self._waiters
@@ -713,7 +722,7 @@ class AsyncPool(PoolCore):
     def _on_connect_failure(self, exc: BaseException) -> None:
         self._record_connect_failure(exc)
         now = _monotonic()
-        self._breaker.failure(now)
+        self._record_breaker_failure(now)
         if not self._breaker.is_open(now):
             return
         waiters = list(self._waiters)

@@ -160,7 +160,10 @@ def plan_housekeeping(
         if expired or idle_too_long:
             plan.retire.append(rec)
             remaining -= 1
-        elif keepalive_interval is not None and now - rec.last_checked >= keepalive_interval:
+        elif (
+            keepalive_interval is not None
+            and now - max(rec.last_used, rec.last_checked) >= keepalive_interval
+        ):
             plan.ping.append(rec)
     return plan
 

@@ -49,7 +49,7 @@ _NEVER = float("inf")
 class _Waiter:
     """One queued caller: a lock it sleeps on, its deadline, and what it was handed.
 
-    Made by :func:`_new_waiter`, not by calling the class: under contention every
+    Made inline in ``Pool.getconn``, not by calling the class: under contention every
     borrow makes one, and a Python ``__init__`` costs more than the rest of it.
     """
 
@@ -69,18 +69,6 @@ class _Waiter:
     def fail(self, error: PoolError) -> None:
         self.error = error
         self.lock.release()
-
-
-def _new_waiter(deadline: float, limit: float) -> _Waiter:
-    """A waiter whose lock is held, so that acquiring it again sleeps until released."""
-    waiter = _new_object(_Waiter)
-    lock = waiter.lock = _allocate_lock()
-    lock.acquire()
-    waiter.rec = None
-    waiter.error = None
-    waiter.deadline = deadline
-    waiter.limit = limit
-    return waiter
 
 
 def _deadline_of(waiter: _Waiter) -> float:
@@ -103,6 +91,7 @@ class Pool(PoolCore):
         "_lock",
         "_ping",
         "_probe",
+        "_spare_waiters",
         "_watch_at",
         "_workers",
     )
@@ -124,6 +113,11 @@ class Pool(PoolCore):
         # The deadline thread sleeps on this until the earliest deadline it knows of.
         self._deadlines = threading.Condition(self._lock)
         self._watch_at = _NEVER
+        # Waiters that were served, their lock held again: reused by the next wait, as
+        # making a lock and a waiter cost more than the rest of a contended borrow.
+        # At most one per thread that ever waited at once; never one that timed out
+        # or was interrupted (its lock's state is not known to be "held").
+        self._spare_waiters: list[_Waiter] = []
         self._deadline_thread: threading.Thread | None = None
         self._probe = threading.Event()
         self._workers: BackgroundWorkers | None = None
@@ -142,6 +136,9 @@ class Pool(PoolCore):
         Returns at once; use :meth:`wait` to block until they are open.
         """
         with self._lock:
+            if self._forked:
+                # Checked first: getconn relies on a forked pool staying closed.
+                self._raise_if_closed()
             if self._opened:
                 if self._closed:
                     raise PoolClosed(f"pool {self.name!r} was closed; create a new Pool")
@@ -193,6 +190,7 @@ class Pool(PoolCore):
             for waiter in self._waiters:
                 waiter.fail(PoolClosed(f"pool {self.name!r} was closed while waiting"))
             self._waiters.clear()
+            self._spare_waiters.clear()
             idle = list(self._idle)
             self._idle.clear()
             self._total -= len(idle)
@@ -259,33 +257,41 @@ class Pool(PoolCore):
                     return rec.conn
         # The slow path, in this same frame. Under contention every borrow comes here,
         # and the woken waiter runs all of it while holding the GIL that the other
-        # threads need: each call left out is throughput (docs/benchmarks.md).
+        # threads need: each call or attribute read left out is throughput
+        # (docs/benchmarks.md counts them).
         start = _monotonic()
-        limit = self.config.timeout if timeout is None else timeout
+        limit = self._timeout if timeout is None else timeout
         deadline = start + limit
         waited = False
+        spare_waiters = self._spare_waiters
         while True:
             if rec is None:
-                # Made before taking the lock, to keep that short: needed unless an
-                # idle connection turned up meanwhile.
-                waiter = _new_waiter(deadline, limit)
-                queued = False
+                # Made before taking the lock, to keep that short; needed unless an
+                # idle connection turned up meanwhile. Its lock starts held, so that
+                # acquiring it again sleeps until a returner (or a deadline) releases it.
+                try:
+                    waiter = spare_waiters.pop()
+                except IndexError:
+                    lock = _allocate_lock()
+                    lock.acquire()
+                    waiter = _new_object(_Waiter)
+                    waiter.lock = lock
+                    waiter.error = None
+                waiter.rec = None
+                waiter.deadline = deadline
+                waiter.limit = limit
                 with self._lock:
-                    if self._closed or self._forked:
+                    if self._closed:  # a pool inherited through fork() is closed too
                         self._raise_if_closed()
                     waiters = self._waiters
                     if not waiters and self._idle:
                         rec = self._idle.pop()
                     else:
-                        # Only a failing server or max_waiting can refuse a caller a place.
-                        if (
-                            self._breaker.failing_since is not None or self.config.max_waiting
-                        ) and self._may_queue(_monotonic()):
+                        if self._may_refuse and self._may_queue(_monotonic()):
                             self._probe.set()
                         if limit <= 0:
                             raise self._no_connection_error(limit)
                         waiters.append(waiter)
-                        queued = True
                         # One thread keeps every deadline (see _expire_waiters); it
                         # needs waking only for a deadline earlier than it sleeps for.
                         if deadline < self._watch_at:
@@ -294,9 +300,9 @@ class Pool(PoolCore):
                         # Written the waiter, now read the stack: see the module docstring.
                         if self._idle:
                             self._serve_waiters_locked()
-                        if self._total < self.config.max_size:
+                        if self._total < self._max_size:
                             self._grow_locked()
-                if queued:
+                if rec is None:
                     # No timeout here: a timed sleep arms a kernel timer on every wait,
                     # which showed in contended throughput; the deadline thread wakes
                     # us with PoolTimeout instead.
@@ -311,18 +317,20 @@ class Pool(PoolCore):
                     if rec is None:
                         assert waiter.error is not None
                         raise waiter.error
+                    spare_waiters.append(waiter)
                     waited = True
-                assert rec is not None
             now = _monotonic()
             # The fast path's one compare (lifetimes and drain() are enforced on return
             # and by housekeeping); _validate looks at everything once a check is due.
             if now < rec.check_due or self._validate(rec, now):
-                # PoolCore._lend, inline: this runs on the woken waiter's GIL time.
+                # What the fast path books, inline: this runs on the woken waiter's
+                # GIL time. A borrow that waited is counted once, as a wait.
                 self._lent[rec.conn] = rec
-                next(self._borrow_ticks)
                 if waited:
                     self._stats_waits.add()
-                    self._wait_samples.add(now - start)
+                    self._record_wait(now - start)
+                else:
+                    next(self._borrow_ticks)
                 if self._leak_threshold is not None:
                     rec.borrowed_at = now
                     rec.borrow_stack = "".join(traceback.format_stack(limit=16)[:-1])
@@ -417,7 +425,8 @@ class Pool(PoolCore):
         if rec.generation != self._generation or now >= rec.expires_at:
             self._retire(rec, "returned after close, drain() or max_lifetime")
             return
-        rec.last_used = rec.last_checked = now
+        # Returned is as good as checked: keepalives count from the later of the two.
+        rec.last_used = now
         rec.check_due = now + self._check_after
         if self._waiters:
             # Hand-off, inline: under contention every return comes here.
@@ -627,7 +636,7 @@ class Pool(PoolCore):
         self._record_connect_failure(exc)
         now = _monotonic()
         with self._lock:
-            self._breaker.failure(now)
+            self._record_breaker_failure(now)
             if not self._breaker.is_open(now):
                 return
             # Under the lock, as in close(); one error each, as each is raised in
@@ -677,5 +686,6 @@ class Pool(PoolCore):
         self._changed = threading.Condition(self._lock)
         self._deadlines = threading.Condition(self._lock)
         self._watch_at = _NEVER
+        self._spare_waiters = []
         self._deadline_thread = None
         self._workers = None

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-import traceback
 from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, TypeVar
@@ -124,8 +123,11 @@ class PoolCore:
         "_last_error",
         "_leak_threshold",
         "_lent",
+        "_max_size",
+        "_may_refuse",
         "_opened",
         "_opening",
+        "_record_wait",
         "_reset_mode",
         "_return_state",
         "_stats_borrows",
@@ -139,6 +141,7 @@ class PoolCore:
         "_stats_timeouts",
         "_stats_waits",
         "_status",
+        "_timeout",
         "_total",
         "_user_check",
         "_wait_samples",
@@ -192,6 +195,12 @@ class PoolCore:
         self._apply_check_settings()
 
         self._breaker = Breaker(config.fail_fast_after)
+        # Read on every contended borrow, so kept here rather than behind self.config:
+        # the timeout, max_size (resize() updates it), and whether anything can refuse
+        # a caller a place in the queue (max_waiting, or a server seen failing).
+        self._timeout = config.timeout
+        self._max_size = config.max_size
+        self._may_refuse = bool(config.max_waiting)
         self._last_error: ConnectionFailed | None = None
         self._stats_borrows = Counter()
         self._borrow_ticks = self._stats_borrows.ticks
@@ -205,6 +214,7 @@ class PoolCore:
         self._stats_resets = Counter()
         self._stats_leaks = Counter()
         self._wait_samples = WaitSamples()
+        self._record_wait = self._wait_samples.add
         forking.register(self)
 
     def _apply_check_settings(self) -> None:
@@ -233,7 +243,8 @@ class PoolCore:
             in_use=len(self._lent),
             opening=self._opening,
             waiting=len(self._waiters),
-            borrows=self._stats_borrows.value,
+            # A borrow that waited is counted once, as a wait (see getconn).
+            borrows=self._stats_borrows.value + self._stats_waits.value,
             waits=self._stats_waits.value,
             timeouts=self._stats_timeouts.value,
             wait_p50_ms=p50 * 1000,
@@ -340,25 +351,6 @@ class PoolCore:
                 f"(max_waiting={max_waiting}); shed load or raise max_waiting"
             )
         return probe
-
-    def _lend(
-        self, rec: ConnectionRecord, now: float, start: float, waited: bool, own_frames: int
-    ) -> Any:
-        """Book ``rec`` as lent from ``getconn``'s slow path and return its connection.
-
-        ``own_frames``: how many innermost stack frames are the pool's (this one
-        included), left out of the borrower's stack recorded for leak reports.
-        """
-        self._lent[rec.conn] = rec
-        next(self._borrow_ticks)
-        if waited:
-            self._stats_waits.add()
-            self._wait_samples.add(now - start)
-        if self._leak_threshold is not None:
-            rec.borrowed_at = now
-            stack = traceback.format_stack(limit=16 + own_frames)
-            rec.borrow_stack = "".join(stack[:-own_frames])
-        return rec.conn
 
     def _no_connection_error(self, limit: float) -> PoolTimeout:
         """A waiter's deadline passed: count it and say what to change."""
@@ -482,7 +474,13 @@ class PoolCore:
         if self._breaker.failing_since is None:
             return False
         self._breaker.success()
+        self._may_refuse = bool(self.config.max_waiting)
         return True
+
+    def _record_breaker_failure(self, now: float) -> None:
+        """A connection attempt failed: callers may now be refused (see ``_may_queue``)."""
+        self._breaker.failure(now)
+        self._may_refuse = True
 
     def _log_give_up(self) -> None:
         _log.error(
@@ -532,6 +530,7 @@ class PoolCore:
     def _resize_surplus(self, min_size: int, max_size: int) -> list[ConnectionRecord]:
         """Apply new bounds; return the idle records beyond the new ``max_size``."""
         self.config = self.config.replace(min_size=min_size, max_size=max_size)
+        self._max_size = max_size
         excess = self._total - max_size
         surplus: list[ConnectionRecord] = []
         while excess > 0 and self._idle:
@@ -579,5 +578,9 @@ class PoolCore:
         self._lent = {}
         self._waiters = deque()
         self._total = self._opening = 0
+        if not self._opened:
+            # Never opened (open=False, to be opened in each worker, the pre-fork
+            # server pattern): it holds nothing of the parent's, so the child may open it.
+            return
         self._forked = True
         self._closed = True

@@ -11,8 +11,9 @@ class ConnectionRecord:
     """What the pool knows about one connection.
 
     ``last_used`` is when a borrower last returned it (``max_idle`` counts from
-    there); ``last_checked`` is when it was last known good (returned or pinged:
-    ``check_after`` and keepalives count from there); ``expires_at`` is
+    there); ``last_checked`` is when it was opened or last pinged (keepalives count
+    from the later of the two, a return being as good as a ping); ``check_due`` is
+    when ``check_after`` runs out; ``expires_at`` is
     its jittered end of life; ``generation`` is the pool's generation when it was
     opened, so that ``drain()`` can retire everything older.
     """
@@ -45,8 +46,8 @@ class ConnectionRecord:
         self.created_at = now
         self.last_used = now
         self.last_checked = now
-        # When it must next be checked before lending: last_checked + check_after,
-        # or -inf once something suggests it may be dead.
+        # When it must next be checked before lending: check_after past its last
+        # return or ping, or -inf once something suggests it may be dead.
         self.check_due = now + check_after
         self.expires_at = expires_at
         self.generation = generation
