@@ -261,7 +261,7 @@ class SQLAlchemyQueuePool(SyncContender):
         self.pool.dispose()
 
 
-class _FifoHandOff:
+class FifoHandOff:
     """The least a first-come-first-served pool can do: a stack of connections, one
     lock, and a lock per waiter that the returner releases after handing it the
     connection. No timeout, check, reset, statistics or fork safety."""
@@ -292,7 +292,7 @@ class _FifoHandOff:
 
 
 class FifoFloor(SyncContender):
-    """Not a pool to use: :class:`_FifoHandOff` over plain psycopg connections.
+    """Not a pool to use: :class:`FifoHandOff` over plain psycopg connections.
 
     Above pool size it shows what first-come-first-served hand-off itself costs on
     this host, apart from any pool's features: the floor for poolkeeper's waiting
@@ -312,7 +312,7 @@ class FifoFloor(SyncContender):
         import psycopg
 
         self.conns = [psycopg.connect(self.dsn, autocommit=True) for _ in range(self.size)]
-        self.pool = _FifoHandOff(self.conns)
+        self.pool = FifoHandOff(self.conns)
 
     def bind(self, worker: int) -> tuple[Getter, Putter]:
         """The hand-off's own bound methods."""

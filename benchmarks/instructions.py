@@ -18,6 +18,18 @@ Variants (each a checkout/return pair around the same query):
 * ``pair_only``: ``Pool.putconn(Pool.getconn())`` with no query, and
   ``floor``: the same loop around two trivial Python methods.
 
+Contended variants (``--contended``), the same query from more borrowers than the
+10 connections, so that every borrow waits and is handed its connection:
+
+* ``threads_poolkeeper``, ``threads_fifo_floor``, ``threads_psycopg_pool``:
+  ``--threads`` threads (16) sharing the iterations. valgrind runs one thread at a
+  time and switches at blocking calls, much as the GIL does; kernel time (the
+  futex and scheduler work of each wake-up) is not counted, so this is the
+  Python side of contention only.
+* ``async_dedicated``, ``async_poolkeeper`` (psycopg) and ``asyncpg_dedicated``,
+  ``asyncpg_poolkeeper``: 10 tasks each owning a connection, against ``--tasks``
+  tasks (64) over an ``AsyncPool`` of 10.
+
 Counts include every thread of the process (the pools' background workers idle
 meanwhile); the server's work is in another process and not counted.
 """
@@ -25,17 +37,30 @@ meanwhile); the server's work is in another process and not counted.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 __all__ = ["VARIANTS", "count_per_iteration", "main"]
 
 VARIANTS = ("dedicated", "pool_connection", "poolkeeper", "psycopg_pool", "pair_only", "floor")
+CONTENDED_VARIANTS = (
+    "threads_poolkeeper",
+    "threads_fifo_floor",
+    "threads_psycopg_pool",
+    "async_dedicated",
+    "async_poolkeeper",
+    "asyncpg_dedicated",
+    "asyncpg_poolkeeper",
+)
+#: connections in every contended variant, as in the throughput benchmark
+POOL_SIZE = 10
 _COLLECTED = re.compile(r"Collected\s*:\s*(\d+)")
 
 
@@ -91,6 +116,121 @@ def _loop(variant: str, dsn: str, iterations: int) -> None:
     os._exit(0)
 
 
+def _threads_loop(variant: str, dsn: str, iterations: int, threads: int) -> None:
+    """``threads`` threads share ``iterations`` borrows of ``POOL_SIZE`` connections."""
+    get: Callable[[], Any]
+    put: Callable[[Any], None]
+    if variant == "threads_fifo_floor":
+        import psycopg
+
+        from benchmarks.contenders import FifoHandOff
+
+        conns = [psycopg.connect(dsn, autocommit=True) for _ in range(POOL_SIZE)]
+        floor = FifoHandOff(conns)
+        get, put = floor.get, floor.put
+    elif variant == "threads_psycopg_pool":
+        from psycopg_pool import ConnectionPool
+
+        peer: ConnectionPool[Any] = ConnectionPool(
+            dsn, min_size=POOL_SIZE, max_size=POOL_SIZE, kwargs={"autocommit": True}
+        )
+        peer.wait()
+        get, put = peer.getconn, peer.putconn
+    else:
+        from poolkeeper import Pool
+
+        pool = Pool(
+            dsn, min_size=POOL_SIZE, max_size=POOL_SIZE, connect_kwargs={"autocommit": True}
+        )
+        pool.wait()
+        get, put = pool.getconn, pool.putconn
+
+    def borrow(times: int) -> None:
+        for _ in range(times):
+            conn = get()
+            _query(conn)
+            put(conn)
+
+    borrow(50)  # warm, in one thread: prepared statements, specialized bytecode
+    workers = [
+        threading.Thread(target=borrow, args=(iterations // threads,)) for _ in range(threads)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    sys.stdout.flush()
+    os._exit(0)
+
+
+async def _async_query_psycopg(conn: Any) -> None:
+    cur = conn.cursor()
+    await cur.execute("SELECT 1")
+    await cur.fetchone()
+    await cur.close()
+
+
+async def _async_query_asyncpg(conn: Any) -> None:
+    await conn.fetchval("SELECT 1")
+
+
+async def _async_loop(variant: str, dsn: str, iterations: int, tasks: int) -> None:
+    """``async_*`` (psycopg) and ``asyncpg_*``: dedicated connections for POOL_SIZE
+    tasks, or an AsyncPool of POOL_SIZE for ``tasks`` tasks, sharing ``iterations``."""
+    driver = "asyncpg" if variant.startswith("asyncpg_") else "psycopg"
+    query = _async_query_asyncpg if driver == "asyncpg" else _async_query_psycopg
+    binders: list[tuple[Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]]]
+    if variant.endswith("_dedicated"):
+        conns: list[Any]
+        if driver == "asyncpg":
+            import asyncpg
+
+            conns = [await asyncpg.connect(dsn) for _ in range(POOL_SIZE)]
+        else:
+            from psycopg import AsyncConnection
+
+            conns = [await AsyncConnection.connect(dsn, autocommit=True) for _ in range(POOL_SIZE)]
+        binders = [_owned(conn) for conn in conns]
+    else:
+        from poolkeeper import AsyncPool
+
+        options: dict[str, Any] = {"driver": "asyncpg"}
+        if driver == "psycopg":
+            options = {"connect_kwargs": {"autocommit": True}}
+        pool = AsyncPool(dsn, min_size=POOL_SIZE, max_size=POOL_SIZE, open=False, **options)
+        await pool.open()
+        await pool.wait()
+        binders = [(pool.getconn, pool.putconn)] * tasks
+
+    async def borrow(
+        get: Callable[[], Awaitable[Any]], put: Callable[[Any], Awaitable[None]], times: int
+    ) -> None:
+        for _ in range(times):
+            conn = await get()
+            await query(conn)
+            await put(conn)
+
+    await asyncio.gather(*(borrow(get, put, 5) for get, put in binders))  # warm
+    share = iterations // len(binders)
+    await asyncio.gather(*(borrow(get, put, share) for get, put in binders))
+    sys.stdout.flush()
+    os._exit(0)
+
+
+def _owned(
+    conn: Any,
+) -> tuple[Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]]:
+    """A task's own connection behind the same two coroutine functions a pool has."""
+
+    async def get() -> Any:
+        return conn
+
+    async def put(_conn: Any) -> None:
+        return None
+
+    return get, put
+
+
 def _ignore(_conn: Any) -> None:
     return None
 
@@ -99,7 +239,7 @@ def _no_query(_conn: Any) -> None:
     return None
 
 
-def _collected(variant: str, dsn: str, iterations: int) -> int:
+def _collected(variant: str, dsn: str, iterations: int, borrowers: list[str]) -> int:
     command = [
         "valgrind",
         "--tool=callgrind",
@@ -113,6 +253,7 @@ def _collected(variant: str, dsn: str, iterations: int) -> int:
         dsn,
         "--queries",
         str(iterations),
+        *borrowers,
     ]
     # A fixed hash seed: with random ones the same code measured 3,700 to 5,000
     # instructions per pair from run to run (dict layouts, and so probe counts, move).
@@ -126,11 +267,30 @@ def _collected(variant: str, dsn: str, iterations: int) -> int:
     return int(match.group(1))
 
 
-def count_per_iteration(variant: str, dsn: str, iterations: int) -> float:
-    """Instructions of one loop iteration of ``variant``: run N and 5N, subtract."""
-    short = _collected(variant, dsn, iterations)
-    long = _collected(variant, dsn, 5 * iterations)
-    return (long - short) / (4 * iterations)
+def _borrowers(variant: str, threads: int, tasks: int) -> int:
+    """How many threads or tasks share the iterations of ``variant``."""
+    if variant.startswith("threads_"):
+        return threads
+    if variant.endswith("_dedicated"):
+        return POOL_SIZE
+    if variant.startswith(("async_", "asyncpg_")):
+        return tasks
+    return 1
+
+
+def count_per_iteration(
+    variant: str, dsn: str, iterations: int, *, threads: int = 16, tasks: int = 64
+) -> float:
+    """Instructions of one loop iteration of ``variant``: run N and 5N, subtract.
+
+    N is rounded down to a multiple of the variant's threads or tasks, so that each
+    gets the same share."""
+    unit = _borrowers(variant, threads, tasks)
+    n = max(unit, iterations // unit * unit)
+    borrowers = ["--threads", str(threads), "--tasks", str(tasks)]
+    short = _collected(variant, dsn, n, borrowers)
+    long = _collected(variant, dsn, 5 * n, borrowers)
+    return (long - short) / (4 * n)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,32 +298,71 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.instructions")
     parser.add_argument("--dsn", default=os.environ.get("DATABASE_URL"))
     parser.add_argument("--queries", type=int, default=500, help="N (the long run does 5N)")
-    parser.add_argument("--only", default=",".join(VARIANTS))
+    parser.add_argument("--only", help="comma-separated variants (default: the uncontended ones)")
+    parser.add_argument(
+        "--contended", action="store_true", help="the contended variants instead (threads, asyncio)"
+    )
+    parser.add_argument("--threads", type=int, default=16, help="threads in threads_* variants")
+    parser.add_argument("--tasks", type=int, default=64, help="tasks in async pool variants")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.dsn is None:
         parser.error("give --dsn or set DATABASE_URL")
     if args.child:
-        _loop(args.child, args.dsn, args.queries)
+        if args.child.startswith("threads_"):
+            _threads_loop(args.child, args.dsn, args.queries, args.threads)
+        elif args.child.startswith(("async_", "asyncpg_")):
+            asyncio.run(_async_loop(args.child, args.dsn, args.queries, args.tasks))
+        else:
+            _loop(args.child, args.dsn, args.queries)
         return 0
     if shutil.which("valgrind") is None:
         print("valgrind is not installed (Debian package 'valgrind'); nothing measured")
         return 1
+    default = CONTENDED_VARIANTS if args.contended else VARIANTS
+    variants = args.only.split(",") if args.only else list(default)
+    unknown = set(variants) - set(VARIANTS) - set(CONTENDED_VARIANTS)
+    if unknown:
+        parser.error(f"unknown variant(s): {', '.join(sorted(unknown))}")
     counts: dict[str, float] = {}
-    for variant in args.only.split(","):
-        counts[variant] = count_per_iteration(variant, args.dsn, args.queries)
-        print(f"{variant:16s} {counts[variant]:10,.0f} instructions per iteration", flush=True)
+    for variant in variants:
+        counts[variant] = count_per_iteration(
+            variant, args.dsn, args.queries, threads=args.threads, tasks=args.tasks
+        )
+        print(f"{variant:20s} {counts[variant]:10,.0f} instructions per iteration", flush=True)
+    print()
+    for line in _differences(counts):
+        print(line)
+    return 0
+
+
+def _differences(counts: dict[str, float]) -> list[str]:
+    """The comparisons that matter, for whichever variants were counted."""
+    lines = []
     base = counts.get("dedicated")
     if base:
-        print()
         for variant in ("pool_connection", "poolkeeper", "psycopg_pool"):
             if variant in counts:
                 extra = counts[variant] - base
-                print(f"{variant:16s} {extra:+10,.0f} vs dedicated ({extra / base:+.1%})")
+                lines.append(f"{variant:20s} {extra:+10,.0f} vs dedicated ({extra / base:+.1%})")
     if "pair_only" in counts and "floor" in counts:
         pair = counts["pair_only"] - counts["floor"]
-        print(f"{'getconn+putconn':16s} {pair:10,.0f} beyond the loop's own two calls")
-    return 0
+        lines.append(f"{'getconn+putconn':20s} {pair:10,.0f} beyond the loop's own two calls")
+    floor = counts.get("threads_fifo_floor")
+    if floor:
+        for variant in ("threads_poolkeeper", "threads_psycopg_pool"):
+            if variant in counts:
+                extra = counts[variant] - floor
+                share = f"{extra / floor:+.1%}"
+                lines.append(f"{variant:20s} {extra:+10,.0f} vs the FIFO floor ({share})")
+    for driver in ("async", "asyncpg"):
+        own, pooled = counts.get(f"{driver}_dedicated"), counts.get(f"{driver}_poolkeeper")
+        if own and pooled:
+            lines.append(
+                f"{driver + '_poolkeeper':20s} {pooled - own:+10,.0f} vs dedicated: "
+                f"{own / pooled:.1%} of its throughput if the client's CPU were all that counted"
+            )
+    return lines
 
 
 if __name__ == "__main__":
