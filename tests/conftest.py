@@ -101,3 +101,26 @@ def backends(admin: psycopg.Connection[Any], application_name: str) -> list[int]
         [application_name],
     ).fetchall()
     return [row[0] for row in rows]
+
+
+def in_forked_child(*steps: Callable[[], object]) -> list[str]:
+    """Run ``steps`` in a forked child; what each returned or raised, as text."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read)
+        said = []
+        for step in steps:
+            try:
+                said.append(f"ok: {step()!r}")
+            except BaseException as exc:  # report anything to the parent
+                said.append(f"{type(exc).__name__}: {exc}")
+        os.write(write, "\n".join(said).encode())
+        os._exit(0)
+    os.close(write)
+    _, status = os.waitpid(pid, 0)
+    with os.fdopen(read) as pipe:
+        child_said = pipe.read().splitlines()
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert len(child_said) == len(steps), child_said
+    return child_said

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import time
 from typing import Any
@@ -36,7 +37,7 @@ from tests.async_helpers import (
     is_closed,
     wait_until,
 )
-from tests.conftest import backends, settled_backends
+from tests.conftest import backends, in_forked_child, settled_backends
 
 driver = async_helpers.driver
 make_async_pool = async_helpers.make_async_pool
@@ -957,6 +958,23 @@ def test_a_pool_whose_loop_runs_elsewhere_refuses_to_lend(dsn: str, driver: str)
         await pool.close()
 
     asyncio.run(scenario())
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_pool_made_with_open_false_before_fork_opens_in_the_child(
+    dsn: str, driver: str
+) -> None:
+    # The pre-fork server pattern: built at import time, opened in each worker's loop.
+    pool = AsyncPool(dsn, min_size=1, driver=driver, open=False, name="pk-async-prefork")
+
+    async def borrow() -> object:
+        await pool.open()
+        async with pool.connection() as conn:
+            value = await fetchval(conn, "SELECT 1")
+        await pool.close()
+        return value
+
+    assert in_forked_child(lambda: asyncio.run(borrow())) == ["ok: 1"]
 
 
 def test_a_pool_made_outside_any_loop_opens_at_first_use(

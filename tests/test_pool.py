@@ -6,14 +6,13 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import psycopg
 import pytest
 
 from poolkeeper import PoolClosed, PoolError, PoolTimeout, TooManyWaiters
-from tests.conftest import PoolFactory, backends
+from tests.conftest import PoolFactory, backends, in_forked_child
 
 
 def wait_until(predicate: Any, timeout: float = 5.0) -> None:
@@ -461,29 +460,6 @@ def test_leaked_connection_is_logged_once_with_the_borrowers_stack(
     pool.putconn(conn)
 
 
-def _in_child(*steps: Callable[[], object]) -> list[str]:
-    """Run ``steps`` in a forked child; what each returned or raised, as text."""
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(read)
-        said = []
-        for step in steps:
-            try:
-                said.append(f"ok: {step()!r}")
-            except BaseException as exc:  # report anything to the parent
-                said.append(f"{type(exc).__name__}: {exc}")
-        os.write(write, "\n".join(said).encode())
-        os._exit(0)
-    os.close(write)
-    _, status = os.waitpid(pid, 0)
-    with os.fdopen(read) as pipe:
-        child_said = pipe.read().splitlines()
-    assert os.waitstatus_to_exitcode(status) == 0
-    assert len(child_said) == len(steps), child_said
-    return child_said
-
-
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_a_pool_opened_before_fork_refuses_to_open_or_lend_in_the_child(
     make_pool: PoolFactory,
@@ -491,7 +467,7 @@ def test_a_pool_opened_before_fork_refuses_to_open_or_lend_in_the_child(
     pool = make_pool(min_size=1, max_size=1)
     pool.wait(5)
     # getconn trusts "closed" to cover "forked": open() in the child must not undo it.
-    for line in _in_child(pool.open, pool.getconn):
+    for line in in_forked_child(pool.open, pool.getconn):
         assert line.startswith("PoolClosed:") and "fork()" in line, line
     with pool.connection() as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
@@ -511,7 +487,7 @@ def test_a_pool_made_with_open_false_before_fork_opens_in_the_child(
         pool.close()
         return row
 
-    assert _in_child(borrow_and_close) == ["ok: (1,)"]
+    assert in_forked_child(borrow_and_close) == ["ok: (1,)"]
     pool.open()
     with pool.connection() as conn:
         assert conn.execute("SELECT 2").fetchone() == (2,)
