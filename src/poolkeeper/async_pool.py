@@ -392,8 +392,8 @@ class AsyncPool(PoolCore):
             if now >= rec.check_due and not await self._validate(rec, now):
                 rec = None
                 continue
-            # What the fast path books, inline (as in Pool.getconn). A borrow that
-            # waited is counted once, as a wait.
+            # What the fast path books, inline, as Pool.getconn does (keep the two in
+            # step). A borrow that waited is counted once, as a wait.
             self._lent[rec.conn] = rec
             if waited:
                 self._stats_waits.add()

@@ -324,7 +324,9 @@ class Pool(PoolCore):
             # and by housekeeping); _validate looks at everything once a check is due.
             if now < rec.check_due or self._validate(rec, now):
                 # What the fast path books, inline: this runs on the woken waiter's
-                # GIL time. A borrow that waited is counted once, as a wait.
+                # GIL time. A borrow that waited is counted once, as a wait. The same
+                # lines close AsyncPool.getconn; keep the two in step (a shared
+                # method measured 0.25-0.5 % more instructions per contended borrow).
                 self._lent[rec.conn] = rec
                 if waited:
                     self._stats_waits.add()
