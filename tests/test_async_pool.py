@@ -961,9 +961,7 @@ def test_a_pool_whose_loop_runs_elsewhere_refuses_to_lend(dsn: str, driver: str)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
-def test_a_pool_made_with_open_false_before_fork_opens_in_the_child(
-    dsn: str, driver: str
-) -> None:
+def test_a_pool_made_with_open_false_before_fork_opens_in_the_child(dsn: str, driver: str) -> None:
     # The pre-fork server pattern: built at import time, opened in each worker's loop.
     pool = AsyncPool(dsn, min_size=1, driver=driver, open=False, name="pk-async-prefork")
 
