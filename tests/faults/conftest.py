@@ -140,3 +140,15 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> floa
             pytest.fail(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.02)
     return time.monotonic() - start
+
+
+def terminate_all(server: LocalServer, application_name: str) -> int:
+    """pg_terminate_backend every backend of ``application_name``; how many there were."""
+    with admin_connect(server) as admin:
+        killed = admin.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE application_name = %s",
+            [application_name],
+        ).fetchone()
+    wait_until(lambda: not backend_pids(server, application_name), 5, "terminated backends to exit")
+    return int(killed[0]) if killed else 0

@@ -10,7 +10,7 @@ import pytest
 
 from poolkeeper import ConnectionFailed, Pool, PoolTimeout
 from poolkeeper.embedded import LocalServer
-from tests.faults.conftest import Report, admin_connect, backend_pids, wait_until
+from tests.faults.conftest import Report, backend_pids, terminate_all, wait_until
 from tests.faults.proxy import FaultProxy
 
 pytestmark = pytest.mark.fault
@@ -26,17 +26,6 @@ def _warm(pool: Pool, count: int) -> None:
         conn.execute("SELECT 1")
     for conn in held:
         pool.putconn(conn)
-
-
-def _terminate_all(server: LocalServer, application_name: str) -> int:
-    with admin_connect(server) as admin:
-        killed = admin.execute(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-            "WHERE application_name = %s",
-            [application_name],
-        ).fetchone()
-    wait_until(lambda: not backend_pids(server, application_name), 5, "terminated backends to exit")
-    return int(killed[0]) if killed else 0
 
 
 def _borrow_many(pool: Pool, count: int) -> tuple[int, list[str]]:
@@ -63,7 +52,7 @@ def test_terminate_every_backend_then_100_borrows_succeed(
     assert len(old) == 4
     # A warm pool whose connections sat idle a moment (longer than check_after).
     time.sleep(pool.config.check_after + 0.05)
-    report["backends_terminated"] = _terminate_all(shared_server, name)
+    report["backends_terminated"] = terminate_all(shared_server, name)
 
     start = time.monotonic()
     ok, errors = _borrow_many(pool, 100)
@@ -84,7 +73,7 @@ def test_one_dead_connection_makes_every_older_idle_one_suspect(
     name = "fault-epoch"
     pool = pools(shared_server.dsn, name=name, min_size=4, max_size=8, check_after=3600)
     _warm(pool, 4)
-    _terminate_all(shared_server, name)
+    terminate_all(shared_server, name)
 
     # The one connection lent before anything was known to be wrong fails.
     ok, errors = _borrow_many(pool, 1)
