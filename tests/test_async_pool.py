@@ -25,6 +25,7 @@ from poolkeeper import (
 )
 from poolkeeper.drivers.asyncpg_async import asyncpg_connect_args
 from poolkeeper.drivers.base import ConnectSpec
+from poolkeeper.drivers.psycopg_async import AsyncGuardedConnection
 from tests import async_helpers
 from tests.async_helpers import (
     AsyncPoolFactory,
@@ -1006,3 +1007,18 @@ def test_close_on_loop_shutdown_logs_nothing_alarming(
 
     asyncio.run(forget_to_close())
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+@pytest.mark.parametrize("statement_timeout", [1.5, None])
+async def test_statement_timeout_guards_psycopg_connections_against_silence(
+    dsn: str, statement_timeout: float | None
+) -> None:
+    # Only pools with statement_timeout pay for the no-answer guard (see reliability.md).
+    pool = AsyncPool(dsn, min_size=1, name="pk-async-guarded", statement_timeout=statement_timeout)
+    try:
+        async with pool.connection() as conn:
+            guarded = isinstance(conn, AsyncGuardedConnection)
+            assert guarded is (statement_timeout is not None)
+            assert await fetchval(conn, "SELECT 1") == 1
+    finally:
+        await pool.close()

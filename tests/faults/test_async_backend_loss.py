@@ -7,9 +7,11 @@ import asyncio
 import time
 from collections.abc import Callable
 
+import psycopg
 import pytest
 
-from poolkeeper import AsyncPool
+from poolkeeper import AsyncPool, ConnectionFailed, PoolTimeout
+from poolkeeper.drivers.psycopg_async import AsyncGuardedConnection
 from poolkeeper.embedded import LocalServer
 from tests.async_helpers import driver, fetchval
 from tests.faults.conftest import Report, backend_pids, terminate_all
@@ -90,5 +92,63 @@ async def test_async_proxy_cut_all_connections(
         report["seconds_for_50_borrows"] = time.monotonic() - start
         assert errors == []
         assert ok == 50
+    finally:
+        await pool.close(timeout=1.0)
+
+
+async def test_async_proxy_black_hole_fails_within_timeouts_then_heals(
+    shared_server: LocalServer,
+    proxy_to: Callable[[int], FaultProxy],
+    report: Report,
+) -> None:
+    """psycopg only (asyncpg has its own command_timeout): a peer that accepts but never
+    answers ends queries, checks and borrows within the configured timeouts, and the
+    pool serves again once the network heals."""
+    proxy = proxy_to(shared_server.port)
+    dsn = f"postgresql://postgres@127.0.0.1:{proxy.port}/postgres"
+    statement_timeout = 1.0
+    pool = AsyncPool(
+        dsn, name="fault-async-blackhole", min_size=2, max_size=4, connect_timeout=2.0,
+        statement_timeout=statement_timeout,
+    )  # fmt: skip
+    try:
+        await _warm(pool, 2)
+        proxy.blackhole()
+
+        # 1. A query on a connection that was just in use (no borrow-time check).
+        conn = await pool.getconn(timeout=1)
+        assert isinstance(conn, AsyncGuardedConnection)
+        start = time.monotonic()
+        with pytest.raises(psycopg.OperationalError):
+            await conn.execute("SELECT 1")
+        query_failed_after = time.monotonic() - start
+        await pool.putconn(conn)
+        report["query_failed_after_s"] = query_failed_after
+        assert query_failed_after < 2 * statement_timeout + 1.5
+
+        # 2. A borrow while black-holed: bounded by the caller's timeout.
+        start = time.monotonic()
+        with pytest.raises((PoolTimeout, ConnectionFailed)):
+            async with pool.connection(timeout=3) as other:
+                await other.execute("SELECT 1")
+        borrow_failed_after = time.monotonic() - start
+        report["borrow_failed_after_s"] = borrow_failed_after
+        assert borrow_failed_after < 3 + 0.5 + statement_timeout * 2
+
+        # 3. Heal: the pool serves again on its own.
+        proxy.heal()
+        healed_at = time.monotonic()
+        while True:
+            try:
+                async with pool.connection(timeout=1) as again:
+                    await again.execute("SELECT 1")
+                break
+            except Exception:
+                assert time.monotonic() - healed_at < 10, "the pool did not serve after heal"
+                await asyncio.sleep(0.02)
+        report["seconds_to_serve_after_heal"] = time.monotonic() - healed_at
+        _, errors = await _borrow_many(pool, 20)
+        report["errors_after_heal"] = len(errors)
+        assert errors == []
     finally:
         await pool.close(timeout=1.0)

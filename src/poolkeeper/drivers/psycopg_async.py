@@ -8,12 +8,23 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import psycopg
+from psycopg import generators, pq, waiting
 
 from poolkeeper.drivers.base import ConnectSpec
-from poolkeeper.drivers.psycopg_common import PsycopgState, connect_params
+from poolkeeper.drivers.psycopg_common import (
+    PsycopgState,
+    connect_params,
+    silence_guard,
+    silence_limit,
+)
 from poolkeeper.session_state import KNOWN_VERDICTS, RESET_SQL, touches_session
 
-__all__ = ["AsyncPoolConnection", "AsyncPsycopgDriver", "AsyncTrackingCursor"]
+__all__ = [
+    "AsyncGuardedConnection",
+    "AsyncPoolConnection",
+    "AsyncPsycopgDriver",
+    "AsyncTrackingCursor",
+]
 
 
 _cursor_execute = psycopg.AsyncCursor.execute
@@ -60,13 +71,33 @@ class AsyncPoolConnection(psycopg.AsyncConnection[Any]):
     _pk_ping_timeout: float = 10.0
 
 
+class AsyncGuardedConnection(AsyncPoolConnection):
+    """An ``AsyncPoolConnection`` on a pool with ``statement_timeout``: it does not wait
+    forever for a server that stopped answering (see ``GuardedConnection``).
+
+    Used only when the pool sets ``statement_timeout``, so that other pools pay nothing.
+    """
+
+    _pk_silence_limit: float = float("inf")
+
+    async def wait(self, gen: Any, *args: Any, **kwargs: Any) -> Any:
+        """psycopg's wait, giving up when the server stays silent past ``silence_limit``."""
+        return await super().wait(silence_guard(gen, self), *args, **kwargs)
+
+
 class AsyncPsycopgDriver(PsycopgState):
     """asyncio psycopg 3 behind the pool's driver interface."""
 
     async def connect(self, spec: ConnectSpec) -> AsyncPoolConnection:
         """Open a connection whose cursors track session changes."""
         params = connect_params(spec)
-        conn = await AsyncPoolConnection.connect(**params)
+        conn: AsyncPoolConnection
+        if spec.statement_timeout is not None:
+            guarded = await AsyncGuardedConnection.connect(**params)
+            guarded._pk_silence_limit = silence_limit(spec.statement_timeout)
+            conn = guarded
+        else:
+            conn = await AsyncPoolConnection.connect(**params)
         conn.cursor_factory = AsyncTrackingCursor
         # An instance attribute, not the class default: one dict hit per read.
         conn._pk_dirty = False
@@ -78,31 +109,28 @@ class AsyncPsycopgDriver(PsycopgState):
         await conn.rollback()
 
     async def ping(self, conn: AsyncPoolConnection) -> None:
-        """An empty query: one round trip, no transaction left open.
+        """Send an empty query straight through libpq: one round trip, no transaction.
 
         Waits at most the pool's ``connect_timeout`` for the answer: a peer that ACKs
-        but never answers must not hang a borrower or a keepalive task.
+        but never answers must not hang a borrower or a keepalive task. Driven here
+        rather than by ``conn.execute``: cancelling psycopg's own wait makes it send
+        the server a cancel request and wait up to 5 s more for that, which a dead
+        path never answers.
         """
         if conn.closed:
             raise psycopg.OperationalError("the connection is closed")
+        pgconn = conn.pgconn
+        pgconn.send_query(b"")
+        wait = waiting.wait_async(generators.execute(pgconn), pgconn.socket, interval=0.1)
         try:
-            await asyncio.wait_for(self._empty_query(conn), conn._pk_ping_timeout)
+            results = await asyncio.wait_for(wait, conn._pk_ping_timeout)
         except asyncio.TimeoutError:
             raise psycopg.OperationalError(
                 f"no answer from the server within {conn._pk_ping_timeout:g}s (connect_timeout)"
             ) from None
-
-    @staticmethod
-    async def _empty_query(conn: AsyncPoolConnection) -> None:
-        if conn.autocommit:
-            await conn.execute("")
-            return
-        # Switching autocommit on an idle connection is client-side only: no round trip.
-        await conn.set_autocommit(True)
-        try:
-            await conn.execute("")
-        finally:
-            await conn.set_autocommit(False)
+        if not results or results[-1].status != pq.ExecStatus.EMPTY_QUERY:
+            message = pgconn.get_error_message().strip()
+            raise psycopg.OperationalError(message or "the server did not answer the ping")
 
     async def close(self, conn: AsyncPoolConnection) -> None:
         """Close without raising: closing a dead connection must not fail the pool."""

@@ -4,6 +4,8 @@ question about a connection that libpq answers from memory, without I/O."""
 from __future__ import annotations
 
 import operator
+import time
+from collections.abc import Generator
 from typing import Any
 
 import psycopg
@@ -12,7 +14,7 @@ from psycopg import pq
 from poolkeeper.drivers.base import BROKEN, IDLE, IN_TRANSACTION, ConnectSpec
 from poolkeeper.drivers.libpq_options import is_server_gone_sqlstate, merge_conninfo
 
-__all__ = ["PsycopgState", "connect_params"]
+__all__ = ["PsycopgState", "connect_params", "silence_guard", "silence_limit"]
 
 # pq.TransactionStatus as plain ints, indexed by the status libpq reports.
 _STATUS_BY_PQ = (
@@ -77,3 +79,46 @@ class PsycopgState:
             return int(conn.pgconn.socket)
         except psycopg.OperationalError:
             return -1
+
+
+def silence_limit(statement_timeout: float) -> float:
+    """How long a statement may hear nothing from the server before the client gives up.
+
+    The server cancels any statement at ``statement_timeout`` and says so at once, so
+    silence well past it means the server or the path to it is gone: a hung host, or a
+    middlebox that still ACKs (which TCP keepalives and ``tcp_user_timeout`` cannot see).
+    """
+    return statement_timeout + max(1.0, statement_timeout)
+
+
+def silence_guard(gen: Generator[Any, Any, Any], conn: Any) -> Any:
+    """Wrap a psycopg wait generator; raise once the server is silent past the limit.
+
+    ``conn`` is a sync or async psycopg connection carrying ``_pk_silence_limit``
+    and ``_pk_dirty``; psycopg's waits (sync and async alike) send the generator
+    "nothing ready" every 0.1 s, which is when the silence is measured."""
+    try:
+        state = next(gen)
+    except StopIteration as stop:
+        return stop.value
+    last_heard = time.monotonic()
+    while True:
+        ready = yield state
+        now = time.monotonic()
+        if ready:
+            last_heard = now
+        elif (
+            now - last_heard > conn._pk_silence_limit
+            # A session that changed its own settings may have raised statement_timeout.
+            and not conn._pk_dirty
+            and conn.pgconn.transaction_status == pq.TransactionStatus.ACTIVE
+        ):
+            raise psycopg.OperationalError(
+                f"no answer from the server for {now - last_heard:.1f}s, although "
+                "statement_timeout would have ended the statement by now; the server or "
+                "the network path to it is not responding"
+            )
+        try:
+            state = gen.send(ready)
+        except StopIteration as stop:
+            return stop.value

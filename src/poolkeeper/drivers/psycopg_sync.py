@@ -13,7 +13,12 @@ import psycopg
 from psycopg import generators, pq
 
 from poolkeeper.drivers.base import ConnectSpec
-from poolkeeper.drivers.psycopg_common import PsycopgState, connect_params
+from poolkeeper.drivers.psycopg_common import (
+    PsycopgState,
+    connect_params,
+    silence_guard,
+    silence_limit,
+)
 from poolkeeper.session_state import KNOWN_VERDICTS, RESET_SQL, touches_session
 
 __all__ = [
@@ -68,47 +73,8 @@ class PoolConnection(psycopg.Connection[Any]):
     _pk_ping_timeout: float = 10.0
 
 
-def silence_limit(statement_timeout: float) -> float:
-    """How long a statement may hear nothing from the server before the client gives up.
-
-    The server cancels any statement at ``statement_timeout`` and says so at once, so
-    silence well past it means the server or the path to it is gone: a hung host, or a
-    middlebox that still ACKs (which TCP keepalives and ``tcp_user_timeout`` cannot see).
-    """
-    return statement_timeout + max(1.0, statement_timeout)
-
-
 _POLL_READ = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP
 _POLL_WRITE = select.POLLOUT | select.POLLERR | select.POLLHUP
-
-
-def _silence_guard(gen: Generator[Any, Any, Any], conn: GuardedConnection) -> Any:
-    """Wrap a psycopg wait generator; raise once the server is silent past the limit."""
-    try:
-        state = next(gen)
-    except StopIteration as stop:
-        return stop.value
-    last_heard = time.monotonic()
-    while True:
-        ready = yield state
-        now = time.monotonic()
-        if ready:
-            last_heard = now
-        elif (
-            now - last_heard > conn._pk_silence_limit
-            # A session that changed its own settings may have raised statement_timeout.
-            and not conn._pk_dirty
-            and conn.pgconn.transaction_status == pq.TransactionStatus.ACTIVE
-        ):
-            raise psycopg.OperationalError(
-                f"no answer from the server for {now - last_heard:.1f}s, although "
-                "statement_timeout would have ended the statement by now; the server or "
-                "the network path to it is not responding"
-            )
-        try:
-            state = gen.send(ready)
-        except StopIteration as stop:
-            return stop.value
 
 
 class GuardedConnection(PoolConnection):
@@ -121,7 +87,7 @@ class GuardedConnection(PoolConnection):
 
     def wait(self, gen: Any, *args: Any, **kwargs: Any) -> Any:
         """psycopg's wait, giving up when the server stays silent past :func:`silence_limit`."""
-        return super().wait(_silence_guard(gen, self), *args, **kwargs)
+        return super().wait(silence_guard(gen, self), *args, **kwargs)
 
 
 def _wait_within(gen: Generator[Any, Any, Any], fileno: int, timeout: float) -> Any:
