@@ -54,7 +54,6 @@ _log = logging.getLogger("poolkeeper.pool")
 _monotonic = time.monotonic
 _STANDBY_TARGETS = frozenset({"read-only", "standby", "prefer-standby"})
 
-# Records a forked child inherited: kept alive so their finalisers never run there.
 _W = TypeVar("_W")
 
 
@@ -85,6 +84,7 @@ def remove_waiter(waiters: deque[_W], waiter: _W) -> None:
         waiters.remove(waiter)
 
 
+# Records a forked child inherited: kept alive so their finalisers never run there.
 _orphans: list[ConnectionRecord] = []
 
 
