@@ -8,12 +8,15 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import psycopg
-from psycopg import generators, pq, waiting
+from psycopg import generators, waiting
 
 from poolkeeper.drivers.base import ConnectSpec
 from poolkeeper.drivers.psycopg_common import (
     PsycopgState,
+    check_ping_answer,
     connect_params,
+    ping_timeout_error,
+    send_ping,
     silence_guard,
     silence_limit,
 )
@@ -117,20 +120,13 @@ class AsyncPsycopgDriver(PsycopgState):
         the server a cancel request and wait up to 5 s more for that, which a dead
         path never answers.
         """
-        if conn.closed:
-            raise psycopg.OperationalError("the connection is closed")
-        pgconn = conn.pgconn
-        pgconn.send_query(b"")
+        pgconn = send_ping(conn)
         wait = waiting.wait_async(generators.execute(pgconn), pgconn.socket, interval=0.1)
         try:
             results = await asyncio.wait_for(wait, conn._pk_ping_timeout)
         except asyncio.TimeoutError:
-            raise psycopg.OperationalError(
-                f"no answer from the server within {conn._pk_ping_timeout:g}s (connect_timeout)"
-            ) from None
-        if not results or results[-1].status != pq.ExecStatus.EMPTY_QUERY:
-            message = pgconn.get_error_message().strip()
-            raise psycopg.OperationalError(message or "the server did not answer the ping")
+            raise ping_timeout_error(conn._pk_ping_timeout) from None
+        check_ping_answer(pgconn, results)
 
     async def close(self, conn: AsyncPoolConnection) -> None:
         """Close without raising: closing a dead connection must not fail the pool."""

@@ -14,7 +14,15 @@ from psycopg import pq
 from poolkeeper.drivers.base import BROKEN, IDLE, IN_TRANSACTION, ConnectSpec
 from poolkeeper.drivers.libpq_options import is_server_gone_sqlstate, merge_conninfo
 
-__all__ = ["PsycopgState", "connect_params", "silence_guard", "silence_limit"]
+__all__ = [
+    "PsycopgState",
+    "check_ping_answer",
+    "connect_params",
+    "ping_timeout_error",
+    "send_ping",
+    "silence_guard",
+    "silence_limit",
+]
 
 # pq.TransactionStatus as plain ints, indexed by the status libpq reports.
 _STATUS_BY_PQ = (
@@ -122,3 +130,28 @@ def silence_guard(gen: Generator[Any, Any, Any], conn: Any) -> Any:
             state = gen.send(ready)
         except StopIteration as stop:
             return stop.value
+
+
+def send_ping(conn: Any) -> pq.abc.PGconn:
+    """Start the pool's ping on a sync or async psycopg connection: an empty query sent
+    straight through libpq (one round trip, no transaction), not through psycopg's own
+    execute and wait. Returns the libpq connection whose answer the caller awaits."""
+    if conn.closed:
+        raise psycopg.OperationalError("the connection is closed")
+    pgconn: pq.abc.PGconn = conn.pgconn
+    pgconn.send_query(b"")
+    return pgconn
+
+
+def ping_timeout_error(seconds: float) -> psycopg.OperationalError:
+    """The ping heard nothing within the pool's ``connect_timeout``."""
+    return psycopg.OperationalError(
+        f"no answer from the server within {seconds:g}s (connect_timeout)"
+    )
+
+
+def check_ping_answer(pgconn: pq.abc.PGconn, results: list[pq.abc.PGresult]) -> None:
+    """Raise unless the ping's results end with the empty query's answer."""
+    if not results or results[-1].status != pq.ExecStatus.EMPTY_QUERY:
+        message = pgconn.get_error_message().strip()
+        raise psycopg.OperationalError(message or "the server did not answer the ping")

@@ -10,12 +10,15 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 import psycopg
-from psycopg import generators, pq
+from psycopg import generators
 
 from poolkeeper.drivers.base import ConnectSpec
 from poolkeeper.drivers.psycopg_common import (
     PsycopgState,
+    check_ping_answer,
     connect_params,
+    ping_timeout_error,
+    send_ping,
     silence_guard,
     silence_limit,
 )
@@ -99,9 +102,7 @@ def _wait_within(gen: Generator[Any, Any, Any], fileno: int, timeout: float) -> 
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise psycopg.OperationalError(
-                    f"no answer from the server within {timeout:g}s (connect_timeout)"
-                )
+                raise ping_timeout_error(timeout)
             wanted = (select.POLLIN if state & 1 else 0) | (select.POLLOUT if state & 2 else 0)
             poller.register(fileno, wanted)
             events = poller.poll(remaining * 1000)
@@ -146,14 +147,9 @@ class PsycopgDriver(PsycopgState):
         Waits at most the pool's ``connect_timeout`` for the answer: a peer that ACKs
         but never answers must not hang a borrower or a keepalive worker.
         """
-        if conn.closed:
-            raise psycopg.OperationalError("the connection is closed")
-        pgconn = conn.pgconn
-        pgconn.send_query(b"")
+        pgconn = send_ping(conn)
         results = _wait_within(generators.execute(pgconn), pgconn.socket, conn._pk_ping_timeout)
-        if not results or results[-1].status != pq.ExecStatus.EMPTY_QUERY:
-            message = pgconn.get_error_message().strip()
-            raise psycopg.OperationalError(message or "the server did not answer the ping")
+        check_ping_answer(pgconn, results)
 
     def close(self, conn: PoolConnection) -> None:
         """Close without raising: closing a dead connection must not fail the pool."""
