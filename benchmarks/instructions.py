@@ -71,6 +71,33 @@ def _query(conn: Any) -> None:
     cur.close()
 
 
+def _open_pool(kind: str, dsn: str, size: int) -> Any:
+    """An open psycopg_pool or poolkeeper pool of ``size`` autocommit connections."""
+    if kind == "psycopg_pool":
+        from psycopg_pool import ConnectionPool
+
+        peer: ConnectionPool[Any] = ConnectionPool(
+            dsn, min_size=size, max_size=size, kwargs={"autocommit": True}
+        )
+        peer.wait()
+        return peer
+    from poolkeeper import Pool
+
+    pool = Pool(dsn, min_size=size, max_size=size, connect_kwargs={"autocommit": True})
+    pool.wait()
+    return pool
+
+
+def _borrow(
+    get: Callable[[], Any], query: Callable[[Any], None], put: Callable[[Any], None], times: int
+) -> None:
+    """The measured loop: checkout, query, return, ``times`` times."""
+    for _ in range(times):
+        conn = get()
+        query(conn)
+        put(conn)
+
+
 def _loop(variant: str, dsn: str, iterations: int) -> None:
     """The measured process: set ``variant`` up, warm it, run it ``iterations`` times."""
     get: Callable[[], Any]
@@ -83,19 +110,8 @@ def _loop(variant: str, dsn: str, iterations: int) -> None:
         if variant == "floor":
             query = _no_query
         get, put = (lambda: conn), _ignore
-    elif variant == "psycopg_pool":
-        from psycopg_pool import ConnectionPool
-
-        peer: ConnectionPool[Any] = ConnectionPool(
-            dsn, min_size=2, max_size=2, kwargs={"autocommit": True}
-        )
-        peer.wait()
-        get, put = peer.getconn, peer.putconn
     else:
-        from poolkeeper import Pool
-
-        pool = Pool(dsn, min_size=2, max_size=2, connect_kwargs={"autocommit": True})
-        pool.wait()
+        pool = _open_pool("psycopg_pool" if variant == "psycopg_pool" else "poolkeeper", dsn, 2)
         get, put = pool.getconn, pool.putconn
         if variant == "pool_connection":
             own = pool.getconn()
@@ -103,14 +119,8 @@ def _loop(variant: str, dsn: str, iterations: int) -> None:
         elif variant == "pair_only":
             query = _no_query
     # Warm: psycopg prepares a statement on its 5th run; CPython specializes bytecode.
-    for _ in range(50):
-        conn_ = get()
-        query(conn_)
-        put(conn_)
-    for _ in range(iterations):
-        conn_ = get()
-        query(conn_)
-        put(conn_)
+    _borrow(get, query, put, 50)
+    _borrow(get, query, put, iterations)
     sys.stdout.flush()
     # Skip interpreter teardown (closing pools, freeing modules): it is not the loop.
     os._exit(0)
@@ -128,32 +138,15 @@ def _threads_loop(variant: str, dsn: str, iterations: int, threads: int) -> None
         conns = [psycopg.connect(dsn, autocommit=True) for _ in range(POOL_SIZE)]
         floor = FifoHandOff(conns)
         get, put = floor.get, floor.put
-    elif variant == "threads_psycopg_pool":
-        from psycopg_pool import ConnectionPool
-
-        peer: ConnectionPool[Any] = ConnectionPool(
-            dsn, min_size=POOL_SIZE, max_size=POOL_SIZE, kwargs={"autocommit": True}
-        )
-        peer.wait()
-        get, put = peer.getconn, peer.putconn
     else:
-        from poolkeeper import Pool
-
-        pool = Pool(
-            dsn, min_size=POOL_SIZE, max_size=POOL_SIZE, connect_kwargs={"autocommit": True}
-        )
-        pool.wait()
+        kind = "psycopg_pool" if variant == "threads_psycopg_pool" else "poolkeeper"
+        pool = _open_pool(kind, dsn, POOL_SIZE)
         get, put = pool.getconn, pool.putconn
 
-    def borrow(times: int) -> None:
-        for _ in range(times):
-            conn = get()
-            _query(conn)
-            put(conn)
-
-    borrow(50)  # warm, in one thread: prepared statements, specialized bytecode
+    _borrow(get, _query, put, 50)  # warm, in one thread: prepared statements, bytecode
+    share = iterations // threads
     workers = [
-        threading.Thread(target=borrow, args=(iterations // threads,)) for _ in range(threads)
+        threading.Thread(target=_borrow, args=(get, _query, put, share)) for _ in range(threads)
     ]
     for worker in workers:
         worker.start()
