@@ -7,8 +7,10 @@ driver share the same ``query``, so the ratio between them measures only the poo
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
 
@@ -59,6 +61,34 @@ def _awaitable_putter(put: Callable[[Any], Any]) -> AsyncPutter:
             await result
 
     return wrapped
+
+
+class AsyncFifoHandOff:
+    """The least a first-come-first-served asyncio pool can do: a stack of connections
+    and a queue of futures; a return hands its connection to the first future. No
+    timeout, check, reset, statistics, cancellation handling or loop binding."""
+
+    def __init__(self, conns: list[Any]) -> None:
+        self.idle = list(conns)
+        self.waiters: deque[asyncio.Future[Any]] = deque()
+
+    async def get(self) -> Any:
+        """Take an idle connection if nobody is queued, else queue and wait for one."""
+        if self.idle and not self.waiters:
+            return self.idle.pop()
+        waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.waiters.append(waiter)
+        return await waiter
+
+    async def put(self, conn: Any) -> None:
+        """Hand ``conn`` to the first waiter, or put it back on the stack."""
+        waiters = self.waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(conn)
+                return
+        self.idle.append(conn)
 
 
 class AsyncContender(ABC):
@@ -220,6 +250,70 @@ class AsyncpgPool(AsyncContender):
         await self.pool.close()
 
 
+class _AsyncFifoFloor(AsyncContender):
+    """Not a pool to use: :class:`AsyncFifoHandOff` over plain connections of the driver.
+
+    Above pool size it shows what a first-come-first-served hand-off through asyncio
+    futures costs by itself: the floor for the asyncio targets at 64 tasks
+    (docs/benchmarks.md)."""
+
+    @abstractmethod
+    async def connect(self) -> Any:
+        """Open one connection."""
+
+    async def open(self) -> None:
+        """Open ``size`` connections behind one hand-off."""
+        self.conns = [await self.connect() for _ in range(self.size)]
+        self.pool = AsyncFifoHandOff(self.conns)
+
+    def bind(self, worker: int) -> tuple[AsyncGetter, AsyncPutter]:
+        """The hand-off's own coroutine methods."""
+        return self.pool.get, self.pool.put
+
+    async def close(self) -> None:
+        """Close the connections."""
+        for conn in self.conns:
+            await conn.close()
+
+
+class FifoFloorAsync(_AsyncFifoFloor):
+    """The asyncio FIFO floor over ``psycopg.AsyncConnection``."""
+
+    name = "fifo_floor_async"
+    reference = "dedicated_async_psycopg"
+    driver = "psycopg"
+
+    @classmethod
+    def check_available(cls) -> None:
+        """Raise unless psycopg imports."""
+        _require("psycopg")
+
+    async def connect(self) -> Any:
+        """Open one autocommit connection."""
+        from psycopg import AsyncConnection
+
+        return await AsyncConnection.connect(self.dsn, autocommit=True)
+
+
+class FifoFloorAsyncpg(_AsyncFifoFloor):
+    """The asyncio FIFO floor over asyncpg connections."""
+
+    name = "fifo_floor_asyncpg"
+    reference = "dedicated_asyncpg"
+    driver = "asyncpg"
+
+    @classmethod
+    def check_available(cls) -> None:
+        """Raise unless asyncpg imports."""
+        _require("asyncpg")
+
+    async def connect(self) -> Any:
+        """Open one connection."""
+        import asyncpg
+
+        return await asyncpg.connect(self.dsn)
+
+
 class _AsyncDedicated(AsyncContender):
     dedicated = True
 
@@ -292,6 +386,8 @@ ASYNC_CONTENDERS: tuple[type[AsyncContender], ...] = (
     PoolkeeperAsyncpgPool,
     PsycopgAsyncPool,
     AsyncpgPool,
+    FifoFloorAsync,
+    FifoFloorAsyncpg,
     DedicatedAsyncPsycopg,
     DedicatedAsyncpg,
 )

@@ -58,6 +58,8 @@ CONTENDED_VARIANTS = (
     "async_poolkeeper",
     "asyncpg_dedicated",
     "asyncpg_poolkeeper",
+    "async_fifo_floor",
+    "asyncpg_fifo_floor",
 )
 #: connections in every contended variant, as in the throughput benchmark
 POOL_SIZE = 10
@@ -173,7 +175,7 @@ async def _async_loop(variant: str, dsn: str, iterations: int, tasks: int) -> No
     driver = "asyncpg" if variant.startswith("asyncpg_") else "psycopg"
     query = _async_query_asyncpg if driver == "asyncpg" else _async_query_psycopg
     binders: list[tuple[Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]]]
-    if variant.endswith("_dedicated"):
+    if variant.endswith(("_dedicated", "_fifo_floor")):
         conns: list[Any]
         if driver == "asyncpg":
             import asyncpg
@@ -183,7 +185,13 @@ async def _async_loop(variant: str, dsn: str, iterations: int, tasks: int) -> No
             from psycopg import AsyncConnection
 
             conns = [await AsyncConnection.connect(dsn, autocommit=True) for _ in range(POOL_SIZE)]
-        binders = [_owned(conn) for conn in conns]
+        if variant.endswith("_dedicated"):
+            binders = [_owned(conn) for conn in conns]
+        else:
+            from benchmarks.async_contenders import AsyncFifoHandOff
+
+            floor = AsyncFifoHandOff(conns)
+            binders = [(floor.get, floor.put)] * tasks
     else:
         from poolkeeper import AsyncPool
 
@@ -349,12 +357,14 @@ def _differences(counts: dict[str, float]) -> list[str]:
                 share = f"{extra / floor:+.1%}"
                 lines.append(f"{variant:20s} {extra:+10,.0f} vs the FIFO floor ({share})")
     for driver in ("async", "asyncpg"):
-        own, pooled = counts.get(f"{driver}_dedicated"), counts.get(f"{driver}_poolkeeper")
-        if own and pooled:
-            lines.append(
-                f"{driver + '_poolkeeper':20s} {pooled - own:+10,.0f} vs dedicated: "
-                f"{own / pooled:.1%} of its throughput if the client's CPU were all that counted"
-            )
+        own = counts.get(f"{driver}_dedicated")
+        for variant in (f"{driver}_poolkeeper", f"{driver}_fifo_floor"):
+            pooled = counts.get(variant)
+            if own and pooled:
+                lines.append(
+                    f"{variant:20s} {pooled - own:+10,.0f} vs dedicated: {own / pooled:.1%} "
+                    "of its throughput if the client's CPU were all that counted"
+                )
     return lines
 
 
