@@ -26,6 +26,7 @@ from poolkeeper import (
 from poolkeeper.drivers.asyncpg_async import asyncpg_connect_args
 from poolkeeper.drivers.base import ConnectSpec
 from poolkeeper.drivers.psycopg_async import AsyncGuardedConnection
+from poolkeeper.stats import RING_SIZE
 from tests import async_helpers
 from tests.async_helpers import (
     AsyncPoolFactory,
@@ -188,6 +189,28 @@ async def test_a_waiter_gets_the_connection_another_task_returns(
     await pool.putconn(again)
     await returner
     assert pool.stats().waits == 1
+
+
+async def test_wait_statistics_survive_more_waits_than_the_ring_holds(
+    make_async_pool: AsyncPoolFactory,
+) -> None:
+    # Eight tasks over one connection: nearly every borrow waits, and more waits are
+    # recorded than the ring of recent ones has slots, so it wraps around.
+    pool = make_async_pool(min_size=1, max_size=1, timeout=10)
+    await pool.wait(5)
+    rounds = 700
+
+    async def borrower() -> None:
+        for _ in range(rounds):
+            conn = await pool.getconn()
+            await asyncio.sleep(0)
+            await pool.putconn(conn)
+
+    await asyncio.gather(*(borrower() for _ in range(8)))
+    stats = pool.stats()
+    assert stats.borrows == 8 * rounds
+    assert RING_SIZE < stats.waits <= stats.borrows
+    assert 0 < stats.wait_p50_ms <= stats.wait_p99_ms <= stats.wait_max_ms < 10_000
 
 
 async def test_max_waiting_rejects_the_next_caller_at_once(

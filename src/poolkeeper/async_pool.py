@@ -50,6 +50,7 @@ from poolkeeper.policy import Backoff
 from poolkeeper.pool_core import PoolCore, overdue_waiters, remove_waiter
 from poolkeeper.record import ConnectionRecord
 from poolkeeper.redact import redact
+from poolkeeper.stats import RING_MASK, WaitRing
 
 __all__ = ["AsyncPool"]
 
@@ -151,6 +152,7 @@ class AsyncPool(PoolCore):
         "_probe",
         "_tasks",
         "_timer_at",
+        "_wait_ring",
     )
 
     _pool_class: ClassVar[str] = "AsyncPool"
@@ -173,6 +175,8 @@ class AsyncPool(PoolCore):
         # The queue's one deadline timer, and when it fires (inf: not armed).
         self._deadline_timer: asyncio.TimerHandle | None = None
         self._timer_at = _NEVER
+        # Only the loop's thread borrows, so waits go into a ring by plain stores.
+        self._wait_ring = WaitRing()
         self._setup_core(config, self._driver, open=open)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._probe = _Signal()
@@ -396,14 +400,20 @@ class AsyncPool(PoolCore):
             # step). A borrow that waited is counted once, as a wait.
             self._lent[rec.conn] = rec
             if waited:
-                self._stats_waits.add()
-                self._record_wait(now - start)
+                ring = self._wait_ring
+                count = ring.count
+                ring.samples[count & RING_MASK] = now - start
+                ring.count = count + 1
             else:
                 next(self._borrow_ticks)
             if self._leak_threshold is not None:
                 rec.borrowed_at = now
                 rec.borrow_stack = "".join(traceback.format_stack(limit=16)[:-1])
             return rec.conn
+
+    def _wait_figures(self) -> tuple[int, tuple[float, float, float]]:
+        ring = self._wait_ring
+        return ring.count, ring.percentiles()
 
     def _arm_timer(self, at: float) -> None:
         """Set the queue's one deadline timer to fire at ``at`` (monotonic seconds)."""

@@ -36,6 +36,7 @@ from poolkeeper.policy import Backoff
 from poolkeeper.pool_core import PoolCore, overdue_waiters, remove_waiter
 from poolkeeper.record import ConnectionRecord
 from poolkeeper.redact import redact
+from poolkeeper.stats import Counter, WaitSamples
 
 __all__ = ["Pool"]
 
@@ -91,7 +92,10 @@ class Pool(PoolCore):
         "_lock",
         "_ping",
         "_probe",
+        "_record_wait",
         "_spare_waiters",
+        "_stats_waits",
+        "_wait_samples",
         "_watch_at",
         "_workers",
     )
@@ -107,6 +111,11 @@ class Pool(PoolCore):
         config = self._resolve_config(dsn, config, options)
         self._driver: SyncDriver[Any] = load_sync_driver(config.driver)
         self._waiters: deque[_Waiter] = deque()
+        # Waits are counted and sampled by whichever thread waited: thread-safe
+        # without the pool lock (itertools.count, and a deque's own append).
+        self._stats_waits = Counter()
+        self._wait_samples = WaitSamples()
+        self._record_wait = self._wait_samples.add
         self._setup_core(config, self._driver, open=open)
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
@@ -346,6 +355,9 @@ class Pool(PoolCore):
                     "(the idle ones failed their check and replacements were not ready)",
                     "check the server and network, or raise timeout",
                 )
+
+    def _wait_figures(self) -> tuple[int, tuple[float, float, float]]:
+        return self._stats_waits.value, self._wait_samples.percentiles()
 
     def _abandon(self, waiter: _Waiter) -> None:
         """``waiter`` stops waiting: out of the queue, or, if a connection was handed

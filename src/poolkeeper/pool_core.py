@@ -40,7 +40,7 @@ from poolkeeper.policy import (
 )
 from poolkeeper.record import ConnectionRecord
 from poolkeeper.redact import redact
-from poolkeeper.stats import Counter, PoolStats, WaitSamples
+from poolkeeper.stats import Counter, PoolStats
 
 __all__ = [
     "ConfigureFailed",
@@ -127,7 +127,6 @@ class PoolCore:
         "_may_refuse",
         "_opened",
         "_opening",
-        "_record_wait",
         "_reset_mode",
         "_return_state",
         "_stats_borrows",
@@ -139,12 +138,10 @@ class PoolCore:
         "_stats_resets",
         "_stats_rollbacks",
         "_stats_timeouts",
-        "_stats_waits",
         "_status",
         "_timeout",
         "_total",
         "_user_check",
-        "_wait_samples",
         "_waiters",
         "config",
         "meant_for_primary",
@@ -204,7 +201,6 @@ class PoolCore:
         self._last_error: ConnectionFailed | None = None
         self._stats_borrows = Counter()
         self._borrow_ticks = self._stats_borrows.ticks
-        self._stats_waits = Counter()
         self._stats_timeouts = Counter()
         self._stats_opened = Counter()
         self._stats_closed = Counter()
@@ -213,8 +209,6 @@ class PoolCore:
         self._stats_rollbacks = Counter()
         self._stats_resets = Counter()
         self._stats_leaks = Counter()
-        self._wait_samples = WaitSamples()
-        self._record_wait = self._wait_samples.add
         forking.register(self)
 
     def _apply_check_settings(self) -> None:
@@ -233,7 +227,7 @@ class PoolCore:
 
     def stats(self) -> PoolStats:
         """A snapshot of counters and gauges (takes no lock, never waits)."""
-        p50, p99, worst = self._wait_samples.percentiles()
+        waits, (p50, p99, worst) = self._wait_figures()
         return PoolStats(
             name=self.name,
             min_size=self.config.min_size,
@@ -244,8 +238,8 @@ class PoolCore:
             opening=self._opening,
             waiting=len(self._waiters),
             # A borrow that waited is counted once, as a wait (see getconn).
-            borrows=self._stats_borrows.value + self._stats_waits.value,
-            waits=self._stats_waits.value,
+            borrows=self._stats_borrows.value + waits,
+            waits=waits,
             timeouts=self._stats_timeouts.value,
             wait_p50_ms=p50 * 1000,
             wait_p99_ms=p99 * 1000,
@@ -260,6 +254,12 @@ class PoolCore:
             breaker_open=self._breaker.is_open(_monotonic()),
             last_error=str(self._last_error) if self._last_error else None,
         )
+
+    def _wait_figures(self) -> tuple[int, tuple[float, float, float]]:
+        """Borrows that waited so far, and (p50, p99, max) of the recent waits in
+        seconds. Each pool keeps these its own way: the sync pool from many threads,
+        the asyncio pool from its one loop."""
+        raise NotImplementedError
 
     def health(self) -> dict[str, object]:
         """Answer at once: ``status`` is ``ok``, ``degraded`` (some connections missing,
