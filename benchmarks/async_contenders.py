@@ -250,25 +250,16 @@ class AsyncpgPool(AsyncContender):
         await self.pool.close()
 
 
-class _AsyncFifoFloor(AsyncContender):
-    """Not a pool to use: :class:`AsyncFifoHandOff` over plain connections of the driver.
-
-    Above pool size it shows what a first-come-first-served hand-off through asyncio
-    futures costs by itself: the floor for the asyncio targets at 64 tasks
-    (docs/benchmarks.md)."""
+class _OwnConnections(AsyncContender):
+    """Contenders that open ``size`` plain connections of their driver themselves."""
 
     @abstractmethod
     async def connect(self) -> Any:
         """Open one connection."""
 
     async def open(self) -> None:
-        """Open ``size`` connections behind one hand-off."""
+        """Open ``size`` connections."""
         self.conns = [await self.connect() for _ in range(self.size)]
-        self.pool = AsyncFifoHandOff(self.conns)
-
-    def bind(self, worker: int) -> tuple[AsyncGetter, AsyncPutter]:
-        """The hand-off's own coroutine methods."""
-        return self.pool.get, self.pool.put
 
     async def close(self) -> None:
         """Close the connections."""
@@ -276,10 +267,7 @@ class _AsyncFifoFloor(AsyncContender):
             await conn.close()
 
 
-class FifoFloorAsync(_AsyncFifoFloor):
-    """The asyncio FIFO floor over ``psycopg.AsyncConnection``."""
-
-    name = "fifo_floor_async"
+class _PsycopgConnections(_OwnConnections):
     reference = "dedicated_async_psycopg"
     driver = "psycopg"
 
@@ -289,16 +277,13 @@ class FifoFloorAsync(_AsyncFifoFloor):
         _require("psycopg")
 
     async def connect(self) -> Any:
-        """Open one autocommit connection."""
+        """Open one autocommit ``psycopg.AsyncConnection``."""
         from psycopg import AsyncConnection
 
         return await AsyncConnection.connect(self.dsn, autocommit=True)
 
 
-class FifoFloorAsyncpg(_AsyncFifoFloor):
-    """The asyncio FIFO floor over asyncpg connections."""
-
-    name = "fifo_floor_asyncpg"
+class _AsyncpgConnections(_OwnConnections):
     reference = "dedicated_asyncpg"
     driver = "asyncpg"
 
@@ -308,22 +293,33 @@ class FifoFloorAsyncpg(_AsyncFifoFloor):
         _require("asyncpg")
 
     async def connect(self) -> Any:
-        """Open one connection."""
+        """Open one asyncpg connection."""
         import asyncpg
 
         return await asyncpg.connect(self.dsn)
 
 
-class _AsyncDedicated(AsyncContender):
-    dedicated = True
+class _AsyncFifoFloor(_OwnConnections):
+    """Not a pool to use: :class:`AsyncFifoHandOff` over plain connections of the driver.
 
-    @abstractmethod
-    async def connect(self) -> Any:
-        """Open one connection."""
+    Above pool size it shows what a first-come-first-served hand-off through asyncio
+    futures costs by itself: the floor for the asyncio targets at 64 tasks
+    (docs/benchmarks.md)."""
 
     async def open(self) -> None:
-        """Open one connection per task slot."""
-        self.conns = [await self.connect() for _ in range(self.size)]
+        """Open ``size`` connections behind one hand-off."""
+        await super().open()
+        self.pool = AsyncFifoHandOff(self.conns)
+
+    def bind(self, worker: int) -> tuple[AsyncGetter, AsyncPutter]:
+        """The hand-off's own coroutine methods."""
+        return self.pool.get, self.pool.put
+
+
+class _AsyncDedicated(_OwnConnections):
+    """Each task owns one connection; checkout is a coroutine returning it."""
+
+    dedicated = True
 
     def bind(self, worker: int) -> tuple[AsyncGetter, AsyncPutter]:
         """Coroutines that hand out this task's own connection and do nothing on return."""
@@ -337,48 +333,29 @@ class _AsyncDedicated(AsyncContender):
 
         return get, put
 
-    async def close(self) -> None:
-        """Close the connections."""
-        for conn in self.conns:
-            await conn.close()
+
+class FifoFloorAsync(_PsycopgConnections, _AsyncFifoFloor):
+    """The asyncio FIFO floor over ``psycopg.AsyncConnection``."""
+
+    name = "fifo_floor_async"
 
 
-class DedicatedAsyncPsycopg(_AsyncDedicated):
+class FifoFloorAsyncpg(_AsyncpgConnections, _AsyncFifoFloor):
+    """The asyncio FIFO floor over asyncpg connections."""
+
+    name = "fifo_floor_asyncpg"
+
+
+class DedicatedAsyncPsycopg(_PsycopgConnections, _AsyncDedicated):
     """Baseline: one ``psycopg.AsyncConnection`` per task."""
 
     name = "dedicated_async_psycopg"
-    reference = "dedicated_async_psycopg"
-    driver = "psycopg"
-
-    @classmethod
-    def check_available(cls) -> None:
-        """Raise unless psycopg imports."""
-        _require("psycopg")
-
-    async def connect(self) -> Any:
-        """Open one autocommit connection."""
-        from psycopg import AsyncConnection
-
-        return await AsyncConnection.connect(self.dsn, autocommit=True)
 
 
-class DedicatedAsyncpg(_AsyncDedicated):
+class DedicatedAsyncpg(_AsyncpgConnections, _AsyncDedicated):
     """Baseline: one asyncpg connection per task."""
 
     name = "dedicated_asyncpg"
-    reference = "dedicated_asyncpg"
-    driver = "asyncpg"
-
-    @classmethod
-    def check_available(cls) -> None:
-        """Raise unless asyncpg imports."""
-        _require("asyncpg")
-
-    async def connect(self) -> Any:
-        """Open one connection."""
-        import asyncpg
-
-        return await asyncpg.connect(self.dsn)
 
 
 ASYNC_CONTENDERS: tuple[type[AsyncContender], ...] = (
