@@ -21,6 +21,7 @@ __all__ = [
     "health_status",
     "housekeeping_tick",
     "plan_housekeeping",
+    "silence_limit",
 ]
 
 #: Lifetimes are shortened by up to this fraction, so connections opened together
@@ -197,3 +198,13 @@ def health_status(
     if open_count < min_size or waiting:
         return "degraded"
     return "ok"
+
+
+def silence_limit(statement_timeout: float) -> float:
+    """How long a statement may hear nothing from the server before the client gives up.
+
+    The server cancels any statement at ``statement_timeout`` and says so at once, so
+    silence well past it means the server or the path to it is gone: a hung host, or a
+    middlebox that still ACKs (which TCP keepalives and ``tcp_user_timeout`` cannot see).
+    """
+    return statement_timeout + max(1.0, statement_timeout)

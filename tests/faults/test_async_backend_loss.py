@@ -13,6 +13,7 @@ import pytest
 from poolkeeper import AsyncPool, ConnectionFailed, PoolTimeout
 from poolkeeper.drivers.psycopg_async import AsyncGuardedConnection
 from poolkeeper.embedded import LocalServer
+from poolkeeper.policy import silence_limit
 from tests.async_helpers import driver, fetchval
 from tests.faults.conftest import Report, backend_pids, terminate_all
 from tests.faults.proxy import FaultProxy
@@ -95,35 +96,47 @@ async def test_async_proxy_cut_all_connections(
         await pool.close(timeout=1.0)
 
 
+def _no_answer_error(driver: str) -> type[Exception]:
+    """What the no-answer guard raises on ``driver`` (imported only when it runs)."""
+    if driver == "asyncpg":
+        from poolkeeper.drivers.asyncpg_async import NoAnswerTimeout
+
+        return NoAnswerTimeout
+    return psycopg.OperationalError
+
+
 async def test_async_proxy_black_hole_fails_within_timeouts_then_heals(
     shared_server: LocalServer,
     proxy_to: Callable[[int], FaultProxy],
+    driver: str,
     report: Report,
 ) -> None:
-    """psycopg only (asyncpg has its own command_timeout): a peer that accepts but never
-    answers ends queries, checks and borrows within the configured timeouts, and the
-    pool serves again once the network heals."""
+    """A peer that accepts but never answers ends queries, checks and borrows within
+    the configured timeouts, and the pool serves again once the network heals."""
     proxy = proxy_to(shared_server.port)
     dsn = f"postgresql://postgres@127.0.0.1:{proxy.port}/postgres"
     statement_timeout = 1.0
     pool = AsyncPool(
-        dsn, name="fault-async-blackhole", min_size=2, max_size=4, connect_timeout=2.0,
-        statement_timeout=statement_timeout,
+        dsn, name=f"fault-async-blackhole-{driver}", min_size=2, max_size=4,
+        connect_timeout=2.0, statement_timeout=statement_timeout, driver=driver,
     )  # fmt: skip
+    no_answer = _no_answer_error(driver)
     try:
         await _warm(pool, 2)
         proxy.blackhole()
 
         # 1. A query on a connection that was just in use (no borrow-time check).
         conn = await pool.getconn(timeout=1)
-        assert isinstance(conn, AsyncGuardedConnection)
+        if driver == "psycopg":
+            assert isinstance(conn, AsyncGuardedConnection)
         start = time.monotonic()
-        with pytest.raises(psycopg.OperationalError):
-            await conn.execute("SELECT 1")
+        with pytest.raises(no_answer, match="no answer from the server"):
+            await fetchval(conn, "SELECT 1")
         query_failed_after = time.monotonic() - start
         await pool.putconn(conn)
         report["query_failed_after_s"] = query_failed_after
-        assert query_failed_after < 2 * statement_timeout + 1.5
+        assert silence_limit(statement_timeout) - 0.1 < query_failed_after
+        assert query_failed_after < silence_limit(statement_timeout) + 1.5
 
         # 2. A borrow while black-holed: bounded by the caller's timeout.
         start = time.monotonic()
@@ -149,5 +162,50 @@ async def test_async_proxy_black_hole_fails_within_timeouts_then_heals(
         _, errors = await _borrow_many(pool, 20)
         report["errors_after_heal"] = len(errors)
         assert errors == []
+    finally:
+        await pool.close(timeout=1.0)
+
+
+async def test_asyncpg_no_answer_guard_yields_to_the_caller_and_to_session_changes(
+    shared_server: LocalServer,
+    proxy_to: Callable[[int], FaultProxy],
+    report: Report,
+) -> None:
+    """asyncpg's no-answer guard is the pool's default timeout, not a ceiling: a
+    caller's own ``timeout`` wins, and a session that ran SET (which may have raised
+    its statement_timeout) gets no client-side limit, as with psycopg's guard."""
+    pytest.importorskip("asyncpg")
+    no_answer = _no_answer_error("asyncpg")
+    proxy = proxy_to(shared_server.port)
+    dsn = f"postgresql://postgres@127.0.0.1:{proxy.port}/postgres"
+    statement_timeout = 0.5
+    limit = silence_limit(statement_timeout)
+    pool = AsyncPool(
+        dsn, name="fault-asyncpg-guard", min_size=2, max_size=2, connect_timeout=2.0,
+        statement_timeout=statement_timeout, driver="asyncpg",
+    )  # fmt: skip
+    try:
+        await _warm(pool, 2)
+        own_timeout, changed = await pool.getconn(), await pool.getconn()
+        await changed.execute("SET application_name = 'guard-test'")
+        proxy.blackhole()
+
+        start = time.monotonic()
+        with pytest.raises(asyncio.TimeoutError) as raised:
+            await own_timeout.fetchval("SELECT 1", timeout=0.3)
+        own_timeout_after = time.monotonic() - start
+        report["own_timeout_after_s"] = own_timeout_after
+        assert not isinstance(raised.value, no_answer)
+        assert own_timeout_after < limit
+
+        start = time.monotonic()
+        with pytest.raises(asyncio.TimeoutError) as raised:
+            await asyncio.wait_for(changed.fetchval("SELECT 1"), limit + 1.0)
+        changed_waited = time.monotonic() - start
+        report["changed_session_waited_s"] = changed_waited
+        assert not isinstance(raised.value, no_answer)
+        assert changed_waited >= limit + 0.9
+        for conn in (own_timeout, changed):
+            await pool.putconn(conn)
     finally:
         await pool.close(timeout=1.0)

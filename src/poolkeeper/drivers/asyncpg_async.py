@@ -9,9 +9,10 @@ resolved conninfo into asyncpg's arguments; the pool's keepalive pings (and
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import shlex
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any, TypeVar, cast
 from urllib.parse import urlencode
@@ -22,9 +23,10 @@ from psycopg.conninfo import conninfo_to_dict
 from poolkeeper.drivers.base import BROKEN, IDLE, IN_TRANSACTION, ConnectSpec
 from poolkeeper.drivers.libpq_options import is_server_gone_sqlstate
 from poolkeeper.errors import ConfigurationError
+from poolkeeper.policy import silence_limit
 from poolkeeper.session_state import KNOWN_VERDICTS, RESET_SQL, touches_session
 
-__all__ = ["AsyncpgDriver", "PoolAsyncpgConnection", "asyncpg_connect_args"]
+__all__ = ["AsyncpgDriver", "NoAnswerTimeout", "PoolAsyncpgConnection", "asyncpg_connect_args"]
 
 _log = logging.getLogger("poolkeeper.pool")
 
@@ -171,13 +173,38 @@ def asyncpg_connect_args(spec: ConnectSpec) -> tuple[str | None, dict[str, Any]]
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
-def _tracking(base: _F) -> _F:
+class NoAnswerTimeout(asyncio.TimeoutError):
+    """A statement heard nothing from the server for well past ``statement_timeout``:
+    the server or the network path to it is not responding (the no-answer guard).
+
+    A ``TimeoutError``, as asyncpg's own ``command_timeout`` raises; the connection
+    is discarded when it is returned."""
+
+
+async def _within(statement: Awaitable[Any], limit: float) -> Any:
+    try:
+        return await statement
+    except asyncio.TimeoutError as exc:
+        raise NoAnswerTimeout(
+            f"no answer from the server for {limit:.1f}s, although statement_timeout "
+            "would have ended the statement by now; the server or the network path to "
+            "it is not responding"
+        ) from exc
+
+
+def _tracking(base: _F, *, bounded: bool = False, bounded_with_args: bool = False) -> _F:
     """``base`` (an ``asyncpg.Connection`` query method) that first marks the connection
     dirty when its SQL may change the session.
 
     It returns asyncpg's own coroutine rather than awaiting it, so tracking adds no
     coroutine frame; a query seen before costs one dict read, and the base method is
     called directly, not through ``super()``.
+
+    ``bounded`` methods run one statement per call (``bounded_with_args``: only when
+    given arguments, which make asyncpg use the extended protocol; without them
+    ``execute`` may run a script of several). On a pool with ``statement_timeout``
+    and a clean session they get the silence limit as asyncpg's ``timeout`` unless
+    the caller gave one: the no-answer guard psycopg's connections have.
     """
 
     def method(self: PoolAsyncpgConnection, query: Any, *args: Any, **kwargs: Any) -> Any:
@@ -187,7 +214,17 @@ def _tracking(base: _F) -> _F:
             except (KeyError, TypeError):
                 dirty = touches_session(query)
             if dirty:
+                # A session that changed its own settings may have raised its
+                # statement_timeout: no client-side limit from here on.
                 self._pk_dirty = True
+            elif (
+                self._pk_silence_limit is not None
+                and (bounded or (bounded_with_args and args))
+                and kwargs.get("timeout") is None
+            ):
+                limit = self._pk_silence_limit
+                kwargs["timeout"] = limit
+                return _within(base(self, query, *args, **kwargs), limit)
         if args or kwargs:
             return base(self, query, *args, **kwargs)
         # The common call, a bare query: a plain call, not one that unpacks args.
@@ -203,18 +240,21 @@ class PoolAsyncpgConnection(asyncpg.Connection):
     """``asyncpg.Connection`` that marks itself dirty when SQL may change the session
     (every method that sends SQL text: see :func:`_tracking`)."""
 
-    __slots__ = ("_pk_dirty", "_pk_ping_timeout")
+    __slots__ = ("_pk_dirty", "_pk_ping_timeout", "_pk_silence_limit")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._pk_dirty = False
         # How long the pool's ping waits for its answer (the pool's connect_timeout).
         self._pk_ping_timeout = 10.0
+        # The no-answer guard's limit (seconds), or None: see AsyncpgDriver.connect.
+        self._pk_silence_limit: float | None = None
 
-    execute = _tracking(asyncpg.Connection.execute)
-    fetch = _tracking(asyncpg.Connection.fetch)
-    fetchval = _tracking(asyncpg.Connection.fetchval)
-    fetchrow = _tracking(asyncpg.Connection.fetchrow)
+    execute = _tracking(asyncpg.Connection.execute, bounded_with_args=True)
+    fetch = _tracking(asyncpg.Connection.fetch, bounded=True)
+    fetchval = _tracking(asyncpg.Connection.fetchval, bounded=True)
+    fetchrow = _tracking(asyncpg.Connection.fetchrow, bounded=True)
+    # fetchmany runs its statement once per argument set, like executemany: unbounded.
     fetchmany = _tracking(asyncpg.Connection.fetchmany)
     cursor = _tracking(asyncpg.Connection.cursor)
     prepare = _tracking(asyncpg.Connection.prepare)
@@ -263,6 +303,9 @@ class AsyncpgDriver:
             dsn, connection_class=PoolAsyncpgConnection, **kwargs
         )
         conn._pk_ping_timeout = spec.connect_timeout
+        # The no-answer guard, unless the caller chose asyncpg's own command_timeout.
+        if spec.statement_timeout is not None and kwargs.get("command_timeout") is None:
+            conn._pk_silence_limit = silence_limit(spec.statement_timeout)
         return conn
 
     def status(self, conn: PoolAsyncpgConnection) -> int:
@@ -322,8 +365,9 @@ class AsyncpgDriver:
         return conn.get_server_pid()
 
     def is_disconnect(self, exc: BaseException) -> bool:
-        """Connection lost, or a SQLSTATE that means the server restarted or was demoted."""
-        if isinstance(exc, asyncpg.exceptions.ConnectionDoesNotExistError):
+        """Connection lost, the server silent past the no-answer limit, or a SQLSTATE
+        that means the server restarted or was demoted."""
+        if isinstance(exc, (asyncpg.exceptions.ConnectionDoesNotExistError, NoAnswerTimeout)):
             return True
         if isinstance(exc, asyncpg.exceptions.InterfaceError):
             return "closed" in str(exc)

@@ -13,6 +13,7 @@ from psycopg import pq
 
 from poolkeeper.drivers.base import BROKEN, IDLE, IN_TRANSACTION, ConnectSpec
 from poolkeeper.drivers.libpq_options import is_server_gone_sqlstate, merge_conninfo
+from poolkeeper.policy import silence_limit
 
 __all__ = [
     "PsycopgState",
@@ -87,16 +88,6 @@ class PsycopgState:
             return int(conn.pgconn.socket)
         except psycopg.OperationalError:
             return -1
-
-
-def silence_limit(statement_timeout: float) -> float:
-    """How long a statement may hear nothing from the server before the client gives up.
-
-    The server cancels any statement at ``statement_timeout`` and says so at once, so
-    silence well past it means the server or the path to it is gone: a hung host, or a
-    middlebox that still ACKs (which TCP keepalives and ``tcp_user_timeout`` cannot see).
-    """
-    return statement_timeout + max(1.0, statement_timeout)
 
 
 def silence_guard(gen: Generator[Any, Any, Any], conn: Any) -> Any:
