@@ -209,3 +209,34 @@ async def test_asyncpg_no_answer_guard_yields_to_the_caller_and_to_session_chang
             await pool.putconn(conn)
     finally:
         await pool.close(timeout=1.0)
+
+
+async def test_asyncpg_return_in_a_transaction_does_not_hang_on_a_silent_server(
+    shared_server: LocalServer,
+    proxy_to: Callable[[int], FaultProxy],
+    report: Report,
+) -> None:
+    """The pool's own ROLLBACK on return waits at most connect_timeout on asyncpg,
+    as its ping does, even without statement_timeout; the connection is discarded."""
+    pytest.importorskip("asyncpg")
+    proxy = proxy_to(shared_server.port)
+    dsn = f"postgresql://postgres@127.0.0.1:{proxy.port}/postgres"
+    connect_timeout = 1.0
+    pool = AsyncPool(
+        dsn, name="fault-asyncpg-return", min_size=1, max_size=1,
+        connect_timeout=connect_timeout, driver="asyncpg",
+    )  # fmt: skip
+    try:
+        await _warm(pool, 1)
+        conn = await pool.getconn()
+        await conn.execute("BEGIN")
+        proxy.blackhole()
+
+        start = time.monotonic()
+        await asyncio.wait_for(pool.putconn(conn), connect_timeout + 5)
+        returned_after = time.monotonic() - start
+        report["returned_after_s"] = returned_after
+        assert connect_timeout - 0.1 < returned_after < connect_timeout + 0.5
+        assert pool.stats().idle == 0  # discarded, not lent again
+    finally:
+        await pool.close(timeout=1.0)

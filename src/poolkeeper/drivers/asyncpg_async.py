@@ -317,10 +317,14 @@ class AsyncpgDriver:
         return IN_TRANSACTION if protocol.is_in_transaction() else IDLE
 
     async def rollback(self, conn: PoolAsyncpgConnection) -> None:
-        """Roll back the open transaction, and forget an unmanaged ``Transaction`` object."""
+        """Roll back the open transaction, and forget an unmanaged ``Transaction`` object.
+
+        Waits at most ``connect_timeout`` for the answer, as the ping does: a healthy
+        server answers at once, and a return must not hang on one that stopped
+        answering (the connection is then discarded)."""
         # Otherwise the next borrower's conn.transaction() would think it is nested.
         conn._top_xact = None  # type: ignore[attr-defined]
-        await asyncpg.Connection.execute(conn, "ROLLBACK")
+        await asyncpg.Connection.execute(conn, "ROLLBACK", timeout=conn._pk_ping_timeout)
 
     async def ping(self, conn: PoolAsyncpgConnection) -> None:
         """``SELECT 1`` as a simple query: one round trip.
@@ -348,8 +352,9 @@ class AsyncpgDriver:
         )
 
     async def reset_session(self, conn: PoolAsyncpgConnection) -> None:
-        """DISCARD ALL, then forget what it invalidated on the client side."""
-        await asyncpg.Connection.execute(conn, RESET_SQL)
+        """DISCARD ALL, then forget what it invalidated on the client side (waiting at
+        most ``connect_timeout``, as :meth:`rollback` does)."""
+        await asyncpg.Connection.execute(conn, RESET_SQL, timeout=conn._pk_ping_timeout)
         # DISCARD ALL deallocated asyncpg's cached prepared statements too.
         conn._drop_local_statement_cache()  # type: ignore[attr-defined]
         conn._listeners.clear()  # type: ignore[attr-defined]
