@@ -211,25 +211,26 @@ async def test_asyncpg_no_answer_guard_yields_to_the_caller_and_to_session_chang
         await pool.close(timeout=1.0)
 
 
-async def test_asyncpg_return_in_a_transaction_does_not_hang_on_a_silent_server(
+async def test_async_return_in_a_transaction_does_not_hang_on_a_silent_server(
     shared_server: LocalServer,
     proxy_to: Callable[[int], FaultProxy],
+    driver: str,
     report: Report,
 ) -> None:
-    """The pool's own ROLLBACK on return waits at most connect_timeout on asyncpg,
-    as its ping does, even without statement_timeout; the connection is discarded."""
-    pytest.importorskip("asyncpg")
+    """Without statement_timeout, the pool's own ROLLBACK on return waits at most
+    connect_timeout, as its ping does; the connection is discarded."""
     proxy = proxy_to(shared_server.port)
     dsn = f"postgresql://postgres@127.0.0.1:{proxy.port}/postgres"
     connect_timeout = 1.0
     pool = AsyncPool(
-        dsn, name="fault-asyncpg-return", min_size=1, max_size=1,
-        connect_timeout=connect_timeout, driver="asyncpg",
+        dsn, name=f"fault-async-return-{driver}", min_size=1, max_size=1,
+        connect_timeout=connect_timeout, driver=driver,
     )  # fmt: skip
     try:
         await _warm(pool, 1)
         conn = await pool.getconn()
-        await conn.execute("BEGIN")
+        # psycopg opens a transaction on its own; asyncpg needs telling.
+        await (conn.execute("BEGIN") if driver == "asyncpg" else fetchval(conn, "SELECT 1"))
         proxy.blackhole()
 
         start = time.monotonic()

@@ -175,3 +175,35 @@ def test_proxy_black_hole_fails_within_timeouts_then_heals(
     _, errors = _borrow_many(pool, 20)
     report["errors_after_heal"] = len(errors)
     assert errors == []
+
+
+@pytest.mark.parametrize("left", ["in a transaction", "with session state"])
+def test_return_does_not_hang_on_a_silent_server(
+    shared_server: LocalServer,
+    pools: PoolMaker,
+    proxy_to: Callable[[int], FaultProxy],
+    report: Report,
+    left: str,
+) -> None:
+    """Without statement_timeout, the pool's own ROLLBACK or DISCARD ALL on return
+    waits at most connect_timeout for a server that stopped answering; the
+    connection is discarded, not lent again."""
+    proxy = proxy_to(shared_server.port)
+    dsn = f"postgresql://postgres@127.0.0.1:{proxy.port}/postgres"
+    connect_timeout = 1.0
+    pool = pools(dsn, name="fault-return", min_size=1, max_size=1, connect_timeout=connect_timeout)
+    _warm(pool, 1)
+    conn = pool.getconn()
+    if left == "in a transaction":
+        conn.execute("SELECT 1")  # not autocommit: the return must roll back
+    else:
+        conn.autocommit = True
+        conn.execute("SET search_path = public")  # the return must reset the session
+    proxy.blackhole()
+
+    start = time.monotonic()
+    pool.putconn(conn)
+    returned_after = time.monotonic() - start
+    report["returned_after_s"] = returned_after
+    assert connect_timeout - 0.1 < returned_after < connect_timeout + 0.5
+    assert pool.stats().idle == 0

@@ -13,6 +13,7 @@ from psycopg import generators, waiting
 from poolkeeper.drivers.base import ConnectSpec
 from poolkeeper.drivers.psycopg_common import (
     PsycopgState,
+    answer_within,
     check_ping_answer,
     connect_params,
     ping_timeout_error,
@@ -108,8 +109,10 @@ class AsyncPsycopgDriver(PsycopgState):
         return conn
 
     async def rollback(self, conn: AsyncPoolConnection) -> None:
-        """Roll back the open transaction."""
-        await conn.rollback()
+        """Roll back the open transaction, waiting at most ``connect_timeout`` for the
+        answer, as the ping does."""
+        with answer_within(conn, conn._pk_ping_timeout, "ROLLBACK"):
+            await conn.rollback()
 
     async def ping(self, conn: AsyncPoolConnection) -> None:
         """Send an empty query straight through libpq: one round trip, no transaction.
@@ -134,13 +137,14 @@ class AsyncPsycopgDriver(PsycopgState):
             await conn.close()
 
     async def reset_session(self, conn: AsyncPoolConnection) -> None:
-        """DISCARD ALL, outside any transaction."""
+        """DISCARD ALL, outside any transaction (waiting at most ``connect_timeout``)."""
         autocommit = conn.autocommit
-        await conn.set_autocommit(True)
-        try:
-            await conn.execute(RESET_SQL)
-        finally:
-            await conn.set_autocommit(autocommit)
+        with answer_within(conn, conn._pk_ping_timeout, RESET_SQL):
+            await conn.set_autocommit(True)
+            try:
+                await conn.execute(RESET_SQL)
+            finally:
+                await conn.set_autocommit(autocommit)
         conn._pk_dirty = False
 
     def transaction(self, conn: AsyncPoolConnection) -> AbstractAsyncContextManager[Any]:

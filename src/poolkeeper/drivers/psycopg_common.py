@@ -1,11 +1,13 @@
-"""What the sync and asyncio psycopg 3 drivers share: connect parameters, and every
-question about a connection that libpq answers from memory, without I/O."""
+"""What the sync and asyncio psycopg 3 drivers share: connect parameters, every
+question about a connection that libpq answers from memory, the ping, and the guards
+that keep psycopg's waits from lasting forever on a server that stopped answering."""
 
 from __future__ import annotations
 
+import contextlib
 import operator
 import time
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
 from typing import Any
 
 import psycopg
@@ -17,6 +19,7 @@ from poolkeeper.policy import silence_limit
 
 __all__ = [
     "PsycopgState",
+    "answer_within",
     "check_ping_answer",
     "connect_params",
     "ping_timeout_error",
@@ -121,6 +124,53 @@ def silence_guard(gen: Generator[Any, Any, Any], conn: Any) -> Any:
             state = gen.send(ready)
         except StopIteration as stop:
             return stop.value
+
+
+def _deadline_guard(
+    gen: Generator[Any, Any, Any], deadline: float, seconds: float, what: str
+) -> Any:
+    """Wrap a psycopg wait generator; raise once ``deadline`` (monotonic) has passed
+    with the answer still missing (checked when psycopg's wait says "nothing ready")."""
+    try:
+        state = next(gen)
+    except StopIteration as stop:
+        return stop.value
+    while True:
+        ready = yield state
+        if not ready and time.monotonic() > deadline:
+            raise psycopg.OperationalError(
+                f"no answer from the server within {seconds:g}s (connect_timeout) to the "
+                f"pool's {what}; the server or the network path to it is not responding, "
+                "so the connection is discarded"
+            )
+        try:
+            state = gen.send(ready)
+        except StopIteration as stop:
+            return stop.value
+
+
+@contextlib.contextmanager
+def answer_within(conn: Any, seconds: float, what: str) -> Iterator[None]:
+    """Inside the block, every wait psycopg does on ``conn`` (sync or async) gives up
+    ``seconds`` after the block began: for the statements the pool itself sends on
+    return (ROLLBACK, DISCARD ALL), which must not hang on a server that stopped
+    answering when no ``statement_timeout`` guards them.
+
+    psycopg runs each statement through ``conn.wait``; an instance attribute shadows
+    that method for the block only, so connections pay nothing for it elsewhere.
+    """
+    deadline = time.monotonic() + seconds
+    base_wait = conn.wait
+
+    def wait(gen: Generator[Any, Any, Any], *args: Any, **kwargs: Any) -> Any:
+        # For an AsyncConnection this returns the coroutine psycopg then awaits.
+        return base_wait(_deadline_guard(gen, deadline, seconds, what), *args, **kwargs)
+
+    conn.wait = wait
+    try:
+        yield
+    finally:
+        del conn.wait
 
 
 def send_ping(conn: Any) -> pq.abc.PGconn:

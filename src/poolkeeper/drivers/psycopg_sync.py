@@ -15,6 +15,7 @@ from psycopg import generators
 from poolkeeper.drivers.base import ConnectSpec
 from poolkeeper.drivers.psycopg_common import (
     PsycopgState,
+    answer_within,
     check_ping_answer,
     connect_params,
     ping_timeout_error,
@@ -138,8 +139,10 @@ class PsycopgDriver(PsycopgState):
         return conn
 
     def rollback(self, conn: PoolConnection) -> None:
-        """Roll back the open transaction."""
-        conn.rollback()
+        """Roll back the open transaction, waiting at most ``connect_timeout`` for the
+        answer, as the ping does."""
+        with answer_within(conn, conn._pk_ping_timeout, "ROLLBACK"):
+            conn.rollback()
 
     def ping(self, conn: PoolConnection) -> None:
         """Send an empty query straight through libpq: one round trip, no transaction.
@@ -157,13 +160,14 @@ class PsycopgDriver(PsycopgState):
             conn.close()
 
     def reset_session(self, conn: PoolConnection) -> None:
-        """DISCARD ALL, outside any transaction."""
+        """DISCARD ALL, outside any transaction (waiting at most ``connect_timeout``)."""
         autocommit = conn.autocommit
-        conn.autocommit = True
-        try:
-            conn.execute(RESET_SQL)
-        finally:
-            conn.autocommit = autocommit
+        with answer_within(conn, conn._pk_ping_timeout, RESET_SQL):
+            conn.autocommit = True
+            try:
+                conn.execute(RESET_SQL)
+            finally:
+                conn.autocommit = autocommit
         conn._pk_dirty = False
 
     def transaction(self, conn: PoolConnection) -> AbstractContextManager[Any]:
