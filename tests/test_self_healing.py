@@ -15,6 +15,7 @@ import psycopg
 import pytest
 
 from poolkeeper import ConnectionFailed, PoolTimeout
+from poolkeeper.drivers.psycopg_common import answer_within
 from poolkeeper.drivers.psycopg_sync import GuardedConnection, silence_limit
 from tests.conftest import PoolFactory, backends
 
@@ -52,6 +53,26 @@ def test_without_statement_timeout_connections_are_not_guarded(make_pool: PoolFa
     with pool.connection() as conn:
         assert not isinstance(conn, GuardedConnection)
         assert conn.execute("SHOW statement_timeout").fetchone() == ("0",)
+
+
+def test_answer_within_bounds_the_waits_of_its_block_only(dsn: str) -> None:
+    conn = psycopg.connect(dsn, autocommit=True)
+    try:
+        with answer_within(conn, 5.0, "outer"):
+            with answer_within(conn, 5.0, "inner"):
+                assert conn.execute("SELECT 1").fetchone() == (1,)
+            assert "wait" in vars(conn)  # the outer block's guard is back
+        assert "wait" not in vars(conn)  # and gone: queries use psycopg's own wait
+
+        start = time.monotonic()
+        with (
+            pytest.raises(psycopg.OperationalError, match=r"within 0\.3s"),
+            answer_within(conn, 0.3, "pg_sleep"),
+        ):
+            conn.execute("SELECT pg_sleep(3)")
+        assert time.monotonic() - start < 1.5
+    finally:
+        conn.close()  # mid-statement now: the pool would discard it, and so do we
 
 
 def test_silence_limit_leaves_the_server_time_to_cancel() -> None:

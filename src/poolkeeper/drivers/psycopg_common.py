@@ -161,6 +161,7 @@ def answer_within(conn: Any, seconds: float, what: str) -> Iterator[None]:
     """
     deadline = time.monotonic() + seconds
     base_wait = conn.wait
+    shadowed = vars(conn).get("wait")  # an enclosing block's, if any
 
     def wait(gen: Generator[Any, Any, Any], *args: Any, **kwargs: Any) -> Any:
         # For an AsyncConnection this returns the coroutine psycopg then awaits.
@@ -170,7 +171,10 @@ def answer_within(conn: Any, seconds: float, what: str) -> Iterator[None]:
     try:
         yield
     finally:
-        del conn.wait
+        if shadowed is None:
+            del conn.wait
+        else:
+            conn.wait = shadowed
 
 
 def send_ping(conn: Any) -> pq.abc.PGconn:
