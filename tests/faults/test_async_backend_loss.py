@@ -241,3 +241,32 @@ async def test_async_return_in_a_transaction_does_not_hang_on_a_silent_server(
         assert pool.stats().idle == 0  # discarded, not lent again
     finally:
         await pool.close(timeout=1.0)
+
+
+async def test_async_check_on_a_silent_server_takes_one_connect_timeout(
+    shared_server: LocalServer,
+    proxy_to: Callable[[int], FaultProxy],
+    driver: str,
+    report: Report,
+) -> None:
+    """AsyncPool.check() gathers its pings: four that never answer cost one
+    connect_timeout, and all four are replaced."""
+    proxy = proxy_to(shared_server.port)
+    dsn = f"postgresql://postgres@127.0.0.1:{proxy.port}/postgres"
+    connect_timeout = 1.0
+    pool = AsyncPool(
+        dsn, name=f"fault-async-check-{driver}", min_size=4, max_size=4,
+        connect_timeout=connect_timeout, driver=driver,
+    )  # fmt: skip
+    try:
+        await _warm(pool, 4)
+        proxy.blackhole()
+
+        start = time.monotonic()
+        await pool.check()
+        took = time.monotonic() - start
+        report["check_took_s"] = took
+        assert connect_timeout - 0.1 < took < 2 * connect_timeout
+        assert pool.stats().checks_failed == 4
+    finally:
+        await pool.close(timeout=1.0)

@@ -207,3 +207,26 @@ def test_return_does_not_hang_on_a_silent_server(
     report["returned_after_s"] = returned_after
     assert connect_timeout - 0.1 < returned_after < connect_timeout + 0.5
     assert pool.stats().idle == 0
+
+
+def test_check_on_a_silent_server_takes_one_connect_timeout(
+    shared_server: LocalServer,
+    pools: PoolMaker,
+    proxy_to: Callable[[int], FaultProxy],
+    report: Report,
+) -> None:
+    """pool.check() pings its idle connections side by side: four that never answer
+    cost one connect_timeout, not four, and all four are replaced."""
+    proxy = proxy_to(shared_server.port)
+    dsn = f"postgresql://postgres@127.0.0.1:{proxy.port}/postgres"
+    connect_timeout = 1.0
+    pool = pools(dsn, name="fault-check", min_size=4, max_size=4, connect_timeout=connect_timeout)
+    _warm(pool, 4)
+    proxy.blackhole()
+
+    start = time.monotonic()
+    pool.check()
+    took = time.monotonic() - start
+    report["check_took_s"] = took
+    assert connect_timeout - 0.1 < took < 2 * connect_timeout
+    assert pool.stats().checks_failed == 4
