@@ -72,6 +72,11 @@ class FaultProxy:
 
     # -- control --------------------------------------------------------------------------
 
+    @property
+    def dsn(self) -> str:
+        """A DSN that reaches the test server through this proxy (user postgres, trust)."""
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
     def cut(self) -> None:
         """Reset every current connection; later connections pass."""
         with self._lock:

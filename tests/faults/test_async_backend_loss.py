@@ -85,7 +85,7 @@ async def test_async_proxy_cut_all_connections(
 ) -> None:
     """Every connection reset by the network: the pool replaces them unseen by tasks."""
     proxy = proxy_to(shared_server.port)
-    dsn = f"postgresql://postgres@127.0.0.1:{proxy.port}/postgres"
+    dsn = proxy.dsn
     pool = AsyncPool(dsn, name=f"fault-async-cut-{driver}", min_size=4, max_size=8, driver=driver)
     try:
         await _warm(pool, 4)
@@ -114,7 +114,7 @@ async def test_async_proxy_black_hole_fails_within_timeouts_then_heals(
     """A peer that accepts but never answers ends queries, checks and borrows within
     the configured timeouts, and the pool serves again once the network heals."""
     proxy = proxy_to(shared_server.port)
-    dsn = f"postgresql://postgres@127.0.0.1:{proxy.port}/postgres"
+    dsn = proxy.dsn
     statement_timeout = 1.0
     pool = AsyncPool(
         dsn, name=f"fault-async-blackhole-{driver}", min_size=2, max_size=4,
@@ -177,7 +177,7 @@ async def test_asyncpg_no_answer_guard_yields_to_the_caller_and_to_session_chang
     pytest.importorskip("asyncpg")
     no_answer = _no_answer_error("asyncpg")
     proxy = proxy_to(shared_server.port)
-    dsn = f"postgresql://postgres@127.0.0.1:{proxy.port}/postgres"
+    dsn = proxy.dsn
     statement_timeout = 0.5
     limit = silence_limit(statement_timeout)
     pool = AsyncPool(
@@ -220,7 +220,7 @@ async def test_async_return_in_a_transaction_does_not_hang_on_a_silent_server(
     """Without statement_timeout, the pool's own ROLLBACK on return waits at most
     connect_timeout, as its ping does; the connection is discarded."""
     proxy = proxy_to(shared_server.port)
-    dsn = f"postgresql://postgres@127.0.0.1:{proxy.port}/postgres"
+    dsn = proxy.dsn
     connect_timeout = 1.0
     pool = AsyncPool(
         dsn, name=f"fault-async-return-{driver}", min_size=1, max_size=1,
@@ -252,7 +252,7 @@ async def test_async_check_on_a_silent_server_takes_one_connect_timeout(
     """AsyncPool.check() gathers its pings: four that never answer cost one
     connect_timeout, and all four are replaced."""
     proxy = proxy_to(shared_server.port)
-    dsn = f"postgresql://postgres@127.0.0.1:{proxy.port}/postgres"
+    dsn = proxy.dsn
     connect_timeout = 1.0
     pool = AsyncPool(
         dsn, name=f"fault-async-check-{driver}", min_size=4, max_size=4,

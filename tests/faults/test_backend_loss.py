@@ -104,7 +104,7 @@ def test_proxy_cut_all_connections(
     """Every connection reset by the network: the pool replaces them unseen by callers."""
     proxy = proxy_to(shared_server.port)
     name = "fault-cut"
-    dsn = f"postgresql://postgres@127.0.0.1:{proxy.port}/postgres"
+    dsn = proxy.dsn
     pool = pools(dsn, name=name, min_size=4, max_size=8)
     _warm(pool, 4)
     time.sleep(pool.config.check_after + 0.05)
@@ -127,7 +127,7 @@ def test_proxy_black_hole_fails_within_timeouts_then_heals(
     within the configured timeouts, and the pool serves again once the network heals."""
     proxy = proxy_to(shared_server.port)
     name = "fault-blackhole"
-    dsn = f"postgresql://postgres@127.0.0.1:{proxy.port}/postgres"
+    dsn = proxy.dsn
     statement_timeout = 1.0
     pool = pools(
         dsn,
@@ -189,7 +189,7 @@ def test_return_does_not_hang_on_a_silent_server(
     waits at most connect_timeout for a server that stopped answering; the
     connection is discarded, not lent again."""
     proxy = proxy_to(shared_server.port)
-    dsn = f"postgresql://postgres@127.0.0.1:{proxy.port}/postgres"
+    dsn = proxy.dsn
     connect_timeout = 1.0
     pool = pools(dsn, name="fault-return", min_size=1, max_size=1, connect_timeout=connect_timeout)
     _warm(pool, 1)
@@ -218,7 +218,7 @@ def test_check_on_a_silent_server_takes_one_connect_timeout(
     """pool.check() pings its idle connections side by side: four that never answer
     cost one connect_timeout, not four, and all four are replaced."""
     proxy = proxy_to(shared_server.port)
-    dsn = f"postgresql://postgres@127.0.0.1:{proxy.port}/postgres"
+    dsn = proxy.dsn
     connect_timeout = 1.0
     pool = pools(dsn, name="fault-check", min_size=4, max_size=4, connect_timeout=connect_timeout)
     _warm(pool, 4)
