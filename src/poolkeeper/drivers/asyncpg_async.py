@@ -240,13 +240,14 @@ class PoolAsyncpgConnection(asyncpg.Connection):
     """``asyncpg.Connection`` that marks itself dirty when SQL may change the session
     (every method that sends SQL text: see :func:`_tracking`)."""
 
-    __slots__ = ("_pk_dirty", "_pk_ping_timeout", "_pk_silence_limit")
+    __slots__ = ("_pk_answer_timeout", "_pk_dirty", "_pk_silence_limit")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._pk_dirty = False
-        # How long the pool's ping waits for its answer (the pool's connect_timeout).
-        self._pk_ping_timeout = 10.0
+        # How long the pool's own statements (ping, ROLLBACK, DISCARD ALL) wait for an
+        # answer: the pool's connect_timeout.
+        self._pk_answer_timeout = 10.0
         # The no-answer guard's limit (seconds), or None: see AsyncpgDriver.connect.
         self._pk_silence_limit: float | None = None
 
@@ -302,7 +303,7 @@ class AsyncpgDriver:
         conn: PoolAsyncpgConnection = await asyncpg.connect(
             dsn, connection_class=PoolAsyncpgConnection, **kwargs
         )
-        conn._pk_ping_timeout = spec.connect_timeout
+        conn._pk_answer_timeout = spec.connect_timeout
         # The no-answer guard, unless the caller chose asyncpg's own command_timeout.
         if spec.statement_timeout is not None and kwargs.get("command_timeout") is None:
             conn._pk_silence_limit = silence_limit(spec.statement_timeout)
@@ -324,7 +325,7 @@ class AsyncpgDriver:
         answering (the connection is then discarded)."""
         # Otherwise the next borrower's conn.transaction() would think it is nested.
         conn._top_xact = None  # type: ignore[attr-defined]
-        await asyncpg.Connection.execute(conn, "ROLLBACK", timeout=conn._pk_ping_timeout)
+        await asyncpg.Connection.execute(conn, "ROLLBACK", timeout=conn._pk_answer_timeout)
 
     async def ping(self, conn: PoolAsyncpgConnection) -> None:
         """``SELECT 1`` as a simple query: one round trip.
@@ -334,7 +335,7 @@ class AsyncpgDriver:
         """
         if conn.is_closed():
             raise asyncpg.exceptions.InterfaceError("connection is closed")
-        await asyncpg.Connection.execute(conn, "SELECT 1", timeout=conn._pk_ping_timeout)
+        await asyncpg.Connection.execute(conn, "SELECT 1", timeout=conn._pk_answer_timeout)
 
     async def close(self, conn: PoolAsyncpgConnection) -> None:
         """Close gracefully if the server answers within 2 s, else drop the socket."""
@@ -354,7 +355,7 @@ class AsyncpgDriver:
     async def reset_session(self, conn: PoolAsyncpgConnection) -> None:
         """DISCARD ALL, then forget what it invalidated on the client side (waiting at
         most ``connect_timeout``, as :meth:`rollback` does)."""
-        await asyncpg.Connection.execute(conn, RESET_SQL, timeout=conn._pk_ping_timeout)
+        await asyncpg.Connection.execute(conn, RESET_SQL, timeout=conn._pk_answer_timeout)
         # DISCARD ALL deallocated asyncpg's cached prepared statements too.
         conn._drop_local_statement_cache()  # type: ignore[attr-defined]
         conn._listeners.clear()  # type: ignore[attr-defined]

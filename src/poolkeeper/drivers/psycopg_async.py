@@ -71,8 +71,9 @@ class AsyncPoolConnection(psycopg.AsyncConnection[Any]):
     borrower."""
 
     _pk_dirty: bool = False
-    # How long the pool's ping waits for its answer (the pool's connect_timeout).
-    _pk_ping_timeout: float = 10.0
+    # How long the pool's own statements (ping, ROLLBACK, DISCARD ALL) wait for an
+    # answer: the pool's connect_timeout.
+    _pk_answer_timeout: float = 10.0
 
 
 class AsyncGuardedConnection(AsyncPoolConnection):
@@ -105,13 +106,13 @@ class AsyncPsycopgDriver(PsycopgState):
         conn.cursor_factory = AsyncTrackingCursor
         # An instance attribute, not the class default: one dict hit per read.
         conn._pk_dirty = False
-        conn._pk_ping_timeout = spec.connect_timeout
+        conn._pk_answer_timeout = spec.connect_timeout
         return conn
 
     async def rollback(self, conn: AsyncPoolConnection) -> None:
         """Roll back the open transaction, waiting at most ``connect_timeout`` for the
         answer, as the ping does."""
-        with answer_within(conn, conn._pk_ping_timeout, "ROLLBACK"):
+        with answer_within(conn, conn._pk_answer_timeout, "ROLLBACK"):
             await conn.rollback()
 
     async def ping(self, conn: AsyncPoolConnection) -> None:
@@ -126,9 +127,9 @@ class AsyncPsycopgDriver(PsycopgState):
         pgconn = send_ping(conn)
         wait = waiting.wait_async(generators.execute(pgconn), pgconn.socket, interval=0.1)
         try:
-            results = await asyncio.wait_for(wait, conn._pk_ping_timeout)
+            results = await asyncio.wait_for(wait, conn._pk_answer_timeout)
         except asyncio.TimeoutError:
-            raise ping_timeout_error(conn._pk_ping_timeout) from None
+            raise ping_timeout_error(conn._pk_answer_timeout) from None
         check_ping_answer(pgconn, results)
 
     async def close(self, conn: AsyncPoolConnection) -> None:
@@ -139,7 +140,7 @@ class AsyncPsycopgDriver(PsycopgState):
     async def reset_session(self, conn: AsyncPoolConnection) -> None:
         """DISCARD ALL, outside any transaction (waiting at most ``connect_timeout``)."""
         autocommit = conn.autocommit
-        with answer_within(conn, conn._pk_ping_timeout, RESET_SQL):
+        with answer_within(conn, conn._pk_answer_timeout, RESET_SQL):
             await conn.set_autocommit(True)
             try:
                 await conn.execute(RESET_SQL)

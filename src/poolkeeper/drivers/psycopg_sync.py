@@ -73,8 +73,9 @@ class PoolConnection(psycopg.Connection[Any]):
     """``psycopg.Connection`` with one flag: may this session carry state to the next borrower."""
 
     _pk_dirty: bool = False
-    # How long the pool's ping waits for its answer (the pool's connect_timeout).
-    _pk_ping_timeout: float = 10.0
+    # How long the pool's own statements (ping, ROLLBACK, DISCARD ALL) wait for an
+    # answer: the pool's connect_timeout.
+    _pk_answer_timeout: float = 10.0
 
 
 _POLL_READ = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP
@@ -135,13 +136,13 @@ class PsycopgDriver(PsycopgState):
         conn.cursor_factory = TrackingCursor
         # An instance attribute, not the class default: one dict hit per read.
         conn._pk_dirty = False
-        conn._pk_ping_timeout = spec.connect_timeout
+        conn._pk_answer_timeout = spec.connect_timeout
         return conn
 
     def rollback(self, conn: PoolConnection) -> None:
         """Roll back the open transaction, waiting at most ``connect_timeout`` for the
         answer, as the ping does."""
-        with answer_within(conn, conn._pk_ping_timeout, "ROLLBACK"):
+        with answer_within(conn, conn._pk_answer_timeout, "ROLLBACK"):
             conn.rollback()
 
     def ping(self, conn: PoolConnection) -> None:
@@ -151,7 +152,7 @@ class PsycopgDriver(PsycopgState):
         but never answers must not hang a borrower or a keepalive worker.
         """
         pgconn = send_ping(conn)
-        results = _wait_within(generators.execute(pgconn), pgconn.socket, conn._pk_ping_timeout)
+        results = _wait_within(generators.execute(pgconn), pgconn.socket, conn._pk_answer_timeout)
         check_ping_answer(pgconn, results)
 
     def close(self, conn: PoolConnection) -> None:
@@ -162,7 +163,7 @@ class PsycopgDriver(PsycopgState):
     def reset_session(self, conn: PoolConnection) -> None:
         """DISCARD ALL, outside any transaction (waiting at most ``connect_timeout``)."""
         autocommit = conn.autocommit
-        with answer_within(conn, conn._pk_ping_timeout, RESET_SQL):
+        with answer_within(conn, conn._pk_answer_timeout, RESET_SQL):
             conn.autocommit = True
             try:
                 conn.execute(RESET_SQL)
