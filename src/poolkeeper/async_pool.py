@@ -34,22 +34,21 @@ import traceback
 from asyncio import Future as _Future
 from asyncio import get_running_loop as _running_loop
 from collections import deque
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import Callable, Coroutine
 from types import TracebackType
 from typing import Any, ClassVar
 
+from poolkeeper.async_pool_base import AsyncPoolBase
 from poolkeeper.config import PoolConfig
-from poolkeeper.drivers import BROKEN, IN_TRANSACTION, AsyncDriver, load_async_driver
+from poolkeeper.drivers import AsyncDriver, load_async_driver
 from poolkeeper.drivers.libpq_options import READ_ONLY_SQLSTATE
 from poolkeeper.errors import (
     PoolClosed,
     PoolError,
     WrongEventLoop,
 )
-from poolkeeper.policy import Backoff
-from poolkeeper.pool_core import PoolCore, overdue_waiters, remove_waiter
+from poolkeeper.pool_core import overdue_waiters, remove_waiter
 from poolkeeper.record import ConnectionRecord
-from poolkeeper.redact import redact
 from poolkeeper.stats import RING_MASK, WaitRing
 
 __all__ = ["AsyncPool"]
@@ -76,7 +75,7 @@ class _Signal:
     def __init__(self) -> None:
         self._sleepers: list[asyncio.Future[None]] = []
 
-    def fire(self) -> None:
+    def notify_all(self) -> None:
         """Wake everyone sleeping now."""
         if self._sleepers:
             sleepers, self._sleepers = self._sleepers, []
@@ -85,7 +84,7 @@ class _Signal:
                     fut.set_result(None)
 
     async def wait(self, timeout: float) -> bool:
-        """Sleep until the next :meth:`fire` or ``timeout`` seconds; True if fired."""
+        """Sleep until the next :meth:`notify_all` or ``timeout`` seconds; True if woken."""
         fut: asyncio.Future[None] = _running_loop().create_future()
         self._sleepers.append(fut)
         try:
@@ -130,7 +129,7 @@ class _Borrowed:
             await pool.drain()
 
 
-class AsyncPool(PoolCore):
+class AsyncPool(AsyncPoolBase):
     """An asyncio pool of PostgreSQL connections, bound to one event loop.
 
     ``AsyncPool(dsn=None, *, open=True, config=None, **settings)`` takes the same
@@ -160,6 +159,8 @@ class AsyncPool(PoolCore):
     _open_hint: ClassVar[str] = (
         "'await pool.open()' first, or use 'async with AsyncPool(...) as pool'"
     )
+    #: The shared code's lock: a no-op, as every stretch between two awaits is atomic.
+    _lock: contextlib.nullcontext[None] = contextlib.nullcontext()
 
     def __init__(
         self,
@@ -184,7 +185,8 @@ class AsyncPool(PoolCore):
         self._tasks: set[asyncio.Task[Any]] = set()
         self._openers: set[asyncio.Task[Any]] = set()
         self._housekeeper: asyncio.Task[None] | None = None
-        self._connect_slots: asyncio.Semaphore | None = None
+        # How many connections open at once (the sync pool: its worker threads).
+        self._connect_slots = asyncio.Semaphore(config.num_workers)
         if open:
             try:
                 loop = _running_loop()
@@ -213,11 +215,10 @@ class AsyncPool(PoolCore):
         self._loop = loop
         self._opened = True
         self._closed = False
-        self._connect_slots = asyncio.Semaphore(self.config.num_workers)
         self._housekeeper = loop.create_task(
             self._housekeeping_loop(), name=f"poolkeeper-{self.name}-housekeeping"
         )
-        self._grow()
+        self._grow_locked()
 
     def _bind(self) -> None:
         """Check (on the slow paths only) that we run in the pool's loop; start a pool
@@ -230,23 +231,6 @@ class AsyncPool(PoolCore):
         if self._closed or self._forked:
             self._raise_if_closed()
         self._start(loop)
-
-    async def wait(self, timeout: float | None = None) -> None:
-        """Wait until ``min_size`` connections are open, else raise ``PoolTimeout``.
-
-        Like ``getconn``, it gives up early while the circuit breaker is open (the
-        server is known unreachable); the last connect error is the ``__cause__``.
-        """
-        self._bind()
-        limit = self.config.timeout if timeout is None else timeout
-        start = _monotonic()
-        deadline = start + limit
-        while self._open_count() < self.config.min_size:
-            self._raise_if_closed()
-            now = _monotonic()
-            if now >= deadline or self._breaker.is_open(now):
-                raise self._wait_timeout_error(start, now)
-            await self._changed.wait(min(deadline - now, 0.1))
 
     async def close(self, timeout: float = 5.0) -> None:
         """Stop lending, wait up to ``timeout`` for borrowed connections, close everything.
@@ -263,17 +247,15 @@ class AsyncPool(PoolCore):
         self._opened = True
         # Connections still borrowed are retired when they come back.
         self._generation += 1
-        waiters = list(self._waiters)
-        self._waiters.clear()
         self._disarm_timer()
-        for fut, _, _ in waiters:
-            if not fut.done():
-                fut.set_exception(PoolClosed(f"pool {self.name!r} was closed while waiting"))
+        self._fail_waiters_locked(
+            lambda: PoolClosed(f"pool {self.name!r} was closed while waiting")
+        )
         idle = list(self._idle)
         self._idle.clear()
         self._total -= len(idle)
-        self._probe.fire()
-        self._changed.fire()
+        self._probe.notify_all()
+        self._changed.notify_all()
         current = asyncio.current_task()
         if self._housekeeper is not None and self._housekeeper is not current:
             self._housekeeper.cancel()
@@ -362,7 +344,7 @@ class AsyncPool(PoolCore):
                 else:
                     # Only a failing server or max_waiting can refuse a caller a place.
                     if self._may_refuse and self._may_queue(_monotonic()):
-                        self._probe.fire()
+                        self._probe.notify_all()
                     # The Future class itself: loop.create_future() would add a frame.
                     waiter: asyncio.Future[ConnectionRecord] = _Future(loop=self._loop)
                     entry = (waiter, deadline, limit)
@@ -370,7 +352,7 @@ class AsyncPool(PoolCore):
                     if self._idle:
                         self._serve_waiters()
                     if self._total < self._max_size:
-                        self._grow()
+                        self._grow_locked()
                     # One timer for the whole queue (see _expire_waiters), re-armed only
                     # for a deadline earlier than the one it is set for.
                     if deadline < self._timer_at:
@@ -381,7 +363,7 @@ class AsyncPool(PoolCore):
                         if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
                             # Handed a connection at the very moment we were cancelled:
                             # pass it on.
-                            self._give_back(waiter.result())
+                            self._admit(waiter.result(), cold=False)
                         else:
                             self._forget_waiter(entry)
                         raise
@@ -458,37 +440,6 @@ class AsyncPool(PoolCore):
         with contextlib.suppress(ValueError):
             self._waiters.remove(entry)
 
-    async def _validate(self, rec: ConnectionRecord, now: float) -> bool:
-        """Is ``rec`` fit to lend? If not, retire it (the caller tries again). Only
-        called when a check is due."""
-        if now >= rec.expires_at or rec.generation < self._generation:
-            self._retire(rec, "reached max_lifetime" if now >= rec.expires_at else "drained")
-            return False
-        if now < rec.check_due:
-            return True
-        try:
-            await self._run_check(rec.conn)
-        except Exception as exc:
-            self._stats_checks_failed.add()
-            self._note_server_gone()
-            self._retire(rec, f"failed its check ({redact(str(exc)) or type(exc).__name__})")
-            return False
-        except BaseException:
-            # Cancelled mid-ping: the connection's protocol state is unknown.
-            self._retire(rec, "its borrower was cancelled during the check")
-            raise
-        self._mark_good(rec, _monotonic())
-        return True
-
-    async def _run_check(self, conn: Any) -> None:
-        check = self._user_check
-        if check is None:
-            await self._driver.ping(conn)
-            return
-        result = check(conn)
-        if inspect.isawaitable(result):
-            await result
-
     async def putconn(self, conn: Any) -> None:
         """Return a borrowed connection.
 
@@ -521,7 +472,7 @@ class AsyncPool(PoolCore):
         # Returned is as good as checked: keepalives count from the later of the two.
         rec.last_used = now
         rec.check_due = now + self._check_after
-        # _hand_off, inlined: under contention every return hands its connection over.
+        # _hand_off_locked, inlined: under contention every return hands its connection over.
         waiters = self._waiters
         while waiters:
             waiter = waiters.popleft()[0]
@@ -530,71 +481,22 @@ class AsyncPool(PoolCore):
                 return
         self._idle.append(rec)
 
-    async def _clean_on_return(self, rec: ConnectionRecord) -> bool:
-        """Roll back and/or reset ``rec``; False if it had to be discarded instead."""
-        conn = rec.conn
-        status = self._status(conn)
-        if status == BROKEN:
-            self._note_server_gone()
-            self._retire(rec, "returned broken or closed")
-            return False
-        try:
-            if status == IN_TRANSACTION:
-                self._stats_rollbacks.add()
-                await self._driver.rollback(conn)
-            if self._needs_reset(conn):
-                self._stats_resets.add()
-                await self._driver.reset_session(conn)
-                if self.config.configure is not None:
-                    await self._run_configure(conn)
-        except Exception as exc:
-            if self._driver.is_disconnect(exc):
-                self._note_server_gone()
-            self._retire(rec, f"could not be cleaned on return ({redact(str(exc))})")
-            return False
-        except BaseException:
-            # Cancelled mid-rollback: the session's state is unknown, so it cannot be
-            # lent again, but it must still leave the books.
-            self._retire(rec, "cancelled while being cleaned on return")
-            raise
-        return True
-
     def connection(self, timeout: float | None = None) -> _Borrowed:
         """``async with pool.connection() as conn``: borrowed on entry, returned on exit,
         even on error or cancellation."""
         return _Borrowed(self, timeout)
 
-    @contextlib.asynccontextmanager
-    async def transaction(self, timeout: float | None = None) -> AsyncIterator[Any]:
-        """Borrow a connection inside BEGIN … COMMIT (ROLLBACK if the block raises)."""
-        async with self.connection(timeout) as conn, self._driver.transaction(conn):
-            yield conn
-
     # -- maintenance API ----------------------------------------------------------------
 
-    async def resize(self, min_size: int, max_size: int) -> None:
-        """Change the bounds at run time; growth starts now, shrinking as connections idle."""
-        self._bind()
-        surplus = self._resize_surplus(min_size, max_size)
-        self._grow()
-        for rec in surplus:
-            self._retire(rec, "pool resized")
-
     async def check(self) -> None:
-        """Ping every idle connection now; close the dead and open replacements."""
+        """Run the pool's check (``check=``, else a ping) on every idle connection now,
+        side by side; close the dead and open replacements."""
         self._bind()
         batch = list(self._idle)
         self._idle.clear()
-        await asyncio.gather(*(self._keepalive(rec, "pool.check()") for rec in batch))
-
-    async def drain(self) -> None:
-        """Replace every connection: idle ones now, borrowed ones when they come back.
-
-        Use after rotating credentials, ``CREATE EXTENSION`` or a failover.
-        """
-        self._bind()
-        for rec in self._drain_idle():
-            self._retire(rec, "drained")
+        await asyncio.gather(
+            *(self._keepalive(rec, "pool.check()", own_check=True) for rec in batch)
+        )
 
     # -- internals: accounting ----------------------------------------------------------
 
@@ -607,7 +509,7 @@ class AsyncPool(PoolCore):
             "poolkeeper.AsyncDatabase(), which keeps one pool per event loop for you"
         )
 
-    def _hand_off(self, rec: ConnectionRecord) -> bool:
+    def _hand_off_locked(self, rec: ConnectionRecord) -> bool:
         """Give ``rec`` to the first waiter still waiting; False if there is none."""
         waiters = self._waiters
         while waiters:
@@ -620,24 +522,8 @@ class AsyncPool(PoolCore):
     def _serve_waiters(self) -> None:
         while self._waiters and self._idle:
             rec = self._idle.pop()
-            if not self._hand_off(rec):
+            if not self._hand_off_locked(rec):
                 self._idle.append(rec)
-
-    def _give_back(self, rec: ConnectionRecord) -> None:
-        """Put a good record back: to the first waiter, else onto the hot end."""
-        if self._closed:
-            self._retire(rec, "pool closed")
-        elif not self._hand_off(rec):
-            self._idle.append(rec)
-
-    def _give_back_idle(self, rec: ConnectionRecord) -> None:
-        """Return a pinged record: to the first waiter, else to the cold end."""
-        if self._closed:
-            self._retire(rec, "pool closed")
-            return
-        if not self._hand_off(rec):
-            self._idle.appendleft(rec)
-        self._changed.fire()
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str | None = None) -> asyncio.Task[Any]:
         loop = self._loop
@@ -647,7 +533,7 @@ class AsyncPool(PoolCore):
         task.add_done_callback(self._tasks.discard)
         return task
 
-    def _grow(self) -> None:
+    def _grow_locked(self) -> None:
         if self._loop is None:
             return
         for _ in range(self._claim_open_slots()):
@@ -655,103 +541,43 @@ class AsyncPool(PoolCore):
             self._openers.add(task)
             task.add_done_callback(self._openers.discard)
 
-    def _retire(self, rec: ConnectionRecord, why: str) -> None:
-        """Drop ``rec`` from the pool (it is neither idle nor lent now), close it in
-        the background, and open a replacement if the pool needs one."""
-        _log.debug("pool %r: closing connection to backend %d: %s", self.name, rec.backend_pid, why)
-        self._total -= 1
-        self._grow()
-        self._changed.fire()
-        self._spawn(self._close_rec(rec))
-
     async def _close_conn(self, conn: Any) -> None:
         await self._driver.close(conn)
 
-    async def _close_rec(self, rec: ConnectionRecord) -> None:
-        await self._driver.close(rec.conn)
-        self._stats_closed.add()
+    # -- the primitives the shared code (async_pool_base.py) relies on ------------------
 
-    # -- internals: background work -----------------------------------------------------
-
-    async def _run_configure(self, conn: Any) -> None:
-        configure = self.config.configure
-        if configure is None:
-            return
-        result = configure(conn)
-        if inspect.isawaitable(result):
-            await result
-        self._after_configure(conn)
-
-    async def _connect_new(self) -> ConnectionRecord:
-        conn = await self._driver.connect(self.config.connect_spec())
-        if not self._identity_ok(conn):
-            await self._driver.close(conn)
-            raise TypeError(f"{type(conn).__name__} overrides __eq__; the pool needs identity")
-        try:
-            await self._run_configure(conn)
-        except Exception as exc:
-            await self._driver.close(conn)
-            raise self._configure_failed(exc) from exc
-        except BaseException:
-            self._spawn(self._close_conn(conn))
-            raise
-        return self._new_record(conn)
-
-    async def _open_one(self) -> None:
-        """Open one connection (the slot is already counted), retrying with back-off."""
-        backoff = Backoff()
-        give_up_at = _monotonic() + self.config.reconnect_timeout
-        slots = self._connect_slots
-        assert slots is not None
-        opened = False
-        try:
-            while not self._closed:
-                try:
-                    async with slots:
-                        self._breaker.attempt(_monotonic())
-                        rec = await self._connect_new()
-                except Exception as exc:
-                    self._on_connect_failure(exc)
-                    if _monotonic() >= give_up_at:
-                        self._log_give_up()
-                        break
-                    # Try again no later than the moment the breaker may open, so callers
-                    # queued meanwhile learn at once that the server is down.
-                    delay = min(backoff.next_delay(), self._breaker.opens_in(_monotonic()))
-                    await self._probe.wait(delay)
-                    continue
-                opened = True
-                self._on_connect_success(rec)
-                return
-        finally:
-            if not opened:
-                self._total -= 1
-                self._opening -= 1
-                self._changed.fire()
-
-    def _on_connect_failure(self, exc: BaseException) -> None:
-        self._record_connect_failure(exc)
-        now = _monotonic()
-        self._record_breaker_failure(now)
-        if not self._breaker.is_open(now):
-            return
+    def _fail_waiters_locked(self, error: Callable[[], PoolError]) -> None:
+        """Fail every waiter still waiting, each with its own ``error()``."""
         waiters = list(self._waiters)
         self._waiters.clear()
         for waiter, _, _ in waiters:
             if not waiter.done():
-                waiter.set_exception(self._breaker_error())
+                waiter.set_exception(error())
 
-    def _on_connect_success(self, rec: ConnectionRecord) -> None:
-        if self._record_connect_success(rec):
-            # The server is back: wake the other reconnect loops from their back-off.
-            self._probe.fire()
-        self._opening -= 1
-        if self._closed:
-            self._total -= 1
-            self._spawn(self._close_rec(rec))
-        elif not self._hand_off(rec):
-            self._idle.append(rec)
-        self._changed.fire()
+    def _close_later(self, rec: ConnectionRecord) -> None:
+        self._spawn(self._close_rec(rec))
+
+    def _close_conn_soon(self, conn: Any) -> None:
+        # Cancelled while opening: the task cannot await the goodbye itself.
+        self._spawn(self._close_conn(conn))
+
+    def _keepalive_later(self, rec: ConnectionRecord) -> None:
+        self._spawn(self._keepalive(rec, "keepalive ping", own_check=False))
+
+    async def _call_hook(self, hook: Callable[[Any], object], conn: Any) -> None:
+        """Call the user's ``configure=``/``check=``, awaiting what it returns if needed."""
+        result = hook(conn)
+        if inspect.isawaitable(result):
+            await result
+
+    async def _run_check(self, conn: Any) -> None:
+        check = self._user_check
+        if check is None:
+            await self._driver.ping(conn)
+        else:
+            await self._call_hook(check, conn)
+
+    # -- internals: background work -----------------------------------------------------
 
     async def _housekeeping_loop(self) -> None:
         try:
@@ -769,33 +595,6 @@ class AsyncPool(PoolCore):
                 # the connections while the loop can still run their goodbyes.
                 await self.close(timeout=LOOP_SHUTDOWN_GRACE)
             raise
-
-    def _housekeeping(self) -> float:
-        """One periodic pass; returns the seconds until the next."""
-        now = _monotonic()
-        retire, ping = self._plan_housekeeping(now)
-        for rec in retire:
-            self._retire(rec, "housekeeping: lifetime or max_idle reached")
-        for rec in ping:
-            self._spawn(self._keepalive(rec, "keepalive ping"))
-        self._grow()
-        if self._leak_threshold is not None:
-            self._report_leaks(now)
-        return self._housekeeping_delay()
-
-    async def _keepalive(self, rec: ConnectionRecord, what: str) -> None:
-        try:
-            await self._driver.ping(rec.conn)
-        except Exception as exc:
-            self._stats_checks_failed.add()
-            self._note_server_gone()
-            self._retire(rec, f"failed its {what} ({redact(str(exc))})")
-            return
-        except BaseException:
-            self._retire(rec, f"cancelled during its {what}")
-            raise
-        self._mark_good(rec, _monotonic())
-        self._give_back_idle(rec)
 
     # -- fork safety --------------------------------------------------------------------
 

@@ -29,13 +29,12 @@ from typing import Any
 
 from poolkeeper.background import BackgroundWorkers
 from poolkeeper.config import PoolConfig
-from poolkeeper.drivers import BROKEN, IN_TRANSACTION, SyncDriver, load_sync_driver
+from poolkeeper.drivers import SyncDriver, load_sync_driver
 from poolkeeper.drivers.libpq_options import READ_ONLY_SQLSTATE
 from poolkeeper.errors import PoolClosed, PoolError
-from poolkeeper.policy import Backoff
-from poolkeeper.pool_core import PoolCore, overdue_waiters, remove_waiter
+from poolkeeper.pool_base import PoolBase
+from poolkeeper.pool_core import overdue_waiters, remove_waiter
 from poolkeeper.record import ConnectionRecord
-from poolkeeper.redact import redact
 from poolkeeper.stats import Counter, WaitSamples
 
 __all__ = ["Pool"]
@@ -76,7 +75,26 @@ def _deadline_of(waiter: _Waiter) -> float:
     return waiter.deadline
 
 
-class Pool(PoolCore):
+class _Probe:
+    """Wakes the reconnect loops from their back-off (``AsyncPool``: a ``_Signal``)."""
+
+    __slots__ = ("_event", "notify_all")
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        #: Wake every sleeper now: the bound C-level ``Event.set``, as a borrow that
+        #: finds the server down calls it.
+        self.notify_all: Callable[[], None] = self._event.set
+
+    def wait(self, timeout: float) -> bool:
+        """Sleep until woken or ``timeout`` seconds pass; True if woken."""
+        if self._event.wait(timeout):
+            self._event.clear()
+            return True
+        return False
+
+
+class Pool(PoolBase):
     """A thread-safe pool of PostgreSQL connections.
 
     Not a singleton: you own its lifecycle (``close()``, or use it as a context
@@ -87,12 +105,13 @@ class Pool(PoolCore):
 
     __slots__ = (
         "_changed",
+        "_connect_slots",
         "_deadline_thread",
         "_deadlines",
         "_lock",
-        "_ping",
         "_probe",
         "_record_wait",
+        "_run_check",
         "_spare_waiters",
         "_stats_waits",
         "_wait_samples",
@@ -128,14 +147,16 @@ class Pool(PoolCore):
         # or was interrupted (its lock's state is not known to be "held").
         self._spare_waiters: list[_Waiter] = []
         self._deadline_thread: threading.Thread | None = None
-        self._probe = threading.Event()
+        self._probe = _Probe()
+        # The worker threads already bound how many connections open at once.
+        self._connect_slots = contextlib.nullcontext()
         self._workers: BackgroundWorkers | None = None
         if open:
             self.open()
 
     def _apply_check_settings(self) -> None:
         super()._apply_check_settings()
-        self._ping: Callable[[Any], object] = self._user_check or self._driver.ping
+        self._run_check: Callable[[Any], object] = self._user_check or self._driver.ping
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -163,24 +184,6 @@ class Pool(PoolCore):
         with self._lock:
             self._grow_locked()
 
-    def wait(self, timeout: float | None = None) -> None:
-        """Block until ``min_size`` connections are open, else raise ``PoolTimeout``.
-
-        Like ``getconn``, it gives up early while the circuit breaker is open (the
-        server is known unreachable); the last connect error is the ``__cause__``.
-        """
-        limit = self.config.timeout if timeout is None else timeout
-        start = _monotonic()
-        deadline = start + limit
-        with self._changed:
-            while self._open_count() < self.config.min_size:
-                self._raise_if_closed()
-                now = _monotonic()
-                unreachable = self._breaker.is_open(now)
-                if now >= deadline or unreachable:
-                    raise self._wait_timeout_error(start, now)
-                self._changed.wait(min(deadline - now, 0.1))
-
     def close(self, timeout: float = 5.0) -> None:
         """Stop lending, wait up to ``timeout`` for borrowed connections, close everything.
 
@@ -194,11 +197,9 @@ class Pool(PoolCore):
             self._opened = True
             # Connections still borrowed are retired when they come back.
             self._generation += 1
-            # Failed under the lock: a waiter giving up at this moment must find
-            # itself either still queued or already told (see _abandon).
-            for waiter in self._waiters:
-                waiter.fail(PoolClosed(f"pool {self.name!r} was closed while waiting"))
-            self._waiters.clear()
+            self._fail_waiters_locked(
+                lambda: PoolClosed(f"pool {self.name!r} was closed while waiting")
+            )
             self._spare_waiters.clear()
             idle = list(self._idle)
             self._idle.clear()
@@ -208,7 +209,7 @@ class Pool(PoolCore):
         for rec in idle:
             self._close_rec(rec)
         deadline = _monotonic() + timeout
-        with self._changed:
+        with self._lock:
             while self._lent and _monotonic() < deadline:
                 self._changed.wait(min(0.05, max(0.0, deadline - _monotonic())))
             stragglers = list(self._lent.values())
@@ -225,7 +226,7 @@ class Pool(PoolCore):
             )
         for rec in stragglers:
             self._close_rec(rec)
-        self._probe.set()
+        self._probe.notify_all()
         if self._workers is not None:
             self._workers.stop(timeout=max(0.1, deadline - _monotonic()))
         thread = self._deadline_thread
@@ -297,7 +298,7 @@ class Pool(PoolCore):
                         rec = self._idle.pop()
                     else:
                         if self._may_refuse and self._may_queue(_monotonic()):
-                            self._probe.set()
+                            self._probe.notify_all()
                         if limit <= 0:
                             raise self._no_connection_error(limit)
                         waiters.append(waiter)
@@ -396,23 +397,6 @@ class Pool(PoolCore):
             remove_waiter(waiters, waiter)
             waiter.fail(self._no_connection_error(waiter.limit))
 
-    def _validate(self, rec: ConnectionRecord, now: float) -> bool:
-        """Is ``rec`` fit to lend? If not, retire it (the caller tries again)."""
-        if now >= rec.expires_at or rec.generation < self._generation:
-            self._retire(rec, "reached max_lifetime" if now >= rec.expires_at else "drained")
-            return False
-        if now < rec.check_due:
-            return True
-        try:
-            self._ping(rec.conn)
-        except Exception as exc:
-            self._stats_checks_failed.add()
-            self._note_server_gone()
-            self._retire(rec, f"failed its check ({redact(str(exc)) or type(exc).__name__})")
-            return False
-        self._mark_good(rec, now)
-        return True
-
     def putconn(self, conn: Any) -> None:
         """Return a borrowed connection.
 
@@ -449,8 +433,8 @@ class Pool(PoolCore):
                 if waiters:
                     waiter = waiters.popleft()
                     # Assigned under the lock, woken after it: the wake-up is a syscall,
-                    # and every other borrower would queue behind it. A waiter that times
-                    # is interrupted in between finds rec set and passes it on (_abandon).
+                    # and every other borrower would queue behind it. A waiter interrupted
+                    # in between finds rec set and passes it on (_abandon).
                     waiter.rec = rec
                 else:
                     self._idle.append(rec)
@@ -462,30 +446,6 @@ class Pool(PoolCore):
         if self._waiters:
             with self._lock:
                 self._serve_waiters_locked()
-
-    def _clean_on_return(self, rec: ConnectionRecord) -> bool:
-        """Roll back and/or reset ``rec``; False if it had to be discarded instead."""
-        conn = rec.conn
-        status = self._status(conn)
-        if status == BROKEN:
-            self._note_server_gone()
-            self._retire(rec, "returned broken or closed")
-            return False
-        try:
-            if status == IN_TRANSACTION:
-                self._stats_rollbacks.add()
-                self._driver.rollback(conn)
-            if self._needs_reset(conn):
-                self._stats_resets.add()
-                self._driver.reset_session(conn)
-                if self.config.configure is not None:
-                    self._run_configure(conn)
-        except Exception as exc:
-            if self._driver.is_disconnect(exc):
-                self._note_server_gone()
-            self._retire(rec, f"could not be cleaned on return ({redact(str(exc))})")
-            return False
-        return True
 
     @contextlib.contextmanager
     def connection(self, timeout: float | None = None) -> Iterator[Any]:
@@ -506,27 +466,13 @@ class Pool(PoolCore):
         if self._is_failover(conn):
             self.drain()
 
-    @contextlib.contextmanager
-    def transaction(self, timeout: float | None = None) -> Iterator[Any]:
-        """Borrow a connection inside BEGIN … COMMIT (ROLLBACK if the block raises)."""
-        with self.connection(timeout) as conn, self._driver.transaction(conn):
-            yield conn
-
     # -- maintenance API ----------------------------------------------------------------
 
-    def resize(self, min_size: int, max_size: int) -> None:
-        """Change the bounds at run time; growth starts now, shrinking as connections idle."""
-        self.config.replace(min_size=min_size, max_size=max_size)  # validate before locking
-        with self._lock:
-            surplus = self._resize_surplus(min_size, max_size)
-            self._grow_locked()
-        for rec in surplus:
-            self._retire(rec, "pool resized")
-
     def check(self) -> None:
-        """Ping every idle connection now; close the dead and open replacements.
+        """Run the pool's check (``check=``, else a ping) on every idle connection now;
+        close the dead and open replacements.
 
-        The pings run side by side, one thread each, so a server that stopped
+        The checks run side by side, one thread each, so a server that stopped
         answering costs one ``connect_timeout`` however many connections are idle
         (as ``AsyncPool.check`` gathers its pings).
         """
@@ -535,35 +481,18 @@ class Pool(PoolCore):
             self._idle.clear()
         if not batch:
             return
+        what = "pool.check()"
         helpers = [
-            threading.Thread(target=self._check_one, args=(rec,), daemon=True) for rec in batch[1:]
+            threading.Thread(
+                target=self._keepalive, args=(rec, what), kwargs={"own_check": True}, daemon=True
+            )
+            for rec in batch[1:]
         ]
         for helper in helpers:
             helper.start()
-        self._check_one(batch[0])
+        self._keepalive(batch[0], what, own_check=True)
         for helper in helpers:
             helper.join()
-
-    def _check_one(self, rec: ConnectionRecord) -> None:
-        try:
-            # The pool's own check: the driver's ping, or the user's check= callable.
-            self._ping(rec.conn)
-        except Exception as exc:
-            self._stats_checks_failed.add()
-            self._retire(rec, f"failed pool.check() ({redact(str(exc))})")
-        else:
-            self._mark_good(rec, _monotonic())
-            self._admit(rec, cold=True)
-
-    def drain(self) -> None:
-        """Replace every connection: idle ones now, borrowed ones when they come back.
-
-        Use after rotating credentials, ``CREATE EXTENSION`` or a failover.
-        """
-        with self._lock:
-            old = self._drain_idle()
-        for rec in old:
-            self._retire(rec, "drained")
 
     # -- internals: accounting ----------------------------------------------------------
 
@@ -571,25 +500,10 @@ class Pool(PoolCore):
         while self._waiters and self._idle:
             self._waiters.popleft().give(self._idle.pop())
 
-    def _admit(self, rec: ConnectionRecord, *, cold: bool, opened: bool = False) -> None:
-        """Put ``rec`` into service: to the first waiter, else onto the stack (the cold
-        end for one that was only pinged, the hot end for a new one); if the pool
-        closed meanwhile, close it instead. ``opened``: it fills an opening slot."""
-        with self._lock:
-            if opened:
-                self._opening -= 1
-            closing = self._closed
-            if closing:
-                self._total -= 1
-            elif self._waiters:
-                self._waiters.popleft().give(rec)
-            elif cold:
-                self._idle.appendleft(rec)
-            else:
-                self._idle.append(rec)
-            self._changed.notify_all()
-        if closing:
-            self._close_rec(rec)
+    # -- the primitives the shared code (pool_base.py) relies on --------------------------
+
+    def _bind(self) -> None:
+        """Nothing to do: unlike an ``AsyncPool``, a ``Pool`` serves any thread."""
 
     def _grow_locked(self) -> None:
         if self._workers is None:
@@ -597,115 +511,38 @@ class Pool(PoolCore):
         for _ in range(self._claim_open_slots()):
             self._workers.submit(self._open_one)
 
-    def _retire(self, rec: ConnectionRecord, why: str) -> None:
-        """Drop ``rec`` from the pool (it is neither idle nor lent now), close it in
-        the background, and open a replacement if the pool needs one."""
-        _log.debug("pool %r: closing connection to backend %d: %s", self.name, rec.backend_pid, why)
-        with self._lock:
-            self._total -= 1
-            self._grow_locked()
-            self._changed.notify_all()
+    def _hand_off_locked(self, rec: ConnectionRecord) -> bool:
+        """Give ``rec`` to the first waiter; False if nobody waits."""
+        if not self._waiters:
+            return False
+        self._waiters.popleft().give(rec)
+        return True
+
+    def _fail_waiters_locked(self, error: Callable[[], PoolError]) -> None:
+        """Fail every waiter, each with its own ``error()`` (it is raised in its own
+        thread, with its own traceback). Under the lock: a waiter giving up at this
+        moment must find itself either still queued or already told (see _abandon)."""
+        for waiter in self._waiters:
+            waiter.fail(error())
+        self._waiters.clear()
+
+    def _close_later(self, rec: ConnectionRecord) -> None:
         workers = self._workers
-        if workers is not None and not workers.stopping.is_set():
+        # A closing pool closes inline: its workers are about to stop.
+        if workers is not None and not self._closed:
             workers.submit(lambda: self._close_rec(rec))
         else:
             self._close_rec(rec)
 
-    def _close_rec(self, rec: ConnectionRecord) -> None:
-        self._driver.close(rec.conn)
-        self._stats_closed.add()
+    def _close_conn_soon(self, conn: Any) -> None:
+        self._driver.close(conn)
 
-    # -- internals: background work -----------------------------------------------------
-
-    def _run_configure(self, conn: Any) -> None:
-        configure = self.config.configure
-        if configure is not None:
-            configure(conn)
-            self._after_configure(conn)
-
-    def _connect_new(self) -> ConnectionRecord:
-        conn = self._driver.connect(self.config.connect_spec())
-        if not self._identity_ok(conn):
-            self._driver.close(conn)
-            raise TypeError(f"{type(conn).__name__} overrides __eq__; the pool needs identity")
-        try:
-            self._run_configure(conn)
-        except Exception as exc:
-            self._driver.close(conn)
-            raise self._configure_failed(exc) from exc
-        return self._new_record(conn)
-
-    def _open_one(self) -> None:
-        """Open one connection (the slot is already counted), retrying with back-off."""
-        backoff = Backoff()
-        give_up_at = _monotonic() + self.config.reconnect_timeout
-        stopping = self._workers.stopping if self._workers else threading.Event()
-        while not self._closed and not stopping.is_set():
-            self._breaker.attempt(_monotonic())
-            try:
-                rec = self._connect_new()
-            except Exception as exc:
-                self._on_connect_failure(exc)
-                if _monotonic() >= give_up_at:
-                    self._log_give_up()
-                    break
-                # Try again no later than the moment the breaker may open, so callers
-                # queued meanwhile learn at once that the server is down.
-                delay = min(backoff.next_delay(), self._breaker.opens_in(_monotonic()))
-                if self._probe.wait(delay):
-                    self._probe.clear()
-                continue
-            self._on_connect_success(rec)
-            return
-        with self._lock:
-            self._total -= 1
-            self._opening -= 1
-            self._changed.notify_all()
-
-    def _on_connect_failure(self, exc: BaseException) -> None:
-        self._record_connect_failure(exc)
-        now = _monotonic()
-        with self._lock:
-            self._record_breaker_failure(now)
-            if not self._breaker.is_open(now):
-                return
-            # Under the lock, as in close(); one error each, as each is raised in
-            # its own thread with its own traceback.
-            for waiter in self._waiters:
-                waiter.fail(self._breaker_error())
-            self._waiters.clear()
-
-    def _on_connect_success(self, rec: ConnectionRecord) -> None:
-        if self._record_connect_success(rec):
-            # The server is back: wake the other reconnect loops from their back-off.
-            self._probe.set()
-        self._admit(rec, cold=False, opened=True)
-
-    def _housekeeping(self) -> float:
-        """One periodic pass; returns the seconds until the next."""
-        now = _monotonic()
-        with self._lock:
-            retire, ping = self._plan_housekeeping(now)
-            self._grow_locked()
-        for rec in retire:
-            self._retire(rec, "housekeeping: lifetime or max_idle reached")
+    def _keepalive_later(self, rec: ConnectionRecord) -> None:
         if self._workers is not None:
-            for rec in ping:
-                self._workers.submit(lambda rec=rec: self._keepalive(rec))  # type: ignore[misc]
-        if self._leak_threshold is not None:
-            self._report_leaks(now)
-        return self._housekeeping_delay()
+            self._workers.submit(lambda: self._keepalive(rec, "keepalive ping", own_check=False))
 
-    def _keepalive(self, rec: ConnectionRecord) -> None:
-        try:
-            self._driver.ping(rec.conn)
-        except Exception as exc:
-            self._stats_checks_failed.add()
-            self._note_server_gone()
-            self._retire(rec, f"failed its keepalive ping ({redact(str(exc))})")
-            return
-        self._mark_good(rec, _monotonic())
-        self._admit(rec, cold=True)
+    def _call_hook(self, hook: Callable[[Any], object], conn: Any) -> None:
+        hook(conn)
 
     # -- fork safety --------------------------------------------------------------------
 

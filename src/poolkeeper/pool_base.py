@@ -1,0 +1,302 @@
+# Generated from async_pool_base.py by tools/gen_sync.py: do not edit.
+# Change the async source and run `make generate`.
+"""``PoolBase``: what both pools do off the hot path, for the sync ``Pool``.
+
+Generated from ``async_pool_base.py``, which explains the primitives it relies on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any, Protocol
+
+from poolkeeper.drivers import BROKEN, IN_TRANSACTION, SyncDriver
+from poolkeeper.errors import PoolError
+from poolkeeper.policy import Backoff
+from poolkeeper.pool_core import PoolCore
+from poolkeeper.record import ConnectionRecord
+from poolkeeper.redact import redact
+
+__all__ = ["PoolBase"]
+
+_log = logging.getLogger("poolkeeper.pool")
+_monotonic = time.monotonic
+
+
+class _Wakeable(Protocol):
+    """What the shells' ``_changed`` and ``_probe`` offer the shared code."""
+
+    def notify_all(self) -> None:
+        """Wake everyone sleeping in :meth:`wait` now."""
+
+    def wait(self, timeout: float) -> object:
+        """Sleep until woken or ``timeout`` seconds pass."""
+
+
+class PoolBase(PoolCore):
+    """What both pools do off the hot path; each shell subclasses it (see the module)."""
+
+    __slots__ = ()
+
+    if TYPE_CHECKING:
+        _driver: SyncDriver[Any]
+        _lock: AbstractContextManager[Any]
+        _changed: _Wakeable
+        _probe: _Wakeable
+        _connect_slots: AbstractContextManager[Any]
+        _run_check: Callable[[Any], object]
+
+        def _bind(self) -> None: ...
+        def _grow_locked(self) -> None: ...
+        def _hand_off_locked(self, rec: ConnectionRecord) -> bool: ...
+        def _fail_waiters_locked(self, error: Callable[[], PoolError]) -> None: ...
+        def _close_later(self, rec: ConnectionRecord) -> None: ...
+        def _close_conn_soon(self, conn: Any) -> None: ...
+        def _keepalive_later(self, rec: ConnectionRecord) -> None: ...
+        def _call_hook(self, hook: Callable[[Any], object], conn: Any) -> None: ...
+        def connection(self, timeout: float | None = None) -> AbstractContextManager[Any]:
+            """See the shells."""
+
+    # -- public ---------------------------------------------------------------------------
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Wait until ``min_size`` connections are open, else raise ``PoolTimeout``.
+
+        Like ``getconn``, it gives up early while the circuit breaker is open (the
+        server is known unreachable); the last connect error is the ``__cause__``.
+        """
+        self._bind()
+        limit = self.config.timeout if timeout is None else timeout
+        start = _monotonic()
+        deadline = start + limit
+        with self._lock:
+            while self._open_count() < self.config.min_size:
+                self._raise_if_closed()
+                now = _monotonic()
+                if now >= deadline or self._breaker.is_open(now):
+                    raise self._wait_timeout_error(start, now)
+                self._changed.wait(min(deadline - now, 0.1))
+
+    @contextlib.contextmanager
+    def transaction(self, timeout: float | None = None) -> Iterator[Any]:
+        """Borrow a connection inside BEGIN … COMMIT (ROLLBACK if the block raises)."""
+        with self.connection(timeout) as conn, self._driver.transaction(conn):
+            yield conn
+
+    def resize(self, min_size: int, max_size: int) -> None:
+        """Change the bounds at run time; growth starts now, shrinking as connections idle."""
+        self._bind()
+        self.config.replace(min_size=min_size, max_size=max_size)  # validate before locking
+        with self._lock:
+            surplus = self._resize_surplus(min_size, max_size)
+            self._grow_locked()
+        for rec in surplus:
+            self._retire(rec, "pool resized")
+
+    def drain(self) -> None:
+        """Replace every connection: idle ones now, borrowed ones when they come back.
+
+        Use after rotating credentials, ``CREATE EXTENSION`` or a failover.
+        """
+        self._bind()
+        with self._lock:
+            old = self._drain_idle()
+        for rec in old:
+            self._retire(rec, "drained")
+
+    # -- lending and returning, off the fast path ------------------------------------------
+
+    def _validate(self, rec: ConnectionRecord, now: float) -> bool:
+        """Is ``rec`` fit to lend? If not, retire it (the caller tries again)."""
+        if now >= rec.expires_at or rec.generation < self._generation:
+            self._retire(rec, "reached max_lifetime" if now >= rec.expires_at else "drained")
+            return False
+        if now < rec.check_due:
+            return True
+        try:
+            self._run_check(rec.conn)
+        except Exception as exc:
+            self._stats_checks_failed.add()
+            self._note_server_gone()
+            self._retire(rec, f"failed its check ({redact(str(exc)) or type(exc).__name__})")
+            return False
+        except BaseException:
+            # Interrupted mid-ping (Ctrl-C, cancellation): the connection's protocol
+            # state is unknown, so it cannot be lent, but it must still leave the books.
+            self._retire(rec, "its borrower was interrupted during the check")
+            raise
+        self._mark_good(rec, _monotonic())
+        return True
+
+    def _clean_on_return(self, rec: ConnectionRecord) -> bool:
+        """Roll back and/or reset ``rec``; False if it had to be discarded instead."""
+        conn = rec.conn
+        status = self._status(conn)
+        if status == BROKEN:
+            self._note_server_gone()
+            self._retire(rec, "returned broken or closed")
+            return False
+        try:
+            if status == IN_TRANSACTION:
+                self._stats_rollbacks.add()
+                self._driver.rollback(conn)
+            if self._needs_reset(conn):
+                self._stats_resets.add()
+                self._driver.reset_session(conn)
+                if self.config.configure is not None:
+                    self._run_configure(conn)
+        except Exception as exc:
+            if self._driver.is_disconnect(exc):
+                self._note_server_gone()
+            self._retire(rec, f"could not be cleaned on return ({redact(str(exc))})")
+            return False
+        except BaseException:
+            # Interrupted mid-rollback: the session's state is unknown, so it cannot be
+            # lent again, but it must still leave the books.
+            self._retire(rec, "interrupted while being cleaned on return")
+            raise
+        return True
+
+    def _admit(self, rec: ConnectionRecord, *, cold: bool, opened: bool = False) -> None:
+        """Put ``rec`` into service: to the first waiter, else onto the stack (the cold
+        end for one that was only pinged, the hot end otherwise); if the pool closed
+        meanwhile, close it instead. ``opened``: it fills an opening slot."""
+        with self._lock:
+            if opened:
+                self._opening -= 1
+            closing = self._closed
+            if closing:
+                self._total -= 1
+            elif self._hand_off_locked(rec):
+                pass
+            elif cold:
+                self._idle.appendleft(rec)
+            else:
+                self._idle.append(rec)
+            self._changed.notify_all()
+        if closing:
+            self._close_later(rec)
+
+    def _retire(self, rec: ConnectionRecord, why: str) -> None:
+        """Drop ``rec`` from the pool (it is neither idle nor lent now), close it in
+        the background, and open a replacement if the pool needs one."""
+        _log.debug("pool %r: closing connection to backend %d: %s", self.name, rec.backend_pid, why)
+        with self._lock:
+            self._total -= 1
+            self._grow_locked()
+            self._changed.notify_all()
+        self._close_later(rec)
+
+    def _close_rec(self, rec: ConnectionRecord) -> None:
+        self._driver.close(rec.conn)
+        self._stats_closed.add()
+
+    # -- opening --------------------------------------------------------------------------
+
+    def _run_configure(self, conn: Any) -> None:
+        configure = self.config.configure
+        if configure is not None:
+            self._call_hook(configure, conn)
+            self._after_configure(conn)
+
+    def _connect_new(self) -> ConnectionRecord:
+        conn = self._driver.connect(self.config.connect_spec())
+        if not self._identity_ok(conn):
+            self._driver.close(conn)
+            raise TypeError(f"{type(conn).__name__} overrides __eq__; the pool needs identity")
+        try:
+            self._run_configure(conn)
+        except Exception as exc:
+            self._driver.close(conn)
+            raise self._configure_failed(exc) from exc
+        except BaseException:
+            self._close_conn_soon(conn)
+            raise
+        return self._new_record(conn)
+
+    def _open_one(self) -> None:
+        """Open one connection (the slot is already counted), retrying with back-off."""
+        backoff = Backoff()
+        give_up_at = _monotonic() + self.config.reconnect_timeout
+        opened = False
+        try:
+            while not self._closed:
+                try:
+                    with self._connect_slots:
+                        self._breaker.attempt(_monotonic())
+                        rec = self._connect_new()
+                except Exception as exc:
+                    self._on_connect_failure(exc)
+                    if _monotonic() >= give_up_at:
+                        self._log_give_up()
+                        break
+                    # Try again no later than the moment the breaker may open, so callers
+                    # queued meanwhile learn at once that the server is down.
+                    delay = min(backoff.next_delay(), self._breaker.opens_in(_monotonic()))
+                    self._probe.wait(delay)
+                    continue
+                opened = True
+                self._on_connect_success(rec)
+                return
+        finally:
+            if not opened:
+                with self._lock:
+                    self._total -= 1
+                    self._opening -= 1
+                    self._changed.notify_all()
+
+    def _on_connect_failure(self, exc: BaseException) -> None:
+        self._record_connect_failure(exc)
+        now = _monotonic()
+        with self._lock:
+            self._record_breaker_failure(now)
+            if self._breaker.is_open(now):
+                self._fail_waiters_locked(self._breaker_error)
+
+    def _on_connect_success(self, rec: ConnectionRecord) -> None:
+        if self._record_connect_success(rec):
+            # The server is back: wake the other reconnect loops from their back-off.
+            self._probe.notify_all()
+        self._admit(rec, cold=False, opened=True)
+
+    # -- housekeeping ---------------------------------------------------------------------
+
+    def _housekeeping(self) -> float:
+        """One periodic pass; returns the seconds until the next."""
+        now = _monotonic()
+        with self._lock:
+            retire, ping = self._plan_housekeeping(now)
+            self._grow_locked()
+        for rec in retire:
+            self._retire(rec, "housekeeping: lifetime or max_idle reached")
+        for rec in ping:
+            self._keepalive_later(rec)
+        if self._leak_threshold is not None:
+            self._report_leaks(now)
+        return self._housekeeping_delay()
+
+    def _keepalive(self, rec: ConnectionRecord, what: str, *, own_check: bool) -> None:
+        """Ping an idle ``rec`` taken off the stack, then put it back or retire it.
+
+        ``own_check``: run the pool's check (``check=``, else the driver's ping) rather
+        than the driver's ping, as ``pool.check()`` does.
+        """
+        try:
+            if own_check:
+                self._run_check(rec.conn)
+            else:
+                self._driver.ping(rec.conn)
+        except Exception as exc:
+            self._stats_checks_failed.add()
+            self._note_server_gone()
+            self._retire(rec, f"failed its {what} ({redact(str(exc))})")
+            return
+        except BaseException:
+            self._retire(rec, f"interrupted during its {what}")
+            raise
+        self._mark_good(rec, _monotonic())
+        self._admit(rec, cold=True)
