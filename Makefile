@@ -4,8 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_STAMP := $(VENV)/.demo-installed
+DOCS_STAMP := $(VENV)/.docs-installed
 
-.PHONY: test lint typecheck pytest generate demo bench test-free-threaded clean
+.PHONY: docs test lint typecheck pytest generate demo bench test-free-threaded clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +36,16 @@ pytest: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest
+
+$(DOCS_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[docs]'
+	touch $(DOCS_STAMP)
+
+# The documentation site in site/, from docs/ and the docstrings; any warning fails it.
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 demo: $(DEMO_STAMP)
 	$(BIN)/poolkeeper demo
@@ -69,4 +80,4 @@ test-free-threaded:
 	$(FT_VENV)/bin/python -X gil=0 -m pytest -p no:cacheprovider $(FT_TESTS)
 
 clean:
-	rm -rf $(VENV) $(FT_VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf site $(VENV) $(FT_VENV) .mypy_cache .ruff_cache .pytest_cache
