@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from poolkeeper.async_pool import AsyncPool
+from poolkeeper.config import PoolConfig
 from poolkeeper.drivers import load_async_driver
 from poolkeeper.errors import PoolError
 from poolkeeper.registry import NamedSingleton
@@ -81,7 +82,7 @@ class AsyncDatabase(NamedSingleton):
                     # Constructed inside the running loop, so each pool starts at once.
                     pools = _LoopPools(
                         AsyncPool(config=self.config),
-                        [AsyncPool(config=cfg) for cfg in self._replica_configs],
+                        self._make_replica_pools(_pool_for),
                     )
                     self._pools[loop] = pools
         return pools
@@ -178,3 +179,7 @@ class AsyncDatabase(NamedSingleton):
 async def _close_pools(pools: _LoopPools, timeout: float) -> None:
     for pool in pools.all():
         await pool.close(timeout)
+
+
+def _pool_for(config: PoolConfig) -> AsyncPool:
+    return AsyncPool(config=config)

@@ -13,6 +13,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+from poolkeeper.config import PoolConfig
 from poolkeeper.errors import PoolError
 from poolkeeper.pool import Pool
 from poolkeeper.registry import NamedSingleton
@@ -58,10 +59,7 @@ class Database(NamedSingleton):
         if self._replica_cycle is None:
             with self._pool_lock:
                 if self._replica_cycle is None:
-                    self._replica_pools = [Pool(config=cfg) for cfg in self._replica_configs]
-                    for replica in self._replica_pools:
-                        # A read-only error from a replica is expected, not a failover.
-                        replica.meant_for_primary = False
+                    self._replica_pools = self._make_replica_pools(_pool_for)
                     self._replica_cycle = itertools.cycle(self._replica_pools)
         return next(self._replica_cycle)
 
@@ -139,3 +137,7 @@ class Database(NamedSingleton):
         self._replica_pools = None
         self._replica_cycle = None
         self._pool_lock = threading.Lock()
+
+
+def _pool_for(config: PoolConfig) -> Pool:
+    return Pool(config=config)

@@ -9,17 +9,19 @@ object, and raise ``ConfigurationError`` if they ask for different settings
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, TypeVar
 
 from poolkeeper import forking
 from poolkeeper.config import PoolConfig
 from poolkeeper.errors import ConfigurationError
+from poolkeeper.pool_core import PoolCore
 from poolkeeper.redact import redact
 
 __all__ = ["NamedSingleton", "check_same_settings"]
 
 _S = TypeVar("_S", bound="NamedSingleton")
+_P = TypeVar("_P", bound=PoolCore)
 
 
 def check_same_settings(existing: PoolConfig, requested: PoolConfig, what: str) -> None:
@@ -83,6 +85,14 @@ class NamedSingleton:
 
     def _setup_pools(self) -> None:
         raise NotImplementedError
+
+    def _make_replica_pools(self, make: Callable[[PoolConfig], _P]) -> list[_P]:
+        """One pool per replica, each marked as such: a read-only error (SQLSTATE 25006)
+        from a replica is expected there, not a sign that a primary was demoted."""
+        pools = [make(cfg) for cfg in self._replica_configs]
+        for pool in pools:
+            pool.meant_for_primary = False
+        return pools
 
     def _after_fork_in_child(self) -> None:
         raise NotImplementedError

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 
 import psycopg
 import pytest
 
-from poolkeeper import Pool
+from poolkeeper import AsyncDatabase, Database, Pool
 from tests.faults.conftest import Report, ServerFactory, backend_pids, wait_until
 
 pytestmark = pytest.mark.fault
@@ -45,3 +46,60 @@ def test_demoted_primary_makes_the_pool_replace_every_connection(
     with pool.connection(timeout=5) as conn:
         conn.execute("CREATE TABLE t (x int)")
         conn.commit()
+
+
+def _readonly_pid(db: Database) -> int:
+    with db.connection(readonly=True) as conn:
+        row = conn.execute("SELECT pg_backend_pid()").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def _async_readonly_pid(db: AsyncDatabase) -> int:
+    async with db.connection(readonly=True) as conn:
+        cursor = await conn.execute("SELECT pg_backend_pid()")
+        row = await cursor.fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _write_on_replica(db: Database) -> None:
+    with pytest.raises(psycopg.errors.ReadOnlySqlTransaction), db.connection(readonly=True) as conn:
+        conn.execute("CREATE TABLE t (x int)")
+
+
+async def _async_write_on_replica(db: AsyncDatabase) -> None:
+    with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+        async with db.connection(readonly=True) as conn:
+            await conn.execute("CREATE TABLE t (x int)")
+
+
+@pytest.mark.parametrize("facade", ["Database", "AsyncDatabase"])
+def test_a_read_only_error_on_a_replica_keeps_its_connections(
+    own_server: ServerFactory, dsn: str, facade: str
+) -> None:
+    """A replica is a hot standby: 25006 there is the expected answer to a write, not a
+    demoted primary, so the replica pool keeps its connection (same backend after)."""
+    standby = own_server()
+    standby.stop("fast")
+    (standby.data_dir / "standby.signal").touch()
+    standby.start()
+    name = f"fault-replica-{facade.lower()}"
+    if facade == "Database":
+        db = Database(name, dsn=dsn, replicas=[standby.dsn], max_size=1)
+        before = _readonly_pid(db)
+        _write_on_replica(db)
+        after = _readonly_pid(db)
+    else:
+
+        async def scenario() -> tuple[int, int]:
+            adb = AsyncDatabase(name, dsn=dsn, replicas=[standby.dsn], max_size=1)
+            try:
+                first = await _async_readonly_pid(adb)
+                await _async_write_on_replica(adb)
+                return first, await _async_readonly_pid(adb)
+            finally:
+                await AsyncDatabase.reset_all(timeout=1.0)
+
+        before, after = asyncio.run(scenario())
+    assert after == before

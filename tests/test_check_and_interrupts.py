@@ -1,0 +1,150 @@
+"""``pool.check()`` and interrupted I/O, for both pools.
+
+Each behaviour is written once and runs against ``Pool`` and ``AsyncPool``: the
+scenario is a coroutine, and ``_call`` awaits what the async pool returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import threading
+import time
+from typing import Any
+
+import psycopg
+import pytest
+
+from poolkeeper import AsyncPool, Pool, PoolTimeout
+from tests.conftest import backends
+
+KINDS = ["Pool", "AsyncPool"]
+
+
+async def _call(value: Any) -> Any:
+    return await value if inspect.isawaitable(value) else value
+
+
+def _make(kind: str, dsn: str, name: str, **settings: Any) -> Pool | AsyncPool:
+    settings.setdefault("timeout", 5.0)
+    return (Pool if kind == "Pool" else AsyncPool)(dsn, name=name, **settings)
+
+
+def _gone_and_replaced(
+    admin: psycopg.Connection[Any], name: str, old: set[int], size: int, timeout: float = 5.0
+) -> set[int]:
+    """The pool's backends once none of ``old`` is left and ``size`` are open again."""
+    deadline = time.monotonic() + timeout
+    while True:
+        now = set(backends(admin, name))
+        if (not now & old and len(now) == size) or time.monotonic() > deadline:
+            return now
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_check_runs_the_check_callable(dsn: str, admin: psycopg.Connection[Any], kind: str) -> None:
+    """``check()`` judges idle connections with the pool's own ``check=`` callable (not
+    only a ping): those it rejects are closed on the server and replaced."""
+    name = f"pk-check-callable-{kind.lower()}"
+    failing = threading.Event()
+
+    def check(conn: object) -> None:
+        if failing.is_set():
+            raise RuntimeError("rejected by check=")
+
+    async def scenario() -> tuple[set[int], set[int]]:
+        pool = _make(kind, dsn, name, min_size=2, max_size=2, check=check)
+        try:
+            await _call(pool.wait(5))
+            old = set(backends(admin, name))
+            failing.set()
+            await _call(pool.check())
+            failing.clear()
+            await _call(pool.wait(5))
+            return old, _gone_and_replaced(admin, name, old, 2)
+        finally:
+            await _call(pool.close(timeout=1.0))
+
+    old, now = asyncio.run(scenario())
+    assert len(old) == 2
+    assert not now & old
+    assert len(now) == 2
+
+
+def _interrupt_for(kind: str) -> type[BaseException]:
+    # What interrupts a borrower: Ctrl-C in a thread, cancellation in a task.
+    return KeyboardInterrupt if kind == "Pool" else asyncio.CancelledError
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_an_interrupted_check_retires_the_connection(
+    dsn: str, admin: psycopg.Connection[Any], kind: str
+) -> None:
+    """Interrupted during the check before lending, the connection is closed and its
+    slot freed: with ``max_size=1`` the next borrow gets a new backend, not a timeout."""
+    name = f"pk-interrupted-check-{kind.lower()}"
+    interrupting = threading.Event()
+    interrupt = _interrupt_for(kind)
+
+    def check(conn: object) -> None:
+        if interrupting.is_set():
+            interrupting.clear()
+            raise interrupt
+
+    async def scenario() -> tuple[int, int]:
+        pool = _make(kind, dsn, name, min_size=1, max_size=1, check=check, check_after=0.01)
+        try:
+            await _call(pool.wait(5))
+            (old,) = backends(admin, name)
+            time.sleep(0.02)  # past check_after: the next borrow checks first
+            interrupting.set()
+            with pytest.raises(interrupt):
+                await _call(pool.getconn())
+            conn = await _call(pool.getconn(timeout=3))
+            await _call(pool.putconn(conn))
+            (new,) = _gone_and_replaced(admin, name, {old}, 1)
+            return old, new
+        finally:
+            await _call(pool.close(timeout=1.0))
+
+    old, new = asyncio.run(scenario())
+    assert new != old
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_interrupted_while_cleaned_on_return_the_connection_is_retired(
+    dsn: str, admin: psycopg.Connection[Any], kind: str
+) -> None:
+    """Interrupted while the pool resets a returned connection (here in ``configure=``,
+    which runs after the reset), the connection is closed and its slot freed."""
+    name = f"pk-interrupted-return-{kind.lower()}"
+    interrupting = threading.Event()
+    interrupt = _interrupt_for(kind)
+
+    def configure(conn: object) -> None:
+        if interrupting.is_set():
+            interrupting.clear()
+            raise interrupt
+
+    async def scenario() -> tuple[int, int]:
+        pool = _make(kind, dsn, name, min_size=1, max_size=1, reset="always", configure=configure)
+        try:
+            await _call(pool.wait(5))
+            (old,) = backends(admin, name)
+            conn = await _call(pool.getconn())
+            interrupting.set()
+            with pytest.raises(interrupt):
+                await _call(pool.putconn(conn))
+            try:
+                conn = await _call(pool.getconn(timeout=3))
+            except PoolTimeout:
+                pytest.fail("the interrupted connection still holds the pool's only slot")
+            await _call(pool.putconn(conn))
+            (new,) = _gone_and_replaced(admin, name, {old}, 1)
+            return old, new
+        finally:
+            await _call(pool.close(timeout=1.0))
+
+    old, new = asyncio.run(scenario())
+    assert new != old
