@@ -37,6 +37,31 @@ _ENV_SIZES = {
 }
 _NAME_OK = re.compile(r"^[A-Za-z0-9_.-]{1,63}$")
 
+# The validation rules of the plain settings, one row each (_validate applies them).
+#: Whole-number settings and their minimum.
+_WHOLE_NUMBERS = {"min_size": 0, "max_size": 1, "max_waiting": 0, "num_workers": 1}
+#: Durations in seconds, and whether None (off) is allowed.
+_SECONDS = {
+    "timeout": False,
+    "connect_timeout": False,
+    "reconnect_timeout": False,
+    "check_after": False,
+    "max_lifetime": True,
+    "max_idle": True,
+    "leak_threshold": True,
+    "keepalive_interval": True,
+    "tcp_user_timeout": True,
+    "statement_timeout": True,
+    "idle_in_transaction_timeout": True,
+    "fail_fast_after": True,
+}
+#: Settings with a fixed set of values: the values, whether a callable is allowed too,
+#: and how the error message lists them.
+_CHOICES: dict[str, tuple[tuple[object, ...], bool, str]] = {
+    "check": (("auto", None), True, "'auto', None or a callable(conn)"),
+    "reset": (("auto", "always", None), False, "'auto', 'always' or None"),
+}
+
 
 def env_url_name(pool_name: str) -> str:
     """The environment variable that holds a named pool's URL: ``POOLKEEPER_<NAME>_URL``."""
@@ -198,6 +223,23 @@ class PoolConfig:
     # -- validation ---------------------------------------------------------------------
 
     def _validate(self) -> None:
+        self._check_name_and_driver()
+        for field_name, minimum in _WHOLE_NUMBERS.items():
+            self._check_int(field_name, minimum=minimum)
+        if self.min_size > self.max_size:
+            raise ConfigurationError(
+                f"min_size: {self.min_size} is larger than max_size {self.max_size}; "
+                "raise max_size or lower min_size"
+            )
+        for field_name, optional in _SECONDS.items():
+            self._check_seconds(field_name, optional=optional)
+        for field_name, (allowed, callable_ok, expected) in _CHOICES.items():
+            value = getattr(self, field_name)
+            if not (value in allowed or (callable_ok and callable(value))):
+                raise ConfigurationError(f"{field_name}: {value!r} is not {expected}")
+        self._check_connect_settings()
+
+    def _check_name_and_driver(self) -> None:
         if not isinstance(self.name, str) or not _NAME_OK.match(self.name):
             raise ConfigurationError(
                 f"name: {self.name!r} must be 1-63 letters, digits, '_', '-' or '.'"
@@ -206,34 +248,8 @@ class PoolConfig:
             raise ConfigurationError(
                 f"driver: unknown driver {self.driver!r}; choose one of {', '.join(KNOWN_DRIVERS)}"
             )
-        self._check_int("min_size", minimum=0)
-        self._check_int("max_size", minimum=1)
-        self._check_int("max_waiting", minimum=0)
-        self._check_int("num_workers", minimum=1)
-        if self.min_size > self.max_size:
-            raise ConfigurationError(
-                f"min_size: {self.min_size} is larger than max_size {self.max_size}; "
-                "raise max_size or lower min_size"
-            )
-        for field_name in ("timeout", "connect_timeout", "reconnect_timeout", "check_after"):
-            self._check_seconds(field_name, optional=False)
-        for field_name in (
-            "max_lifetime",
-            "max_idle",
-            "leak_threshold",
-            "keepalive_interval",
-            "tcp_user_timeout",
-            "statement_timeout",
-            "idle_in_transaction_timeout",
-            "fail_fast_after",
-        ):
-            self._check_seconds(field_name, optional=True)
-        if not (self.check in ("auto", None) or callable(self.check)):
-            raise ConfigurationError(
-                f"check: {self.check!r} is not 'auto', None or a callable(conn)"
-            )
-        if self.reset not in ("auto", "always", None):
-            raise ConfigurationError(f"reset: {self.reset!r} is not 'auto', 'always' or None")
+
+    def _check_connect_settings(self) -> None:
         if self.configure is not None and not callable(self.configure):
             raise ConfigurationError("configure: must be a callable taking the new connection")
         if self.connect_kwargs is not None and not (
