@@ -78,6 +78,8 @@ class Breaker:
         self.probe_interval = probe_interval
         self.failing_since: float | None = None
         self.last_attempt = float("-inf")
+        #: The latest failure was the server's answer (a refusal), not its silence.
+        self.refused = False
 
     def is_open(self, now: float) -> bool:
         """True while callers should fail fast."""
@@ -103,14 +105,16 @@ class Breaker:
         """Note that a connection attempt starts."""
         self.last_attempt = now
 
-    def failure(self, now: float) -> None:
-        """Note a failed attempt."""
+    def failure(self, now: float, *, refused: bool = False) -> None:
+        """Note a failed attempt; ``refused``: the server answered it with an error."""
         if self.failing_since is None:
             self.failing_since = now
+        self.refused = refused
 
     def success(self) -> None:
         """Close the breaker."""
         self.failing_since = None
+        self.refused = False
 
 
 def connections_to_open(
@@ -187,15 +191,22 @@ def housekeeping_tick(
 
 
 def health_status(
-    *, closed: bool, breaker_open: bool, open_count: int, min_size: int, waiting: int
+    *,
+    closed: bool,
+    breaker_open: bool,
+    open_count: int,
+    min_size: int,
+    waiting: int,
+    cannot_grow: bool = False,
 ) -> str:
     """``health()``'s verdict: ``closed``, ``down`` (server known unreachable),
-    ``degraded`` (fewer than ``min_size`` open, or callers waiting) or ``ok``."""
+    ``degraded`` (fewer than ``min_size`` open, callers waiting, or new connections
+    refused while the open ones serve) or ``ok``."""
     if closed:
         return "closed"
     if breaker_open:
         return "down"
-    if open_count < min_size or waiting:
+    if open_count < min_size or waiting or cannot_grow:
         return "degraded"
     return "ok"
 

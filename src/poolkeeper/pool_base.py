@@ -77,7 +77,7 @@ class PoolBase(PoolCore):
             while self._open_count() < self.config.min_size:
                 self._raise_if_closed()
                 now = _monotonic()
-                if now >= deadline or self._breaker.is_open(now):
+                if now >= deadline or self._fail_fast(now):
                     raise self._wait_timeout_error(start, now)
                 self._changed.wait(min(deadline - now, 0.1))
 
@@ -253,8 +253,8 @@ class PoolBase(PoolCore):
         self._record_connect_failure(exc)
         now = _monotonic()
         with self._lock:
-            self._record_breaker_failure(now)
-            if self._breaker.is_open(now):
+            self._record_breaker_failure(now, exc)
+            if self._fail_fast(now):
                 self._fail_waiters_locked(self._breaker_error)
 
     def _on_connect_success(self, rec: ConnectionRecord) -> None:

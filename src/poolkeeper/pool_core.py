@@ -251,7 +251,7 @@ class PoolCore:
             rollbacks=self._stats_rollbacks.value,
             resets=self._stats_resets.value,
             leaks=self._stats_leaks.value,
-            breaker_open=self._breaker.is_open(_monotonic()),
+            breaker_open=self._fail_fast(_monotonic()),
             last_error=str(self._last_error) if self._last_error else None,
         )
 
@@ -264,13 +264,15 @@ class PoolCore:
     def health(self) -> dict[str, object]:
         """Answer at once: ``status`` is ``ok``, ``degraded`` (some connections missing,
         or callers waiting), ``down`` (the server is known unreachable) or ``closed``."""
+        now = _monotonic()
         return {
             "status": health_status(
                 closed=self._closed,
-                breaker_open=self._breaker.is_open(_monotonic()),
+                breaker_open=self._fail_fast(now),
                 open_count=self._open_count(),
                 min_size=self.config.min_size,
                 waiting=len(self._waiters),
+                cannot_grow=self._breaker.is_open(now),
             ),
             "name": self.name,
             "size": self._total,
@@ -323,11 +325,28 @@ class PoolCore:
             "check that the server is reachable, or lower min_size",
         )
 
+    def _fail_fast(self, now: float) -> bool:
+        """Should a caller that finds no idle connection fail at once?
+
+        While connection attempts have failed for ``fail_fast_after``, and either they
+        got no answer (the server is unreachable) or the pool holds no connection at
+        all. A server that answers "too many clients" or "authentication failed" is
+        full or reconfigured, not down: the connections already open still serve,
+        and callers queue for them.
+        """
+        breaker = self._breaker
+        return breaker.is_open(now) and (not breaker.refused or self._open_count() <= 0)
+
     def _breaker_error(self) -> ConnectionFailed:
         cause = self._last_error
         detail = f": {cause.detail}" if cause is not None else ""
+        state = (
+            "refuses new connections and the pool holds none"
+            if self._breaker.refused
+            else "is unreachable"
+        )
         error = ConnectionFailed(
-            f"pool {self.name!r}: the server is unreachable{detail}; failing fast until a "
+            f"pool {self.name!r}: the server {state}{detail}; failing fast until a "
             "reconnect succeeds (fail_fast_after=None turns this off)"
         )
         error.__cause__ = cause
@@ -340,7 +359,7 @@ class PoolCore:
         (server known down, no probe due) or ``TooManyWaiters``. True when a reconnect
         probe should be let through on the caller's behalf."""
         probe = False
-        if self._breaker.is_open(now) and not self._idle:
+        if not self._idle and self._fail_fast(now):
             if not self._breaker.probe_due(now):
                 raise self._breaker_error()
             probe = True
@@ -477,9 +496,11 @@ class PoolCore:
         self._may_refuse = bool(self.config.max_waiting)
         return True
 
-    def _record_breaker_failure(self, now: float) -> None:
+    def _record_breaker_failure(self, now: float, exc: BaseException) -> None:
         """A connection attempt failed: callers may now be refused (see ``_may_queue``)."""
-        self._breaker.failure(now)
+        # A configure= hook that fails says nothing about the server either.
+        refused = isinstance(exc, ConfigureFailed) or self._driver.is_refusal(exc)
+        self._breaker.failure(now, refused=refused)
         self._may_refuse = True
 
     def _log_give_up(self) -> None:

@@ -381,6 +381,11 @@ class AsyncpgDriver:
             return is_server_gone_sqlstate(getattr(exc, "sqlstate", None))
         return isinstance(exc, ConnectionError)
 
+    def is_refusal(self, exc: BaseException) -> bool:
+        """The server answered the connection attempt with an error (it carries a
+        SQLSTATE: 53300, 28P01, 57P03...)."""
+        return isinstance(exc, asyncpg.exceptions.PostgresError)
+
     def fileno(self, conn: PoolAsyncpgConnection) -> int:
         """The socket's descriptor, or -1 once closed."""
         try:

@@ -87,6 +87,11 @@ class SyncDriver(Protocol[C]):
     def is_disconnect(self, exc: BaseException) -> bool:
         """True if ``exc`` says the server went away, restarted or failed over."""
 
+    def is_refusal(self, exc: BaseException) -> bool:
+        """True if ``exc``, from ``connect``, is the server's answer refusing a new
+        connection (too many clients, authentication, starting up): the server is
+        reachable, and connections already open may work."""
+
     def fileno(self, conn: C) -> int:
         """The socket's file descriptor (for fork safety), or -1 if closed."""
 
@@ -133,6 +138,11 @@ class AsyncDriver(Protocol[C]):
 
     def is_disconnect(self, exc: BaseException) -> bool:
         """True if ``exc`` says the server went away, restarted or failed over."""
+
+    def is_refusal(self, exc: BaseException) -> bool:
+        """True if ``exc``, from ``connect``, is the server's answer refusing a new
+        connection (too many clients, authentication, starting up): the server is
+        reachable, and connections already open may work."""
 
     def fileno(self, conn: C) -> int:
         """The socket's file descriptor (for fork safety), or -1 if closed."""

@@ -14,6 +14,7 @@ __all__ = [
     "SERVER_GONE_SQLSTATES",
     "is_server_gone_sqlstate",
     "libpq_params",
+    "libpq_server_refused",
     "merge_conninfo",
 ]
 
@@ -29,6 +30,18 @@ READ_ONLY_SQLSTATE = "25006"
 def is_server_gone_sqlstate(sqlstate: str | None) -> bool:
     """True for SQLSTATE class 08 (connection exception) and the codes above."""
     return sqlstate is not None and (sqlstate.startswith("08") or sqlstate in SERVER_GONE_SQLSTATES)
+
+
+def libpq_server_refused(message: str) -> bool:
+    """Did the server answer a libpq connection attempt with an error (too many
+    connections, authentication, ``cannot_connect_now``), rather than not answer?
+
+    libpq reports no SQLSTATE for a failed connection attempt, only text. It prints
+    the server's error as ``SEVERITY:  message`` (a colon and two spaces), whatever
+    the server's language; its own messages (refused, timed out, unknown host) never
+    have that shape.
+    """
+    return ":  " in message
 
 
 def libpq_params(spec: ConnectSpec) -> dict[str, Any]:

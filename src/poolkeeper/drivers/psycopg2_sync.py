@@ -10,7 +10,11 @@ import psycopg2
 import psycopg2.extensions
 
 from poolkeeper.drivers.base import BROKEN, IDLE, IN_TRANSACTION, ConnectSpec
-from poolkeeper.drivers.libpq_options import is_server_gone_sqlstate, merge_conninfo
+from poolkeeper.drivers.libpq_options import (
+    is_server_gone_sqlstate,
+    libpq_server_refused,
+    merge_conninfo,
+)
 from poolkeeper.session_state import RESET_SQL, touches_session
 
 __all__ = ["PoolConnection2", "Psycopg2Driver"]
@@ -123,6 +127,12 @@ class Psycopg2Driver:
         if isinstance(exc, psycopg2.Error):
             return is_server_gone_sqlstate(exc.pgcode)
         return False
+
+    def is_refusal(self, exc: BaseException) -> bool:
+        """The server answered the connection attempt with an error."""
+        if not isinstance(exc, psycopg2.Error):
+            return False
+        return exc.pgcode is not None or libpq_server_refused(str(exc))
 
     def fileno(self, conn: PoolConnection2) -> int:
         """The socket, or -1 once closed."""

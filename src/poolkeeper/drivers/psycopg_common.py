@@ -14,7 +14,11 @@ import psycopg
 from psycopg import pq
 
 from poolkeeper.drivers.base import BROKEN, IDLE, IN_TRANSACTION, ConnectSpec
-from poolkeeper.drivers.libpq_options import is_server_gone_sqlstate, merge_conninfo
+from poolkeeper.drivers.libpq_options import (
+    is_server_gone_sqlstate,
+    libpq_server_refused,
+    merge_conninfo,
+)
 from poolkeeper.policy import silence_limit
 
 __all__ = [
@@ -79,6 +83,12 @@ class PsycopgState:
         if isinstance(exc, psycopg.OperationalError) and exc.sqlstate is None:
             return True
         return is_server_gone_sqlstate(exc.sqlstate)
+
+    def is_refusal(self, exc: BaseException) -> bool:
+        """The server answered the connection attempt with an error."""
+        if not isinstance(exc, psycopg.Error):
+            return False
+        return exc.sqlstate is not None or libpq_server_refused(str(exc))
 
     def is_standby(self, conn: Any) -> bool:
         """True if the server reports it is a hot standby (PostgreSQL 14+ says so
