@@ -6,18 +6,23 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
+from typing import TypeAlias
 
 __all__ = ["BackgroundWorkers"]
 
 _log = logging.getLogger("poolkeeper.pool")
 _STOP = None
+_TaskQueue: TypeAlias = "queue.SimpleQueue[Callable[[], object] | None]"
 
 
 class BackgroundWorkers:
-    """A few daemon threads running submitted callables, plus one periodic task.
+    """Daemon threads running submitted callables, plus one periodic task.
 
-    Daemon threads, so a forgotten pool never keeps the interpreter alive; the
-    pool's ``close()`` stops them explicitly.
+    Opening has threads of its own: an opener may retry with back-off for
+    ``reconnect_timeout`` (a server that is full, or down), and keepalive pings and
+    closes queued behind it would hold the pool's idle connections out of reach
+    meanwhile. Daemon threads, so a forgotten pool never keeps the interpreter
+    alive; the pool's ``close()`` stops them explicitly.
     """
 
     def __init__(
@@ -27,11 +32,18 @@ class BackgroundWorkers:
         periodic: Callable[[], float],
     ) -> None:
         self._name = name
-        self._queue: queue.SimpleQueue[Callable[[], object] | None] = queue.SimpleQueue()
+        self._queue: _TaskQueue = queue.SimpleQueue()
+        self._open_queue: _TaskQueue = queue.SimpleQueue()
         self._stopping = threading.Event()
         self._periodic = periodic
         self._threads = [
-            threading.Thread(target=self._run, name=f"poolkeeper-{name}-worker-{i}", daemon=True)
+            threading.Thread(
+                target=self._run,
+                args=(tasks,),
+                name=f"poolkeeper-{name}-{kind}-{i}",
+                daemon=True,
+            )
+            for tasks, kind in ((self._queue, "worker"), (self._open_queue, "opener"))
             for i in range(count)
         ]
         self._threads.append(
@@ -46,9 +58,14 @@ class BackgroundWorkers:
             thread.start()
 
     def submit(self, task: Callable[[], object]) -> None:
-        """Run ``task`` on a worker thread soon."""
+        """Run ``task`` (a ping, a close: short work) on a worker thread soon."""
         if not self._stopping.is_set():
             self._queue.put(task)
+
+    def submit_open(self, task: Callable[[], object]) -> None:
+        """Run ``task``, which opens a connection and may retry for long, on an opener."""
+        if not self._stopping.is_set():
+            self._open_queue.put(task)
 
     @property
     def stopping(self) -> threading.Event:
@@ -59,15 +76,17 @@ class BackgroundWorkers:
         """Ask every thread to finish, and wait up to ``timeout`` for them."""
         self._stopping.set()
         for _ in self._threads:
+            # One each is enough; the extras are never read.
             self._queue.put(_STOP)
+            self._open_queue.put(_STOP)
         current = threading.current_thread()
         for thread in self._threads:
             if thread is not current and thread.is_alive():
                 thread.join(timeout)
 
-    def _run(self) -> None:
+    def _run(self, tasks: _TaskQueue) -> None:
         while True:
-            task = self._queue.get()
+            task = tasks.get()
             if task is _STOP:
                 return
             try:

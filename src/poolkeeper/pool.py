@@ -509,7 +509,7 @@ class Pool(PoolBase):
         if self._workers is None:
             return
         for _ in range(self._claim_open_slots()):
-            self._workers.submit(self._open_one)
+            self._workers.submit_open(self._open_one)
 
     def _hand_off_locked(self, rec: ConnectionRecord) -> bool:
         """Give ``rec`` to the first waiter; False if nobody waits."""

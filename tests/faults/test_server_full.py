@@ -240,3 +240,41 @@ def test_a_refusing_server_with_no_connection_open_still_fails_fast(
         for conn in more:
             conn.close()
     assert "reserved" in str(caught.value) or "too many clients" in str(caught.value)
+
+
+def test_sync_pool_keeps_lending_while_its_openers_retry(
+    full_server: LocalServer, hogs: list[psycopg.Connection[Any]], report: Report
+) -> None:
+    """min_size=4 on a server with room for 2: openers retry for reconnect_timeout,
+    and the keepalive pings and closes must not queue behind them (the pinged
+    connections would be out of the idle stack, and every borrow would time out)."""
+    name = "full-openers"
+    outcomes: collections.Counter[str] = collections.Counter()
+    with Pool(
+        app_dsn(full_server),
+        name=name,
+        min_size=4,
+        max_size=6,
+        keepalive_interval=0.05,
+        timeout=2,
+    ) as pool:
+        deadline = time.monotonic() + 10
+        while pool.stats().connections_opened < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        stop_at = time.monotonic() + 1.5
+        while time.monotonic() < stop_at:
+            # Idle between borrows for longer than keepalive_interval: pings are due.
+            time.sleep(0.12)
+            try:
+                with pool.connection() as conn:
+                    conn.execute("SELECT 1")
+                outcomes["served"] += 1
+            except PoolError as exc:
+                outcomes[type(exc).__name__] += 1
+        stats = pool.stats()
+        on_server = len(backend_pids(full_server, name))
+    report["served"] = outcomes["served"]
+    report["errors"] = sum(v for k, v in outcomes.items() if k != "served")
+    assert on_server == 2
+    assert set(outcomes) == {"served"}, (outcomes, stats)
+    assert stats.idle + stats.in_use == 2, stats
