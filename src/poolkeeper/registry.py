@@ -8,20 +8,49 @@ object, and raise ``ConfigurationError`` if they ask for different settings
 
 from __future__ import annotations
 
+import getpass
+import logging
+import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
 
 from poolkeeper import forking
-from poolkeeper.config import PoolConfig
+from poolkeeper.config import PoolConfig, env_url_name
 from poolkeeper.errors import ConfigurationError
 from poolkeeper.pool_core import PoolCore
 from poolkeeper.redact import redact
 
-__all__ = ["NamedSingleton", "check_same_settings"]
+__all__ = ["NamedSingleton", "check_same_settings", "default_target"]
 
 _S = TypeVar("_S", bound="NamedSingleton")
 _P = TypeVar("_P", bound=PoolCore)
+_log = logging.getLogger("poolkeeper.database")
+
+
+def default_target(config: PoolConfig, env: Mapping[str, str] | None = None) -> str:
+    """Where a config with no DSN connects: libpq's defaults under its ``PG*`` variables
+    and ``connect_kwargs``, as ``host=... port=... dbname=... user=...`` (no password)."""
+    env = os.environ if env is None else env
+    kwargs = config.connect_kwargs if isinstance(config.connect_kwargs, Mapping) else {}
+
+    def pick(key: str, var: str) -> str:
+        return str(kwargs.get(key) or env.get(var, "").strip())
+
+    try:
+        os_user = getpass.getuser()
+    except (OSError, KeyError):
+        os_user = "(this OS user)"
+    user = pick("user", "PGUSER") or os_user
+    parts = [
+        f"host={pick('host', 'PGHOST') or '(local socket)'}",
+        f"port={pick('port', 'PGPORT') or '5432'}",
+        f"dbname={pick('dbname', 'PGDATABASE') or user}",
+        f"user={user}",
+    ]
+    if env.get("PGSERVICE", "").strip():
+        parts.append(f"service={env['PGSERVICE'].strip()}")
+    return redact(" ".join(parts))
 
 
 def check_same_settings(existing: PoolConfig, requested: PoolConfig, what: str) -> None:
@@ -80,6 +109,15 @@ class NamedSingleton:
             self.config.replace(dsn=replica, name=f"{name}-replica{i}", min_size=0)
             for i, replica in enumerate(replicas)
         )
+        if self.config.dsn == "":
+            # Nothing named a server, so libpq's defaults pick one: say which, once.
+            _log.info(
+                "%s(%r): no dsn=, %s or DATABASE_URL; connecting with libpq's defaults: %s",
+                type(self).__name__,
+                name,
+                env_url_name(name),
+                default_target(self.config),
+            )
         self._setup_pools()
         forking.register(self)
 
