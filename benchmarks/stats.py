@@ -133,7 +133,7 @@ def merge_slices(
         measured_ns += last_end - part.measure_start_ns
         hung += part.hung
     if hung:
-        kinds.add(f"hung: {hung} workers still blocked")
+        kinds.add(f"hung: {hung} worker{'' if hung == 1 else 's'} still blocked")
     elapsed = max(1e-9, measured_ns / 1e9)
     ops = len(all_waits)
     p50, p99, wmax = wait_summary_us(all_waits)

@@ -76,7 +76,7 @@ def test_a_single_slice_is_the_whole_cell_and_a_hung_worker_is_reported() -> Non
     assert cell.worker_ops == (3, 0)
     assert cell.elapsed_s == pytest.approx(1.0)
     assert (cell.wait_p50_us, cell.wait_max_us) == (2.0, 3.0)
-    assert cell.error_kind == "crash: boom; hung: 1 workers still blocked"
+    assert cell.error_kind == "crash: boom; hung: 1 worker still blocked"
 
 
 def test_a_cell_without_ops_has_no_wait_percentiles() -> None:
@@ -269,7 +269,7 @@ def test_a_contender_that_hangs_gets_no_more_slices_but_keeps_its_cell() -> None
 
     assert ran == ["a", "b", "a", "a"]
     assert "b" in skips
-    assert cells["b"].error_kind == "hung: 1 workers still blocked"
+    assert cells["b"].error_kind == "hung: 1 worker still blocked"
     assert cells["a"].ops == 15
 
 

@@ -72,6 +72,58 @@ def test_check_closed_port_is_one_line_exit_3() -> None:
     assert lines[0].startswith("error: connection refused")
     assert "Traceback" not in result.stderr
     assert "s3cret-pw" not in result.stderr + result.stdout
+    # The advice is given once: ours, not libpq's own "Is the server running ...?" too.
+    assert lines[0].lower().count("is the server running") == 0, lines[0]
+    assert lines[0].count("is PostgreSQL running") == 1, lines[0]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "host='unterminated",
+        "host=127.0.0.1 bogus_option=1",
+        "host=127.0.0.1 port=abc",
+        "host=127.0.0.1 port=99999",
+        "host=127.0.0.1 connect_timeout=soon",
+        "postgresql://app@127.0.0.1:5432/app?sslmode=bogus",
+        "postgresql://app@localhost:notaport/app",
+    ],
+)
+def test_check_of_a_dsn_that_cannot_be_used_as_written_exits_2(
+    bad: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """docs/cli.md: exit 2 for "a DSN that cannot be parsed", whether libpq's parser or
+    its connect step is what rejects the value."""
+    assert main(["check", bad, "--timeout", "2"]) == ExitCode.USAGE
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert err.startswith("error: "), err
+    assert "dsn" in err.lower(), err
+
+
+def test_help_shows_placeholders_that_read_naturally(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    pages = []
+    for command in ([], ["demo"], ["check"], ["doctor"], ["bench"]):
+        assert main([*command, "--help"]) == 0
+        pages.append(capsys.readouterr().out)
+    text = "\n".join(pages)
+    for typer_type in ("<bool>", "<int", "<float", "<str>", "<list", "<dir>", "list[int]"):
+        assert typer_type not in text, typer_type
+    assert "--debug " in text
+    assert "--other N " in text
+    assert "--workers N " in text
+    assert "--timeout SECONDS " in text
+    assert "check [OPTIONS] [DSN]" in text
+    # The command list is not cut off mid-sentence ("...").
+    assert "..." not in pages[0].split("Commands:", 1)[1]
+
+
+def test_check_one_ping_is_singular(dsn: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", dsn, "--pings", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "median of 1 ping " in out, out
 
 
 def test_check_unknown_database(dsn: str) -> None:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import shlex
 
 import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from typer.testing import CliRunner
 
 from poolkeeper.cli.app import app
-from poolkeeper.cli.doctor import connection_budget
+from poolkeeper.cli.doctor import SIZING_RULE, connection_budget
 
 runner = CliRunner()
 
@@ -114,13 +115,45 @@ def test_command_offline_does_not_fit_exits_1() -> None:
     assert "= 230" in result.output  # 10 x 20 + 30 needed
 
 
-def test_command_asks_the_server(dsn: str) -> None:
+def test_command_asks_the_server_and_names_it_without_the_password(dsn: str) -> None:
+    params = conninfo_to_dict(dsn)
+    # The test server trusts local connections, so this password is never even sent.
+    with_password = make_conninfo(dsn, password="doctor-s3cret")
     result = runner.invoke(
-        app, ["doctor", "--workers", "2", "--max-size", "3", "--dsn", dsn, "--server-cores", "2"]
-    )
+        app,
+        ["doctor", "--workers", "2", "--max-size", "3", "--dsn", with_password,
+         "--server-cores", "2"],
+    )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "needed     2 workers x max_size 3 = 6" in result.output
     assert "max_connections" in result.output
+    limits = next(line for line in result.output.splitlines() if "read from" in line)
+    assert f"{params.get('host', '')}:{params.get('port', 5432)}/" in limits, limits
+    assert "doctor-s3cret" not in result.output
+
+
+def test_the_sizing_paragraph_is_printed_only_when_asked() -> None:
+    args = shlex.split("doctor -w 2 -m 2 --max-connections 100 --server-cores 2")
+    plain = runner.invoke(app, args)
+    explained = runner.invoke(app, [*args, "--explain"])
+    assert plain.exit_code == explained.exit_code == 0
+    assert SIZING_RULE[:40] not in plain.output
+    assert "--explain" in plain.output
+    assert len(plain.output.splitlines()) <= 10, plain.output
+    assert " ".join(SIZING_RULE.split()) in " ".join(explained.output.split())
+
+
+def test_counts_of_one_are_singular() -> None:
+    result = runner.invoke(
+        app,
+        shlex.split(
+            "doctor -w 1 -m 98 --max-connections 100 --reserved 3 --server-cores 1 --spindles 1"
+        ),
+    )
+    assert result.exit_code == 1, result.output
+    assert "1 worker x max_size 98" in result.output
+    assert "(1 core x 2) + 1 spindle = 3 connections" in result.output
+    assert "1 connection over" in result.output
 
 
 def test_command_missing_workers_is_a_usage_error() -> None:

@@ -320,8 +320,8 @@ class PoolCore:
         last = self._last_error
         reason = f"; last error: {last.detail}" if last is not None else ""
         return self._timeout_error(
-            f"pool {self.name!r} opened {self._open_count()} of "
-            f"min_size={self.config.min_size} connections within {now - started:.1f}s{reason}",
+            f"pool {self.name!r} opened {self._open_count()} of its min_size="
+            f"{self.config.min_size} within {now - started:.1f}s{reason}",
             "check that the server is reachable, or lower min_size",
         )
 
@@ -365,9 +365,11 @@ class PoolCore:
             probe = True
         max_waiting = self.config.max_waiting
         if max_waiting and len(self._waiters) >= max_waiting:
+            waiting = len(self._waiters)
+            who = "1 caller already waits" if waiting == 1 else f"{waiting} callers already wait"
             raise TooManyWaiters(
-                f"pool {self.name!r}: {len(self._waiters)} callers already wait "
-                f"(max_waiting={max_waiting}); shed load or raise max_waiting"
+                f"pool {self.name!r}: {who} (max_waiting={max_waiting}); "
+                "shed load or raise max_waiting"
             )
         return probe
 

@@ -51,6 +51,9 @@ app = typer.Typer(
     "size your pools (doctor).",
     add_completion=False,
     no_args_is_help=True,
+    # click's plain help: flags show no placeholder and values show the metavar given
+    # (N, SECONDS, DSN), where typer's rich panels print <bool> and <list[int]>.
+    rich_markup_mode=None,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -134,7 +137,7 @@ def _enable_debug() -> None:
     logger.setLevel(logging.DEBUG)
 
 
-@app.command()
+@app.command(short_help="Watch a small pool lose every backend and heal.")
 @guarded
 def demo(
     *,
@@ -145,6 +148,7 @@ def demo(
         Path | None,
         typer.Option(
             "--data-dir",
+            metavar="PATH",
             help="Keep the embedded server's data here (reused by the next run) "
             "instead of a temporary directory.",
             file_okay=False,
@@ -155,18 +159,22 @@ def demo(
         typer.Option("--live/--no-live", help="Live table (default: when stdout is a terminal)."),
     ] = None,
     threads: Annotated[
-        int | None, typer.Option(min=1, max=256, help="Threads sharing the sync pool.")
+        int | None, typer.Option(min=1, max=256, metavar="N", help="Threads sharing the sync pool.")
     ] = None,
     tasks: Annotated[
         int | None,
-        typer.Option(min=0, max=1024, help="asyncio tasks sharing the async pool (0: none)."),
+        typer.Option(
+            min=0, max=1024, metavar="N", help="asyncio tasks sharing the async pool (0: none)."
+        ),
     ] = None,
     max_size: Annotated[
-        int | None, typer.Option(min=1, max=100, help="max_size of each pool.")
+        int | None, typer.Option(min=1, max=100, metavar="N", help="max_size of each pool.")
     ] = None,
     duration: Annotated[
         float | None,
-        typer.Option(min=2.0, max=3600.0, help="Seconds to run; the kill comes at 40%."),
+        typer.Option(
+            min=2.0, max=3600.0, metavar="SECONDS", help="Seconds to run; the kill comes at 40%."
+        ),
     ] = None,
 ) -> int:
     """Watch one small pool serve many threads and asyncio tasks, lose every backend, and heal.
@@ -194,21 +202,23 @@ def demo(
     )
 
 
-@app.command()
+@app.command(short_help="Can we connect, to what, how fast, with which limits?")
 @guarded
 def check(
     *,
     dsn: Annotated[
         str | None,
-        typer.Argument(
-            help="postgresql://user@host:port/dbname or 'host=... dbname=...'. "
-            "Default: DATABASE_URL, then libpq's PG* variables.",
-            show_default=False,
-        ),
+        # Described in the docstring: an "Arguments" section would print it as "DSN <str>".
+        typer.Argument(metavar="DSN", hidden=True, show_default=False),
     ] = None,
-    pings: Annotated[int, typer.Option(min=1, max=1000, help="Round trips to time.")] = 10,
+    pings: Annotated[
+        int, typer.Option(min=1, max=1000, metavar="N", help="Round trips to time.")
+    ] = 10,
     timeout: Annotated[
-        float, typer.Option(min=0.5, max=300.0, help="Seconds to wait for a connection.")
+        float,
+        typer.Option(
+            min=0.5, max=300.0, metavar="SECONDS", help="Seconds to wait for a connection."
+        ),
     ] = 5.0,
     require_tls: Annotated[
         bool, typer.Option("--require-tls", help="Exit 1 if the connection is not encrypted.")
@@ -216,19 +226,22 @@ def check(
 ) -> int:
     """Connect through a pool; report version, TLS, latency and the settings that matter.
 
-    Exit codes: 0 ok, 1 --require-tls unmet, 2 bad DSN, 3 cannot connect.
+    DSN is a postgresql://user@host:port/dbname URL or a 'host=... dbname=...' string;
+    without one, DATABASE_URL, then libpq's PG* variables. Exit codes: 0 ok, 1
+    --require-tls unmet, 2 bad DSN, 3 cannot connect.
     """
     from poolkeeper.cli.check import run_check  # noqa: PLC0415
 
     return run_check(dsn, pings=pings, timeout=timeout, require_tls=require_tls)
 
 
-@app.command()
+@app.command(short_help="Do WORKERS x MAX_SIZE connections fit the server?")
 @guarded
 def doctor(
     *,
     workers: Annotated[
-        int, typer.Option("--workers", "-w", min=1, help="Processes that each own a pool.")
+        int,
+        typer.Option("--workers", "-w", min=1, metavar="N", help="Processes that each own a pool."),
     ],
     max_size: Annotated[
         int | None,
@@ -236,35 +249,55 @@ def doctor(
             "--max-size",
             "-m",
             min=1,
+            metavar="N",
             help="Each pool's max_size (default: $POOLKEEPER_MAX_SIZE or 10).",
         ),
     ] = None,
     other: Annotated[
         list[int] | None,
-        typer.Option("--other", min=0, help="Connections some other client may hold (repeatable)."),
+        typer.Option(
+            "--other",
+            min=0,
+            metavar="N",
+            help="Connections some other client may hold (repeatable).",
+        ),
     ] = None,
     dsn: Annotated[
         str | None,
-        typer.Option("--dsn", help="Server to ask for its limits (default: DATABASE_URL / PG*)."),
+        typer.Option(
+            "--dsn",
+            metavar="DSN",
+            help="Server to ask for its limits (default: DATABASE_URL / PG*).",
+        ),
     ] = None,
     max_connections: Annotated[
         int | None,
-        typer.Option(min=1, help="Use this max_connections instead of asking a server."),
+        typer.Option(
+            min=1, metavar="N", help="Use this max_connections instead of asking a server."
+        ),
     ] = None,
     reserved: Annotated[
         int | None,
-        typer.Option(min=0, help="Reserved connections (default: the server's, else 3)."),
+        typer.Option(
+            min=0, metavar="N", help="Reserved connections (default: the server's, else 3)."
+        ),
     ] = None,
     server_cores: Annotated[
         int | None,
-        typer.Option(min=1, help="CPU cores of the database server (default: this machine's)."),
+        typer.Option(
+            min=1, metavar="N", help="CPU cores of the database server (default: this machine's)."
+        ),
     ] = None,
     spindles: Annotated[
-        int, typer.Option(min=0, help="Independent disks of the server (SSD: 1).")
+        int, typer.Option(min=0, metavar="N", help="Independent disks of the server (SSD: 1).")
     ] = 1,
     timeout: Annotated[
-        float, typer.Option(min=0.5, max=300.0, help="Seconds to wait for the server.")
+        float,
+        typer.Option(min=0.5, max=300.0, metavar="SECONDS", help="Seconds to wait for the server."),
     ] = 5.0,
+    explain: Annotated[
+        bool, typer.Option("--explain", help="Also print why the sizing rule holds.")
+    ] = False,
 ) -> int:
     """Does WORKERS x MAX_SIZE (+ other pools) fit max_connections? Recommends a max_size.
 
@@ -284,17 +317,21 @@ def doctor(
         server_cores=server_cores,
         spindles=spindles,
         timeout=timeout,
+        explain=explain,
     )
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@app.command(
+    short_help="Benchmark poolkeeper beside its peers on your server.",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
 @guarded
 def bench(
     ctx: typer.Context,
     *,
     dsn: Annotated[
         str | None,
-        typer.Option("--dsn", help="Server to measure (default: DATABASE_URL)."),
+        typer.Option("--dsn", metavar="DSN", help="Server to measure (default: DATABASE_URL)."),
     ] = None,
 ) -> int:
     """Benchmark poolkeeper beside psycopg_pool, SQLAlchemy, psycopg2 and asyncpg on your

@@ -10,12 +10,13 @@ from collections.abc import Iterator
 from typing import Any
 
 from poolkeeper.cli.errors import CliError, ExitCode, explain_connect_failure, from_library_error
-from poolkeeper.cli.output import fmt_ms, out, warn
+from poolkeeper.cli.output import fmt_ms, out, plural, warn
 from poolkeeper.config import PoolConfig
 from poolkeeper.errors import ConfigurationError, ConnectionFailed, PoolTimeout
 from poolkeeper.pool import Pool
+from poolkeeper.redact import redact
 
-__all__ = ["SETTINGS", "CheckReport", "borrow", "run_check", "server_settings"]
+__all__ = ["SETTINGS", "CheckReport", "borrow", "connected_to", "run_check", "server_settings"]
 
 #: The server settings that decide how a pool behaves, with why each matters.
 SETTINGS: dict[str, str] = {
@@ -102,11 +103,20 @@ def _connect_error(exc: ConnectionFailed | PoolTimeout, pool: Pool) -> CliError:
     return explain_connect_failure(detail)
 
 
-def server_settings(dsn: str | None, *, timeout: float) -> dict[str, str]:
-    """The :data:`SETTINGS` the server has (name -> value as text; absent ones left out)."""
+def connected_to(conn: Any) -> str:
+    """``user@host:port/dbname`` of the server ``conn`` reached, password-free: what a
+    DSN (or, without one, libpq's defaults) actually led to."""
+    info = conn.info
+    return redact(f"{info.user}@{info.host}:{info.port}/{info.dbname}")
+
+
+def server_settings(dsn: str | None, *, timeout: float) -> tuple[str, dict[str, str]]:
+    """The server reached (see :func:`connected_to`) and the :data:`SETTINGS` it has
+    (name -> value as text; absent ones left out)."""
     with borrow(dsn, timeout=timeout) as conn:
         rows = conn.execute(_SETTINGS_SQL, [list(SETTINGS)]).fetchall()
-    return {name: setting for name, setting, _unit in rows}
+        server = connected_to(conn)
+    return server, {name: setting for name, setting, _unit in rows}
 
 
 def collect(dsn: str | None, *, pings: int, timeout: float) -> CheckReport:
@@ -132,8 +142,9 @@ def collect(dsn: str | None, *, pings: int, timeout: float) -> CheckReport:
             conn.execute("SELECT 1").fetchone()
             samples.append((time.perf_counter() - start) * 1000)
         conn.rollback()
+        reached = connected_to(conn)
     config = PoolConfig.build(dsn)
-    target = config.redacted_dsn() or "(libpq defaults: PG* environment variables)"
+    target = config.redacted_dsn() or f"{reached} (libpq's defaults and PG* variables)"
     return CheckReport(
         target=target,
         server_version=str(version),
@@ -159,11 +170,12 @@ def run_check(dsn: str | None, *, pings: int, timeout: float, require_tls: bool)
     out.print(f"  server      PostgreSQL {report.server_version}")
     out.print(f"  as          user {report.user}, database {report.database}")
     out.print(f"  TLS         {report.tls or '[yellow]not in use[/]'}")
+    pinged = plural(len(report.pings_ms), "ping")
     out.print(
-        f"  latency     {fmt_ms(report.latency_ms)} median of {len(report.pings_ms)} pings "
+        f"  latency     {fmt_ms(report.latency_ms)} median of {pinged} "
         f"(min {fmt_ms(min(report.pings_ms))}, max {fmt_ms(max(report.pings_ms))})"
     )
-    out.print(f"  clients     {report.connections_now} client backends connected now")
+    out.print(f"  clients     {plural(report.connections_now, 'client backend')} connected now")
     out.print("[bold]settings[/]")
     for name, why in SETTINGS.items():
         if name in report.settings:

@@ -11,11 +11,11 @@ import os
 from collections.abc import Sequence
 
 from poolkeeper.cli.errors import CliError, ExitCode
-from poolkeeper.cli.output import out
+from poolkeeper.cli.output import out, plural
 
 __all__ = ["SIZING_RULE", "Budget", "connection_budget", "render_budget"]
 
-#: The one-paragraph explanation printed by the command and copied in docs/cli.md.
+#: Why the rule holds: printed by ``doctor --explain`` and copied in docs/cli.md.
 SIZING_RULE = (
     "HikariCP's rule of thumb (from its wiki page 'About Pool Sizing') is "
     "connections = (server cores x 2) + effective spindles, counted for the database "
@@ -114,14 +114,19 @@ def connection_budget(
     )
 
 
-def render_budget(budget: Budget, *, cores_note: str = "") -> None:
-    """Print the budget, the verdict and the sizing paragraph."""
+def render_budget(
+    budget: Budget, *, cores_note: str = "", server: str | None = None, explain: bool = False
+) -> None:
+    """Print the budget and the verdict; ``server`` is where the limits were read from,
+    ``explain`` adds the paragraph on why the sizing rule holds."""
     others = " + ".join(str(n) for n in budget.other_pools)
     others_text = f" + other pools {others}" if budget.other_pools else ""
     out.print("[bold]Connection budget[/]")
+    if server is not None:
+        out.print(f"  limits     read from {server}")
     out.print(
-        f"  needed     {budget.workers} workers x max_size {budget.max_size}{others_text} "
-        f"= [bold]{budget.needed}[/]"
+        f"  needed     {plural(budget.workers, 'worker')} x max_size {budget.max_size}"
+        f"{others_text} = [bold]{budget.needed}[/]"
     )
     out.print(
         f"  available  max_connections {budget.max_connections} - reserved {budget.reserved} "
@@ -131,13 +136,17 @@ def render_budget(budget: Budget, *, cores_note: str = "") -> None:
         out.print(f"  verdict    [green]fits[/], {budget.headroom} to spare")
     else:
         out.print(
-            f"  verdict    [red]does not fit[/]: {-budget.headroom} connections over; at peak "
+            f"  verdict    [red]does not fit[/]: {plural(-budget.headroom, 'connection')} over; "
+            "at peak "
             "the last ones get 'too many clients'"
         )
     out.print(
-        f"  rule       ({budget.server_cores} cores x 2) + {budget.spindles} spindle(s) "
-        f"= {budget.rule_total} connections for the server{cores_note}"
+        f"  rule       ({plural(budget.server_cores, 'core')} x 2) + "
+        f"{plural(budget.spindles, 'spindle')} = {plural(budget.rule_total, 'connection')} "
+        "for the server"
     )
+    if cores_note:
+        out.print(f"  [dim]assumed    {cores_note}[/]")
     if budget.largest_fitting_max_size == 0:
         out.print(
             "  recommend  nothing fits: fewer workers, fewer other pools, a larger "
@@ -148,8 +157,11 @@ def render_budget(budget: Budget, *, cores_note: str = "") -> None:
             f"  recommend  max_size=[bold]{budget.recommended_max_size}[/] per worker "
             f"(largest that fits: {budget.largest_fitting_max_size})"
         )
-    out.print()
-    out.print(SIZING_RULE, soft_wrap=False)
+    if explain:
+        out.print()
+        out.print(SIZING_RULE, soft_wrap=False)
+    else:
+        out.print("  [dim]the rule is HikariCP's rule of thumb; --explain says why it holds[/]")
 
 
 def run_doctor(
@@ -163,17 +175,19 @@ def run_doctor(
     server_cores: int | None,
     spindles: int,
     timeout: float,
+    explain: bool = False,
 ) -> int:
     """The ``doctor`` command: returns the exit code (0 fits, 1 does not)."""
     if max_size is None:
         max_size = _max_size_from_env()
     superuser_reserved = reserved if reserved is not None else 3
     extra_reserved = 0
+    server = None
     if max_connections is None:
         # Ask the server: its limits decide, not what we guess.
         from poolkeeper.cli.check import server_settings  # noqa: PLC0415
 
-        settings = server_settings(dsn, timeout=timeout)
+        server, settings = server_settings(dsn, timeout=timeout)
         max_connections = int(settings["max_connections"])
         if reserved is None:
             superuser_reserved = int(settings.get("superuser_reserved_connections", "3"))
@@ -182,8 +196,8 @@ def run_doctor(
     if server_cores is None:
         server_cores = os.cpu_count() or 1
         cores_note = (
-            f" [dim](assumed: the server has this machine's {server_cores} cores; "
-            "pass --server-cores)[/]"
+            f"the server has this machine's {plural(server_cores, 'core')}; "
+            "pass --server-cores to say otherwise"
         )
     try:
         budget = connection_budget(
@@ -198,7 +212,7 @@ def run_doctor(
         )
     except ValueError as exc:
         raise CliError(str(exc), "see 'poolkeeper doctor --help'", ExitCode.USAGE) from None
-    render_budget(budget, cores_note=cores_note)
+    render_budget(budget, cores_note=cores_note, server=server, explain=explain)
     return ExitCode.OK if budget.fits else ExitCode.FAILED
 
 

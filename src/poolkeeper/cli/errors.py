@@ -51,73 +51,100 @@ def one_line(text: str) -> str:
     return _DOCS_SUFFIX.sub("", flat)
 
 
-# (pattern in libpq's message, what happened, what to do). First match wins, so the
-# specific causes come before the generic ones.
-_CAUSES: tuple[tuple[re.Pattern[str], str, str], ...] = tuple(
-    (re.compile(pattern, re.IGNORECASE), what, todo)
-    for pattern, what, todo in (
+# (pattern in libpq's message, what happened, what to do, exit code). First match wins,
+# so the specific causes come before the generic ones.
+_CAUSES: tuple[tuple[re.Pattern[str], str, str, ExitCode], ...] = tuple(
+    (re.compile(pattern, re.IGNORECASE), what, todo, code)
+    for pattern, what, todo, code in (
+        (
+            # libpq checks a DSN's values only when it connects; they are still the DSN's
+            # fault, not the server's, so they exit as a bad DSN does.
+            r"invalid (integer )?value|invalid \w+ value|invalid port number|bad value for"
+            r"|invalid connection option|invalid URI|Servname not supported",
+            "the DSN has a value libpq does not accept",
+            "fix that value in the DSN (postgresql://user@host:port/dbname or "
+            "'host=... port=... dbname=...')",
+            ExitCode.USAGE,
+        ),
         (
             r"no pg_hba\.conf entry .*no encryption|SSL off|hostssl",
             "the server requires TLS for this connection",
             "add sslmode=require to the DSN (e.g. postgresql://...?sslmode=require)",
+            ExitCode.CANNOT_CONNECT,
         ),
         (
             r"server does not support SSL",
             "the server does not offer TLS, but the DSN requires it",
             "use sslmode=prefer in the DSN, or enable ssl on the server",
+            ExitCode.CANNOT_CONNECT,
         ),
         (
             r"password authentication failed|no password supplied|authentication failed"
             r"|SASL authentication|peer authentication",
             "authentication failed",
             "check the user and password (in the DSN or PGPASSWORD/~/.pgpass) and pg_hba.conf",
+            ExitCode.CANNOT_CONNECT,
         ),
         (
             r'role "[^"]*" does not exist',
             "authentication failed: the user does not exist on the server",
             "fix the user name in the DSN, or create the role (CREATE ROLE ... LOGIN)",
+            ExitCode.CANNOT_CONNECT,
         ),
         (
             r'database "[^"]*" does not exist',
             "unknown database",
             "fix the database name in the DSN, or create it (createdb NAME)",
+            ExitCode.CANNOT_CONNECT,
         ),
         (
             r"too many clients|remaining connection slots are reserved",
             "the server is full (max_connections reached)",
             "close idle connections or lower pool sizes; 'poolkeeper doctor' shows the budget",
+            ExitCode.CANNOT_CONNECT,
         ),
         (
             r"Connection refused",
             "connection refused",
             "is PostgreSQL running and listening on that host and port? "
             "check the DSN's host/port, listen_addresses and firewalls",
+            ExitCode.CANNOT_CONNECT,
         ),
         (
             r"could not translate host name|failed to resolve host|Name or service not known"
             r"|nodename nor servname",
             "unknown host",
             "check the host name in the DSN",
+            ExitCode.CANNOT_CONNECT,
         ),
         (
             r"timeout expired|timed out|no connection free within",
             "no answer from the server in time",
             "check the host, port and firewalls, or raise --timeout",
+            ExitCode.CANNOT_CONNECT,
         ),
         (
             r"No such file or directory",
             "no server on the local socket",
             "start PostgreSQL, or pass a DSN / set DATABASE_URL",
+            ExitCode.CANNOT_CONNECT,
         ),
     )
 )
 
+# libpq's own advice after a refused connection; ours replaces it, so it is said once.
+_LIBPQ_ADVICE = re.compile(
+    r"\s*Is the server running (on that host|locally) and accepting[^?]*\?", re.IGNORECASE
+)
+
 
 def explain_connect_failure(detail: str) -> CliError:
-    """Turn libpq's message for a failed connect into an error with a hint (exit code 3)."""
-    for pattern, what, todo in _CAUSES:
+    """Turn libpq's message for a failed connect into an error with a hint: exit code 3,
+    or 2 when the DSN itself holds a value libpq rejects."""
+    for pattern, what, todo, code in _CAUSES:
         if pattern.search(detail):
-            return CliError(f"{what} ({one_line(detail)})", todo, ExitCode.CANNOT_CONNECT)
+            shown = one_line(_LIBPQ_ADVICE.sub("", detail))
+            return CliError(f"{what} ({shown})", todo, code)
     return CliError(
         f"cannot connect ({one_line(detail) or 'no detail'})",
         "check the DSN and that the server is reachable; --debug shows more",

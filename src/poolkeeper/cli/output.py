@@ -8,7 +8,7 @@ from rich.console import Console
 
 from poolkeeper.cli.errors import one_line
 
-__all__ = ["err", "fmt_ms", "out", "print_error", "warn"]
+__all__ = ["err", "fmt_ms", "out", "plural", "print_error", "warn"]
 
 #: Results go to stdout, so they can be piped; diagnostics go to stderr.
 out = Console(highlight=False, soft_wrap=True)
@@ -33,3 +33,8 @@ def fmt_ms(ms: float) -> str:
     if ms < 10:
         return f"{ms:.1f} ms"
     return f"{ms:.0f} ms"
+
+
+def plural(count: int, noun: str, nouns: str | None = None) -> str:
+    """The count and its noun in agreement: ``1 worker``, ``0 workers``, ``2 workers``."""
+    return f"{count} {noun if count == 1 else nouns or noun + 's'}"
