@@ -13,7 +13,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from poolkeeper.cli.demo import may_retry
+from poolkeeper.cli.demo_workload import may_retry
 
 
 def _env() -> dict[str, str]:
@@ -127,6 +127,9 @@ def test_demo_against_database_url_writes_nothing(dsn: str) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "using DATABASE_URL" in result.stdout
     assert re.search(r"^\s+failed\s+0\s*$", result.stdout, re.M)
+    # Without a terminal (logs, CI, pipes) no line runs past 100 columns.
+    widest = max(result.stdout.splitlines(), key=len)
+    assert len(widest) <= 100, widest
     with psycopg.connect(dsn, autocommit=True) as conn:
         after = conn.execute("SELECT count(*) FROM pg_class WHERE relpersistence = 'p'").fetchone()
         leftover = conn.execute(
