@@ -1,0 +1,84 @@
+"""The README's snippets run as a newcomer would run them: each Python block as its own
+program, with only ``DATABASE_URL`` set, against a database of its own."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.conninfo import make_conninfo
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def _python_blocks() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+
+
+def _block(marker: str) -> str:
+    (block,) = [b for b in _python_blocks() if marker in b]
+    return block
+
+
+@pytest.fixture
+def fresh_database(dsn: str, admin: psycopg.Connection[Any]) -> Iterator[str]:
+    """The DSN of an empty database, dropped afterwards: the snippets create tables."""
+    name = f"pk_readme_{uuid.uuid4().hex[:12]}"
+    admin.execute(f"CREATE DATABASE {name}")
+    try:
+        yield make_conninfo(dsn, dbname=name)
+    finally:
+        admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+def _run(code: str, database_url: str, cwd: Path | None = None) -> str:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "POOLKEEPER_"))}
+    env["DATABASE_URL"] = database_url
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=cwd,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_every_python_block_is_one_of_the_programs_tested_here() -> None:
+    assert len(_python_blocks()) == 3
+
+
+def test_quick_start_runs_as_written(fresh_database: str) -> None:
+    output = _run(_block("poolkeeper.Database()"), fresh_database)
+    assert "'signup'" in output
+    with psycopg.connect(fresh_database) as conn:
+        assert conn.execute("SELECT kind FROM events").fetchall() == [("signup",)]
+
+
+def test_asyncio_snippet_runs_as_written(fresh_database: str) -> None:
+    output = _run(_block("asyncio.run(main())"), fresh_database)
+    assert "datetime" in output
+
+
+def test_fastapi_snippet_serves_a_request(fresh_database: str, tmp_path: Path) -> None:
+    (tmp_path / "app.py").write_text(_block("FastAPI(lifespan="))
+    client = (
+        "from fastapi.testclient import TestClient\n"
+        "import app\n"
+        "with TestClient(app.app) as client:\n"
+        "    response = client.get('/now')\n"
+        "    assert response.status_code == 200, response.text\n"
+        "    print(response.json()['now'])\n"
+    )
+    assert _run(client, fresh_database, cwd=tmp_path).strip()
