@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -176,26 +177,35 @@ def test_usage_survives_a_json_round_trip_and_missing_usage_stays_missing(
     assert math.isnan(loaded["dedicated_psycopg"].cpu_us_per_op)
 
 
-def _saved_without_usage(path: Path) -> bool:
-    return "vcs_per_op" not in path.read_text()
+#: The run whose tables docs/benchmarks.md publishes (the only one kept).
+PUBLISHED = RESULTS / "issue5-pg15-de073869d728.json"
+
+#: What results saved before context switches and CPU were recorded, and before cells
+#: were sliced, lack.
+_USAGE_FIELDS = ("vcs_per_op", "ivcs_per_op", "cpu_us_per_op")
 
 
-def _has_threads_above_pool_size(path: Path) -> bool:
-    """Whether the run has the cells "Where the time goes" is about (an asyncio-only
-    run has none)."""
-    data = json.loads(path.read_text())
-    size = data["config"]["pool_size"]
-    return any(c["mode"] == "sync" and c["workers"] > size for c in data["cells"])
+def test_the_published_run_is_the_only_one_kept_and_the_docs_print_its_report() -> None:
+    assert sorted(RESULTS.glob("*.json")) == [PUBLISHED]
+    docs = (RESULTS.parent.parent / "docs" / "benchmarks.md").read_text()
+    assert PUBLISHED.name in docs
+    # docs/benchmarks.md says `--report` on the file prints exactly its results block.
+    (published,) = re.findall(r"```text\n(.*?)```", docs, re.S)
+    assert published == load_results(str(PUBLISHED)).report()
 
 
-@pytest.mark.parametrize(
-    "path",
-    [p for p in sorted(RESULTS.glob("*.json")) if _saved_without_usage(p)],
-    ids=lambda p: p.name,
-)
-def test_results_saved_before_usage_was_recorded_still_load_and_report(path: Path) -> None:
-    results = load_results(str(path))
+def test_results_saved_before_usage_and_slices_still_load_and_report(tmp_path: Path) -> None:
+    data = json.loads(PUBLISHED.read_text())
+    del data["config"]["slices"]
+    for cell in data["cells"]:
+        for field in _USAGE_FIELDS:
+            del cell[field]
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(data))
 
+    results = load_results(str(old))
+
+    assert results.config.slices == 1
     assert all(math.isnan(c.vcs_per_op) for c in results.cells)
     report = results.report()
     assert "Where the time goes" not in report
@@ -273,16 +283,7 @@ def test_a_contender_that_hangs_gets_no_more_slices_but_keeps_its_cell() -> None
     assert cells["a"].ops == 15
 
 
-@pytest.mark.parametrize(
-    "path",
-    [
-        p
-        for p in sorted(RESULTS.glob("*.json"))
-        if not _saved_without_usage(p) and _has_threads_above_pool_size(p)
-    ],
-    ids=lambda p: p.name,
-)
-def test_results_saved_with_usage_report_where_the_time_goes(path: Path) -> None:
-    report = load_results(str(path)).report()
+def test_the_published_run_reports_where_the_time_goes() -> None:
+    report = load_results(str(PUBLISHED)).report()
 
     assert "Where the time goes" in report
