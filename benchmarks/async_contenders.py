@@ -8,18 +8,14 @@ driver share the same ``query``, so the ratio between them measures only the poo
 from __future__ import annotations
 
 import asyncio
-import inspect
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
 
-from benchmarks.contenders import (
-    SQL,
-    ContenderUnavailableError,
-    load_poolkeeper,
-    make_poolkeeper_pool,
-)
+from benchmarks.contenders import SQL, ContenderUnavailableError, poolkeeper_settings
+from poolkeeper import PoolTimeout
+from poolkeeper.async_pool import AsyncPool
 
 AsyncGetter = Callable[[], Awaitable[Any]]
 AsyncPutter = Callable[[Any], Awaitable[None]]
@@ -48,19 +44,6 @@ def _require(module: str) -> None:
         __import__(module)
     except Exception as exc:
         raise ContenderUnavailableError(f"import {module} failed: {exc!r}") from exc
-
-
-def _awaitable_putter(put: Callable[[Any], Any]) -> AsyncPutter:
-    """Wrap a return method that may or may not be a coroutine function."""
-    if inspect.iscoroutinefunction(put):
-        return put
-
-    async def wrapped(conn: Any) -> None:
-        result = put(conn)
-        if inspect.isawaitable(result):
-            await result
-
-    return wrapped
 
 
 class AsyncFifoHandOff:
@@ -124,41 +107,25 @@ class AsyncContender(ABC):
 
 
 class _PoolkeeperAsync(AsyncContender):
+    exhausted = (PoolTimeout,)
+
     @classmethod
     def check_available(cls) -> None:
-        """Raise unless ``poolkeeper.AsyncPool`` can be imported."""
-        load_poolkeeper("AsyncPool")
+        """Always available on psycopg: the harness measures the poolkeeper it ships with."""
 
     async def open(self) -> None:
-        """Create the pool without opening it in the constructor, then open and wait."""
-        cls = load_poolkeeper("AsyncPool")
-        self.exhausted = (load_poolkeeper("PoolTimeout"),)
-        extra: dict[str, Any] = {"driver": self.driver} if self.driver != "psycopg" else {}
-        try:
-            pool = make_poolkeeper_pool(cls, self.dsn, self.size, open=False, **extra)
-        except ContenderUnavailableError:
-            pool = make_poolkeeper_pool(cls, self.dsn, self.size, **extra)
-        except Exception as exc:  # e.g. ConfigurationError for a driver not supported yet
-            raise ContenderUnavailableError(f"AsyncPool(driver={self.driver!r}): {exc!r}") from exc
-        self.pool = pool
-        opener = getattr(pool, "open", None)
-        if opener is not None:
-            result = opener()
-            if inspect.isawaitable(result):
-                await result
-        result = pool.wait()
-        if inspect.isawaitable(result):
-            await result
+        """Create the pool, open it and wait for ``min_size`` connections."""
+        self.pool = AsyncPool(self.dsn, open=False, **poolkeeper_settings(self.size, self.driver))
+        await self.pool.open()
+        await self.pool.wait()
 
     def bind(self, worker: int) -> tuple[AsyncGetter, AsyncPutter]:
-        """The pool's own methods (return wrapped only if it is not a coroutine function)."""
-        return self.pool.getconn, _awaitable_putter(self.pool.putconn)
+        """The pool's own methods."""
+        return self.pool.getconn, self.pool.putconn
 
     async def close(self) -> None:
         """Close the pool."""
-        result = self.pool.close()
-        if inspect.isawaitable(result):
-            await result
+        await self.pool.close()
 
 
 class PoolkeeperAsyncPool(_PoolkeeperAsync):
@@ -178,8 +145,7 @@ class PoolkeeperAsyncpgPool(_PoolkeeperAsync):
 
     @classmethod
     def check_available(cls) -> None:
-        """Raise unless both poolkeeper.AsyncPool and asyncpg import."""
-        super().check_available()
+        """Raise unless asyncpg imports."""
         _require("asyncpg")
 
 

@@ -21,6 +21,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+from poolkeeper import Pool, PoolTimeout
+
 SQL = "SELECT 1"
 
 
@@ -31,54 +33,19 @@ Putter = Callable[[Any], None]
 
 
 class ContenderUnavailableError(Exception):
-    """The contender cannot run here (library missing, feature not implemented yet)."""
+    """The contender cannot run here: its library is not installed."""
 
 
-def load_poolkeeper(attr: str) -> Any:
-    """Return ``poolkeeper.<attr>``, or raise ContenderUnavailableError.
-
-    Looked up dynamically because the pool core is being written alongside this
-    harness: a missing or half-finished module must skip the contender, not break
-    ``mypy`` or the other contenders.
-    """
-    try:
-        module = importlib.import_module("poolkeeper")
-    except Exception as exc:  # any import-time failure means "not ready"
-        raise ContenderUnavailableError(f"import poolkeeper failed: {exc!r}") from exc
-    try:
-        return getattr(module, attr)
-    except AttributeError as exc:
-        raise ContenderUnavailableError(f"poolkeeper.{attr} does not exist yet") from exc
-    except Exception as exc:  # a lazily imported submodule that is missing or broken
-        raise ContenderUnavailableError(f"poolkeeper.{attr} failed to load: {exc!r}") from exc
-
-
-def make_poolkeeper_pool(cls: Any, dsn: str, size: int, **extra: Any) -> Any:
-    """Build a poolkeeper pool with default settings except size and autocommit.
-
-    ``connect_kwargs`` is in the API contract; if this build does not take it yet we
-    fall back to ``configure`` so that the workload stays identical to the peers'.
-    """
-    base: dict[str, Any] = {"min_size": size, "max_size": size, "timeout": 30.0, **extra}
-    driver = extra.get("driver", "psycopg")
+def poolkeeper_settings(size: int, driver: str = "psycopg") -> dict[str, Any]:
+    """poolkeeper's defaults but for the pool size and, on psycopg, autocommit (as every
+    peer gets), so the workload stays identical to theirs."""
+    settings: dict[str, Any] = {"min_size": size, "max_size": size, "timeout": 30.0}
     if driver == "asyncpg":
-        attempts: list[dict[str, Any]] = [base]
+        # asyncpg runs every statement outside a transaction already.
+        settings["driver"] = driver
     else:
-        attempts = [
-            {**base, "connect_kwargs": {"autocommit": True}},
-            {**base, "configure": _set_autocommit},
-        ]
-    last: Exception | None = None
-    for kwargs in attempts:
-        try:
-            return cls(dsn, **kwargs)
-        except TypeError as exc:
-            last = exc
-    raise ContenderUnavailableError(f"cannot construct {cls.__name__}: {last!r}")
-
-
-def _set_autocommit(conn: Any) -> None:
-    conn.autocommit = True
+        settings["connect_kwargs"] = {"autocommit": True}
+    return settings
 
 
 class SyncContender(ABC):
@@ -127,15 +94,15 @@ class PoolkeeperPool(SyncContender):
     name = "poolkeeper"
     reference = "dedicated_psycopg"
 
+    exhausted = (PoolTimeout,)
+
     @classmethod
     def check_available(cls) -> None:
-        """Raise unless ``poolkeeper.Pool`` can be imported."""
-        load_poolkeeper("Pool")
+        """Always available: the harness measures the poolkeeper it ships with."""
 
     def open(self) -> None:
         """Create the pool and wait for ``min_size`` connections."""
-        self.exhausted = (load_poolkeeper("PoolTimeout"),)
-        self.pool = make_poolkeeper_pool(load_poolkeeper("Pool"), self.dsn, self.size)
+        self.pool = Pool(self.dsn, **poolkeeper_settings(self.size))
         self.pool.wait()
 
     def bind(self, worker: int) -> tuple[Getter, Putter]:

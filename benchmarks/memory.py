@@ -15,14 +15,10 @@ import tracemalloc
 from collections.abc import Callable
 from typing import Any
 
-from benchmarks.contenders import (
-    ContenderUnavailableError,
-    load_poolkeeper,
-    make_poolkeeper_pool,
-    note,
-)
+from benchmarks.contenders import note, poolkeeper_settings
 from benchmarks.runner import BenchConfig, Skips
 from benchmarks.stats import MemoryResult
+from poolkeeper import Pool
 
 BARE = "bare_psycopg"
 # Background threads of a pool may still be finishing their start-up bookkeeping.
@@ -64,9 +60,9 @@ def _bare(dsn: str, n: int) -> Callable[[], None]:
 
 
 def _poolkeeper(dsn: str, n: int) -> Callable[[], None]:
-    pool = make_poolkeeper_pool(load_poolkeeper("Pool"), dsn, n)
+    pool = Pool(dsn, **poolkeeper_settings(n))
     pool.wait()
-    return pool.close  # type: ignore[no-any-return]
+    return pool.close
 
 
 def _psycopg_pool(dsn: str, n: int) -> Callable[[], None]:
@@ -119,11 +115,6 @@ def connections_to_use(dsn: str, wanted: int) -> tuple[int, str | None]:
 def run_memory(dsn: str, cfg: BenchConfig, skips: Skips) -> tuple[list[MemoryResult], str | None]:
     """Trace every builder ``cfg.memory_repetitions`` times, interleaved."""
     names = [name for name in BUILDERS if name == BARE or cfg.wants(name)]
-    try:
-        load_poolkeeper("Pool")
-    except ContenderUnavailableError as exc:
-        skips.add("poolkeeper", str(exc))
-        names.remove("poolkeeper")
     n, warning = connections_to_use(dsn, cfg.memory_connections)
     if warning:
         note(f"  WARNING: {warning}")
