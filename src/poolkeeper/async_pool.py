@@ -41,15 +41,14 @@ from typing import Any, ClassVar
 from poolkeeper.async_pool_base import AsyncPoolBase
 from poolkeeper.config import PoolConfig
 from poolkeeper.drivers import AsyncDriver, load_async_driver
-from poolkeeper.drivers.libpq_options import READ_ONLY_SQLSTATE
 from poolkeeper.errors import (
     PoolClosed,
     PoolError,
     WrongEventLoop,
 )
-from poolkeeper.pool_core import overdue_waiters, remove_waiter
 from poolkeeper.record import ConnectionRecord
 from poolkeeper.stats import RING_MASK, WaitRing
+from poolkeeper.waiters import overdue_waiters, remove_waiter
 
 __all__ = ["AsyncPool"]
 
@@ -122,7 +121,7 @@ class _Borrowed:
         if exc is not None:
             if pool._driver.is_disconnect(exc):
                 pool._note_server_gone()
-            elif getattr(exc, "sqlstate", None) == READ_ONLY_SQLSTATE:
+            elif pool._driver.is_read_only_error(exc):
                 failover = pool._is_failover(self._conn)
         await pool.putconn(self._conn)
         if failover:
@@ -343,7 +342,7 @@ class AsyncPool(AsyncPoolBase):
                     rec = self._idle.pop()
                 else:
                     # Only a failing server or max_waiting can refuse a caller a place.
-                    if self._may_refuse and self._may_queue(_monotonic()):
+                    if self._may_refuse and self._refuse_or_probe_due(_monotonic()):
                         self._probe.notify_all()
                     # The Future class itself: loop.create_future() would add a frame.
                     waiter: asyncio.Future[ConnectionRecord] = _Future(loop=self._loop)

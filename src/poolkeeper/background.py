@@ -67,11 +67,6 @@ class BackgroundWorkers:
         if not self._stopping.is_set():
             self._open_queue.put(task)
 
-    @property
-    def stopping(self) -> threading.Event:
-        """Set when the workers are asked to stop; tasks wait on it to sleep interruptibly."""
-        return self._stopping
-
     def stop(self, timeout: float) -> None:
         """Ask every thread to finish, and wait up to ``timeout`` for them."""
         self._stopping.set()

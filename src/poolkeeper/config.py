@@ -16,8 +16,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
-from psycopg.conninfo import conninfo_to_dict
-
+from poolkeeper.conninfo import parse_conninfo
 from poolkeeper.drivers.base import ConnectSpec
 from poolkeeper.errors import ConfigurationError
 from poolkeeper.redact import MASK, redact, secrets
@@ -174,7 +173,7 @@ class PoolConfig:
         raw_kwargs = self.connect_kwargs() if callable(self.connect_kwargs) else self.connect_kwargs
         kwargs = dict(raw_kwargs or {})
         try:
-            params = conninfo_to_dict(conninfo) if conninfo else {}
+            params = parse_conninfo(conninfo)
         except Exception as exc:
             raise ConfigurationError(f"dsn: cannot be parsed: {redact(str(exc))}") from None
         secrets.add(str(params.get("password") or ""))
@@ -196,10 +195,6 @@ class PoolConfig:
             idle_in_transaction_timeout=self.idle_in_transaction_timeout,
             pgbouncer=self.pgbouncer,
         )
-
-    def fingerprint(self) -> dict[str, object]:
-        """The explicit settings, for comparing two ``Database()`` calls (values redacted)."""
-        return {key: getattr(self, key) for key in sorted(self.explicit)}
 
     def __repr__(self) -> str:
         shown = []
@@ -260,7 +255,7 @@ class PoolConfig:
             )
         if isinstance(self.dsn, str):
             try:
-                params = conninfo_to_dict(self.dsn) if self.dsn else {}
+                params = parse_conninfo(self.dsn)
             except Exception as exc:
                 raise ConfigurationError(
                     f"dsn: cannot be parsed ({redact(str(exc))}); expected a "

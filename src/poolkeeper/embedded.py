@@ -165,11 +165,6 @@ class LocalServer:
         if remove and self._own_dir:
             shutil.rmtree(self._base, ignore_errors=True)
 
-    def restart(self, mode: str = "fast") -> None:
-        """Stop and start again on the same port."""
-        self.stop(mode)
-        self.start()
-
     def psql(self, sql: str) -> str:
         """Run SQL through the bundled ``psql`` as the superuser; return its output."""
         env = {**os.environ, "PGPASSWORD": self.password or ""}

@@ -69,3 +69,12 @@ class WrongEventLoop(PoolError):
     """An ``AsyncPool`` was used from an event loop other than the one it was opened in."""
 
     code = "pk-loop"
+
+
+class ConfigureFailed(Exception):
+    """``configure=`` raised on a new connection, which was closed.
+
+    Internal: it never reaches a caller. The pool counts it as a failed connection
+    attempt, and callers see it as the detail of :class:`ConnectionFailed` (which
+    says what to do), so it is not a ``PoolError`` with a message of its own.
+    """

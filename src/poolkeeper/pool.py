@@ -30,12 +30,11 @@ from typing import Any
 from poolkeeper.background import BackgroundWorkers
 from poolkeeper.config import PoolConfig
 from poolkeeper.drivers import SyncDriver, load_sync_driver
-from poolkeeper.drivers.libpq_options import READ_ONLY_SQLSTATE
 from poolkeeper.errors import PoolClosed, PoolError
 from poolkeeper.pool_base import PoolBase
-from poolkeeper.pool_core import overdue_waiters, remove_waiter
 from poolkeeper.record import ConnectionRecord
-from poolkeeper.stats import Counter, WaitSamples
+from poolkeeper.stats import LockFreeCounter, WaitSamples
+from poolkeeper.waiters import overdue_waiters, remove_waiter
 
 __all__ = ["Pool"]
 
@@ -132,7 +131,7 @@ class Pool(PoolBase):
         self._waiters: deque[_Waiter] = deque()
         # Waits are counted and sampled by whichever thread waited: thread-safe
         # without the pool lock (itertools.count, and a deque's own append).
-        self._stats_waits = Counter()
+        self._stats_waits = LockFreeCounter()
         self._wait_samples = WaitSamples()
         self._record_wait = self._wait_samples.add
         self._setup_core(config, self._driver, open=open)
@@ -297,7 +296,7 @@ class Pool(PoolBase):
                     if not waiters and self._idle:
                         rec = self._idle.pop()
                     else:
-                        if self._may_refuse and self._may_queue(_monotonic()):
+                        if self._may_refuse and self._refuse_or_probe_due(_monotonic()):
                             self._probe.notify_all()
                         if limit <= 0:
                             raise self._no_connection_error(limit)
@@ -456,7 +455,7 @@ class Pool(PoolBase):
         except BaseException as exc:
             if self._driver.is_disconnect(exc):
                 self._note_server_gone()
-            elif getattr(exc, "sqlstate", None) == READ_ONLY_SQLSTATE:
+            elif self._driver.is_read_only_error(exc):
                 self._on_read_only_error(conn)
             raise
         finally:

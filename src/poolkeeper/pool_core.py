@@ -11,19 +11,19 @@ each is written for its own concurrency model.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
-from typing import Any, ClassVar, TypeVar
-
-from psycopg.conninfo import conninfo_to_dict
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 from poolkeeper import forking
 from poolkeeper.config import PoolConfig
+from poolkeeper.conninfo import wants_standby
+from poolkeeper.drivers.base import IDLE
 from poolkeeper.errors import (
     ConfigurationError,
+    ConfigureFailed,
     ConnectionFailed,
     PoolClosed,
     PoolTimeout,
@@ -40,67 +40,15 @@ from poolkeeper.policy import (
 )
 from poolkeeper.record import ConnectionRecord
 from poolkeeper.redact import redact
-from poolkeeper.stats import Counter, PoolStats
+from poolkeeper.stats import LockFreeCounter, PoolStats
 
-__all__ = [
-    "ConfigureFailed",
-    "PoolCore",
-    "meant_for_primary",
-    "overdue_waiters",
-    "remove_waiter",
-]
+__all__ = ["PoolCore"]
 
 _log = logging.getLogger("poolkeeper.pool")
 _monotonic = time.monotonic
-_STANDBY_TARGETS = frozenset({"read-only", "standby", "prefer-standby"})
-
-_W = TypeVar("_W")
-
-
-def overdue_waiters(
-    waiters: deque[_W], now: float, deadline_of: Callable[[_W], float]
-) -> tuple[list[_W], float]:
-    """The waiters whose deadline has passed, earliest first (still queued), and the
-    earliest deadline still ahead (inf if none): one scan for both pools' deadline
-    keepers, whose waiters join in order and so are nearly sorted already."""
-    overdue: list[_W] = []
-    next_at = float("inf")
-    for waiter in waiters:
-        deadline = deadline_of(waiter)
-        if deadline <= now:
-            overdue.append(waiter)
-        elif deadline < next_at:
-            next_at = deadline
-    overdue.sort(key=deadline_of)
-    return overdue, next_at
-
-
-def remove_waiter(waiters: deque[_W], waiter: _W) -> None:
-    """Take ``waiter`` out of the queue; overdue ones are nearly always at its head,
-    where no scan is needed."""
-    if waiters[0] is waiter:
-        waiters.popleft()
-    else:
-        waiters.remove(waiter)
-
 
 # Records a forked child inherited: kept alive so their finalisers never run there.
 _orphans: list[ConnectionRecord] = []
-
-
-class ConfigureFailed(Exception):
-    """``configure=`` raised on a new connection, which was closed."""
-
-
-def meant_for_primary(config: PoolConfig) -> bool:
-    """Unless its conninfo asks libpq for a standby, a pool is meant for the primary."""
-    target = None
-    if isinstance(config.connect_kwargs, Mapping):
-        target = config.connect_kwargs.get("target_session_attrs")
-    if target is None and isinstance(config.dsn, str) and "target_session_attrs" in config.dsn:
-        with contextlib.suppress(Exception):
-            target = conninfo_to_dict(config.dsn).get("target_session_attrs")
-    return target not in _STANDBY_TARGETS
 
 
 class PoolCore:
@@ -188,7 +136,7 @@ class PoolCore:
         self._opened = False
         self._forked = False
         #: False for a pool meant for standbys: a read-only error there is no failover.
-        self.meant_for_primary = meant_for_primary(config)
+        self.meant_for_primary = not wants_standby(config.dsn, config.connect_kwargs)
         self._apply_check_settings()
 
         self._breaker = Breaker(config.fail_fast_after)
@@ -199,16 +147,16 @@ class PoolCore:
         self._max_size = config.max_size
         self._may_refuse = bool(config.max_waiting)
         self._last_error: ConnectionFailed | None = None
-        self._stats_borrows = Counter()
+        self._stats_borrows = LockFreeCounter()
         self._borrow_ticks = self._stats_borrows.ticks
-        self._stats_timeouts = Counter()
-        self._stats_opened = Counter()
-        self._stats_closed = Counter()
-        self._stats_connect_errors = Counter()
-        self._stats_checks_failed = Counter()
-        self._stats_rollbacks = Counter()
-        self._stats_resets = Counter()
-        self._stats_leaks = Counter()
+        self._stats_timeouts = LockFreeCounter()
+        self._stats_opened = LockFreeCounter()
+        self._stats_closed = LockFreeCounter()
+        self._stats_connect_errors = LockFreeCounter()
+        self._stats_checks_failed = LockFreeCounter()
+        self._stats_rollbacks = LockFreeCounter()
+        self._stats_resets = LockFreeCounter()
+        self._stats_leaks = LockFreeCounter()
         forking.register(self)
 
     def _apply_check_settings(self) -> None:
@@ -354,10 +302,12 @@ class PoolCore:
 
     # -- borrowing: the slow path's decisions -------------------------------------------
 
-    def _may_queue(self, now: float) -> bool:
-        """May a caller that found no idle connection queue? Raises ``ConnectionFailed``
-        (server known down, no probe due) or ``TooManyWaiters``. True when a reconnect
-        probe should be let through on the caller's behalf."""
+    def _refuse_or_probe_due(self, now: float) -> bool:
+        """Refuse a caller that found no idle connection a place in the queue, or say
+        whether a reconnect probe is due on its behalf (True).
+
+        Raises ``ConnectionFailed`` (server known down, no probe due) or
+        ``TooManyWaiters`` (``max_waiting`` reached)."""
         probe = False
         if not self._idle and self._fail_fast(now):
             if not self._breaker.probe_due(now):
@@ -447,14 +397,13 @@ class PoolCore:
 
     def _after_configure(self, conn: Any) -> None:
         """Check what ``configure=`` left behind; its settings become the baseline."""
-        if self._status(conn) != 0:
+        if self._status(conn) != IDLE:
             raise ConfigurationError(
                 "configure: the callable left the connection inside a transaction; "
                 "commit at its end, or switch the connection to autocommit first"
             )
         # What configure set is the baseline every borrower should see, not a leak.
-        with contextlib.suppress(AttributeError):
-            conn._pk_dirty = False
+        self._driver.mark_clean(conn)
 
     @staticmethod
     def _configure_failed(exc: BaseException) -> ConfigureFailed:
@@ -499,7 +448,7 @@ class PoolCore:
         return True
 
     def _record_breaker_failure(self, now: float, exc: BaseException) -> None:
-        """A connection attempt failed: callers may now be refused (see ``_may_queue``)."""
+        """A connection attempt failed: callers may be refused now (``_refuse_or_probe_due``)."""
         # A configure= hook that fails says nothing about the server either.
         refused = isinstance(exc, ConfigureFailed) or self._driver.is_refusal(exc)
         self._breaker.failure(now, refused=refused)

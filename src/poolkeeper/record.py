@@ -24,7 +24,6 @@ class ConnectionRecord:
         "borrowed_at",
         "check_due",
         "conn",
-        "created_at",
         "expires_at",
         "generation",
         "last_checked",
@@ -43,7 +42,6 @@ class ConnectionRecord:
         check_after: float = 0.0,
     ) -> None:
         self.conn = conn
-        self.created_at = now
         self.last_used = now
         self.last_checked = now
         # When it must next be checked before lending: check_after past its last

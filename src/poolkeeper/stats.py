@@ -7,10 +7,10 @@ import itertools
 from collections import deque
 from collections.abc import Callable
 
-__all__ = ["RING_MASK", "RING_SIZE", "Counter", "PoolStats", "WaitRing", "WaitSamples"]
+__all__ = ["RING_MASK", "RING_SIZE", "LockFreeCounter", "PoolStats", "WaitRing", "WaitSamples"]
 
 
-class Counter:
+class LockFreeCounter:
     """A counter safe to bump from many threads without a lock.
 
     ``itertools.count.__next__`` is atomic (a single C call), where ``x += 1`` on
@@ -62,7 +62,7 @@ class WaitRing:
 
     Recording is three plain stores the owner does inline (``samples[count & RING_MASK]
     = wait``, then ``count += 1``): no call, no lock, no counter object. The
-    :class:`Counter` and :class:`WaitSamples` calls were about a fifth of a contended
+    :class:`LockFreeCounter` and :class:`WaitSamples` calls were about a fifth of a contended
     async borrow's own bookkeeping; this saves about 400 instructions of it
     (docs/benchmarks.md). Not for threads: two recording at once could lose one.
     """

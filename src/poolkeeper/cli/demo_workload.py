@@ -27,7 +27,7 @@ from poolkeeper.async_database import AsyncDatabase
 from poolkeeper.async_pool import AsyncPool
 from poolkeeper.cli.errors import CliError, one_line
 from poolkeeper.database import Database
-from poolkeeper.drivers.libpq_options import is_server_gone_sqlstate
+from poolkeeper.drivers.sqlstate import is_server_gone_sqlstate
 from poolkeeper.stats import PoolStats
 
 __all__ = [

@@ -18,10 +18,10 @@ from typing import Any, TypeVar, cast
 from urllib.parse import urlencode
 
 import asyncpg
-from psycopg.conninfo import conninfo_to_dict
 
+from poolkeeper.conninfo import parse_conninfo
 from poolkeeper.drivers.base import BROKEN, IDLE, IN_TRANSACTION, ConnectSpec
-from poolkeeper.drivers.libpq_options import is_server_gone_sqlstate
+from poolkeeper.drivers.sqlstate import READ_ONLY_SQLSTATE, is_server_gone_sqlstate
 from poolkeeper.errors import ConfigurationError
 from poolkeeper.policy import silence_limit
 from poolkeeper.session_state import KNOWN_VERDICTS, RESET_SQL, touches_session
@@ -124,7 +124,7 @@ def asyncpg_connect_args(spec: ConnectSpec) -> tuple[str | None, dict[str, Any]]
         # server-side prepared statements, or the next transaction may not find them.
         kwargs["statement_cache_size"] = 0
 
-    params = conninfo_to_dict(spec.conninfo) if spec.conninfo else {}
+    params = parse_conninfo(spec.conninfo)
     if "hostaddr" in params and "host" not in params:
         params["host"] = params["hostaddr"]
     url_params: dict[str, str] = {}
@@ -385,6 +385,13 @@ class AsyncpgDriver:
         """The server answered the connection attempt with an error (it carries a
         SQLSTATE: 53300, 28P01, 57P03...)."""
         return isinstance(exc, asyncpg.exceptions.PostgresError)
+
+    def is_read_only_error(self, exc: BaseException) -> bool:
+        """SQLSTATE 25006: a write in a read-only transaction (or on a standby)."""
+        return (
+            isinstance(exc, asyncpg.exceptions.PostgresError)
+            and getattr(exc, "sqlstate", None) == READ_ONLY_SQLSTATE
+        )
 
     def fileno(self, conn: PoolAsyncpgConnection) -> int:
         """The socket's descriptor, or -1 once closed."""

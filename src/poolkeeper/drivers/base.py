@@ -8,7 +8,7 @@ its session dirty; which backend serves it. Nothing here knows about pooling.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from typing import Any, Protocol, TypeVar
 
@@ -92,6 +92,9 @@ class SyncDriver(Protocol[C]):
         connection (too many clients, authentication, starting up): the server is
         reachable, and connections already open may work."""
 
+    def is_read_only_error(self, exc: BaseException) -> bool:
+        """True if ``exc`` is SQLSTATE 25006 (a write in a read-only transaction)."""
+
     def fileno(self, conn: C) -> int:
         """The socket's file descriptor (for fork safety), or -1 if closed."""
 
@@ -144,9 +147,8 @@ class AsyncDriver(Protocol[C]):
         connection (too many clients, authentication, starting up): the server is
         reachable, and connections already open may work."""
 
+    def is_read_only_error(self, exc: BaseException) -> bool:
+        """True if ``exc`` is SQLSTATE 25006 (a write in a read-only transaction)."""
+
     def fileno(self, conn: C) -> int:
         """The socket's file descriptor (for fork safety), or -1 if closed."""
-
-
-#: Signature of a user ``check=`` callable and of ``configure=``.
-ConnHook = Callable[[Any], object]

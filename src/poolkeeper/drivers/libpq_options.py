@@ -1,35 +1,15 @@
-"""Connection parameters shared by the two libpq-based drivers (psycopg 3, psycopg2)."""
+"""What the two libpq-based drivers (psycopg 3, psycopg2) share about libpq: the
+connection parameters for the pool's timeouts, and reading libpq's connect errors."""
 
 from __future__ import annotations
 
 import math
 from typing import Any
 
-from psycopg.conninfo import conninfo_to_dict
-
+from poolkeeper.conninfo import parse_conninfo
 from poolkeeper.drivers.base import ConnectSpec
 
-__all__ = [
-    "READ_ONLY_SQLSTATE",
-    "SERVER_GONE_SQLSTATES",
-    "is_server_gone_sqlstate",
-    "libpq_params",
-    "libpq_server_refused",
-    "merge_conninfo",
-]
-
-#: admin_shutdown, crash_shutdown, cannot_connect_now.
-SERVER_GONE_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})
-
-#: read_only_sql_transaction. Not "server gone" by itself: a read-only transaction on
-#: a healthy primary raises it too. The pool asks the connection whether it reached a
-#: hot standby before concluding the primary was demoted (see ``Pool.connection``).
-READ_ONLY_SQLSTATE = "25006"
-
-
-def is_server_gone_sqlstate(sqlstate: str | None) -> bool:
-    """True for SQLSTATE class 08 (connection exception) and the codes above."""
-    return sqlstate is not None and (sqlstate.startswith("08") or sqlstate in SERVER_GONE_SQLSTATES)
+__all__ = ["libpq_params", "libpq_server_refused", "merge_conninfo"]
 
 
 def libpq_server_refused(message: str) -> bool:
@@ -74,7 +54,7 @@ def libpq_params(spec: ConnectSpec) -> dict[str, Any]:
 def merge_conninfo(spec: ConnectSpec) -> dict[str, Any]:
     """Pool defaults < the user's conninfo < the user's keyword arguments."""
     defaults = libpq_params(spec)
-    given = conninfo_to_dict(spec.conninfo) if spec.conninfo else {}
+    given = parse_conninfo(spec.conninfo)
     params = {**defaults, **given}
     if "options" in given and "options" in defaults:
         # Both sets of -c flags must reach the server; the user's come last and win.

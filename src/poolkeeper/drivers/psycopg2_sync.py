@@ -10,11 +10,8 @@ import psycopg2
 import psycopg2.extensions
 
 from poolkeeper.drivers.base import BROKEN, IDLE, IN_TRANSACTION, ConnectSpec
-from poolkeeper.drivers.libpq_options import (
-    is_server_gone_sqlstate,
-    libpq_server_refused,
-    merge_conninfo,
-)
+from poolkeeper.drivers.libpq_options import libpq_server_refused, merge_conninfo
+from poolkeeper.drivers.sqlstate import READ_ONLY_SQLSTATE, is_server_gone_sqlstate
 from poolkeeper.session_state import RESET_SQL, touches_session
 
 __all__ = ["PoolConnection2", "Psycopg2Driver"]
@@ -133,6 +130,10 @@ class Psycopg2Driver:
         if not isinstance(exc, psycopg2.Error):
             return False
         return exc.pgcode is not None or libpq_server_refused(str(exc))
+
+    def is_read_only_error(self, exc: BaseException) -> bool:
+        """SQLSTATE 25006: a write in a read-only transaction (or on a standby)."""
+        return isinstance(exc, psycopg2.Error) and exc.pgcode == READ_ONLY_SQLSTATE
 
     def fileno(self, conn: PoolConnection2) -> int:
         """The socket, or -1 once closed."""

@@ -14,11 +14,8 @@ import psycopg
 from psycopg import pq
 
 from poolkeeper.drivers.base import BROKEN, IDLE, IN_TRANSACTION, ConnectSpec
-from poolkeeper.drivers.libpq_options import (
-    is_server_gone_sqlstate,
-    libpq_server_refused,
-    merge_conninfo,
-)
+from poolkeeper.drivers.libpq_options import libpq_server_refused, merge_conninfo
+from poolkeeper.drivers.sqlstate import READ_ONLY_SQLSTATE, is_server_gone_sqlstate
 from poolkeeper.policy import silence_limit
 
 __all__ = [
@@ -89,6 +86,10 @@ class PsycopgState:
         if not isinstance(exc, psycopg.Error):
             return False
         return exc.sqlstate is not None or libpq_server_refused(str(exc))
+
+    def is_read_only_error(self, exc: BaseException) -> bool:
+        """SQLSTATE 25006: a write in a read-only transaction (or on a standby)."""
+        return isinstance(exc, psycopg.Error) and exc.sqlstate == READ_ONLY_SQLSTATE
 
     def is_standby(self, conn: Any) -> bool:
         """True if the server reports it is a hot standby (PostgreSQL 14+ says so
