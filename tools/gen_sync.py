@@ -61,47 +61,57 @@ def _offsets(source: str) -> list[int]:
     return starts
 
 
+def _closing_brackets(tokens: list[tokenize.TokenInfo]) -> set[int]:
+    """Indices of the ``]`` that close an ``Awaitable[``."""
+    closing: set[int] = set()
+    opened: list[bool] = []  # per open "[": does it belong to Awaitable?
+    for i, tok in enumerate(tokens):
+        if tok.type != tokenize.OP:
+            continue
+        if tok.string == "[":
+            opened.append(i > 0 and tokens[i - 1].string == "Awaitable")
+        elif tok.string == "]" and opened.pop():
+            closing.add(i)
+    return closing
+
+
+def _rewrite(tokens: list[tokenize.TokenInfo], i: int) -> tuple[int, str] | None:
+    """What becomes of token ``i``: ``(tokens to drop with it, replacement)``, or None
+    to keep it. ``(1, "")`` drops it and the space up to the next token."""
+    tok = tokens[i]
+    if tok.type == tokenize.STRING and tok.string.strip("'\"") in RENAMES:
+        return 0, repr(RENAMES[tok.string.strip("'\"")])  # a name quoted in __all__
+    if tok.type != tokenize.NAME:
+        return None
+    following = tokens[i + 1].string
+    if tok.string == "await" or (tok.string == "async" and following in ASYNC_KEYWORDS):
+        return 1, ""
+    if tok.string == "Awaitable" and following == "[":
+        return 2, ""
+    if tok.string in RENAMES:
+        return 0, RENAMES[tok.string]
+    return None
+
+
 def unasync(source: str) -> str:
     """The token-level async-to-sync rewrite of ``source`` (before formatting)."""
     line_at = _offsets(source)
     tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
+
+    def offset(position: tuple[int, int]) -> int:
+        return line_at[position[0]] + position[1]
+
     edits: list[tuple[int, int, str]] = []  # (start, end, replacement) in characters
-
-    def span(tok: tokenize.TokenInfo) -> tuple[int, int]:
-        return line_at[tok.start[0]] + tok.start[1], line_at[tok.end[0]] + tok.end[1]
-
-    def drop_with_space(index: int) -> None:
-        start, _ = span(tokens[index])
-        end, _ = span(tokens[index + 1])
-        edits.append((start, end, ""))
-
-    depth_to_close: list[int] = []
-    depth = 0
-    for i, tok in enumerate(tokens):
-        if tok.type == tokenize.OP and tok.string == "[":
-            depth += 1
-        elif tok.type == tokenize.OP and tok.string == "]":
-            if depth_to_close and depth_to_close[-1] == depth:
-                depth_to_close.pop()
-                edits.append((*span(tok), ""))
-            depth -= 1
-        if tok.type == tokenize.STRING and tok.string.strip("'\"") in RENAMES:
-            # A name quoted in __all__.
-            edits.append((*span(tok), repr(RENAMES[tok.string.strip("'\"")])))
+    for i in _closing_brackets(tokens):
+        edits.append((offset(tokens[i].start), offset(tokens[i].end), ""))
+    for i in range(len(tokens)):
+        change = _rewrite(tokens, i)
+        if change is None:
             continue
-        if tok.type != tokenize.NAME:
-            continue
-        nxt = tokens[i + 1]
-        if tok.string == "await" or (tok.string == "async" and nxt.string in ASYNC_KEYWORDS):
-            drop_with_space(i)
-        elif tok.string == "Awaitable" and nxt.string == "[":
-            # Drop "Awaitable[" now and its matching "]" when the scan reaches it.
-            start, _ = span(tok)
-            _, end = span(nxt)
-            edits.append((start, end, ""))
-            depth_to_close.append(depth + 1)
-        elif tok.string in RENAMES:
-            edits.append((*span(tok), RENAMES[tok.string]))
+        reach, text = change
+        # reach 1: up to the next token (the space too); 2: through the next ("[").
+        until = {0: tokens[i].end, 1: tokens[i + 1].start, 2: tokens[i + 1].end}[reach]
+        edits.append((offset(tokens[i].start), offset(until), text))
     out = source
     for start, end, text in sorted(edits, reverse=True):
         out = out[:start] + text + out[end:]

@@ -242,44 +242,23 @@ class AsyncPool(AsyncPoolBase):
             return
         if self._loop is not None and _running_loop() is not self._loop:
             raise self._wrong_loop_error()
-        self._closed = True
-        self._opened = True
-        # Connections still borrowed are retired when they come back.
-        self._generation += 1
         self._disarm_timer()
-        self._fail_waiters_locked(
-            lambda: PoolClosed(f"pool {self.name!r} was closed while waiting")
-        )
-        idle = list(self._idle)
-        self._idle.clear()
-        self._total -= len(idle)
+        idle = self._stop_lending_locked()
         self._probe.notify_all()
-        self._changed.notify_all()
         current = asyncio.current_task()
         if self._housekeeper is not None and self._housekeeper is not current:
             self._housekeeper.cancel()
         for task in list(self._openers):
             task.cancel()
         deadline = _monotonic() + timeout
-        await asyncio.gather(*(self._close_rec(rec) for rec in idle))
-        while self._lent:
-            remaining = deadline - _monotonic()
-            if remaining <= 0:
-                break
-            await self._changed.wait(remaining)
-        stragglers = list(self._lent.values())
-        self._lent.clear()
-        if stragglers:
-            _log.warning(
-                "pool %r: closing %d connection(s) still borrowed after %gs",
-                self.name,
-                len(stragglers),
-                timeout,
-            )
-            self._total -= len(stragglers)
-            await asyncio.gather(*(self._close_rec(rec) for rec in stragglers))
-        # Closers, keepalive pings and openers cancelled above: let them finish. Some
-        # spawn a closer as they end (an opener that connected anyway), hence the loop.
+        await self._close_all(idle)
+        await self._close_borrowed(deadline, timeout)
+        await self._let_tasks_finish(deadline, current)
+
+    async def _let_tasks_finish(self, deadline: float, current: asyncio.Task[Any] | None) -> None:
+        """Closers, keepalive pings and openers (cancelled by close()): let them end,
+        until ``deadline`` or for a second's grace, then cancel what is left."""
+        # Some spawn a closer as they end (an opener that connected anyway): a loop.
         grace = _monotonic() + 1.0
         while pending := [task for task in self._tasks if task is not current]:
             remaining = max(deadline, grace) - _monotonic()
@@ -302,7 +281,10 @@ class AsyncPool(AsyncPoolBase):
 
     # -- borrowing ----------------------------------------------------------------------
 
-    async def getconn(self, timeout: float | None = None) -> Any:
+    # One long coroutine on purpose (the complexity rules are waived for it alone): each
+    # coroutine frame more costs a call and a resume per contended borrow (see below and
+    # docs/benchmarks.md).
+    async def getconn(self, timeout: float | None = None) -> Any:  # noqa: C901, PLR0912, PLR0915
         """Borrow a connection; wait up to ``timeout`` (default: the pool's) for one.
 
         Raises ``PoolTimeout``, ``TooManyWaiters``, ``ConnectionFailed`` (server known
@@ -559,6 +541,9 @@ class AsyncPool(AsyncPoolBase):
     def _close_conn_soon(self, conn: Any) -> None:
         # Cancelled while opening: the task cannot await the goodbye itself.
         self._spawn(self._close_conn(conn))
+
+    async def _close_all(self, records: list[ConnectionRecord]) -> None:
+        await asyncio.gather(*(self._close_rec(rec) for rec in records))
 
     def _keepalive_later(self, rec: ConnectionRecord) -> None:
         self._spawn(self._keepalive(rec, "keepalive ping", own_check=False))

@@ -16,7 +16,8 @@ primitives each shell provides under the same name:
 * ``_grow_locked``, ``_hand_off_locked``, ``_fail_waiters_locked``: start openers,
   serve the first waiter, fail every waiter, with the lock held;
 * ``_close_later``, ``_close_conn_soon``, ``_keepalive_later``: work handed to the
-  background (a worker thread, or a task);
+  background (a worker thread, or a task); ``_close_all``: close several now (one
+  after the other, or side by side);
 * ``_run_check``, ``_call_hook``: the user's ``check=``/``configure=`` callable (the
   asyncio pool also awaits what it returns).
 
@@ -34,7 +35,7 @@ from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from typing import TYPE_CHECKING, Any, Protocol
 
 from poolkeeper.drivers import BROKEN, IN_TRANSACTION, AsyncDriver
-from poolkeeper.errors import PoolError
+from poolkeeper.errors import PoolClosed, PoolError
 from poolkeeper.policy import Backoff
 from poolkeeper.pool_core import PoolCore
 from poolkeeper.record import ConnectionRecord
@@ -74,6 +75,7 @@ class AsyncPoolBase(PoolCore):
         def _hand_off_locked(self, rec: ConnectionRecord) -> bool: ...
         def _fail_waiters_locked(self, error: Callable[[], PoolError]) -> None: ...
         def _close_later(self, rec: ConnectionRecord) -> None: ...
+        async def _close_all(self, records: list[ConnectionRecord]) -> None: ...
         def _close_conn_soon(self, conn: Any) -> None: ...
         def _keepalive_later(self, rec: ConnectionRecord) -> None: ...
         async def _call_hook(self, hook: Callable[[Any], object], conn: Any) -> None: ...
@@ -126,6 +128,47 @@ class AsyncPoolBase(PoolCore):
             old = self._drain_idle()
         for rec in old:
             self._retire(rec, "drained")
+
+    # -- closing --------------------------------------------------------------------------
+
+    def _stop_lending_locked(self) -> list[ConnectionRecord]:
+        """``close()``'s first step, with the lock held: lend nothing more, fail every
+        waiter, and take the idle connections (for the caller to close)."""
+        self._closed = True
+        self._opened = True
+        # Connections still borrowed are retired when they come back.
+        self._generation += 1
+        self._fail_waiters_locked(
+            lambda: PoolClosed(f"pool {self.name!r} was closed while waiting")
+        )
+        idle = list(self._idle)
+        self._idle.clear()
+        self._total -= len(idle)
+        self._changed.notify_all()
+        return idle
+
+    async def _close_borrowed(self, deadline: float, timeout: float) -> None:
+        """Wait until ``deadline`` for borrowed connections to come back, then close
+        the rest under their borrowers."""
+        with self._lock:
+            while self._lent:
+                remaining = deadline - _monotonic()
+                if remaining <= 0:
+                    break
+                await self._changed.wait(min(0.05, remaining))
+            stragglers = list(self._lent.values())
+            self._lent.clear()
+            self._total -= len(stragglers)
+            # Their borrowers will still call putconn(): that must not be an error.
+            self._closed_under_borrower.update(rec.conn for rec in stragglers)
+        if stragglers:
+            _log.warning(
+                "pool %r: closing %d connection(s) still borrowed after %gs",
+                self.name,
+                len(stragglers),
+                timeout,
+            )
+            await self._close_all(stragglers)
 
     # -- lending and returning, off the fast path ------------------------------------------
 

@@ -15,7 +15,7 @@ from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Protocol
 
 from poolkeeper.drivers import BROKEN, IN_TRANSACTION, SyncDriver
-from poolkeeper.errors import PoolError
+from poolkeeper.errors import PoolClosed, PoolError
 from poolkeeper.policy import Backoff
 from poolkeeper.pool_core import PoolCore
 from poolkeeper.record import ConnectionRecord
@@ -55,6 +55,7 @@ class PoolBase(PoolCore):
         def _hand_off_locked(self, rec: ConnectionRecord) -> bool: ...
         def _fail_waiters_locked(self, error: Callable[[], PoolError]) -> None: ...
         def _close_later(self, rec: ConnectionRecord) -> None: ...
+        def _close_all(self, records: list[ConnectionRecord]) -> None: ...
         def _close_conn_soon(self, conn: Any) -> None: ...
         def _keepalive_later(self, rec: ConnectionRecord) -> None: ...
         def _call_hook(self, hook: Callable[[Any], object], conn: Any) -> None: ...
@@ -107,6 +108,47 @@ class PoolBase(PoolCore):
             old = self._drain_idle()
         for rec in old:
             self._retire(rec, "drained")
+
+    # -- closing --------------------------------------------------------------------------
+
+    def _stop_lending_locked(self) -> list[ConnectionRecord]:
+        """``close()``'s first step, with the lock held: lend nothing more, fail every
+        waiter, and take the idle connections (for the caller to close)."""
+        self._closed = True
+        self._opened = True
+        # Connections still borrowed are retired when they come back.
+        self._generation += 1
+        self._fail_waiters_locked(
+            lambda: PoolClosed(f"pool {self.name!r} was closed while waiting")
+        )
+        idle = list(self._idle)
+        self._idle.clear()
+        self._total -= len(idle)
+        self._changed.notify_all()
+        return idle
+
+    def _close_borrowed(self, deadline: float, timeout: float) -> None:
+        """Wait until ``deadline`` for borrowed connections to come back, then close
+        the rest under their borrowers."""
+        with self._lock:
+            while self._lent:
+                remaining = deadline - _monotonic()
+                if remaining <= 0:
+                    break
+                self._changed.wait(min(0.05, remaining))
+            stragglers = list(self._lent.values())
+            self._lent.clear()
+            self._total -= len(stragglers)
+            # Their borrowers will still call putconn(): that must not be an error.
+            self._closed_under_borrower.update(rec.conn for rec in stragglers)
+        if stragglers:
+            _log.warning(
+                "pool %r: closing %d connection(s) still borrowed after %gs",
+                self.name,
+                len(stragglers),
+                timeout,
+            )
+            self._close_all(stragglers)
 
     # -- lending and returning, off the fast path ------------------------------------------
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import shlex
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Any, TypeVar, cast
 from urllib.parse import urlencode
@@ -123,51 +123,69 @@ def asyncpg_connect_args(spec: ConnectSpec) -> tuple[str | None, dict[str, Any]]
         # Transaction-mode PgBouncer moves us between server sessions: no cached
         # server-side prepared statements, or the next transaction may not find them.
         kwargs["statement_cache_size"] = 0
+    dsn = _apply_conninfo(spec.conninfo, server_settings, kwargs)
+    _apply_kwargs(spec.kwargs, server_settings, kwargs)
+    if server_settings:
+        kwargs["server_settings"] = server_settings
+    return dsn, kwargs
 
-    params = parse_conninfo(spec.conninfo)
+
+def _apply_shared_key(
+    key: str, value: Any, server_settings: dict[str, str], kwargs: dict[str, Any]
+) -> bool:
+    """The keys a conninfo and keyword arguments both translate the same way; False
+    for any other key."""
+    if key in ("application_name", "client_encoding"):
+        server_settings[key] = str(value)
+    elif key == "options":
+        server_settings.update(_options_to_settings(str(value)))
+    elif key == "connect_timeout":
+        kwargs["timeout"] = float(value)
+    else:
+        return False
+    return True
+
+
+def _apply_conninfo(
+    conninfo: str, server_settings: dict[str, str], kwargs: dict[str, Any]
+) -> str | None:
+    """Sort the conninfo's parameters into asyncpg's URL, server settings and keyword
+    arguments; return the URL (None if nothing goes into one)."""
+    params = parse_conninfo(conninfo)
     if "hostaddr" in params and "host" not in params:
         params["host"] = params["hostaddr"]
     url_params: dict[str, str] = {}
     for key, value in params.items():
-        if value is None:
+        if value is None or _apply_shared_key(key, value, server_settings, kwargs):
             continue
-        text = str(value)
         if key in _URL_KEYS:
-            url_params[key] = text
-        elif key in ("application_name", "client_encoding"):
-            server_settings[key] = text
-        elif key == "options":
-            server_settings.update(_options_to_settings(text))
-        elif key == "connect_timeout":
-            kwargs["timeout"] = float(text)
+            url_params[key] = str(value)
         elif key in _LIBPQ_ONLY:
             _log.debug("asyncpg: ignoring libpq-only connection parameter %r", key)
         else:
             # Anything else in a conninfo is a server setting to asyncpg, as in its URLs.
-            server_settings[key] = text
-    dsn = "postgresql://?" + urlencode(url_params) if url_params else None
-
-    for key, value in spec.kwargs.items():
-        if key in ("application_name", "client_encoding"):
             server_settings[key] = str(value)
-        elif key == "options":
-            server_settings.update(_options_to_settings(str(value)))
-        elif key == "server_settings":
+    return "postgresql://?" + urlencode(url_params) if url_params else None
+
+
+#: Keyword arguments whose libpq name asyncpg spells differently.
+_KWARG_NAMES = {"dbname": "database", "sslmode": "ssl"}
+
+
+def _apply_kwargs(
+    given: Mapping[str, Any], server_settings: dict[str, str], kwargs: dict[str, Any]
+) -> None:
+    """The user's keyword arguments, translated where asyncpg differs from libpq."""
+    for key, value in given.items():
+        if _apply_shared_key(key, value, server_settings, kwargs):
+            continue
+        if key == "server_settings":
             server_settings.update(value or {})
-        elif key == "dbname":
-            kwargs["database"] = value
-        elif key == "sslmode":
-            kwargs["ssl"] = value
-        elif key == "connect_timeout":
-            kwargs["timeout"] = float(value)
         elif key == "autocommit" and value:
             # asyncpg is always in autocommit outside an explicit transaction.
             continue
         else:
-            kwargs[key] = value
-    if server_settings:
-        kwargs["server_settings"] = server_settings
-    return dsn, kwargs
+            kwargs[_KWARG_NAMES.get(key, key)] = value
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])
