@@ -339,23 +339,16 @@ def main(argv: list[str] | None = None) -> int:
 
 def _differences(counts: dict[str, float]) -> list[str]:
     """The comparisons that matter, for whichever variants were counted."""
-    lines = []
-    base = counts.get("dedicated")
-    if base:
-        for variant in ("pool_connection", "poolkeeper", "psycopg_pool"):
-            if variant in counts:
-                extra = counts[variant] - base
-                lines.append(f"{variant:20s} {extra:+10,.0f} vs dedicated ({extra / base:+.1%})")
+    lines = _against(counts, "dedicated", ("pool_connection", "poolkeeper", "psycopg_pool"))
     if "pair_only" in counts and "floor" in counts:
         pair = counts["pair_only"] - counts["floor"]
         lines.append(f"{'getconn+putconn':20s} {pair:10,.0f} beyond the loop's own two calls")
-    floor = counts.get("threads_fifo_floor")
-    if floor:
-        for variant in ("threads_poolkeeper", "threads_psycopg_pool"):
-            if variant in counts:
-                extra = counts[variant] - floor
-                share = f"{extra / floor:+.1%}"
-                lines.append(f"{variant:20s} {extra:+10,.0f} vs the FIFO floor ({share})")
+    lines += _against(
+        counts,
+        "threads_fifo_floor",
+        ("threads_poolkeeper", "threads_psycopg_pool"),
+        "the FIFO floor",
+    )
     for driver in ("async", "asyncpg"):
         own = counts.get(f"{driver}_dedicated")
         for variant in (f"{driver}_poolkeeper", f"{driver}_fifo_floor"):
@@ -366,6 +359,22 @@ def _differences(counts: dict[str, float]) -> list[str]:
                     "of its throughput if the client's CPU were all that counted"
                 )
     return lines
+
+
+def _against(
+    counts: dict[str, float], base_name: str, variants: tuple[str, ...], label: str = ""
+) -> list[str]:
+    """Each counted variant's extra instructions over ``base_name``, and the share."""
+    base = counts.get(base_name)
+    if not base:
+        return []
+    label = label or base_name
+    return [
+        f"{variant:20s} {counts[variant] - base:+10,.0f} vs {label} "
+        f"({(counts[variant] - base) / base:+.1%})"
+        for variant in variants
+        if variant in counts
+    ]
 
 
 if __name__ == "__main__":

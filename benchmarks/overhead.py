@@ -14,6 +14,7 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -66,6 +67,29 @@ def _cold_putconn_steps(pool: Pool) -> dict[str, float]:
     return {key: spent / _QUERIES for key, spent in totals.items()}
 
 
+def _queries_on(conn: Any) -> Callable[[], None]:
+    """A loop of the benchmark's queries on one connection."""
+
+    def loop() -> None:
+        for _ in range(_QUERIES):
+            _query(conn)
+
+    return loop
+
+
+def _queries_through(pool: Pool) -> Callable[[], None]:
+    """A loop of the benchmark's queries, each on a connection borrowed and returned."""
+
+    def loop() -> None:
+        get, put = pool.getconn, pool.putconn
+        for _ in range(_QUERIES):
+            conn = get()
+            _query(conn)
+            put(conn)
+
+    return loop
+
+
 def main(argv: list[str] | None = None) -> int:
     """Print client CPU per query for the three variants, then the cold putconn steps."""
     args = sys.argv[1:] if argv is None else argv
@@ -78,25 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     tracked.cursor_factory = TrackingCursor
     pool = Pool(dsn, min_size=1, max_size=1, connect_kwargs={"autocommit": True})
     pool.wait(10)
-
-    def through_pool() -> None:
-        get, put = pool.getconn, pool.putconn
-        for _ in range(_QUERIES):
-            conn = get()
-            _query(conn)
-            put(conn)
-
-    def on(conn: Any) -> Any:
-        def loop() -> None:
-            for _ in range(_QUERIES):
-                _query(conn)
-
-        return loop
-
     variants = {
-        "plain psycopg connection": on(plain),
-        "pool's connection class": on(tracked),
-        "through Pool get/put": through_pool,
+        "plain psycopg connection": _queries_on(plain),
+        "pool's connection class": _queries_on(tracked),
+        "through Pool get/put": _queries_through(pool),
     }
     samples: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
     for _ in range(_ROUNDS):

@@ -415,27 +415,8 @@ def render(
             "  CPU time of the whole process per op (median over rounds).",
             "",
         ]
-    spreads = micro_spreads(micro)
-    if spreads:
-        ratios = micro_ratios(micro, MICRO_BASE)
-        out.append(
-            "== Uncontended getconn + putconn, one thread, no query "
-            "(fastest of 5 runs per round) =="
-        )
-        out.append(
-            f"{'contender':<24}{'µs per pair':<28}{'time / ' + MICRO_BASE + ' (same round)'}"
-        )
-        for name in sorted(spreads, key=lambda n: (n == NOOP, ORDER.get(n, 99))):
-            label = "  (harness floor: loop + 2 calls)" if name == NOOP else ""
-            out.append(f"{name:<24}{fmt(spreads[name]):<28}{fmt(ratios.get(name), 'x')}{label}")
-        out.append("")
-    extra = memory_extra(memory, memory_n)
-    if extra:
-        out.append(f"== Python heap for {memory_n} idle connections (tracemalloc, KiB) ==")
-        for name in sorted(extra, key=lambda n: (n != BARE, n)):
-            label = "total for the bare connections" if name == BARE else "beyond bare"
-            out.append(f"{name:<24}{fmt(extra[name]):<28}{label}")
-        out.append("")
+    out += _micro_section(micro)
+    out += _memory_section(memory, memory_n)
     if targets:
         out.append("== Issue 5 targets (poolkeeper, default settings) ==")
         for t in targets:
@@ -443,3 +424,29 @@ def render(
         out.append("")
     out += list(notes)
     return "\n".join(out).rstrip() + "\n"
+
+
+def _micro_section(micro: Sequence[MicroResult]) -> list[str]:
+    spreads = micro_spreads(micro)
+    if not spreads:
+        return []
+    ratios = micro_ratios(micro, MICRO_BASE)
+    out = [
+        "== Uncontended getconn + putconn, one thread, no query (fastest of 5 runs per round) ==",
+        f"{'contender':<24}{'µs per pair':<28}{'time / ' + MICRO_BASE + ' (same round)'}",
+    ]
+    for name in sorted(spreads, key=lambda n: (n == NOOP, ORDER.get(n, 99))):
+        label = "  (harness floor: loop + 2 calls)" if name == NOOP else ""
+        out.append(f"{name:<24}{fmt(spreads[name]):<28}{fmt(ratios.get(name), 'x')}{label}")
+    return [*out, ""]
+
+
+def _memory_section(memory: Sequence[MemoryResult], memory_n: int) -> list[str]:
+    extra = memory_extra(memory, memory_n)
+    if not extra:
+        return []
+    out = [f"== Python heap for {memory_n} idle connections (tracemalloc, KiB) =="]
+    for name in sorted(extra, key=lambda n: (n != BARE, n)):
+        label = "total for the bare connections" if name == BARE else "beyond bare"
+        out.append(f"{name:<24}{fmt(extra[name]):<28}{label}")
+    return [*out, ""]

@@ -209,6 +209,20 @@ def run_sync_slice(
         threading.Thread(target=worker, args=(i,), name=f"bench-{i}", daemon=True)
         for i in range(workers)
     ]
+    warm_end, hung, usage = _run_threads(threads, barrier, deadlines, warmup, duration)
+    # A copy: a hung thread that finishes later must not change a slice already given up on.
+    return SliceRun(measure_start_ns=warm_end, outcomes=tuple(outcomes), hung=hung, usage=usage)
+
+
+def _run_threads(
+    threads: list[threading.Thread],
+    barrier: threading.Barrier,
+    deadlines: list[int],
+    warmup: float,
+    duration: float,
+) -> tuple[int, int, Usage | None]:
+    """Start the workers, set their deadlines, release them together and wait for
+    them; ``(end of warm-up in perf_counter ns, threads still running, usage)``."""
     gc.collect()
     for thread in threads:
         thread.start()
@@ -227,9 +241,7 @@ def run_sync_slice(
     for thread in threads:
         thread.join(max(0.0, hang_deadline - time.monotonic()))
     usage = window.close()
-    hung = sum(thread.is_alive() for thread in threads)
-    # A copy: a hung thread that finishes later must not change a slice already given up on.
-    return SliceRun(measure_start_ns=warm_end, outcomes=tuple(outcomes), hung=hung, usage=usage)
+    return warm_end, sum(thread.is_alive() for thread in threads), usage
 
 
 def _progress(cell: CellResult) -> str:
