@@ -109,7 +109,9 @@ class AsyncPoolBase(PoolCore):
             yield conn
 
     async def resize(self, min_size: int, max_size: int) -> None:
-        """Change the bounds at run time; growth starts now, shrinking as connections idle."""
+        """Change the bounds at run time: growth starts now; shrinking closes idle
+        connections beyond the new ``max_size`` now, and borrowed ones beyond it as
+        they come back."""
         self._bind()
         self.config.replace(min_size=min_size, max_size=max_size)  # validate before locking
         with self._lock:

@@ -396,7 +396,7 @@ class Pool(PoolBase):
         now = _monotonic()
         # close() and drain() both bump the generation, so one compare covers them.
         if rec.generation != self._generation or now >= rec.expires_at:
-            self._retire(rec, "returned after close, drain() or max_lifetime")
+            self._retire(rec, "returned after close, drain(), resize() or max_lifetime")
             return
         # Returned is as good as checked: keepalives count from the later of the two.
         rec.last_used = now

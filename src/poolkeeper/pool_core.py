@@ -46,6 +46,8 @@ __all__ = ["PoolCore"]
 
 _log = logging.getLogger("poolkeeper.pool")
 _monotonic = time.monotonic
+#: ``expires_at`` of a record that must retire when it comes back (resize()).
+_EXPIRED = float("-inf")
 
 # Records a forked child inherited: kept alive so their finalisers never run there.
 _orphans: list[ConnectionRecord] = []
@@ -487,6 +489,11 @@ class PoolCore:
             generation=self._generation,
         )
         retire = [rec for rec in plan.retire if self._take_idle(rec)]
+        # Above max_size after resize() (a return that raced it): the coldest go.
+        over = self._open_count() - len(retire) - cfg.max_size
+        for rec in list(self._idle)[: max(0, over)]:
+            if rec not in plan.ping and self._take_idle(rec):
+                retire.append(rec)
         ping = [rec for rec in plan.ping if self._take_idle(rec)]
         return retire, ping
 
@@ -500,7 +507,13 @@ class PoolCore:
         )
 
     def _resize_surplus(self, min_size: int, max_size: int) -> list[ConnectionRecord]:
-        """Apply new bounds; return the idle records beyond the new ``max_size``."""
+        """Apply new bounds; return the idle records beyond the new ``max_size``.
+
+        Borrowed records beyond it are marked expired, so their return retires them
+        (the check putconn makes anyway: nothing added to the hot path). A record
+        returned while this runs can slip past the mark; housekeeping retires idle
+        ones while the pool is above ``max_size`` (see ``_plan_housekeeping``).
+        """
         self.config = self.config.replace(min_size=min_size, max_size=max_size)
         self._max_size = max_size
         excess = self._total - max_size
@@ -508,6 +521,9 @@ class PoolCore:
         while excess > 0 and self._idle:
             surplus.append(self._idle.popleft())
             excess -= 1
+        if excess > 0:
+            for rec in list(self._lent.values())[:excess]:
+                rec.expires_at = _EXPIRED
         return surplus
 
     def _drain_idle(self) -> list[ConnectionRecord]:
