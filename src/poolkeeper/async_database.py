@@ -51,6 +51,11 @@ class AsyncDatabase(NamedSingleton):
     the same object and raise ``ConfigurationError`` if they ask for different
     settings. Constructing it needs no event loop; every method that uses a pool
     must run inside one, and uses that loop's own pool.
+
+    As with ``Database``, an object kept across ``reset_all()`` registers itself
+    again on its next use (or uses the object ``AsyncDatabase(name)`` made
+    meanwhile), and a connection borrowed before ``close_all_connections()`` may
+    still be released: the closing pool takes it back and closes it.
     """
 
     # Keyed by loop; a closed loop's entry is dropped when the next loop's is made.
@@ -61,6 +66,8 @@ class AsyncDatabase(NamedSingleton):
         load_async_driver(self.config.driver)
         self._pools = {}
         self._pools_lock = threading.Lock()
+        # Pools being closed, or closed with connections still out: they take those back.
+        self._closing: list[AsyncPool] = []
 
     # -- the pools behind it -----------------------------------------------------------
 
@@ -74,6 +81,9 @@ class AsyncDatabase(NamedSingleton):
             ) from None
         pools = self._pools.get(loop)
         if pools is None or pools.primary.closed:
+            live = self._live()
+            if live is not self:
+                return live._loop_pools()
             with self._pools_lock:
                 pools = self._pools.get(loop)
                 if pools is None or pools.primary.closed:
@@ -103,13 +113,30 @@ class AsyncDatabase(NamedSingleton):
         return await self.pool.getconn(timeout)
 
     async def release_connection(self, conn: Any) -> None:
-        """Return a connection: rolls back an open transaction, discards a broken one."""
-        pools = self._loop_pools()
-        for pool in pools.all():
-            if conn in pool._lent:
+        """Return a connection: rolls back an open transaction, discards a broken one.
+
+        Also one borrowed before ``close_all_connections()`` began: the closing pool
+        takes it back and closes it, and its ``close()`` returns once the last is back.
+        """
+        live = type(self)._instances.get(self.name)
+        others = live._lenders() if live is not None and live is not self else []
+        for pool in self._lenders() + others:
+            if conn in pool._lent or conn in pool._closed_under_borrower:
                 await pool.putconn(conn)
                 return
-        await pools.primary.putconn(conn)
+        raise PoolError(
+            f"AsyncDatabase({self.name!r}) did not lend this connection (already returned, "
+            "or from another AsyncDatabase or event loop); return each connection once, to "
+            "the AsyncDatabase it came from, in the loop that borrowed it"
+        )
+
+    def _lenders(self) -> list[AsyncPool]:
+        """This loop's pools of this object, and its pools being closed."""
+        try:
+            pools = self._pools.get(asyncio.get_running_loop())
+        except RuntimeError:
+            pools = None
+        return [*(pools.all() if pools is not None else ()), *self._closing]
 
     async def close_all_connections(self, timeout: float = 5.0) -> None:
         """Close this name's pools in every event loop; the next use opens fresh ones.
@@ -121,16 +148,25 @@ class AsyncDatabase(NamedSingleton):
         with self._pools_lock:
             everything = list(self._pools.items())
             self._pools.clear()
-        elsewhere: list[asyncio.Future[None]] = []
-        for loop, pools in everything:
-            if loop is here:
-                for pool in pools.all():
-                    await pool.close(timeout)
-            elif not loop.is_closed() and loop.is_running():
-                future = asyncio.run_coroutine_threadsafe(_close_pools(pools, timeout), loop)
-                elsewhere.append(asyncio.wrap_future(future))
-        if elsewhere:
-            await asyncio.wait(elsewhere, timeout=timeout + 1.0)
+            closing = [pool for _, pools in everything for pool in pools.all()]
+            self._closing.extend(closing)
+        try:
+            elsewhere: list[asyncio.Future[None]] = []
+            for loop, pools in everything:
+                if loop is here:
+                    for pool in pools.all():
+                        await pool.close(timeout)
+                elif not loop.is_closed() and loop.is_running():
+                    future = asyncio.run_coroutine_threadsafe(_close_pools(pools, timeout), loop)
+                    elsewhere.append(asyncio.wrap_future(future))
+            if elsewhere:
+                await asyncio.wait(elsewhere, timeout=timeout + 1.0)
+        finally:
+            with self._pools_lock:
+                # Kept only while connections it closed under their borrowers are out.
+                self._closing = [
+                    p for p in self._closing if p not in closing or p._closed_under_borrower
+                ]
 
     # -- preferred, exception-safe forms -----------------------------------------------
 
@@ -174,6 +210,7 @@ class AsyncDatabase(NamedSingleton):
         # The pools' own fork hooks make their sockets inert; we just stop using them.
         self._pools = {}
         self._pools_lock = threading.Lock()
+        self._closing = []
 
 
 async def _close_pools(pools: _LoopPools, timeout: float) -> None:

@@ -29,6 +29,13 @@ class Database(NamedSingleton):
     ``replicas=[dsn, ...]`` for read-only traffic); later calls return the same
     object and raise ``ConfigurationError`` if they ask for different settings.
     In a forked child the first use builds a fresh pool.
+
+    An object kept across ``Database.reset_all()`` (a module-level ``db``) stays
+    usable and never opens a pool of its own that nothing can close: its next use
+    registers it again, or, if ``Database(name)`` made a new object meanwhile, uses
+    that object's pool. A connection borrowed before ``close_all_connections()``
+    (or ``reset_all()``) may still be released: the closing pool takes it back and
+    closes it.
     """
 
     _pool: Pool | None
@@ -39,6 +46,8 @@ class Database(NamedSingleton):
         self._replica_pools = None
         self._replica_cycle: Iterator[Pool] | None = None
         self._pool_lock = threading.Lock()
+        # Pools being closed, or closed with connections still out: they take those back.
+        self._closing: list[Pool] = []
 
     # -- the pool behind it ------------------------------------------------------------
 
@@ -47,6 +56,9 @@ class Database(NamedSingleton):
         """The pool behind this name, created on first use (again after a fork or close)."""
         pool = self._pool
         if pool is None:
+            live = self._live()
+            if live is not self:
+                return live.pool
             with self._pool_lock:
                 pool = self._pool
                 if pool is None:
@@ -57,6 +69,9 @@ class Database(NamedSingleton):
         if not self._replica_configs:
             return self.pool
         if self._replica_cycle is None:
+            live = self._live()
+            if live is not self:
+                return live._read_pool()
             with self._pool_lock:
                 if self._replica_cycle is None:
                     self._replica_pools = self._make_replica_pools(_pool_for)
@@ -70,31 +85,53 @@ class Database(NamedSingleton):
         return self.pool.getconn(timeout)
 
     def release_connection(self, conn: Any) -> None:
-        """Return a connection: rolls back an open transaction, discards a broken one."""
+        """Return a connection: rolls back an open transaction, discards a broken one.
+
+        Also one borrowed before ``close_all_connections()`` began: the closing pool
+        takes it back and closes it, and its ``close()`` returns once the last is back.
+        """
         pool = self._pool
         if pool is not None and conn in pool._lent:
             pool.putconn(conn)
             return
-        for replica in self._replica_pools or ():
-            if conn in replica._lent:
-                replica.putconn(conn)
+        live = type(self)._instances.get(self.name)
+        others = live._lenders() if live is not None and live is not self else []
+        for candidate in self._lenders() + others:
+            if conn in candidate._lent or conn in candidate._closed_under_borrower:
+                candidate.putconn(conn)
                 return
-        if pool is None:
-            raise PoolError(
-                f"Database({self.name!r}) has no open pool, so it did not lend this connection; "
-                "return each connection to the Database it came from"
-            )
-        pool.putconn(conn)
+        raise PoolError(
+            f"Database({self.name!r}) did not lend this connection (already returned, or "
+            "from another Database); return each connection once, to the Database it came from"
+        )
+
+    def _lenders(self) -> list[Pool]:
+        """Every pool of this object that may have lent a connection."""
+        return [
+            p for p in [self._pool, *(self._replica_pools or ()), *self._closing] if p is not None
+        ]
 
     def close_all_connections(self, timeout: float = 5.0) -> None:
-        """Close the pool (and replica pools); the next use opens a fresh one."""
+        """Close the pool (and replica pools); the next use opens a fresh one.
+
+        Waits up to ``timeout`` for borrowed connections; each returned with
+        ``release_connection`` meanwhile is closed, and this returns once the last
+        one is back."""
         with self._pool_lock:
             pools = [p for p in [self._pool, *(self._replica_pools or ())] if p is not None]
             self._pool = None
             self._replica_pools = None
             self._replica_cycle = None
-        for pool in pools:
-            pool.close(timeout)
+            self._closing.extend(pools)
+        try:
+            for pool in pools:
+                pool.close(timeout)
+        finally:
+            with self._pool_lock:
+                # Kept only while connections it closed under their borrowers are out.
+                self._closing = [
+                    p for p in self._closing if p not in pools or p._closed_under_borrower
+                ]
 
     # -- preferred, exception-safe forms -----------------------------------------------
 
@@ -137,6 +174,7 @@ class Database(NamedSingleton):
         self._replica_pools = None
         self._replica_cycle = None
         self._pool_lock = threading.Lock()
+        self._closing = []
 
 
 def _pool_for(config: PoolConfig) -> Pool:

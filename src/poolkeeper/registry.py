@@ -149,6 +149,19 @@ class NamedSingleton:
     def _replica_dsns(self) -> tuple[Any, ...]:
         return tuple(cfg.dsn for cfg in self._replica_configs)
 
+    def _live(self: _S) -> _S:
+        """The object the registry holds for this name now, for a kept reference about
+        to open pools: itself, registered again if ``reset_all()`` forgot it and no
+        other object took the name since; else the one that did. So one name has one
+        set of pools, and ``reset_all()`` (and the shutdown hook) can close them."""
+        cls = type(self)
+        with cls._registry_lock:
+            current: _S | None = cls._instances.get(self.name)
+            if current is None:
+                cls._instances[self.name] = self
+                return self
+            return current
+
     @classmethod
     def _forget_all(cls: type[_S]) -> list[_S]:
         """Empty the registry; return what was in it (for ``reset_all``)."""
