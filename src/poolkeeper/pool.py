@@ -43,6 +43,7 @@ _monotonic = time.monotonic
 _allocate_lock = threading.Lock
 _new_object = object.__new__
 _NEVER = float("inf")
+_NONE: list[ConnectionRecord] = []
 
 
 class _Waiter:
@@ -72,6 +73,20 @@ class _Waiter:
 
 def _deadline_of(waiter: _Waiter) -> float:
     return waiter.deadline
+
+
+#: Left in a closed pool's waiter queue for good, so that the reads the hot paths
+#: make anyway send them to the locked slow path: getconn's fast path ("nobody
+#: queued?") never lends from a closed pool, and putconn's second look at the queue,
+#: after it pushed a connection, finds it and takes the connection back to close it
+#: (a return that passed its generation check just before close() ran). Never given
+#: a connection, never failed, never overdue.
+_CLOSED_MARK = _new_object(_Waiter)
+_CLOSED_MARK.lock = _allocate_lock()
+_CLOSED_MARK.rec = None
+_CLOSED_MARK.error = None
+_CLOSED_MARK.deadline = _NEVER
+_CLOSED_MARK.limit = 0.0
 
 
 class _Probe:
@@ -192,6 +207,8 @@ class Pool(PoolBase):
         with self._lock:
             if self._closed and not self._opened:
                 return
+            # _fail_waiters_locked leaves _CLOSED_MARK queued, in the same locked stretch
+            # as the idle stack is taken: a return pushing after it finds the mark.
             idle = self._stop_lending_locked()
             self._spare_waiters.clear()
             self._deadlines.notify_all()
@@ -304,6 +321,10 @@ class Pool(PoolBase):
                         raise waiter.error
                     spare_waiters.append(waiter)
                     waited = True
+                    if self._closed:
+                        # Handed over just before close(): close() no longer sees it.
+                        self._retire(rec, "pool closed")
+                        self._raise_if_closed()
             now = _monotonic()
             # The fast path's one compare (lifetimes and drain() are enforced on return
             # and by housekeeping); _validate looks at everything once a check is due.
@@ -405,22 +426,27 @@ class Pool(PoolBase):
             # Hand-off, inline: under contention every return comes here.
             with self._lock:
                 waiters = self._waiters
-                if waiters:
+                if waiters and waiters[0] is not _CLOSED_MARK:
                     waiter = waiters.popleft()
                     # Assigned under the lock, woken after it: the wake-up is a syscall,
                     # and every other borrower would queue behind it. A waiter interrupted
                     # in between finds rec set and passes it on (_abandon).
                     waiter.rec = rec
-                else:
+                elif not waiters:
                     self._idle.append(rec)
                     return
+                else:
+                    waiter = _CLOSED_MARK
+            if waiter is _CLOSED_MARK:
+                # close() ran since the generation check above.
+                self._retire(rec, "returned while the pool closed")
+                return
             waiter.lock.release()
             return
         self._idle.append(rec)
         # Written the stack, now read the queue: see the module docstring.
         if self._waiters:
-            with self._lock:
-                self._serve_waiters_locked()
+            self._serve_after_push()
 
     @contextlib.contextmanager
     def connection(self, timeout: float | None = None) -> Iterator[Any]:
@@ -471,9 +497,24 @@ class Pool(PoolBase):
 
     # -- internals: accounting ----------------------------------------------------------
 
-    def _serve_waiters_locked(self) -> None:
+    def _serve_after_push(self) -> None:
+        """putconn pushed a connection and then saw the queue non-empty: a waiter
+        queued meanwhile, or the pool closed (retire what the push left there)."""
+        with self._lock:
+            stray = self._serve_waiters_locked()
+        for rec in stray:
+            self._retire(rec, "returned while the pool closed")
+
+    def _serve_waiters_locked(self) -> list[ConnectionRecord]:
+        """Hand idle connections to waiters. In a closed pool, take back and return
+        what a return pushed onto the stack after close() emptied it (to retire)."""
+        if self._closed:
+            stray = list(self._idle)
+            self._idle.clear()
+            return stray
         while self._waiters and self._idle:
             self._waiters.popleft().give(self._idle.pop())
+        return _NONE
 
     # -- the primitives the shared code (pool_base.py) relies on --------------------------
 
@@ -488,7 +529,7 @@ class Pool(PoolBase):
 
     def _hand_off_locked(self, rec: ConnectionRecord) -> bool:
         """Give ``rec`` to the first waiter; False if nobody waits."""
-        if not self._waiters:
+        if not self._waiters or self._closed:
             return False
         self._waiters.popleft().give(rec)
         return True
@@ -497,9 +538,13 @@ class Pool(PoolBase):
         """Fail every waiter, each with its own ``error()`` (it is raised in its own
         thread, with its own traceback). Under the lock: a waiter giving up at this
         moment must find itself either still queued or already told (see _abandon)."""
-        for waiter in self._waiters:
-            waiter.fail(error())
-        self._waiters.clear()
+        waiters = self._waiters
+        for waiter in waiters:
+            if waiter is not _CLOSED_MARK:
+                waiter.fail(error())
+        waiters.clear()
+        if self._closed:
+            waiters.append(_CLOSED_MARK)
 
     def _close_later(self, rec: ConnectionRecord) -> None:
         workers = self._workers

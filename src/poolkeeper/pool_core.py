@@ -186,7 +186,7 @@ class PoolCore:
             idle=len(self._idle),
             in_use=len(self._lent),
             opening=self._opening,
-            waiting=len(self._waiters),
+            waiting=0 if self._closed else len(self._waiters),
             # A borrow that waited is counted once, as a wait (see getconn).
             borrows=self._stats_borrows.value + waits,
             waits=waits,
@@ -221,14 +221,14 @@ class PoolCore:
                 breaker_open=self._fail_fast(now),
                 open_count=self._open_count(),
                 min_size=self.config.min_size,
-                waiting=len(self._waiters),
+                waiting=0 if self._closed else len(self._waiters),
                 cannot_grow=self._breaker.is_open(now),
             ),
             "name": self.name,
             "size": self._total,
             "idle": len(self._idle),
             "in_use": len(self._lent),
-            "waiting": len(self._waiters),
+            "waiting": 0 if self._closed else len(self._waiters),
             "last_error": str(self._last_error) if self._last_error else None,
         }
 
@@ -343,7 +343,7 @@ class PoolCore:
         count = connections_to_open(
             total=self._total,
             opening=self._opening,
-            waiting=len(self._waiters),
+            waiting=0 if self._closed else len(self._waiters),
             min_size=self.config.min_size,
             max_size=self.config.max_size,
         )
