@@ -129,6 +129,7 @@ def test_callable_dsn_is_not_called_at_construction() -> None:
 
 def test_application_name_defaults_to_the_pool_name_but_never_overrides() -> None:
     _, kwargs = PoolConfig(dsn="postgresql://u@h/db", name="orders").resolve_conninfo()
-    assert kwargs["application_name"] == "orders"
+    assert kwargs["fallback_application_name"] == "orders"
+    assert "application_name" not in kwargs
     _, kwargs = PoolConfig(dsn="postgresql://u@h/db?application_name=mine").resolve_conninfo()
     assert "application_name" not in kwargs

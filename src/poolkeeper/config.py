@@ -15,13 +15,14 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
+from urllib.parse import unquote
 
 from poolkeeper.conninfo import parse_conninfo
 from poolkeeper.drivers.base import ConnectSpec
 from poolkeeper.errors import ConfigurationError
-from poolkeeper.redact import MASK, redact, secrets
+from poolkeeper.redact import mask_mapping, redact, secrets
 
-__all__ = ["ConnectKwargs", "Dsn", "PoolConfig", "env_url_name"]
+__all__ = ["ConnectKwargs", "Dsn", "PoolConfig", "env_url_name", "parse_dsn"]
 
 Dsn = str | Callable[[], str]
 ConnectKwargs = Mapping[str, Any] | Callable[[], Mapping[str, Any]]
@@ -65,6 +66,68 @@ _CHOICES: dict[str, tuple[tuple[object, ...], bool, str]] = {
 def env_url_name(pool_name: str) -> str:
     """The environment variable that holds a named pool's URL: ``POOLKEEPER_<NAME>_URL``."""
     return "POOLKEEPER_" + re.sub(r"[^A-Za-z0-9]", "_", pool_name).upper() + "_URL"
+
+
+_DSN_FORMS = (
+    "expected a postgresql://user:password@host:port/dbname URL (a '%', '@', '/', '?', "
+    "'#' or space in the password percent-encoded: urllib.parse.quote(password, safe='')) "
+    "or a 'host=... dbname=...' string; the DSN is not shown, as it may hold a password"
+)
+
+
+def parse_dsn(dsn: str) -> dict[str, Any]:
+    """libpq's reading of ``dsn``, its secrets registered for redaction.
+
+    Raises ``ConfigurationError`` for a DSN libpq cannot parse, or a URL that libpq
+    would read otherwise than written (an unencoded '@' or '/' in the password
+    turns part of it into the host, port or database name, which every connect
+    error would then quote). The message never quotes the DSN nor libpq's words
+    about it, and carries no chained exception that would.
+    """
+    if not dsn:
+        return {}
+    _register_url_password(dsn)
+    problem = ""
+    try:
+        params = parse_conninfo(dsn)
+    except Exception as exc:
+        # Only libpq's words before the first quote: what follows quotes the DSN.
+        problem = str(exc).split('"', 1)[0].strip().rstrip(":") or type(exc).__name__
+    if problem:
+        # Raised outside the except block, so that no __context__ holds libpq's error.
+        raise ConfigurationError(f"dsn: cannot be parsed (libpq: {problem}...); {_DSN_FORMS}")
+    secrets.add_from(params)
+    if _url_misread(dsn, params):
+        raise ConfigurationError(f"dsn: the URL does not parse as written; {_DSN_FORMS}")
+    return params
+
+
+def _url_userinfo_password(dsn: str) -> str | None:
+    """The password of a URL's userinfo, read up to the last '@' (what the user meant)."""
+    _scheme, sep, rest = dsn.strip().partition("://")
+    if not sep or "@" not in rest:
+        return None
+    token = rest.split(None, 1)[0] if rest.strip() else ""
+    userinfo = token[: token.rfind("@")]
+    if ":" not in userinfo:
+        return None
+    return userinfo.split(":", 1)[1]
+
+
+def _register_url_password(dsn: str) -> None:
+    raw = _url_userinfo_password(dsn)
+    if raw is not None:
+        secrets.add(raw)
+        secrets.add(unquote(raw))
+
+
+def _url_misread(dsn: str, params: Mapping[str, Any]) -> bool:
+    raw = _url_userinfo_password(dsn)
+    if raw is None or unquote(raw) == params.get("password"):
+        return False
+    # libpq splits at the first '@' and ends the authority at the first '/': either
+    # leaves an '@' in what it took for the host, port or database name.
+    return any("@" in str(params.get(key) or "") for key in ("host", "port", "dbname", "user"))
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -172,12 +235,8 @@ class PoolConfig:
         conninfo = self.dsn() if callable(self.dsn) else self.dsn
         raw_kwargs = self.connect_kwargs() if callable(self.connect_kwargs) else self.connect_kwargs
         kwargs = dict(raw_kwargs or {})
-        try:
-            params = parse_conninfo(conninfo)
-        except Exception as exc:
-            raise ConfigurationError(f"dsn: cannot be parsed: {redact(str(exc))}") from None
-        secrets.add(str(params.get("password") or ""))
-        secrets.add(str(kwargs.get("password") or ""))
+        secrets.add_from(kwargs)
+        params = parse_dsn(conninfo)
         if "application_name" not in params and "application_name" not in kwargs:
             kwargs["application_name"] = self.name
         return conninfo, kwargs
@@ -205,7 +264,7 @@ class PoolConfig:
             if field.name == "dsn":
                 value = self.redacted_dsn()
             elif field.name == "connect_kwargs" and isinstance(value, Mapping):
-                value = {k: (MASK if k == "password" else v) for k, v in value.items()}
+                value = mask_mapping(value)
             shown.append(f"{field.name}={value!r}")
         return f"PoolConfig({', '.join(shown)})"
 
@@ -253,19 +312,12 @@ class PoolConfig:
             raise ConfigurationError(
                 "connect_kwargs: must be a mapping or a callable returning one"
             )
+        if isinstance(self.connect_kwargs, Mapping):
+            secrets.add_from(self.connect_kwargs)
         if isinstance(self.dsn, str):
-            try:
-                params = parse_conninfo(self.dsn)
-            except Exception as exc:
-                raise ConfigurationError(
-                    f"dsn: cannot be parsed ({redact(str(exc))}); expected a "
-                    "postgresql://user@host:port/dbname URL or 'host=... dbname=...' string"
-                ) from None
-            secrets.add(str(params.get("password") or ""))
+            parse_dsn(self.dsn)
         elif not callable(self.dsn):
             raise ConfigurationError("dsn: must be a string or a callable returning one")
-        if isinstance(self.connect_kwargs, Mapping):
-            secrets.add(str(self.connect_kwargs.get("password") or ""))
 
     def _check_int(self, field_name: str, *, minimum: int) -> None:
         value = getattr(self, field_name)

@@ -547,7 +547,8 @@ class PoolCore:
                     rec.backend_pid,
                     now - rec.borrowed_at,
                     threshold,
-                    rec.borrow_stack or "(no stack recorded)",
+                    # A line of the borrower's code may hold a DSN or a password.
+                    redact(rec.borrow_stack) if rec.borrow_stack else "(no stack recorded)",
                 )
 
     # -- fork safety --------------------------------------------------------------------
