@@ -237,8 +237,10 @@ class PoolConfig:
         kwargs = dict(raw_kwargs or {})
         secrets.add_from(kwargs)
         params = parse_dsn(conninfo)
-        if "application_name" not in params and "application_name" not in kwargs:
-            kwargs["application_name"] = self.name
+        # The pool's name only where nothing else names the application: libpq takes
+        # application_name from the conninfo, then PGAPPNAME, then this fallback.
+        if "fallback_application_name" not in params:
+            kwargs.setdefault("fallback_application_name", self.name)
         return conninfo, kwargs
 
     def connect_spec(self) -> ConnectSpec:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shlex
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
@@ -110,7 +111,9 @@ def asyncpg_connect_args(spec: ConnectSpec) -> tuple[str | None, dict[str, Any]]
 
     Precedence as with libpq: pool defaults < the user's conninfo < the user's
     keyword arguments. ``application_name`` and ``options`` become
-    ``server_settings``; ``connect_timeout`` becomes asyncpg's ``timeout``.
+    ``server_settings`` (``PGAPPNAME``, then ``fallback_application_name``, name the
+    application when neither the conninfo nor the keywords do); ``connect_timeout``
+    becomes asyncpg's ``timeout``.
     """
     server_settings: dict[str, str] = {}
     if spec.statement_timeout is not None:
@@ -123,8 +126,15 @@ def asyncpg_connect_args(spec: ConnectSpec) -> tuple[str | None, dict[str, Any]]
         # Transaction-mode PgBouncer moves us between server sessions: no cached
         # server-side prepared statements, or the next transaction may not find them.
         kwargs["statement_cache_size"] = 0
+    given = dict(spec.kwargs)
+    fallback = given.pop("fallback_application_name", None)
     dsn = _apply_conninfo(spec.conninfo, server_settings, kwargs)
-    _apply_kwargs(spec.kwargs, server_settings, kwargs)
+    _apply_kwargs(given, server_settings, kwargs)
+    # libpq's order, which asyncpg does not follow by itself: application_name from the
+    # conninfo or keywords, then PGAPPNAME, then the fallback (the pool's name).
+    appname = os.environ.get("PGAPPNAME") or fallback
+    if appname and "application_name" not in server_settings:
+        server_settings["application_name"] = str(appname)
     if server_settings:
         kwargs["server_settings"] = server_settings
     return dsn, kwargs
