@@ -22,7 +22,18 @@ from poolkeeper.drivers.base import ConnectSpec
 from poolkeeper.errors import ConfigurationError
 from poolkeeper.redact import mask_mapping, redact, secrets
 
-__all__ = ["ConnectKwargs", "Dsn", "PoolConfig", "env_url_name", "parse_dsn"]
+__all__ = [
+    "DURATION_BOUNDS",
+    "MAX_SECONDS",
+    "ConnectKwargs",
+    "Dsn",
+    "DurationBounds",
+    "PoolConfig",
+    "check_call_timeout",
+    "check_duration",
+    "env_url_name",
+    "parse_dsn",
+]
 
 Dsn = str | Callable[[], str]
 ConnectKwargs = Mapping[str, Any] | Callable[[], Mapping[str, Any]]
@@ -40,21 +51,6 @@ _NAME_OK = re.compile(r"^[A-Za-z0-9_.-]{1,63}$")
 # The validation rules of the plain settings, one row each (_validate applies them).
 #: Whole-number settings and their minimum.
 _WHOLE_NUMBERS = {"min_size": 0, "max_size": 1, "max_waiting": 0, "num_workers": 1}
-#: Durations in seconds, and whether None (off) is allowed.
-_SECONDS = {
-    "timeout": False,
-    "connect_timeout": False,
-    "reconnect_timeout": False,
-    "check_after": False,
-    "max_lifetime": True,
-    "max_idle": True,
-    "leak_threshold": True,
-    "keepalive_interval": True,
-    "tcp_user_timeout": True,
-    "statement_timeout": True,
-    "idle_in_transaction_timeout": True,
-    "fail_fast_after": True,
-}
 #: Settings with a fixed set of values: the values, whether a callable is allowed too,
 #: and how the error message lists them.
 _CHOICES: dict[str, tuple[tuple[object, ...], bool, str]] = {
@@ -128,6 +124,75 @@ def _url_misread(dsn: str, params: Mapping[str, Any]) -> bool:
     # libpq splits at the first '@' and ends the authority at the first '/': either
     # leaves an '@' in what it took for the host, port or database name.
     return any("@" in str(params.get(key) or "") for key in ("host", "port", "dbname", "user"))
+
+
+#: Longest duration any setting or call may ask for: 2^31 - 1 milliseconds (24.8
+#: days), what the server's millisecond settings, poll() and libpq hold; longer
+#: values overflowed a timer (the deadline thread died) or failed every connect.
+MAX_SECONDS = (2**31 - 1) / 1000
+#: Linux's limit for TCP_KEEPIDLE, which keepalive_interval sets.
+MAX_KEEPALIVE_SECONDS = 32767.0
+#: Settings sent to the server (or libpq) in whole milliseconds: below 1 ms they
+#: would round to 0, which the server reads as "disabled".
+MIN_MS_SECONDS = 0.001
+
+
+@dataclasses.dataclass(frozen=True)
+class DurationBounds:
+    """What a duration setting accepts: ``low < value <= high`` (``low_inclusive``: ``<=``),
+    and ``None`` when ``optional`` (the setting turned off)."""
+
+    optional: bool
+    high: float = MAX_SECONDS
+    low: float = 0.0
+    low_inclusive: bool = False
+
+
+_OFF = DurationBounds(optional=True)
+_MS_OFF = DurationBounds(optional=True, low=MIN_MS_SECONDS, low_inclusive=True)
+
+#: Every duration setting (seconds) and its bounds; docs/configuration.md lists them.
+DURATION_BOUNDS: dict[str, DurationBounds] = {
+    "timeout": DurationBounds(optional=False),
+    "connect_timeout": DurationBounds(optional=False),
+    "reconnect_timeout": DurationBounds(optional=False),
+    "check_after": DurationBounds(optional=False),
+    "max_lifetime": _OFF,
+    "max_idle": _OFF,
+    "leak_threshold": _OFF,
+    "fail_fast_after": _OFF,
+    "keepalive_interval": DurationBounds(optional=True, high=MAX_KEEPALIVE_SECONDS),
+    "tcp_user_timeout": _MS_OFF,
+    "statement_timeout": _MS_OFF,
+    "idle_in_transaction_timeout": _MS_OFF,
+}
+
+#: A timeout passed to one call (getconn, wait, close...): 0 means "do not wait".
+CALL_TIMEOUT = DurationBounds(optional=False, low_inclusive=True)
+
+
+def check_duration(value: object, what: str, bounds: DurationBounds) -> float | None:
+    """``value`` if it is a number of seconds within ``bounds``, else ``ConfigurationError``
+    naming ``what`` (a setting, or a call's ``timeout``)."""
+    if value is None and bounds.optional:
+        return None
+    number = value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    if number is not None and math.isfinite(number):
+        above_low = number >= bounds.low if bounds.low_inclusive else number > bounds.low
+        if above_low and number <= bounds.high:
+            return float(number)
+    low = f">= {bounds.low:g}" if bounds.low_inclusive else f"> {bounds.low:g}"
+    off = ", or None to turn it off" if bounds.optional else ""
+    raise ConfigurationError(
+        f"{what}: {value!r} must be a number of seconds {low} and <= {bounds.high:g}{off}"
+    )
+
+
+def check_call_timeout(timeout: object) -> float:
+    """A per-call ``timeout=`` argument, validated like a setting."""
+    checked = check_duration(timeout, "timeout", CALL_TIMEOUT)
+    assert checked is not None
+    return checked
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -287,8 +352,13 @@ class PoolConfig:
                 f"min_size: {self.min_size} is larger than max_size {self.max_size}; "
                 "raise max_size or lower min_size"
             )
-        for field_name, optional in _SECONDS.items():
-            self._check_seconds(field_name, optional=optional)
+        for field_name, bounds in DURATION_BOUNDS.items():
+            check_duration(getattr(self, field_name), field_name, bounds)
+        if not isinstance(self.pgbouncer, bool):
+            raise ConfigurationError(
+                f"pgbouncer: {self.pgbouncer!r} must be True or False (a string such as "
+                "'false' would be read as on)"
+            )
         for field_name, (allowed, callable_ok, expected) in _CHOICES.items():
             value = getattr(self, field_name)
             if not (value in allowed or (callable_ok and callable(value))):
@@ -325,18 +395,3 @@ class PoolConfig:
         value = getattr(self, field_name)
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise ConfigurationError(f"{field_name}: {value!r} must be a whole number >= {minimum}")
-
-    def _check_seconds(self, field_name: str, *, optional: bool) -> None:
-        value = getattr(self, field_name)
-        if value is None and optional:
-            return
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, (int, float))
-            or not math.isfinite(value)
-            or value <= 0
-        ):
-            hint = " or None to turn it off" if optional else ""
-            raise ConfigurationError(
-                f"{field_name}: {value!r} must be a positive number of seconds{hint}"
-            )
