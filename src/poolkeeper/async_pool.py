@@ -39,7 +39,7 @@ from types import TracebackType
 from typing import Any, ClassVar
 
 from poolkeeper.async_pool_base import AsyncPoolBase
-from poolkeeper.config import PoolConfig
+from poolkeeper.config import PoolConfig, check_call_timeout
 from poolkeeper.drivers import AsyncDriver, load_async_driver
 from poolkeeper.errors import (
     PoolClosed,
@@ -238,6 +238,7 @@ class AsyncPool(AsyncPoolBase):
         the deadline passes are closed under their borrowers. Also called for you
         when the pool's event loop shuts down (``asyncio.run`` returning).
         """
+        timeout = check_call_timeout(timeout)
         if self._closed:
             return
         if self._loop is not None and _running_loop() is not self._loop:
@@ -291,6 +292,8 @@ class AsyncPool(AsyncPoolBase):
         to be down), ``PoolClosed`` or ``WrongEventLoop``. Return it with
         :meth:`putconn`, or prefer ``async with pool.connection()``.
         """
+        if timeout is not None:
+            timeout = check_call_timeout(timeout)
         # Fast path: our loop, nobody queued, an idle connection at hand, no check due.
         rec: ConnectionRecord | None = None
         if not self._waiters and _running_loop() is self._loop:
@@ -356,8 +359,16 @@ class AsyncPool(AsyncPoolBase):
             now = _monotonic()
             # The fast path's one compare, as in Pool (lifetimes and drain() are enforced
             # on return and by housekeeping); _validate looks at everything once due.
-            if now >= rec.check_due and not await self._validate(rec, now):
+            if now >= rec.check_due and not await self._validate(rec, now, deadline):
                 rec = None
+                # Each failed check costs up to connect_timeout: never try past the deadline.
+                if _monotonic() >= deadline:
+                    self._stats_timeouts.add()
+                    raise self._timeout_error(
+                        f"pool {self.name!r}: no working connection within {limit:g}s "
+                        "(the idle ones failed their check and replacements were not ready)",
+                        "check the server and network, or raise timeout",
+                    )
                 continue
             # What the fast path books, inline, as Pool.getconn does (keep the two in
             # step). A borrow that waited is counted once, as a wait.
@@ -554,10 +565,10 @@ class AsyncPool(AsyncPoolBase):
         if inspect.isawaitable(result):
             await result
 
-    async def _run_check(self, conn: Any) -> None:
+    async def _run_check(self, conn: Any, timeout: float | None = None) -> None:
         check = self._user_check
         if check is None:
-            await self._driver.ping(conn)
+            await self._driver.ping(conn, timeout)
         else:
             await self._call_hook(check, conn)
 

@@ -30,10 +30,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from typing import TYPE_CHECKING, Any, Protocol
 
+from poolkeeper.config import check_call_timeout
 from poolkeeper.drivers import BROKEN, IN_TRANSACTION, AsyncDriver
 from poolkeeper.errors import PoolClosed, PoolError
 from poolkeeper.policy import Backoff
@@ -45,6 +46,7 @@ __all__ = ["AsyncPoolBase"]
 
 _log = logging.getLogger("poolkeeper.pool")
 _monotonic = time.monotonic
+_NEVER = float("inf")
 
 
 class _Wakeable(Protocol):
@@ -68,7 +70,6 @@ class AsyncPoolBase(PoolCore):
         _changed: _Wakeable
         _probe: _Wakeable
         _connect_slots: AbstractAsyncContextManager[Any]
-        _run_check: Callable[[Any], Awaitable[object]]
 
         def _bind(self) -> None: ...
         def _grow_locked(self) -> None: ...
@@ -79,6 +80,7 @@ class AsyncPoolBase(PoolCore):
         def _close_conn_soon(self, conn: Any) -> None: ...
         def _keepalive_later(self, rec: ConnectionRecord) -> None: ...
         async def _call_hook(self, hook: Callable[[Any], object], conn: Any) -> None: ...
+        async def _run_check(self, conn: Any, timeout: float | None = None) -> None: ...
         def connection(self, timeout: float | None = None) -> AbstractAsyncContextManager[Any]:
             """See the shells."""
 
@@ -91,7 +93,7 @@ class AsyncPoolBase(PoolCore):
         server is known unreachable); the last connect error is the ``__cause__``.
         """
         self._bind()
-        limit = self.config.timeout if timeout is None else timeout
+        limit = self.config.timeout if timeout is None else check_call_timeout(timeout)
         start = _monotonic()
         deadline = start + limit
         with self._lock:
@@ -174,15 +176,20 @@ class AsyncPoolBase(PoolCore):
 
     # -- lending and returning, off the fast path ------------------------------------------
 
-    async def _validate(self, rec: ConnectionRecord, now: float) -> bool:
-        """Is ``rec`` fit to lend? If not, retire it (the caller tries again)."""
+    async def _validate(self, rec: ConnectionRecord, now: float, deadline: float = _NEVER) -> bool:
+        """Is ``rec`` fit to lend? If not, retire it (the caller tries again). The check
+        waits until ``deadline`` at most: the borrower's timeout bounds it."""
         if now >= rec.expires_at or rec.generation < self._generation:
             self._retire(rec, "reached max_lifetime" if now >= rec.expires_at else "drained")
             return False
         if now < rec.check_due:
             return True
+        if now >= deadline:
+            # No time left to check it: back to the pool unchecked, the caller times out.
+            self._admit(rec, cold=False)
+            return False
         try:
-            await self._run_check(rec.conn)
+            await self._run_check(rec.conn, deadline - now)
         except Exception as exc:
             self._stats_checks_failed.add()
             self._note_server_gone()

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from poolkeeper.background import BackgroundWorkers
-from poolkeeper.config import PoolConfig
+from poolkeeper.config import PoolConfig, check_call_timeout
 from poolkeeper.drivers import SyncDriver, load_sync_driver
 from poolkeeper.errors import PoolClosed, PoolError
 from poolkeeper.pool_base import PoolBase
@@ -44,6 +44,8 @@ _allocate_lock = threading.Lock
 _new_object = object.__new__
 _NEVER = float("inf")
 _NONE: list[ConnectionRecord] = []
+#: The longest single sleep of the deadline thread (a lock's wait cannot be longer).
+_MAX_SLEEP = min(threading.TIMEOUT_MAX, 3600.0)
 
 
 class _Waiter:
@@ -125,7 +127,6 @@ class Pool(PoolBase):
         "_lock",
         "_probe",
         "_record_wait",
-        "_run_check",
         "_spare_waiters",
         "_stats_waits",
         "_wait_samples",
@@ -168,9 +169,12 @@ class Pool(PoolBase):
         if open:
             self.open()
 
-    def _apply_check_settings(self) -> None:
-        super()._apply_check_settings()
-        self._run_check: Callable[[Any], object] = self._user_check or self._driver.ping
+    def _run_check(self, conn: Any, timeout: float | None = None) -> None:
+        check = self._user_check
+        if check is None:
+            self._driver.ping(conn, timeout)
+        else:
+            check(conn)
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -204,6 +208,7 @@ class Pool(PoolBase):
         Waiting callers get ``PoolClosed`` at once. Connections still borrowed when
         the deadline passes are closed under their borrowers.
         """
+        timeout = check_call_timeout(timeout)
         with self._lock:
             if self._closed and not self._opened:
                 return
@@ -241,6 +246,8 @@ class Pool(PoolBase):
         Raises ``PoolTimeout``, ``TooManyWaiters``, ``ConnectionFailed`` (server known
         to be down) or ``PoolClosed``. Return it with :meth:`putconn`.
         """
+        if timeout is not None:
+            timeout = check_call_timeout(timeout)
         # Fast path: nobody queued, an idle connection at hand, no check due.
         rec: ConnectionRecord | None = None
         if not self._waiters:
@@ -328,7 +335,7 @@ class Pool(PoolBase):
             now = _monotonic()
             # The fast path's one compare (lifetimes and drain() are enforced on return
             # and by housekeeping); _validate looks at everything once a check is due.
-            if now < rec.check_due or self._validate(rec, now):
+            if now < rec.check_due or self._validate(rec, now, deadline):
                 # What the fast path books, inline: this runs on the woken waiter's
                 # GIL time. A borrow that waited is counted once, as a wait. The same
                 # lines close AsyncPool.getconn; keep the two in step (a shared
@@ -377,13 +384,17 @@ class Pool(PoolBase):
         """
         with self._lock:
             while not self._closed:
+                # Whatever goes wrong, this thread must go on: without it no borrow
+                # would ever time out again.
                 try:
                     self._fail_overdue_locked()
+                    at = self._watch_at
+                    sleep = None if at == _NEVER else max(0.0, at - _monotonic())
+                    self._deadlines.wait(None if sleep is None else min(sleep, _MAX_SLEEP))
                 except Exception:
                     _log.exception("pool %r: the deadline thread failed", self.name)
                     self._watch_at = _monotonic() + 0.1
-                at = self._watch_at
-                self._deadlines.wait(None if at == _NEVER else max(0.0, at - _monotonic()))
+                    self._deadlines.wait(0.1)
 
     def _fail_overdue_locked(self) -> None:
         waiters = self._waiters

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Protocol
 
+from poolkeeper.config import check_call_timeout
 from poolkeeper.drivers import BROKEN, IN_TRANSACTION, SyncDriver
 from poolkeeper.errors import PoolClosed, PoolError
 from poolkeeper.policy import Backoff
@@ -25,6 +26,7 @@ __all__ = ["PoolBase"]
 
 _log = logging.getLogger("poolkeeper.pool")
 _monotonic = time.monotonic
+_NEVER = float("inf")
 
 
 class _Wakeable(Protocol):
@@ -48,7 +50,6 @@ class PoolBase(PoolCore):
         _changed: _Wakeable
         _probe: _Wakeable
         _connect_slots: AbstractContextManager[Any]
-        _run_check: Callable[[Any], object]
 
         def _bind(self) -> None: ...
         def _grow_locked(self) -> None: ...
@@ -59,6 +60,7 @@ class PoolBase(PoolCore):
         def _close_conn_soon(self, conn: Any) -> None: ...
         def _keepalive_later(self, rec: ConnectionRecord) -> None: ...
         def _call_hook(self, hook: Callable[[Any], object], conn: Any) -> None: ...
+        def _run_check(self, conn: Any, timeout: float | None = None) -> None: ...
         def connection(self, timeout: float | None = None) -> AbstractContextManager[Any]:
             """See the shells."""
 
@@ -71,7 +73,7 @@ class PoolBase(PoolCore):
         server is known unreachable); the last connect error is the ``__cause__``.
         """
         self._bind()
-        limit = self.config.timeout if timeout is None else timeout
+        limit = self.config.timeout if timeout is None else check_call_timeout(timeout)
         start = _monotonic()
         deadline = start + limit
         with self._lock:
@@ -154,15 +156,20 @@ class PoolBase(PoolCore):
 
     # -- lending and returning, off the fast path ------------------------------------------
 
-    def _validate(self, rec: ConnectionRecord, now: float) -> bool:
-        """Is ``rec`` fit to lend? If not, retire it (the caller tries again)."""
+    def _validate(self, rec: ConnectionRecord, now: float, deadline: float = _NEVER) -> bool:
+        """Is ``rec`` fit to lend? If not, retire it (the caller tries again). The check
+        waits until ``deadline`` at most: the borrower's timeout bounds it."""
         if now >= rec.expires_at or rec.generation < self._generation:
             self._retire(rec, "reached max_lifetime" if now >= rec.expires_at else "drained")
             return False
         if now < rec.check_due:
             return True
+        if now >= deadline:
+            # No time left to check it: back to the pool unchecked, the caller times out.
+            self._admit(rec, cold=False)
+            return False
         try:
-            self._run_check(rec.conn)
+            self._run_check(rec.conn, deadline - now)
         except Exception as exc:
             self._stats_checks_failed.add()
             self._note_server_gone()
