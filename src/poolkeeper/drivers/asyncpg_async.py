@@ -355,15 +355,19 @@ class AsyncpgDriver:
         conn._top_xact = None  # type: ignore[attr-defined]
         await asyncpg.Connection.execute(conn, "ROLLBACK", timeout=conn._pk_answer_timeout)
 
-    async def ping(self, conn: PoolAsyncpgConnection) -> None:
+    async def ping(self, conn: PoolAsyncpgConnection, timeout: float | None = None) -> None:
         """``SELECT 1`` as a simple query: one round trip.
 
+        Waits at most ``connect_timeout`` (or ``timeout``, if shorter) for the answer.
         Not the empty query the psycopg drivers send: asyncpg cannot take the server's
         answer to one (EmptyQueryResponse has no command tag) and raises AttributeError.
         """
         if conn.is_closed():
             raise asyncpg.exceptions.InterfaceError("connection is closed")
-        await asyncpg.Connection.execute(conn, "SELECT 1", timeout=conn._pk_answer_timeout)
+        limit = conn._pk_answer_timeout
+        if timeout is not None and timeout < limit:
+            limit = max(timeout, 0.001)
+        await asyncpg.Connection.execute(conn, "SELECT 1", timeout=limit)
 
     async def close(self, conn: PoolAsyncpgConnection) -> None:
         """Close gracefully if the server answers within 2 s, else drop the socket."""

@@ -66,8 +66,9 @@ class SyncDriver(Protocol[C]):
     def rollback(self, conn: C) -> None:
         """Roll back the open transaction."""
 
-    def ping(self, conn: C) -> None:
-        """One cheap round trip; raise if the connection is unusable."""
+    def ping(self, conn: C, timeout: float | None = None) -> None:
+        """One cheap round trip; raise if the connection is unusable or no answer came
+        within ``timeout`` seconds (at most ``connect_timeout`` in any case)."""
 
     def close(self, conn: C) -> None:
         """Close, never raising."""
@@ -121,8 +122,9 @@ class AsyncDriver(Protocol[C]):
     def rollback(self, conn: C) -> Awaitable[None]:
         """Roll back the open transaction."""
 
-    def ping(self, conn: C) -> Awaitable[None]:
-        """One cheap round trip; raise if the connection is unusable."""
+    def ping(self, conn: C, timeout: float | None = None) -> Awaitable[None]:
+        """One cheap round trip; raise if the connection is unusable or no answer came
+        within ``timeout`` seconds (at most ``connect_timeout`` in any case)."""
 
     def close(self, conn: C) -> Awaitable[None]:
         """Close, never raising."""

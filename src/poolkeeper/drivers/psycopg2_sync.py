@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -12,6 +13,7 @@ import psycopg2.extensions
 from poolkeeper.drivers.base import BROKEN, IDLE, IN_TRANSACTION, ConnectSpec
 from poolkeeper.drivers.libpq_options import libpq_server_refused, merge_conninfo
 from poolkeeper.drivers.sqlstate import READ_ONLY_SQLSTATE, is_server_gone_sqlstate
+from poolkeeper.drivers.watchdog import watchdog
 from poolkeeper.session_state import RESET_SQL, touches_session
 
 __all__ = ["PoolConnection2", "Psycopg2Driver"]
@@ -39,6 +41,34 @@ class PoolConnection2(psycopg2.extensions.connection):
     """psycopg2's connection with the pool's session-dirty flag."""
 
     _pk_dirty = False
+    # How long the pool's own statements (ping, ROLLBACK, DISCARD ALL) wait for an
+    # answer: the pool's connect_timeout.
+    _pk_answer_timeout = 10.0
+
+
+@contextlib.contextmanager
+def _answer_within(conn: PoolConnection2, seconds: float, what: str) -> Iterator[None]:
+    """The pool's own statement on ``conn`` gets an answer within ``seconds`` or fails.
+
+    psycopg2 waits inside its C code with no limit, so a watchdog shuts the socket
+    down at the deadline: the statement fails as on a lost connection, and the pool
+    discards the connection."""
+    with watchdog.limit(conn.fileno(), seconds) as expired:
+        try:
+            yield
+        except psycopg2.Error:
+            if not expired.fired:
+                raise
+            # Raised outside this handler's chain: the shut-down error says nothing more.
+            lost = True
+        else:
+            lost = False
+    if lost:
+        raise psycopg2.OperationalError(
+            f"no answer from the server within {seconds:.3g}s to the pool's {what}; the "
+            "server or the network path to it is not responding, so the connection is "
+            "discarded"
+        )
 
 
 def _tracking(cursor_class: type[Any]) -> type[Any]:
@@ -66,6 +96,7 @@ class Psycopg2Driver:
         conn: PoolConnection2 = psycopg2.connect(
             connection_factory=PoolConnection2, cursor_factory=_tracking(cursor_class), **params
         )
+        conn._pk_answer_timeout = spec.connect_timeout
         return conn
 
     def status(self, conn: PoolConnection2) -> int:
@@ -75,18 +106,24 @@ class Psycopg2Driver:
         return _STATUS[conn.get_transaction_status()]
 
     def rollback(self, conn: PoolConnection2) -> None:
-        """Roll back."""
-        conn.rollback()
+        """Roll back, waiting at most ``connect_timeout`` for the answer."""
+        with _answer_within(conn, conn._pk_answer_timeout, "ROLLBACK"):
+            conn.rollback()
 
-    def ping(self, conn: PoolConnection2) -> None:
-        """``SELECT 1`` in autocommit, so the ping opens no transaction."""
+    def ping(self, conn: PoolConnection2, timeout: float | None = None) -> None:
+        """``SELECT 1`` in autocommit, so the ping opens no transaction; waits at most
+        ``connect_timeout`` (or ``timeout``, if shorter) for the answer."""
+        limit = conn._pk_answer_timeout
+        if timeout is not None and timeout < limit:
+            limit = max(timeout, 0.0)
         autocommit = conn.autocommit
         conn.autocommit = True
         try:
-            with conn.cursor() as cur:
+            with _answer_within(conn, limit, "ping"), conn.cursor() as cur:
                 cur.execute("SELECT 1")
         finally:
-            conn.autocommit = autocommit
+            if not conn.closed:
+                conn.autocommit = autocommit
 
     def close(self, conn: PoolConnection2) -> None:
         """Close without raising."""
@@ -98,14 +135,15 @@ class Psycopg2Driver:
         return conn._pk_dirty
 
     def reset_session(self, conn: PoolConnection2) -> None:
-        """DISCARD ALL outside a transaction."""
+        """DISCARD ALL outside a transaction, waiting at most ``connect_timeout``."""
         autocommit = conn.autocommit
         conn.autocommit = True
         try:
-            with conn.cursor() as cur:
+            with _answer_within(conn, conn._pk_answer_timeout, RESET_SQL), conn.cursor() as cur:
                 cur.execute(RESET_SQL)
         finally:
-            conn.autocommit = autocommit
+            if not conn.closed:
+                conn.autocommit = autocommit
         conn._pk_dirty = False
 
     def transaction(self, conn: PoolConnection2) -> AbstractContextManager[Any]:

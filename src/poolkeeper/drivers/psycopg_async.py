@@ -16,6 +16,7 @@ from poolkeeper.drivers.psycopg_common import (
     answer_within,
     check_ping_answer,
     connect_params,
+    ping_limit,
     ping_timeout_error,
     send_ping,
     silence_guard,
@@ -115,21 +116,23 @@ class AsyncPsycopgDriver(PsycopgState):
         with answer_within(conn, conn._pk_answer_timeout, "ROLLBACK"):
             await conn.rollback()
 
-    async def ping(self, conn: AsyncPoolConnection) -> None:
+    async def ping(self, conn: AsyncPoolConnection, timeout: float | None = None) -> None:
         """Send an empty query straight through libpq: one round trip, no transaction.
 
-        Waits at most the pool's ``connect_timeout`` for the answer: a peer that ACKs
-        but never answers must not hang a borrower or a keepalive task. Driven here
+        Waits at most the pool's ``connect_timeout`` (or ``timeout``, if shorter) for
+        the answer: a peer that ACKs but never answers must not hang a borrower or a
+        keepalive task. Driven here
         rather than by ``conn.execute``: cancelling psycopg's own wait makes it send
         the server a cancel request and wait up to 5 s more for that, which a dead
         path never answers.
         """
+        limit = ping_limit(conn, timeout)
         pgconn = send_ping(conn)
         wait = waiting.wait_async(generators.execute(pgconn), pgconn.socket, interval=0.1)
         try:
-            results = await asyncio.wait_for(wait, conn._pk_answer_timeout)
+            results = await asyncio.wait_for(wait, limit)
         except asyncio.TimeoutError:
-            raise ping_timeout_error(conn._pk_answer_timeout) from None
+            raise ping_timeout_error(limit) from None
         check_ping_answer(pgconn, results)
 
     async def close(self, conn: AsyncPoolConnection) -> None:

@@ -23,6 +23,7 @@ __all__ = [
     "answer_within",
     "check_ping_answer",
     "connect_params",
+    "ping_limit",
     "ping_timeout_error",
     "send_ping",
     "silence_guard",
@@ -200,10 +201,15 @@ def send_ping(conn: Any) -> pq.abc.PGconn:
 
 
 def ping_timeout_error(seconds: float) -> psycopg.OperationalError:
-    """The ping heard nothing within the pool's ``connect_timeout``."""
-    return psycopg.OperationalError(
-        f"no answer from the server within {seconds:g}s (connect_timeout)"
-    )
+    """The ping heard nothing within its time (``connect_timeout``, or what was left
+    of a borrower's timeout)."""
+    return psycopg.OperationalError(f"no answer from the server to a ping within {seconds:.3g}s")
+
+
+def ping_limit(conn: Any, timeout: float | None) -> float:
+    """How long a ping waits: ``connect_timeout``, or less if the caller has less left."""
+    limit: float = conn._pk_answer_timeout
+    return limit if timeout is None or timeout >= limit else max(timeout, 0.0)
 
 
 def check_ping_answer(pgconn: pq.abc.PGconn, results: list[pq.abc.PGresult]) -> None:

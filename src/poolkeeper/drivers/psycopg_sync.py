@@ -18,6 +18,7 @@ from poolkeeper.drivers.psycopg_common import (
     answer_within,
     check_ping_answer,
     connect_params,
+    ping_limit,
     ping_timeout_error,
     send_ping,
     silence_guard,
@@ -145,14 +146,16 @@ class PsycopgDriver(PsycopgState):
         with answer_within(conn, conn._pk_answer_timeout, "ROLLBACK"):
             conn.rollback()
 
-    def ping(self, conn: PoolConnection) -> None:
+    def ping(self, conn: PoolConnection, timeout: float | None = None) -> None:
         """Send an empty query straight through libpq: one round trip, no transaction.
 
-        Waits at most the pool's ``connect_timeout`` for the answer: a peer that ACKs
-        but never answers must not hang a borrower or a keepalive worker.
+        Waits at most the pool's ``connect_timeout`` (or ``timeout``, if shorter) for
+        the answer: a peer that ACKs but never answers must not hang a borrower or a
+        keepalive worker.
         """
+        limit = ping_limit(conn, timeout)
         pgconn = send_ping(conn)
-        results = _wait_within(generators.execute(pgconn), pgconn.socket, conn._pk_answer_timeout)
+        results = _wait_within(generators.execute(pgconn), pgconn.socket, limit)
         check_ping_answer(pgconn, results)
 
     def close(self, conn: PoolConnection) -> None:

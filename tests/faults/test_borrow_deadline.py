@@ -1,0 +1,156 @@
+"""A borrow's timeout bounds the checks it triggers: on a network that accepts but never
+answers, ``getconn(timeout=0.5)`` gives up at 0.5 s, whatever ``connect_timeout`` is
+and however many idle connections are due a check; psycopg2's own waits (ping,
+ROLLBACK, DISCARD ALL) end too."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+
+from poolkeeper import AsyncPool, Pool, PoolTimeout
+from poolkeeper.embedded import LocalServer
+from tests.async_helpers import driver
+from tests.faults.conftest import Report
+from tests.faults.proxy import FaultProxy
+
+pytestmark = pytest.mark.fault
+
+__all__ = ["driver"]  # the fixture: the asyncio test runs once per driver
+
+BORROW_TIMEOUT = 0.5
+CONNECT_TIMEOUT = 2.0
+
+
+def _borrow_in_thread(pool: Pool, timeout: float) -> tuple[float, BaseException | None]:
+    """``pool.getconn(timeout)`` in a thread, so a hang fails the test instead of hanging it."""
+    outcome: list[BaseException | None] = []
+    start = time.monotonic()
+
+    def borrow() -> None:
+        try:
+            conn = pool.getconn(timeout)
+        except BaseException as exc:
+            outcome.append(exc)
+        else:
+            pool.putconn(conn)
+            outcome.append(None)
+
+    thread = threading.Thread(target=borrow, daemon=True)
+    thread.start()
+    thread.join(timeout + 3 * CONNECT_TIMEOUT + 1)
+    assert outcome, "getconn did not return at all"
+    return time.monotonic() - start, outcome[0]
+
+
+@pytest.mark.parametrize("sync_driver", ["psycopg", "psycopg2"])
+def test_a_borrow_on_a_silent_network_ends_at_its_timeout(
+    shared_server: LocalServer,
+    proxy_to: Callable[[int], FaultProxy],
+    report: Report,
+    sync_driver: str,
+) -> None:
+    proxy = proxy_to(shared_server.port)
+    pool = Pool(
+        proxy.dsn,
+        driver=sync_driver,
+        name=f"fault-deadline-{sync_driver}",
+        min_size=3,
+        max_size=3,
+        check_after=0.05,
+        connect_timeout=CONNECT_TIMEOUT,
+        fail_fast_after=None,
+    )
+    try:
+        pool.wait(10)
+        time.sleep(0.1)  # every idle connection is now due a check before it is lent
+        proxy.blackhole()
+        took, error = _borrow_in_thread(pool, BORROW_TIMEOUT)
+        report["borrow_took_s"] = took
+        assert isinstance(error, PoolTimeout), error
+        assert took < BORROW_TIMEOUT + 0.5 < CONNECT_TIMEOUT
+    finally:
+        proxy.heal()
+        pool.close(1.0)
+
+
+async def test_an_async_borrow_on_a_silent_network_ends_at_its_timeout(
+    shared_server: LocalServer,
+    proxy_to: Callable[[int], FaultProxy],
+    report: Report,
+    driver: str,
+) -> None:
+    proxy = proxy_to(shared_server.port)
+    pool = AsyncPool(
+        proxy.dsn,
+        driver=driver,
+        name=f"fault-deadline-async-{driver}",
+        min_size=4,
+        max_size=4,
+        check_after=0.05,
+        connect_timeout=CONNECT_TIMEOUT,
+        fail_fast_after=None,
+    )
+    try:
+        await pool.wait(10)
+        await asyncio.sleep(0.1)
+        proxy.blackhole()
+        start = time.monotonic()
+        with pytest.raises(PoolTimeout):
+            await asyncio.wait_for(pool.getconn(BORROW_TIMEOUT), 4 * CONNECT_TIMEOUT + 2)
+        took = time.monotonic() - start
+        report["borrow_took_s"] = took
+        assert took < BORROW_TIMEOUT + 0.5 < CONNECT_TIMEOUT
+    finally:
+        proxy.heal()
+        await pool.close(1.0)
+
+
+@pytest.mark.parametrize("left", ["in a transaction", "with session state"])
+def test_a_psycopg2_return_does_not_hang_on_a_silent_server(
+    shared_server: LocalServer,
+    proxy_to: Callable[[int], FaultProxy],
+    report: Report,
+    left: str,
+) -> None:
+    proxy = proxy_to(shared_server.port)
+    connect_timeout = 1.0
+    pool = Pool(
+        proxy.dsn,
+        driver="psycopg2",
+        name="fault-return-psycopg2",
+        min_size=1,
+        max_size=1,
+        connect_timeout=connect_timeout,
+    )
+    try:
+        conn = pool.getconn(timeout=10)
+        cur = conn.cursor()
+        if left == "in a transaction":
+            cur.execute("SELECT 1")
+        else:
+            conn.autocommit = True
+            cur.execute("SET search_path = public")
+        proxy.blackhole()
+        done = threading.Event()
+        start = time.monotonic()
+
+        def give_back() -> None:
+            pool.putconn(conn)
+            done.set()
+
+        worker = threading.Thread(target=give_back, daemon=True)
+        worker.start()
+        worker.join(connect_timeout + 5)
+        took = time.monotonic() - start
+        report["returned_after_s"] = took
+        assert done.is_set(), "putconn hung"
+        assert connect_timeout - 0.1 < took < connect_timeout + 0.5
+        assert pool.stats().idle == 0
+    finally:
+        proxy.heal()
+        pool.close(1.0)
