@@ -442,7 +442,8 @@ class AsyncPool(AsyncPoolBase):
         """
         rec = self._lent.pop(conn, None)
         if rec is None:
-            if self._closed and self._opened:
+            if conn in self._closed_under_borrower:
+                self._closed_under_borrower.discard(conn)
                 return  # close() already closed it under its borrower
             raise PoolError(
                 f"pool {self.name!r} did not lend this connection (already returned, or "

@@ -591,3 +591,4 @@ class Pool(PoolBase):
         self._spare_waiters = []
         self._deadline_thread = None
         self._workers = None
+        self._probe = _Probe()

@@ -12,6 +12,7 @@ import getpass
 import logging
 import os
 import threading
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
 
@@ -26,6 +27,9 @@ __all__ = ["NamedSingleton", "check_same_settings", "default_target"]
 _S = TypeVar("_S", bound="NamedSingleton")
 _P = TypeVar("_P", bound=PoolCore)
 _log = logging.getLogger("poolkeeper.database")
+
+# Every NamedSingleton subclass, for remaking their registry locks after fork().
+_classes: weakref.WeakSet[type[NamedSingleton]] = weakref.WeakSet()
 
 
 def default_target(config: PoolConfig, env: Mapping[str, str] | None = None) -> str:
@@ -83,6 +87,7 @@ class NamedSingleton:
         super().__init_subclass__(**kwargs)
         cls._instances = {}
         cls._registry_lock = threading.Lock()
+        _classes.add(cls)
 
     def __new__(cls: type[_S], name: str = "default", dsn: Any = None, **options: Any) -> _S:
         instance: _S | None = cls._instances.get(name)
@@ -173,3 +178,13 @@ class NamedSingleton:
     def __repr__(self) -> str:
         dsn = self.config.redacted_dsn()
         return f"<poolkeeper.{type(self).__name__} {self.name!r} dsn={dsn!r}>"
+
+
+def _remake_locks_after_fork() -> None:
+    # Another thread of the parent may have held a registry lock at fork time (the
+    # first AsyncDatabase() imports the driver under it); that thread is gone here.
+    for cls in list(_classes):
+        cls._registry_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_remake_locks_after_fork)

@@ -114,3 +114,12 @@ def uninstall_shutdown_hook() -> None:
         if _atexit_timeout is not None:
             atexit.unregister(_at_exit)
             _atexit_timeout = None
+
+
+def _remake_lock_after_fork() -> None:
+    global _lock
+    # The parent's lock may have been held by a thread the child does not have.
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_remake_lock_after_fork)

@@ -1,0 +1,162 @@
+"""Misuse and bad luck: a fork while another thread holds a lock, and a connection
+returned to a pool that did not lend it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+import pytest
+
+from poolkeeper import AsyncDatabase, AsyncPool, Database, PoolError
+from poolkeeper.redact import secrets
+from poolkeeper.shutdown import install_shutdown_hook, uninstall_shutdown_hook
+from tests.conftest import PoolFactory, backends
+
+
+def _lock_of(name: str) -> threading.Lock:
+    """The process-wide locks a forked child may need, by name."""
+    locks: dict[str, Callable[[], Any]] = {
+        "AsyncDatabase registry": lambda: AsyncDatabase._registry_lock,
+        "Database registry": lambda: Database._registry_lock,
+        "secrets registry": lambda: secrets._lock,
+        "shutdown hook": lambda: __import__("poolkeeper.shutdown").shutdown._lock,
+    }
+    lock: threading.Lock = locks[name]()
+    return lock
+
+
+def _child_step(name: str, dsn: str) -> Callable[[], object]:
+    """What the child does that needs the lock ``name``."""
+
+    def async_db() -> object:
+        async def use() -> object:
+            db = AsyncDatabase("pk-fork-locks-async", dsn=dsn, min_size=1)
+            async with db.connection() as conn:
+                cur = await conn.execute("SELECT 1")
+                return await cur.fetchone()
+
+        return asyncio.run(use())
+
+    def sync_db() -> object:
+        with Database("pk-fork-locks", dsn=dsn, min_size=1).connection() as conn:
+            return conn.execute("SELECT 1").fetchone()
+
+    def secret() -> object:
+        secrets.add("a-secret-made-in-the-child")
+        return "registered"
+
+    def hook() -> object:
+        install_shutdown_hook()
+        uninstall_shutdown_hook()
+        return "installed"
+
+    return {
+        "AsyncDatabase registry": async_db,
+        "Database registry": sync_db,
+        "secrets registry": secret,
+        "shutdown hook": hook,
+    }[name]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.parametrize(
+    "lock_name",
+    ["AsyncDatabase registry", "Database registry", "secrets registry", "shutdown hook"],
+)
+def test_a_child_forked_while_another_thread_holds_a_lock_does_not_deadlock(
+    dsn: str, lock_name: str
+) -> None:
+    lock = _lock_of(lock_name)
+    step = _child_step(lock_name, dsn)
+    held = threading.Event()
+    release = threading.Event()
+
+    def holder() -> None:
+        with lock:
+            held.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=holder, daemon=True)
+    thread.start()
+    assert held.wait(5)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.close(read)
+        try:
+            said = f"ok: {step()!r}"
+        except BaseException as exc:
+            said = f"{type(exc).__name__}: {exc}"
+        os.write(write, said.encode())
+        os._exit(0)
+    os.close(write)
+    release.set()
+    thread.join(5)
+    deadline = time.monotonic() + 15
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail(f"the forked child deadlocked on the {lock_name} lock")
+        time.sleep(0.02)
+    with os.fdopen(read) as pipe:
+        said = pipe.read()
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert said.startswith("ok: "), said
+
+
+# -- a connection returned to the wrong pool ------------------------------------------
+
+
+def test_a_closed_pool_refuses_a_connection_it_did_not_lend(
+    make_pool: PoolFactory, admin: psycopg.Connection[Any]
+) -> None:
+    real = make_pool(min_size=1, max_size=1, name="pk-misuse-real")
+    other = make_pool(min_size=0, max_size=1, name="pk-misuse-other")
+    other.close()
+    conn = real.getconn()
+    with pytest.raises(PoolError, match="did not lend"):
+        other.putconn(conn)
+    real.putconn(conn)
+    assert real.stats().in_use == 0
+    with real.connection() as again:
+        assert again is conn
+
+
+async def test_a_closed_async_pool_refuses_a_connection_it_did_not_lend(
+    dsn: str, admin: psycopg.Connection[Any]
+) -> None:
+    async with AsyncPool(dsn, min_size=1, max_size=1, name="pk-misuse-async") as real:
+        other = AsyncPool(dsn, min_size=0, max_size=1, name="pk-misuse-async-other")
+        await other.close()
+        conn = await real.getconn()
+        pid = conn.info.backend_pid
+        with pytest.raises(PoolError, match="did not lend"):
+            await other.putconn(conn)
+        # Still lent by the real pool, which takes it back: in_use returns to 0, and the
+        # same backend serves the next borrow.
+        await real.putconn(conn)
+        assert real.stats().in_use == 0
+        async with real.connection() as again:
+            assert again.info.backend_pid == pid
+        assert backends(admin, "pk-misuse-async") == [pid]
+
+
+async def test_a_connection_closed_under_its_borrower_may_still_be_returned(dsn: str) -> None:
+    pool = AsyncPool(dsn, min_size=1, max_size=1, name="pk-misuse-closed-under")
+    await pool.wait(5)
+    conn = await pool.getconn()
+    await pool.close(timeout=0.1)
+    await pool.putconn(conn)  # closed under its borrower: returning it is no error
+    with pytest.raises(PoolError, match="did not lend"):
+        await pool.putconn(conn)  # but only once
