@@ -236,12 +236,16 @@ class AsyncPoolBase(PoolCore):
         """Put ``rec`` into service: to the first waiter, else onto the stack (the cold
         end for one that was only pinged, the hot end otherwise); if the pool closed
         meanwhile, close it instead. ``opened``: it fills an opening slot."""
+        stale = False
         with self._lock:
             if opened:
                 self._opening -= 1
             closing = self._closed
             if closing:
                 self._total -= 1
+            elif rec.generation < self._generation:
+                # Opened or pinged across a drain(): it must be replaced as well.
+                stale = True
             elif self._hand_off_locked(rec):
                 pass
             elif cold:
@@ -251,6 +255,8 @@ class AsyncPoolBase(PoolCore):
             self._changed.notify_all()
         if closing:
             self._close_later(rec)
+        elif stale:
+            self._retire(rec, "drained while it was being opened or pinged")
 
     def _retire(self, rec: ConnectionRecord, why: str) -> None:
         """Drop ``rec`` from the pool (it is neither idle nor lent now), close it in
@@ -275,6 +281,8 @@ class AsyncPoolBase(PoolCore):
             self._after_configure(conn)
 
     async def _connect_new(self) -> ConnectionRecord:
+        # Taken before connecting: a drain() while this connects must replace it too.
+        generation = self._generation
         conn = await self._driver.connect(self.config.connect_spec())
         if not self._identity_ok(conn):
             await self._driver.close(conn)
@@ -287,7 +295,7 @@ class AsyncPoolBase(PoolCore):
         except BaseException:
             self._close_conn_soon(conn)
             raise
-        return self._new_record(conn)
+        return self._new_record(conn, generation)
 
     async def _open_one(self) -> None:
         """Open one connection (the slot is already counted), retrying with back-off."""

@@ -415,13 +415,13 @@ class PoolCore:
             "the new connection was discarded"
         )
 
-    def _new_record(self, conn: Any) -> ConnectionRecord:
+    def _new_record(self, conn: Any, generation: int) -> ConnectionRecord:
         now = _monotonic()
         return ConnectionRecord(
             conn,
             now=now,
             expires_at=expiry(now, self.config.max_lifetime),
-            generation=self._generation,
+            generation=generation,
             backend_pid=self._driver.backend_pid(conn),
             check_after=self._check_after,
         )

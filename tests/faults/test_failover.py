@@ -33,7 +33,9 @@ def test_demoted_primary_makes_the_pool_replace_every_connection(
     time.sleep(pool.config.check_after + 0.05)
     with pool.connection(timeout=5) as conn:
         conn.execute("SELECT 1")
-    wait_until(lambda: pool.stats().size == 3, 5, "refill on the standby")
+    # Every connection open and idle, none still opening: the pids read next are all
+    # of them (the pool also replaces one whose connect straddles the drain below).
+    wait_until(lambda: pool.stats().idle == 3, 5, "refill on the standby")
     standby_pids = backend_pids(server, name)
     with pytest.raises(psycopg.errors.ReadOnlySqlTransaction), pool.connection() as conn:
         conn.execute("CREATE TABLE t (x int)")
