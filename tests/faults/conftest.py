@@ -3,7 +3,8 @@
 Every server here is started by the test that breaks it (or shared by a module
 whose tests leave it running), so stopping or restarting it never disturbs
 the rest of the suite. Measurements go to a JSON file (``POOLKEEPER_FAULT_REPORT``,
-default ``/tmp/poolkeeper-fault-report.json``) and to the terminal summary;
+else a new ``poolkeeper-fault-report-*.json`` in the temp directory for each run, so
+parallel runs never overwrite each other) and to the terminal summary;
 docs/reliability.md quotes them.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,7 +25,6 @@ from poolkeeper import Pool
 from poolkeeper.embedded import LocalServer
 from tests.faults.proxy import FaultProxy
 
-REPORT_PATH = os.environ.get("POOLKEEPER_FAULT_REPORT", "/tmp/poolkeeper-fault-report.json")
 _measurements: dict[str, dict[str, object]] = {}
 _measurements_lock = threading.Lock()
 
@@ -51,13 +52,25 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     """Print and save what the fault tests measured."""
     if not _measurements:
         return
-    with open(REPORT_PATH, "w", encoding="utf-8") as out:
+    path = report_path()
+    with open(path, "w", encoding="utf-8") as out:
         json.dump(_measurements, out, indent=2, sort_keys=True)
     terminalreporter.section("fault suite measurements")
     for scenario, values in sorted(_measurements.items()):
         shown = ", ".join(f"{k}={v}" for k, v in sorted(values.items()))
         terminalreporter.write_line(f"{scenario}: {shown}")
-    terminalreporter.write_line(f"(saved to {REPORT_PATH})")
+    terminalreporter.write_line(f"(saved to {path})")
+
+
+def report_path() -> str:
+    """Where this run's measurements go: ``POOLKEEPER_FAULT_REPORT``, else a file
+    of this run's own in the temp directory."""
+    given = os.environ.get("POOLKEEPER_FAULT_REPORT")
+    if given:
+        return given
+    handle, path = tempfile.mkstemp(prefix="poolkeeper-fault-report-", suffix=".json")
+    os.close(handle)
+    return path
 
 
 @pytest.fixture(scope="session")
