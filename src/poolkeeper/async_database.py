@@ -22,7 +22,7 @@ from poolkeeper.async_pool import AsyncPool
 from poolkeeper.config import PoolConfig
 from poolkeeper.drivers import load_async_driver
 from poolkeeper.errors import PoolError
-from poolkeeper.registry import NamedSingleton
+from poolkeeper.registry import NamedSingleton, overall_status
 from poolkeeper.stats import PoolStats
 
 __all__ = ["AsyncDatabase"]
@@ -191,12 +191,22 @@ class AsyncDatabase(NamedSingleton):
         return self.pool.stats()
 
     def health(self) -> dict[str, object]:
-        """This event loop's primary pool's health, answered at once."""
-        return self.pool.health()
+        """This event loop's pools' health, answered at once: the primary's fields,
+        plus ``replicas`` (each replica pool's health) when replicas are configured;
+        the overall ``status`` is the primary's, ``degraded`` while a replica is not ok."""
+        pools = self._loop_pools()
+        report = pools.primary.health()
+        if pools.replicas:
+            replicas = [pool.health() for pool in pools.replicas]
+            report["replicas"] = replicas
+            report["status"] = overall_status(report["status"], [r["status"] for r in replicas])
+        return report
 
     async def drain(self) -> None:
-        """Replace every connection of this loop's primary pool (see ``AsyncPool.drain``)."""
-        await self.pool.drain()
+        """Replace every connection of this loop's pools, the replicas' too (see
+        ``AsyncPool.drain``): after a credential rotation, every pool must reconnect."""
+        for pool in self._loop_pools().all():
+            await pool.drain()
 
     # -- process-wide -------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from typing import Any
 from poolkeeper.config import PoolConfig
 from poolkeeper.errors import PoolError
 from poolkeeper.pool import Pool
-from poolkeeper.registry import NamedSingleton
+from poolkeeper.registry import NamedSingleton, overall_status
 
 __all__ = ["Database"]
 
@@ -153,12 +153,29 @@ class Database(NamedSingleton):
         return self.pool.stats()
 
     def health(self) -> dict[str, object]:
-        """The primary pool's health, answered at once."""
-        return self.pool.health()
+        """Every pool's health, answered at once: the primary's fields, plus
+        ``replicas`` (each replica pool's health) when replicas are configured; the
+        overall ``status`` is the primary's, ``degraded`` while a replica is not ok."""
+        report = self.pool.health()
+        if self._replica_configs:
+            replicas = [pool.health() for pool in self._replica_pools_now()]
+            report["replicas"] = replicas
+            report["status"] = overall_status(report["status"], [r["status"] for r in replicas])
+        return report
 
     def drain(self) -> None:
-        """Replace every connection of the primary pool (see ``Pool.drain``)."""
+        """Replace every connection, the replicas' too (see ``Pool.drain``): after a
+        credential rotation, every pool must reconnect."""
         self.pool.drain()
+        for replica in self._live()._replica_pools or ():
+            replica.drain()
+
+    def _replica_pools_now(self) -> list[Pool]:
+        """The replica pools, made now if no read has made them yet."""
+        live = self._live()
+        if live._replica_pools is None:
+            live._read_pool()  # makes them (and moves the round robin on by one)
+        return list(live._replica_pools or ())
 
     # -- process-wide -------------------------------------------------------------------
 

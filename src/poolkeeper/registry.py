@@ -22,7 +22,16 @@ from poolkeeper.errors import ConfigurationError
 from poolkeeper.pool_core import PoolCore
 from poolkeeper.redact import redact
 
-__all__ = ["NamedSingleton", "check_same_settings", "default_target"]
+__all__ = ["NamedSingleton", "check_same_settings", "default_target", "overall_status"]
+
+
+def overall_status(primary: object, replicas: Sequence[object]) -> str:
+    """A facade's ``health()["status"]``: the primary pool's, lowered to ``degraded``
+    while a replica pool is not ``ok`` (reads suffer, writes do not)."""
+    if primary == "ok" and any(status != "ok" for status in replicas):
+        return "degraded"
+    return str(primary)
+
 
 _S = TypeVar("_S", bound="NamedSingleton")
 _P = TypeVar("_P", bound=PoolCore)
@@ -111,7 +120,11 @@ class NamedSingleton:
         self.name = name
         self.config = PoolConfig.build(dsn, name=name, **options)
         self._replica_configs = tuple(
-            self.config.replace(dsn=replica, name=f"{name}-replica{i}", min_size=0)
+            # One connection kept open (unless the primary keeps none), so that a
+            # replica that is down shows in health() without waiting for a read.
+            self.config.replace(
+                dsn=replica, name=f"{name}-replica{i}", min_size=min(1, self.config.min_size)
+            )
             for i, replica in enumerate(replicas)
         )
         if self.config.dsn == "":
