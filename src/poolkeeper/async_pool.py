@@ -304,11 +304,12 @@ class AsyncPool(AsyncPoolBase):
             else:
                 # One compare: check_due folds check_after and "suspect" into a deadline.
                 if _monotonic() < rec.check_due:
-                    self._lent[rec.conn] = rec
                     next(self._borrow_ticks)
                     if self._leak_threshold is not None:
                         rec.borrowed_at = _monotonic()
                         rec.borrow_stack = "".join(traceback.format_stack(limit=16)[:-1])
+                    # Last, with no call after it (see Pool.getconn).
+                    self._lent[rec.conn] = rec
                     return rec.conn
         elif _running_loop() is not self._loop:
             self._bind()
@@ -372,7 +373,6 @@ class AsyncPool(AsyncPoolBase):
                 continue
             # What the fast path books, inline, as Pool.getconn does (keep the two in
             # step). A borrow that waited is counted once, as a wait.
-            self._lent[rec.conn] = rec
             if waited:
                 ring = self._wait_ring
                 count = ring.count
@@ -383,6 +383,7 @@ class AsyncPool(AsyncPoolBase):
             if self._leak_threshold is not None:
                 rec.borrowed_at = now
                 rec.borrow_stack = "".join(traceback.format_stack(limit=16)[:-1])
+            self._lent[rec.conn] = rec  # last, as on the fast path
             return rec.conn
 
     def _wait_figures(self) -> tuple[int, tuple[float, float, float]]:

@@ -43,6 +43,7 @@ _monotonic = time.monotonic
 _allocate_lock = threading.Lock
 _new_object = object.__new__
 _NEVER = float("inf")
+_NOT_YET: Any = object()
 _NONE: list[ConnectionRecord] = []
 #: The longest single sleep of the deadline thread (a lock's wait cannot be longer).
 _MAX_SLEEP = min(threading.TIMEOUT_MAX, 3600.0)
@@ -258,11 +259,13 @@ class Pool(PoolBase):
             else:
                 # One compare: check_due folds check_after and "suspect" into a deadline.
                 if _monotonic() < rec.check_due:
-                    self._lent[rec.conn] = rec
                     next(self._borrow_ticks)
                     if self._leak_threshold is not None:
                         rec.borrowed_at = _monotonic()
                         rec.borrow_stack = "".join(traceback.format_stack(limit=16)[:-1])
+                    # Last, with no call after it: an interrupt before this line leaves
+                    # the record astray, where housekeeping's audit finds it.
+                    self._lent[rec.conn] = rec
                     return rec.conn
         # The slow path, in this same frame. Under contention every borrow comes here,
         # and the woken waiter runs all of it while holding the GIL that the other
@@ -340,7 +343,6 @@ class Pool(PoolBase):
                 # GIL time. A borrow that waited is counted once, as a wait. The same
                 # lines close AsyncPool.getconn; keep the two in step (a shared
                 # method measured 0.25-0.5 % more instructions per contended borrow).
-                self._lent[rec.conn] = rec
                 if waited:
                     self._stats_waits.add()
                     self._record_wait(now - start)
@@ -349,6 +351,7 @@ class Pool(PoolBase):
                 if self._leak_threshold is not None:
                     rec.borrowed_at = now
                     rec.borrow_stack = "".join(traceback.format_stack(limit=16)[:-1])
+                self._lent[rec.conn] = rec  # last, as on the fast path
                 return rec.conn
             rec = None
             # Each failed check costs up to connect_timeout: never try past the deadline.
@@ -462,17 +465,21 @@ class Pool(PoolBase):
     @contextlib.contextmanager
     def connection(self, timeout: float | None = None) -> Iterator[Any]:
         """Borrow a connection for a ``with`` block; it is returned on exit, even on error."""
-        conn = self.getconn(timeout)
+        conn = _NOT_YET
         try:
+            # Inside the try: an interrupt landing after the borrow still returns it.
+            conn = self.getconn(timeout)
             yield conn
         except BaseException as exc:
-            if self._driver.is_disconnect(exc):
-                self._note_server_gone()
-            elif self._driver.is_read_only_error(exc):
-                self._on_read_only_error(conn)
+            if conn is not _NOT_YET:
+                if self._driver.is_disconnect(exc):
+                    self._note_server_gone()
+                elif self._driver.is_read_only_error(exc):
+                    self._on_read_only_error(conn)
             raise
         finally:
-            self.putconn(conn)
+            if conn is not _NOT_YET:
+                self.putconn(conn)
 
     def _on_read_only_error(self, conn: Any) -> None:
         if self._is_failover(conn):

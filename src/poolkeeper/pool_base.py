@@ -217,11 +217,16 @@ class PoolBase(PoolCore):
         end for one that was only pinged, the hot end otherwise); if the pool closed
         meanwhile, close it instead. ``opened``: it fills an opening slot."""
         stale = False
+        if opened:
+            self._note_idle_refs(rec)
         with self._lock:
             if opened:
                 self._opening -= 1
-            closing = self._closed
-            if closing:
+            # Not counted any more: the audit took it for lost (see _audit_slots).
+            counted = rec in self._records
+            closing = self._closed or not counted
+            if closing and counted:
+                self._records.discard(rec)
                 self._total -= 1
             elif rec.generation < self._generation:
                 # Opened or pinged across a drain(): it must be replaced as well.
@@ -243,7 +248,10 @@ class PoolBase(PoolCore):
         the background, and open a replacement if the pool needs one."""
         _log.debug("pool %r: closing connection to backend %d: %s", self.name, rec.backend_pid, why)
         with self._lock:
-            self._total -= 1
+            # Once only: the audit may have stopped counting it already.
+            if rec in self._records:
+                self._records.discard(rec)
+                self._total -= 1
             self._grow_locked()
             self._changed.notify_all()
         self._close_later(rec)
@@ -328,8 +336,11 @@ class PoolBase(PoolCore):
         """One periodic pass; returns the seconds until the next."""
         now = _monotonic()
         with self._lock:
+            lost = self._audit_slots(now)
             retire, ping = self._plan_housekeeping(now)
             self._grow_locked()
+        for rec in lost:
+            self._close_later(rec)
         for rec in retire:
             self._retire(rec, "housekeeping: lifetime or max_idle reached")
         for rec in ping:

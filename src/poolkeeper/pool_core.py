@@ -12,6 +12,7 @@ each is written for its own concurrency model.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -49,6 +50,22 @@ _monotonic = time.monotonic
 #: ``expires_at`` of a record that must retire when it comes back (resize()).
 _EXPIRED = float("-inf")
 
+_refs = sys.getrefcount
+_UNMEASURED = 1 << 30
+# Where the GIL is off, reference counts are only approximate: trust them less.
+_COUNTS_EXACT = getattr(sys, "_is_gil_enabled", lambda: True)()
+
+
+def _held_by_borrower(rec: ConnectionRecord, idle_refs: int) -> bool:
+    """Is a lent connection still referenced outside the pool? One the pool alone holds
+    (the lent map's key is its one reference more than an idle one has) was lost by an
+    interrupt between the borrow and the borrower's own variable: nobody can return it.
+    """
+    if not _COUNTS_EXACT or idle_refs == _UNMEASURED:
+        return True  # counts not exact, or never measured: assume held
+    return _refs(rec.conn) > idle_refs + 1
+
+
 # Records a forked child inherited: kept alive so their finalisers never run there.
 _orphans: list[ConnectionRecord] = []
 
@@ -70,6 +87,7 @@ class PoolCore:
         "_forked",
         "_generation",
         "_idle",
+        "_idle_refs",
         "_last_error",
         "_leak_threshold",
         "_lent",
@@ -77,6 +95,7 @@ class PoolCore:
         "_may_refuse",
         "_opened",
         "_opening",
+        "_records",
         "_reset_mode",
         "_return_state",
         "_stats_borrows",
@@ -130,6 +149,11 @@ class PoolCore:
         # once per connection in _identity_ok), which is cheaper than calling id().
         self._lent: dict[Any, ConnectionRecord] = {}
         self._closed_under_borrower: set[Any] = set()
+        # Every record the pool counts in _total: what housekeeping's audit checks
+        # against the idle stack and the lent map (see _audit_slots).
+        self._records: set[ConnectionRecord] = set()
+        # References an idle connection has (see _audit_slots); large until measured.
+        self._idle_refs = _UNMEASURED
         # Open connections plus connections being opened.
         self._total = 0
         self._opening = 0
@@ -417,7 +441,7 @@ class PoolCore:
 
     def _new_record(self, conn: Any, generation: int) -> ConnectionRecord:
         now = _monotonic()
-        return ConnectionRecord(
+        rec = ConnectionRecord(
             conn,
             now=now,
             expires_at=expiry(now, self.config.max_lifetime),
@@ -425,6 +449,8 @@ class PoolCore:
             backend_pid=self._driver.backend_pid(conn),
             check_after=self._check_after,
         )
+        self._records.add(rec)
+        return rec
 
     def _record_connect_failure(self, exc: BaseException) -> None:
         """Count, redact and log a failed attempt; it becomes ``_last_error``."""
@@ -533,6 +559,54 @@ class PoolCore:
         self._idle.clear()
         return old
 
+    def _note_idle_refs(self, rec: ConnectionRecord) -> None:
+        """Count the references of a connection the pool alone holds (a new one, just
+        admitted: the opener kept only its record); see ``_audit_slots``."""
+        self._idle_refs = min(self._idle_refs, _refs(rec.conn))
+
+    def _audit_slots(self, now: float) -> list[ConnectionRecord]:
+        """Find the records the pool counts but nobody holds any more; stop counting them.
+
+        A connection is idle, lent, or briefly in the hands of the pool's own code
+        (being checked, cleaned on return, handed to a waiter). An interrupt
+        (Ctrl-C, a signal handler's exception) landing in one of those short windows
+        leaves it in none: its slot would be lost for the pool's lifetime, and with
+        ``max_size=1`` every later borrow would time out. A record seen neither idle
+        nor lent at two audits ``astray_grace`` apart (longer than any of the pool's
+        own steps takes: each waits at most ``connect_timeout``) is taken as lost.
+        Runs in housekeeping, with the lock held; the hot path pays nothing for it.
+        """
+        placed = {id(rec) for rec in self._idle}
+        floor = self._idle_refs
+        placed.update(id(rec) for rec in self._lent.values() if _held_by_borrower(rec, floor))
+        if self._idle:
+            # The pool alone holds an idle connection: the fewest references seen on
+            # one is what it has when nobody else holds it (a caller's stale variable
+            # can only raise a count, so the minimum is the one to trust).
+            self._idle_refs = min(floor, *(_refs(rec.conn) for rec in self._idle))
+        grace = 2 * self.config.connect_timeout + 1.0
+        lost = []
+        for rec in list(self._records):
+            if id(rec) in placed:
+                rec.seen_astray_at = None
+            elif rec.seen_astray_at is None:
+                rec.seen_astray_at = now
+            elif now - rec.seen_astray_at >= grace:
+                lost.append(rec)
+        for rec in lost:
+            self._records.discard(rec)
+            self._lent.pop(rec.conn, None)
+            self._total -= 1
+            _log.warning(
+                "pool %r: connection to backend %d was neither idle nor held by a borrower "
+                "for %.1fs (an interrupt landed while the pool moved it?); closing it, a "
+                "replacement opens",
+                self.name,
+                rec.backend_pid,
+                now - (rec.seen_astray_at or now),
+            )
+        return lost
+
     def _report_leaks(self, now: float) -> None:
         threshold = self._leak_threshold
         assert threshold is not None
@@ -565,6 +639,7 @@ class PoolCore:
         _orphans.extend(records)
         self._idle = deque()
         self._lent = {}
+        self._records = set()
         self._waiters = deque()
         self._total = self._opening = 0
         if not self._opened:

@@ -29,6 +29,7 @@ class ConnectionRecord:
         "last_checked",
         "last_used",
         "leak_reported",
+        "seen_astray_at",
     )
 
     def __init__(
@@ -53,6 +54,8 @@ class ConnectionRecord:
         self.borrowed_at = 0.0
         self.borrow_stack: str | None = None
         self.leak_reported = False
+        # When housekeeping first found it neither idle nor lent (None: it was not).
+        self.seen_astray_at: float | None = None
 
     def __repr__(self) -> str:
         return f"<ConnectionRecord backend_pid={self.backend_pid} generation={self.generation}>"
