@@ -321,7 +321,9 @@ class PoolCore:
         )
         error = ConnectionFailed(
             f"pool {self.name!r}: the server {state}{detail}; failing fast until a "
-            "reconnect succeeds (fail_fast_after=None turns this off)"
+            "reconnect succeeds (fail_fast_after=None turns this off)",
+            # The driver's words, as on every ConnectionFailed (errors.md promises it).
+            cause.detail if cause is not None else "",
         )
         error.__cause__ = cause
         return error
