@@ -286,3 +286,19 @@ class _ListHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.lines.append(self.format(record))
+
+
+# Few examples: each runs the CLI twice (a connect attempt and its fail-fast wait).
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(password=_passwords, form=st.sampled_from(["url", "kv"]))
+def test_the_cli_never_prints_a_password_of_any_shape(password: str, form: str) -> None:
+    port = _closed_port()
+    if form == "url":
+        dsn = f"postgresql://app:{quote(password, safe='')}@127.0.0.1:{port}/db"
+    else:
+        dsn = f"host=127.0.0.1 port={port} user=app password={_kv_quote(password)}"
+    outputs = [
+        _cli_output("check", dsn, "--timeout", "1"),
+        _cli_output("doctor", "--workers", "2", "--dsn", dsn, "--timeout", "1"),
+    ]
+    assert not _leaks(outputs, password, quote(password, safe=""), _kv_quote(password))
