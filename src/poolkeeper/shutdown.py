@@ -1,4 +1,5 @@
-"""Opt-in graceful shutdown: close every ``Database`` singleton on SIGTERM and at exit.
+"""Opt-in graceful shutdown: close every ``Database`` and ``AsyncDatabase`` singleton
+on SIGTERM and at exit.
 
 Containers are stopped with SIGTERM, and Python's default is to die on it at
 once, so the server sees every pooled connection vanish mid-protocol and logs
@@ -13,11 +14,13 @@ unless asked.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from types import FrameType
 from typing import Any, TypeAlias
@@ -33,37 +36,73 @@ _installed: dict[int, _Handler] = {}
 _atexit_timeout: float | None = None
 
 
-def _close_all(timeout: float, why: str) -> None:
-    """Close every singleton, bounded by ``timeout`` plus a little, whatever holds locks."""
-    # Run on a helper thread: a signal handler runs on the main thread between two
+def _close_all(timeout: float, why: str, *, here: asyncio.AbstractEventLoop | None) -> None:
+    """Close every singleton, bounded by ``timeout`` plus a little, whatever holds locks.
+
+    ``here``: an event loop this thread runs (the signal interrupted it). Its pools
+    cannot be closed while the handler holds the thread; they are left to
+    :func:`_close_async_then`, which runs in that loop once the handler returns.
+    """
+    # Run on helper threads: a signal handler runs on the main thread between two
     # bytecodes, possibly while that thread holds a pool's lock; joining with a
     # deadline turns that case into a bounded wait instead of a deadlock.
-    from poolkeeper.database import Database  # noqa: PLC0415 - avoid an import cycle
+    from poolkeeper.async_database import AsyncDatabase  # noqa: PLC0415 - import cycle
+    from poolkeeper.database import Database  # noqa: PLC0415
 
+    targets: list[Callable[[], object]] = []
     count = len(Database._instances)
-    if not count:
+    if count:
+        targets.append(lambda: Database.reset_all(timeout=timeout))
+    if here is None and AsyncDatabase._instances:
+        count += len(AsyncDatabase._instances)
+        # In a loop of its own: reset_all closes each other loop's pools in that loop.
+        targets.append(lambda: asyncio.run(AsyncDatabase.reset_all(timeout=timeout)))
+    if not targets:
         return
     _log.info("poolkeeper: closing %d shared pool(s) (%s)", count, why)
-    worker = threading.Thread(
-        target=Database.reset_all,
-        kwargs={"timeout": timeout},
-        name="poolkeeper-shutdown",
-        daemon=True,
-    )
-    worker.start()
-    worker.join(timeout + 1.0)
-    if worker.is_alive():
+    workers = [
+        threading.Thread(target=target, name="poolkeeper-shutdown", daemon=True)
+        for target in targets
+    ]
+    for worker in workers:
+        worker.start()
+    deadline = time.monotonic() + timeout + 1.0
+    for worker in workers:
+        worker.join(max(0.0, deadline - time.monotonic()))
+    if any(worker.is_alive() for worker in workers):
         _log.warning("poolkeeper: shared pools not closed within %gs; exiting anyway", timeout)
+
+
+async def _close_async_then(then: Callable[[], None], timeout: float) -> None:
+    """In the loop the signal interrupted: close every ``AsyncDatabase``'s pools, then
+    do what the signal would have done."""
+    from poolkeeper.async_database import AsyncDatabase  # noqa: PLC0415 - import cycle
+
+    try:
+        _log.info(
+            "poolkeeper: closing %d shared asyncio pool(s) (signal)", len(AsyncDatabase._instances)
+        )
+        await asyncio.wait_for(AsyncDatabase.reset_all(timeout=timeout), timeout + 1.0)
+    except Exception:
+        _log.warning("poolkeeper: shared asyncio pools not closed within %gs", timeout)
+    finally:
+        then()
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def _at_exit() -> None:
     if _atexit_timeout is not None:
-        _close_all(_atexit_timeout, "interpreter exit")
+        _close_all(_atexit_timeout, "interpreter exit", here=_running_loop())
 
 
 def _make_handler(signum: int, previous: _Handler, timeout: float) -> Callable[..., None]:
-    def handler(received: int, frame: FrameType | None) -> None:
-        _close_all(timeout, f"signal {signal.Signals(received).name}")
+    def go_on(received: int, frame: FrameType | None) -> None:
         if callable(previous):
             previous(received, frame)
         elif previous == signal.SIG_IGN:
@@ -74,6 +113,20 @@ def _make_handler(signum: int, previous: _Handler, timeout: float) -> Callable[.
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
 
+    def handler(received: int, frame: FrameType | None) -> None:
+        from poolkeeper.async_database import AsyncDatabase  # noqa: PLC0415 - import cycle
+
+        here = _running_loop()
+        _close_all(timeout, f"signal {signal.Signals(received).name}", here=here)
+        if here is not None and AsyncDatabase._instances:
+            # The signal interrupted this thread's event loop, which must run to close
+            # its pools: do that from the loop, and go on as the signal would after.
+            here.call_soon_threadsafe(
+                lambda: here.create_task(_close_async_then(lambda: go_on(received, frame), timeout))
+            )
+            return
+        go_on(received, frame)
+
     return handler
 
 
@@ -83,13 +136,17 @@ def install_shutdown_hook(
     signals: tuple[int, ...] = (signal.SIGTERM,),
     at_exit: bool = True,
 ) -> None:
-    """Close every ``Database`` singleton on ``signals`` and at interpreter exit.
+    """Close every ``Database`` and ``AsyncDatabase`` singleton on ``signals`` and at
+    interpreter exit.
 
     ``timeout`` bounds how long borrowed connections are waited for (see
     ``Pool.close``). A handler already installed for a signal is called after the
     pools are closed; without one, the process then ends as the signal's default
-    would end it. Call from the main thread (Python only lets it set signal
-    handlers). Calling again changes nothing until :func:`uninstall_shutdown_hook`.
+    would end it. If the signal interrupts an event loop running in the main
+    thread (``asyncio.run``), the ``AsyncDatabase`` pools are closed from that loop
+    once the handler returns, and the signal takes its course after that. Call
+    from the main thread (Python only lets it set signal handlers). Calling again
+    changes nothing until :func:`uninstall_shutdown_hook`.
     """
     global _atexit_timeout
     with _lock:
