@@ -1,0 +1,127 @@
+"""Shutdown under load: ``close_all_connections()`` while requests are in flight,
+each borrowing with ``get_connection()`` and giving back with ``release_connection()``
+(the seed recipe's API, as a web worker receiving SIGTERM would). Every request
+in flight finishes without an error and close returns when the last is back."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import threading
+import time
+from typing import Any
+
+import psycopg
+import pytest
+
+from poolkeeper import AsyncDatabase, Database
+from tests.conftest import settled_backends
+from tests.faults.conftest import Report
+
+pytestmark = pytest.mark.fault
+
+REQUEST_S = 0.05
+WORKERS = 8
+
+
+def test_sync_shutdown_under_load(dsn: str, admin: psycopg.Connection[Any], report: Report) -> None:
+    name = "pk-shutdown-load"
+    db = Database(name, dsn, min_size=2, max_size=4, timeout=10)
+    outcomes: collections.Counter[str] = collections.Counter()
+    lock = threading.Lock()
+    stopping = threading.Event()
+
+    def worker() -> None:
+        while not stopping.is_set():
+            try:
+                conn = db.get_connection()
+            except Exception as exc:  # counted: the test asserts there are none
+                what = f"borrow {type(exc).__name__}"
+            else:
+                try:
+                    conn.execute("SELECT pg_sleep(%s)", [REQUEST_S])
+                    conn.commit()
+                    db.release_connection(conn)
+                    what = "served"
+                except Exception as exc:
+                    what = f"release {type(exc).__name__}"
+            with lock:
+                outcomes[what] += 1
+
+    threads = [threading.Thread(target=worker) for _ in range(WORKERS)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.5)
+    stopping.set()
+    started = time.monotonic()
+    db.close_all_connections(timeout=10)
+    closed_in = time.monotonic() - started
+    for thread in threads:
+        thread.join(10)
+    # A request that began just after close() started opened a fresh pool: close it.
+    db.close_all_connections(timeout=10)
+    left = settled_backends(admin, name, [])
+    _report(report, outcomes, closed_in)
+    assert outcomes["served"] > 0
+    assert set(outcomes) <= {"served", "borrow PoolClosed"}, outcomes
+    assert left == []
+    # Returned once the requests in flight were back, long before its 10 s timeout.
+    assert closed_in < 5, closed_in
+
+
+def test_async_shutdown_under_load(
+    dsn: str, admin: psycopg.Connection[Any], report: Report
+) -> None:
+    name = "pk-ashutdown-load"
+
+    async def run() -> tuple[collections.Counter[str], float]:
+        db = AsyncDatabase(name, dsn, min_size=2, max_size=4, timeout=10)
+        outcomes: collections.Counter[str] = collections.Counter()
+        stopping = asyncio.Event()
+
+        async def worker() -> None:
+            while not stopping.is_set():
+                try:
+                    conn = await db.get_connection()
+                except Exception as exc:
+                    outcomes[f"borrow {type(exc).__name__}"] += 1
+                    await asyncio.sleep(0)
+                    continue
+                try:
+                    await conn.execute("SELECT pg_sleep(%s)", [REQUEST_S])
+                    await conn.commit()
+                    await db.release_connection(conn)
+                    outcomes["served"] += 1
+                except Exception as exc:
+                    outcomes[f"release {type(exc).__name__}"] += 1
+
+        try:
+            tasks = [asyncio.create_task(worker()) for _ in range(WORKERS)]
+            await asyncio.sleep(0.5)
+            stopping.set()
+            started = time.monotonic()
+            await db.close_all_connections(timeout=10)
+            closed_in = time.monotonic() - started
+            await asyncio.wait_for(asyncio.gather(*tasks), 10)
+            await db.close_all_connections(timeout=10)
+            return outcomes, closed_in
+        finally:
+            await AsyncDatabase.reset_all(timeout=1)
+
+    outcomes, closed_in = asyncio.run(run())
+    left = settled_backends(admin, name, [])
+    _report(report, outcomes, closed_in)
+    assert outcomes["served"] > 0
+    assert set(outcomes) <= {"served", "borrow PoolClosed"}, outcomes
+    assert left == []
+    assert closed_in < 5, closed_in
+
+
+def _report(report: Report, outcomes: collections.Counter[str], closed_in: float) -> None:
+    report["served"] = outcomes["served"]
+    # Callers still queued for a connection when close() began: told PoolClosed.
+    report["waiting_refused"] = outcomes["borrow PoolClosed"]
+    report["errors_in_flight"] = sum(
+        v for k, v in outcomes.items() if k not in ("served", "borrow PoolClosed")
+    )
+    report["close_returned_after_s"] = closed_in
