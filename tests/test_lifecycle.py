@@ -20,6 +20,15 @@ def _threads_of(name: str) -> list[str]:
     return [t.name for t in threading.enumerate() if t.name.startswith(f"poolkeeper-{name}-")]
 
 
+def _settled_count(admin: psycopg.Connection[Any], name: str, want: int) -> int:
+    """How many sessions ``name`` has, once it is ``want`` (or after 5 s): a closed
+    session's backend leaves pg_stat_activity on its own schedule."""
+    deadline = time.monotonic() + 5
+    while (n := len(backends(admin, name))) != want and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return n
+
+
 def _no_threads_of(name: str, timeout: float = 5.0) -> list[str]:
     deadline = time.monotonic() + timeout
     while (left := _threads_of(name)) and time.monotonic() < deadline:
@@ -100,7 +109,7 @@ def test_database_kept_across_reset_all_stays_closable(
     assert Database(name) is db
     assert Database(name).pool is db.pool
     db.pool.wait(5)
-    assert len(backends(admin, name)) == 2
+    assert _settled_count(admin, name, 2) == 2
     Database.reset_all(timeout=1)
     assert settled_backends(admin, name, []) == []
     assert _no_threads_of(name) == []
@@ -119,7 +128,7 @@ def test_database_kept_across_reset_all_uses_the_new_object_for_its_name(
     assert conn in new.pool._lent
     old.release_connection(conn)
     assert old.pool is new.pool
-    assert len(backends(admin, name)) == 1
+    assert _settled_count(admin, name, 1) == 1
     Database.reset_all(timeout=1)
     assert settled_backends(admin, name, []) == []
     assert _no_threads_of(name) == []
@@ -139,7 +148,7 @@ def test_async_database_kept_across_reset_all_stays_closable(
                 await conn.execute("SELECT 1")
             assert AsyncDatabase(name) is db
             await db.pool.wait(5)
-            assert len(await asyncio.to_thread(backends, admin, name)) == 2
+            assert await asyncio.to_thread(_settled_count, admin, name, 2) == 2
             await AsyncDatabase.reset_all(timeout=1)
             left = await asyncio.to_thread(settled_backends, admin, name, [])
             assert left == []
