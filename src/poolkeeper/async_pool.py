@@ -200,14 +200,15 @@ class AsyncPool(AsyncPoolBase):
         opening ``min_size`` connections. Returns at once; ``await pool.wait()`` to wait
         for them."""
         loop = _running_loop()
+        if self._forked:
+            # Checked first, as in Pool.open: the parent's loop is not the problem.
+            self._raise_if_closed()
         if self._opened:
             if loop is not self._loop:
                 raise self._wrong_loop_error()
             if self._closed:
                 raise PoolClosed(f"pool {self.name!r} was closed; create a new AsyncPool")
             return
-        if self._forked:
-            self._raise_if_closed()
         self._start(loop)
 
     def _start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -225,9 +226,12 @@ class AsyncPool(AsyncPoolBase):
         loop = _running_loop()
         if loop is self._loop:
             return
+        if self._forked:
+            # A pool inherited through fork() is closed, whichever loop the child runs.
+            self._raise_if_closed()
         if self._loop is not None:
             raise self._wrong_loop_error()
-        if self._closed or self._forked:
+        if self._closed:
             self._raise_if_closed()
         self._start(loop)
 
