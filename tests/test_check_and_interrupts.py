@@ -10,6 +10,7 @@ import asyncio
 import inspect
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import psycopg
@@ -72,70 +73,60 @@ def test_check_runs_the_check_callable(dsn: str, admin: psycopg.Connection[Any],
     assert len(now) == 2
 
 
-def _interrupt_for(kind: str) -> type[BaseException]:
-    # What interrupts a borrower: Ctrl-C in a thread, cancellation in a task.
-    return KeyboardInterrupt if kind == "Pool" else asyncio.CancelledError
+class _Interrupter:
+    """A ``check=``/``configure=`` hook that raises ``interrupt`` once, when armed."""
+
+    def __init__(self, interrupt: type[BaseException]) -> None:
+        self.interrupt = interrupt
+        self.armed = threading.Event()
+
+    def __call__(self, conn: object) -> None:
+        if self.armed.is_set():
+            self.armed.clear()
+            raise self.interrupt
 
 
+async def _interrupted_in_check(pool: Pool | AsyncPool, hook: _Interrupter) -> None:
+    time.sleep(0.02)  # past check_after: the next borrow checks first
+    hook.armed.set()
+    with pytest.raises(hook.interrupt):
+        await _call(pool.getconn())
+
+
+async def _interrupted_in_return(pool: Pool | AsyncPool, hook: _Interrupter) -> None:
+    conn = await _call(pool.getconn())
+    hook.armed.set()
+    with pytest.raises(hook.interrupt):
+        await _call(pool.putconn(conn))
+
+
+# Where the interrupt lands, and the settings that put the hook there: the check before
+# lending, or configure=, which runs after the reset on return.
+Interrupted = Callable[[Pool | AsyncPool, _Interrupter], Awaitable[None]]
+WHERE: dict[str, tuple[Interrupted, str, dict[str, Any]]] = {
+    "check": (_interrupted_in_check, "check", {"check_after": 0.01}),
+    "return": (_interrupted_in_return, "configure", {"reset": "always"}),
+}
+
+
+@pytest.mark.parametrize("where", sorted(WHERE))
 @pytest.mark.parametrize("kind", KINDS)
-def test_an_interrupted_check_retires_the_connection(
-    dsn: str, admin: psycopg.Connection[Any], kind: str
+def test_an_interrupted_check_or_clean_up_retires_the_connection(
+    dsn: str, admin: psycopg.Connection[Any], kind: str, where: str
 ) -> None:
-    """Interrupted during the check before lending, the connection is closed and its
-    slot freed: with ``max_size=1`` the next borrow gets a new backend, not a timeout."""
-    name = f"pk-interrupted-check-{kind.lower()}"
-    interrupting = threading.Event()
-    interrupt = _interrupt_for(kind)
-
-    def check(conn: object) -> None:
-        if interrupting.is_set():
-            interrupting.clear()
-            raise interrupt
+    """Interrupted (Ctrl-C in a thread, cancellation in a task) during the check before
+    lending or the clean-up on return, the connection is closed and its slot freed:
+    with ``max_size=1`` the next borrow gets a new backend, not a timeout."""
+    name = f"pk-interrupted-{where}-{kind.lower()}"
+    interrupted, hook_setting, settings = WHERE[where]
+    hook = _Interrupter(KeyboardInterrupt if kind == "Pool" else asyncio.CancelledError)
 
     async def scenario() -> tuple[int, int]:
-        pool = _make(kind, dsn, name, min_size=1, max_size=1, check=check, check_after=0.01)
+        pool = _make(kind, dsn, name, min_size=1, max_size=1, **{hook_setting: hook}, **settings)
         try:
             await _call(pool.wait(5))
             (old,) = backends(admin, name)
-            time.sleep(0.02)  # past check_after: the next borrow checks first
-            interrupting.set()
-            with pytest.raises(interrupt):
-                await _call(pool.getconn())
-            conn = await _call(pool.getconn(timeout=3))
-            await _call(pool.putconn(conn))
-            (new,) = _gone_and_replaced(admin, name, {old}, 1)
-            return old, new
-        finally:
-            await _call(pool.close(timeout=1.0))
-
-    old, new = asyncio.run(scenario())
-    assert new != old
-
-
-@pytest.mark.parametrize("kind", KINDS)
-def test_interrupted_while_cleaned_on_return_the_connection_is_retired(
-    dsn: str, admin: psycopg.Connection[Any], kind: str
-) -> None:
-    """Interrupted while the pool resets a returned connection (here in ``configure=``,
-    which runs after the reset), the connection is closed and its slot freed."""
-    name = f"pk-interrupted-return-{kind.lower()}"
-    interrupting = threading.Event()
-    interrupt = _interrupt_for(kind)
-
-    def configure(conn: object) -> None:
-        if interrupting.is_set():
-            interrupting.clear()
-            raise interrupt
-
-    async def scenario() -> tuple[int, int]:
-        pool = _make(kind, dsn, name, min_size=1, max_size=1, reset="always", configure=configure)
-        try:
-            await _call(pool.wait(5))
-            (old,) = backends(admin, name)
-            conn = await _call(pool.getconn())
-            interrupting.set()
-            with pytest.raises(interrupt):
-                await _call(pool.putconn(conn))
+            await interrupted(pool, hook)
             try:
                 conn = await _call(pool.getconn(timeout=3))
             except PoolTimeout:
