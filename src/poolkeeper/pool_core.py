@@ -3,10 +3,11 @@
 Everything here is free of waiting and I/O: the idle stack and lent map, the
 counters, the breaker's view of the server, how a record is made, how errors
 and stats read, what housekeeping should do, what a forked child forgets. The
-two shells add the parts that differ: how a caller waits (a lock or a future),
-how work runs in the background (threads or tasks), and the I/O itself.
-The borrow and return paths stay in the shells: they are the hot path, and
-each is written for its own concurrency model.
+I/O both pools do off the hot path is written once above this, in
+``async_pool_base.py`` (``pool_base.py`` is generated from it); the shells add
+how a caller waits (a lock or a future), how work runs in the background
+(threads or tasks), and the borrow and return paths, which are the hot path and
+written for each concurrency model.
 """
 
 from __future__ import annotations
