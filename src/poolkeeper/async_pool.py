@@ -571,13 +571,6 @@ class AsyncPool(AsyncPoolBase):
         if inspect.isawaitable(result):
             await result
 
-    async def _run_check(self, conn: Any, timeout: float | None = None) -> None:
-        check = self._user_check
-        if check is None:
-            await self._driver.ping(conn, timeout)
-        else:
-            await self._call_hook(check, conn)
-
     # -- internals: background work -----------------------------------------------------
 
     async def _housekeeping_loop(self) -> None:

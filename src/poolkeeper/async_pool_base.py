@@ -18,8 +18,8 @@ primitives each shell provides under the same name:
 * ``_close_later``, ``_close_conn_soon``, ``_keepalive_later``: work handed to the
   background (a worker thread, or a task); ``_close_all``: close several now (one
   after the other, or side by side);
-* ``_run_check``, ``_call_hook``: the user's ``check=``/``configure=`` callable (the
-  asyncio pool also awaits what it returns).
+* ``_call_hook``: call the user's ``check=``/``configure=`` callable (the asyncio
+  pool also awaits what it returns).
 
 ``getconn`` and ``putconn`` stay in the shells, each written for its own model
 (docs/design.md says why).
@@ -80,7 +80,6 @@ class AsyncPoolBase(PoolCore):
         def _close_conn_soon(self, conn: Any) -> None: ...
         def _keepalive_later(self, rec: ConnectionRecord) -> None: ...
         async def _call_hook(self, hook: Callable[[Any], object], conn: Any) -> None: ...
-        async def _run_check(self, conn: Any, timeout: float | None = None) -> None: ...
         def connection(self, timeout: float | None = None) -> AbstractAsyncContextManager[Any]:
             """See the shells."""
 
@@ -202,6 +201,15 @@ class AsyncPoolBase(PoolCore):
             raise
         self._mark_good(rec, _monotonic())
         return True
+
+    async def _run_check(self, conn: Any, timeout: float | None = None) -> None:
+        """The pool's check: the user's ``check=`` callable, else the driver's ping
+        (which gives up after ``timeout`` seconds)."""
+        check = self._user_check
+        if check is None:
+            await self._driver.ping(conn, timeout)
+        else:
+            await self._call_hook(check, conn)
 
     async def _clean_on_return(self, rec: ConnectionRecord) -> bool:
         """Roll back and/or reset ``rec``; False if it had to be discarded instead."""

@@ -170,13 +170,6 @@ class Pool(PoolBase):
         if open:
             self.open()
 
-    def _run_check(self, conn: Any, timeout: float | None = None) -> None:
-        check = self._user_check
-        if check is None:
-            self._driver.ping(conn, timeout)
-        else:
-            check(conn)
-
     # -- lifecycle ----------------------------------------------------------------------
 
     def open(self) -> None:

@@ -60,7 +60,6 @@ class PoolBase(PoolCore):
         def _close_conn_soon(self, conn: Any) -> None: ...
         def _keepalive_later(self, rec: ConnectionRecord) -> None: ...
         def _call_hook(self, hook: Callable[[Any], object], conn: Any) -> None: ...
-        def _run_check(self, conn: Any, timeout: float | None = None) -> None: ...
         def connection(self, timeout: float | None = None) -> AbstractContextManager[Any]:
             """See the shells."""
 
@@ -182,6 +181,15 @@ class PoolBase(PoolCore):
             raise
         self._mark_good(rec, _monotonic())
         return True
+
+    def _run_check(self, conn: Any, timeout: float | None = None) -> None:
+        """The pool's check: the user's ``check=`` callable, else the driver's ping
+        (which gives up after ``timeout`` seconds)."""
+        check = self._user_check
+        if check is None:
+            self._driver.ping(conn, timeout)
+        else:
+            self._call_hook(check, conn)
 
     def _clean_on_return(self, rec: ConnectionRecord) -> bool:
         """Roll back and/or reset ``rec``; False if it had to be discarded instead."""
