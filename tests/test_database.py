@@ -38,7 +38,9 @@ def test_32_threads_racing_make_one_pool(dsn: str, admin: psycopg.Connection[Any
         t.join(30)
     assert len(seen) == 32
     assert len({id(db) for db in seen}) == 1
-    # One pool of two connections, seen from the server's side.
+    # One pool of two connections, seen from the server's side: once min_size is open
+    # (the 32 borrows may all be served by the first one while the second connects).
+    seen[0].pool.wait(timeout=5)
     assert len(backends(admin, "race")) == 2
 
 
