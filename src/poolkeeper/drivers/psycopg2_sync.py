@@ -106,9 +106,21 @@ class Psycopg2Driver:
         return _STATUS[conn.get_transaction_status()]
 
     def rollback(self, conn: PoolConnection2) -> None:
-        """Roll back, waiting at most ``connect_timeout`` for the answer."""
+        """Roll back, by the server's transaction status, not psycopg2's own; waiting
+        at most ``connect_timeout`` for the answer."""
         with _answer_within(conn, conn._pk_answer_timeout, "ROLLBACK"):
             conn.rollback()
+            if conn.get_transaction_status() != psycopg2.extensions.TRANSACTION_STATUS_IDLE:
+                # A BEGIN sent as SQL (in autocommit, say): psycopg2 did not start it,
+                # so its rollback() skipped it; the next borrower would inherit it.
+                autocommit = conn.autocommit
+                conn.autocommit = True
+                try:
+                    with conn.cursor() as cur:
+                        cur.execute("ROLLBACK")
+                finally:
+                    if not conn.closed:
+                        conn.autocommit = autocommit
 
     def ping(self, conn: PoolConnection2, timeout: float | None = None) -> None:
         """``SELECT 1`` in autocommit, so the ping opens no transaction; waits at most
