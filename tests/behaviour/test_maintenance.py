@@ -1,0 +1,175 @@
+"""resize(), check(), drain(), stats and leak reports, on both pool classes."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import psycopg
+import pytest
+
+from poolkeeper import AsyncDatabase
+from tests.behaviour.conftest import MakePool
+from tests.behaviour.kinds import (
+    Kind,
+    assert_books_balance,
+    backend_pid,
+    fetchval,
+    lending_pools,
+    wait_until,
+)
+from tests.conftest import backends
+
+Admin = psycopg.Connection[Any]
+
+
+def terminate(admin: Admin, application_name: str) -> None:
+    admin.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+        [application_name],
+    )
+
+
+@pytest.mark.per_model("the pool's bounds and retirement; opening is covered elsewhere")
+async def test_resize_grows_now_and_shrinks_idle(make_pool: MakePool, admin: Admin) -> None:
+    pool = make_pool(min_size=1, max_size=2)
+    await pool.wait(5)
+    await pool.resize(4, 6)
+    await pool.wait(5)
+    assert pool.stats().size == 4
+    await pool.resize(1, 2)
+    await wait_until(lambda: pool.stats().size == 2)
+    assert pool.config.max_size == 2
+    await wait_until(lambda: len(backends(admin, pool.name)) == 2)
+
+
+async def test_check_replaces_connections_that_died(make_pool: MakePool, admin: Admin) -> None:
+    pool = make_pool(min_size=2, max_size=2)
+    await pool.wait(5)
+    old = set(backends(admin, pool.name))
+    terminate(admin, pool.name)
+    await wait_until(lambda: not backends(admin, pool.name))
+    await pool.check()
+    await wait_until(lambda: pool.stats().idle == 2)
+    new = set(backends(admin, pool.name))
+    assert len(new) == 2
+    assert not new & old
+    assert pool.stats().checks_failed == 2
+
+
+async def test_check_runs_the_pools_check_callable(
+    make_pool: MakePool, kind: Kind, admin: Admin
+) -> None:
+    # pool.check() uses check= where one is given, as lending does: a check that
+    # refuses live connections gets them replaced, which the server shows as new pids.
+    calls: list[int] = []
+
+    async def refuse(conn: Any) -> None:
+        calls.append(backend_pid(conn))
+        raise RuntimeError("refused by check=")
+
+    pool = make_pool(min_size=2, max_size=2, check=kind.hook(refuse), check_after=60)
+    await pool.wait(5)
+    old = set(backends(admin, pool.name))
+    await pool.check()
+    assert sorted(calls) == sorted(old)
+    await wait_until(lambda: pool.stats().idle == 2)
+    await wait_until(lambda: len(backends(admin, pool.name)) == 2)
+    assert not set(backends(admin, pool.name)) & old
+    assert pool.stats().checks_failed == 2
+
+
+async def test_live_connections_pass_their_check_and_are_kept(
+    make_pool: MakePool, admin: Admin
+) -> None:
+    # A check that fails on a healthy connection would reopen the pool's connections
+    # after every idle spell of check_after (asyncpg once choked on an empty query).
+    pool = make_pool(min_size=2, max_size=2, check_after=0.05)
+    await pool.wait(5)
+    before = set(backends(admin, pool.name))
+    await pool.check()
+    await asyncio.sleep(0.1)
+    async with pool.connection():
+        pass
+    assert pool.stats().checks_failed == 0
+    assert pool.stats().connections_opened == 2
+    assert set(backends(admin, pool.name)) == before
+
+
+async def test_terminated_backends_are_never_lent(make_pool: MakePool, admin: Admin) -> None:
+    pool = make_pool(min_size=3, max_size=3, check_after=0.1)
+    await pool.wait(5)
+    terminate(admin, pool.name)
+    await wait_until(lambda: not backends(admin, pool.name))
+    await asyncio.sleep(pool.config.check_after + 0.05)  # idle long enough to be checked
+    for _ in range(20):
+        async with pool.connection() as conn:
+            assert await fetchval(conn, "SELECT 1") == 1
+    assert pool.stats().checks_failed >= 1
+    await assert_books_balance(pool)
+
+
+@pytest.mark.per_model("the generation bookkeeping of drain(); closing is covered elsewhere")
+async def test_drain_replaces_every_connection(make_pool: MakePool, admin: Admin) -> None:
+    pool = make_pool(min_size=2, max_size=2)
+    await pool.wait(5)
+    old = set(backends(admin, pool.name))
+    held = await pool.getconn()
+    await pool.drain()
+    await pool.putconn(held)
+    await wait_until(lambda: pool.stats().idle == 2 and pool.stats().connections_opened == 4)
+    await wait_until(lambda: not set(backends(admin, pool.name)) & old)
+
+
+@pytest.mark.per_model("counters and gauges are the pool's own")
+async def test_stats_snapshot_has_the_gauges_and_counters(make_pool: MakePool) -> None:
+    pool = make_pool(min_size=1, max_size=3)
+    await pool.wait(5)
+    async with pool.connection(), pool.connection():
+        stats = pool.stats()
+        assert (stats.size, stats.in_use, stats.min_size, stats.max_size) == (2, 2, 1, 3)
+    stats = pool.stats()
+    assert stats.borrows == 2
+    assert stats.connections_opened == 2
+    assert stats.as_dict()["name"] == pool.name
+    assert pool.health()["status"] == "ok"
+
+
+@pytest.mark.per_model("the leak report is the pool's housekeeping")
+async def test_leaked_connection_is_logged_once_with_the_borrowers_stack(
+    make_pool: MakePool, pk_logs: pytest.LogCaptureFixture
+) -> None:
+    pool = make_pool(min_size=1, max_size=1, leak_threshold=0.1)
+
+    async def borrow_and_forget() -> Any:
+        return await pool.getconn()
+
+    conn = await borrow_and_forget()
+    await wait_until(lambda: pool.stats().leaks == 1)
+    await asyncio.sleep(0.3)
+    leaks = [r for r in pk_logs.records if "not returned" in r.getMessage()]
+    assert len(leaks) == 1
+    assert "borrow_and_forget" in leaks[0].getMessage()
+    await pool.putconn(conn)
+
+
+@pytest.mark.per_model("which pools a Database marks as replicas; no driver call")
+async def test_readonly_connections_come_from_a_replica_pool(
+    kind: Kind, dsn: str, admin: Admin
+) -> None:
+    name = f"pk-primary-{kind.id}"
+    db = kind.database(name, dsn=dsn, replicas=[dsn])
+    try:
+        async with db.connection(readonly=True) as conn:
+            await fetchval(conn, "SELECT 1")
+            assert backends(admin, f"{name}-replica0") == [backend_pid(conn)]
+        async with db.connection() as conn:
+            assert backends(admin, name) == [backend_pid(conn)]
+        # A read-only error on a replica is expected there, not a sign of failover.
+        primary, *replicas = lending_pools(db)
+        assert len(replicas) == 1
+        assert not replicas[0].meant_for_primary
+        assert primary.meant_for_primary
+    finally:
+        if isinstance(db, AsyncDatabase):
+            await AsyncDatabase.reset_all(timeout=1.0)

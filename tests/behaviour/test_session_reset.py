@@ -1,0 +1,158 @@
+"""reset="auto" on every pool kind: session state one borrower leaves behind never
+reaches the next, and a clean session costs no reset. Each state is looked up on the
+server (pg_locks, pg_listening_channels(), pg_prepared_statements, …)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.behaviour.conftest import MakePool
+from tests.behaviour.kinds import (
+    Kind,
+    autocommit,
+    backend_pid,
+    close,
+    commit,
+    execute,
+    fetchval,
+    settle,
+    wait_until,
+)
+
+
+@pytest.fixture(scope="module")
+def _reader_role(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute(
+            "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'pk_reader') "
+            "THEN CREATE ROLE pk_reader; END IF; END $$"
+        )
+
+
+#: state -> (the statement that leaves it, a query on the next borrower, "clean" test)
+DIRTIERS: dict[str, tuple[str, str, Any]] = {
+    "role": ("SET ROLE pk_reader", "SELECT current_user", lambda v: v != "pk_reader"),
+    "session_authorization": (
+        "SET SESSION AUTHORIZATION pk_reader",
+        "SELECT session_user",
+        lambda v: v != "pk_reader",
+    ),
+    "search_path": (
+        "SET search_path TO pg_catalog",
+        "SHOW search_path",
+        lambda v: "public" in v,
+    ),
+    "set_config": (
+        "SELECT set_config('work_mem', '7MB', false)",
+        "SHOW work_mem",
+        lambda v: v != "7MB",
+    ),
+    "temp_table": (
+        "CREATE TEMP TABLE pk_scratch (x int)",
+        "SELECT to_regclass('pg_temp.pk_scratch') IS NULL",
+        lambda v: v is True,
+    ),
+    "advisory_lock": (
+        "SELECT pg_advisory_lock(4243)",
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()",
+        lambda v: v == 0,
+    ),
+    "listen": (
+        "LISTEN pk_channel",
+        "SELECT count(*) FROM pg_listening_channels()",
+        lambda v: v == 0,
+    ),
+    "prepared_statement": (
+        "PREPARE pk_stmt AS SELECT 1",
+        "SELECT count(*) FROM pg_prepared_statements WHERE name = 'pk_stmt'",
+        lambda v: v == 0,
+    ),
+}
+
+
+@pytest.mark.usefixtures("_reader_role")
+@pytest.mark.parametrize("state", sorted(DIRTIERS))
+async def test_session_state_is_reset_before_the_next_borrower(
+    make_pool: MakePool, state: str
+) -> None:
+    dirty, probe, is_clean = DIRTIERS[state]
+    pool = make_pool(min_size=1, max_size=1)
+    conn = await pool.getconn()
+    pid = backend_pid(conn)
+    await autocommit(conn, True)
+    await execute(conn, dirty)
+    await autocommit(conn, False)
+    await pool.putconn(conn)
+    async with pool.connection() as again:
+        assert backend_pid(again) == pid  # reset, not discarded
+        seen = await fetchval(again, probe)
+        assert is_clean(seen), seen
+        # The driver's own statement cache survived DISCARD ALL.
+        assert await fetchval(again, "SELECT 1") == 1
+        assert await fetchval(again, "SELECT 1") == 1
+    assert pool.stats().resets == 1
+
+
+async def test_return_state_is_clean_only_for_an_idle_clean_open_connection(
+    make_pool: MakePool,
+) -> None:
+    pool: Any = make_pool(min_size=1, max_size=1)
+    conn = await pool.getconn()
+    await autocommit(conn, True)
+    drv = getattr(pool, "pool", pool)._driver
+
+    def clean() -> bool:
+        return bool(drv.return_state(conn) == drv.clean_state)
+
+    assert clean()
+    await fetchval(conn, "SELECT 1")
+    await fetchval(conn, "SELECT 1")  # a verdict already known
+    assert clean()
+    await execute(conn, "BEGIN")
+    assert not clean()
+    await settle(drv.rollback(conn))
+    assert clean()
+    for _ in range(2):  # scanned, then known: dirty both times
+        await execute(conn, "SET search_path TO pg_catalog")
+        assert not clean()
+        await settle(drv.reset_session(conn))
+        assert clean()
+    await close(conn)
+    assert not clean()
+    await pool.putconn(conn)
+    await wait_until(lambda: pool.stats().idle == 1)
+    assert pool.stats().connections_closed == 1
+
+
+async def test_plain_queries_cost_no_reset(make_pool: MakePool) -> None:
+    pool = make_pool(min_size=1, max_size=1)
+    for _ in range(5):
+        async with pool.connection() as conn:
+            await fetchval(conn, "SELECT relname FROM pg_class LIMIT 1")
+            await fetchval(conn, "SELECT 1")
+    assert pool.stats().resets == 0
+
+
+async def test_configure_settings_survive_a_reset(make_pool: MakePool, kind: Kind) -> None:
+    async def configure(conn: Any) -> None:
+        await execute(conn, "SET application_name = 'configured'")
+        await commit(conn)
+
+    pool = make_pool(min_size=1, max_size=1, configure=kind.hook(configure))
+    async with pool.connection() as conn:
+        await execute(conn, "SET search_path TO pg_catalog")
+    async with pool.connection() as conn:
+        assert await fetchval(conn, "SHOW application_name") == "configured"
+        assert "public" in await fetchval(conn, "SHOW search_path")
+
+
+async def test_reset_none_leaves_the_session_alone(make_pool: MakePool) -> None:
+    pool = make_pool(min_size=1, max_size=1, reset=None)
+    async with pool.connection() as conn:
+        await execute(conn, "SET search_path TO pg_catalog")
+        await commit(conn)
+    async with pool.connection() as conn:
+        assert await fetchval(conn, "SHOW search_path") == "pg_catalog"
