@@ -147,9 +147,7 @@ async def test_waiters_time_out_at_their_own_deadlines_in_order(
     await assert_books_balance(pool)
 
 
-async def test_max_waiting_rejects_the_next_caller_at_once(
-    make_pool: MakePool, kind: Kind
-) -> None:
+async def test_max_waiting_rejects_the_next_caller_at_once(make_pool: MakePool, kind: Kind) -> None:
     pool = make_pool(min_size=1, max_size=1, max_waiting=2, timeout=20)
     conn = await pool.getconn()
     got: list[Any] = []
@@ -172,9 +170,7 @@ async def test_max_waiting_rejects_the_next_caller_at_once(
     await assert_books_balance(pool)
 
 
-async def test_waiters_are_served_first_come_first_served(
-    make_pool: MakePool, kind: Kind
-) -> None:
+async def test_waiters_are_served_first_come_first_served(make_pool: MakePool, kind: Kind) -> None:
     pool = make_pool(min_size=1, max_size=1, timeout=10)
     conn = await pool.getconn()
     order: list[int] = []
