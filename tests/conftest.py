@@ -18,7 +18,7 @@ import pytest
 from poolkeeper import Database, Pool
 from poolkeeper.embedded import LocalServer
 
-pytest_plugins: list[str] = ["tests.pool_kinds"]
+pytest_plugins: list[str] = ["pytester", "tests.pool_kinds"]
 
 
 @pytest.fixture(scope="session")

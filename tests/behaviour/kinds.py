@@ -176,8 +176,9 @@ class AnyPool(Protocol):
     :class:`BlockingPool` mirrors for a ``Pool``."""
 
     name: str
-    config: PoolConfig
 
+    @property
+    def config(self) -> PoolConfig: ...
     @property
     def closed(self) -> bool: ...
     async def open(self) -> None: ...
@@ -294,11 +295,17 @@ class BlockingDatabase:
             yield conn
 
 
+def driver_of(pool: AnyPool) -> Any:
+    """The pool's driver adapter (``poolkeeper.drivers``), for asking it what it sees."""
+    real: Any = pool.pool if isinstance(pool, BlockingPool) else pool
+    return real._driver
+
+
 def lending_pools(db: BlockingDatabase | AsyncDatabase) -> list[Pool | AsyncPool]:
     """The primary and replica pools behind ``db`` (in this loop, for an AsyncDatabase)."""
     if isinstance(db, BlockingDatabase):
         return [db.db.pool, *(db.db._replica_pools or [])]
-    return db._loop_pools().all()
+    return list(db._loop_pools().all())
 
 
 # -- driver-neutral SQL ----------------------------------------------------------------

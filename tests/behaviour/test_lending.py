@@ -9,6 +9,7 @@ import psycopg
 import pytest
 
 from poolkeeper import PoolError
+from poolkeeper.drivers import IDLE
 from tests.behaviour.conftest import MakePool
 from tests.behaviour.kinds import (
     Kind,
@@ -16,6 +17,7 @@ from tests.behaviour.kinds import (
     backend_pid,
     begin,
     close,
+    driver_of,
     execute,
     fetchval,
     is_closed,
@@ -65,6 +67,7 @@ async def test_open_transaction_is_rolled_back_on_return(
     assert server_state(admin, pid) == "idle in transaction"
     await pool.putconn(conn)
     assert server_state(admin, pid) == "idle"
+    assert driver_of(pool).status(conn) == IDLE  # and the driver knows it
     async with pool.transaction() as again:
         assert again is conn
         assert backend_pid(again) == pid

@@ -83,9 +83,10 @@ async def test_an_unreachable_server_fails_callers_within_their_timeout(
     assert pool.health()["status"] in ("down", "degraded")
 
 
-async def test_open_false_waits_for_open(make_pool: MakePool) -> None:
+async def test_open_false_waits_for_open(make_pool: MakePool, kind: Kind) -> None:
     pool = make_pool(open=False, min_size=1)
-    with pytest.raises(PoolClosed, match=r"pool\.open\(\)"):
+    hint = r"await pool\.open\(\)" if kind.is_async else r"call pool\.open\(\)"
+    with pytest.raises(PoolClosed, match=hint):
         await pool.getconn()
     await pool.open()
     await pool.wait(5)

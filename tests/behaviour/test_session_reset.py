@@ -16,6 +16,7 @@ from tests.behaviour.kinds import (
     backend_pid,
     close,
     commit,
+    driver_of,
     execute,
     fetchval,
     settle,
@@ -99,10 +100,10 @@ async def test_session_state_is_reset_before_the_next_borrower(
 async def test_return_state_is_clean_only_for_an_idle_clean_open_connection(
     make_pool: MakePool,
 ) -> None:
-    pool: Any = make_pool(min_size=1, max_size=1)
+    pool = make_pool(min_size=1, max_size=1)
     conn = await pool.getconn()
     await autocommit(conn, True)
-    drv = getattr(pool, "pool", pool)._driver
+    drv = driver_of(pool)
 
     def clean() -> bool:
         return bool(drv.return_state(conn) == drv.clean_state)
