@@ -102,14 +102,6 @@ async def test_releasing_a_foreign_connection_is_an_error(dsn: str) -> None:
         await stranger.close()
 
 
-async def test_readonly_connections_come_from_the_replica_pool(dsn: str, admin: Admin) -> None:
-    db = AsyncDatabase("aprimary", dsn=dsn, replicas=[dsn])
-    async with db.connection(readonly=True) as conn:
-        assert backends(admin, "aprimary-replica0") == [backend_pid(conn)]
-    async with db.connection() as conn:
-        assert backends(admin, "aprimary") == [backend_pid(conn)]
-
-
 def test_use_outside_a_running_loop_says_what_to_do(dsn: str) -> None:
     db = AsyncDatabase("anoloop", dsn=dsn)
     with pytest.raises(PoolError, match="running event loop"):

@@ -88,21 +88,6 @@ def test_releasing_a_foreign_connection_is_an_error(dsn: str) -> None:
         db.release_connection(stranger)
 
 
-def test_readonly_connections_come_from_the_replica_pool(
-    dsn: str, admin: psycopg.Connection[Any]
-) -> None:
-    db = Database("primary", dsn=dsn, replicas=[dsn])
-    with db.connection(readonly=True) as conn:
-        conn.execute("SELECT 1")
-        assert backends(admin, "primary-replica0") == [conn.info.backend_pid]
-    with db.connection() as conn:
-        assert backends(admin, "primary") == [conn.info.backend_pid]
-    # A read-only error on a replica is expected there, not a sign of failover.
-    assert db._replica_pools is not None
-    assert not db._replica_pools[0].meant_for_primary
-    assert db.pool.meant_for_primary
-
-
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_forked_child_gets_a_fresh_pool_and_the_parent_is_unaffected(
     dsn: str, admin: psycopg.Connection[Any]
