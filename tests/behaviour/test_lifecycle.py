@@ -12,7 +12,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from poolkeeper import ConnectionFailed, PoolClosed, PoolError, PoolTimeout
 from tests.behaviour.conftest import MakePool
-from tests.behaviour.kinds import Kind, fetchval, is_closed, wait_until
+from tests.behaviour.kinds import Kind, close, fetchval, is_closed, wait_until
 from tests.conftest import backends
 
 Admin = psycopg.Connection[Any]
@@ -150,3 +150,22 @@ async def test_password_never_appears_in_errors_logs_or_repr(
     texts += [r.getMessage() for r in pk_logs.records]
     assert all(secret not in t for t in texts)
     assert pool.stats().connect_errors >= 1
+
+
+@pytest.mark.per_model("the lent map's books after close(); no driver call differs")
+async def test_after_close_only_a_connection_closed_under_its_borrower_is_taken_back(
+    make_pool: MakePool, kind: Kind, dsn: str
+) -> None:
+    pool = make_pool(min_size=1, max_size=1)
+    conn = await pool.getconn()
+    await pool.close(timeout=0)  # closes `conn` under its borrower
+    assert is_closed(conn)
+    await pool.putconn(conn)  # the borrower's late return: harmless
+    with pytest.raises(PoolError, match="did not lend"):
+        await pool.putconn(conn)  # twice is still a mistake
+    stranger = await kind.connect(dsn)
+    try:
+        with pytest.raises(PoolError, match="did not lend"):
+            await pool.putconn(stranger)
+    finally:
+        await close(stranger)
