@@ -130,10 +130,17 @@ async def test_a_key_value_conninfo_works_on_every_driver(
     assert len(backends(admin, f"pk-kv-{kind.id}")) == 1
 
 
-async def test_statement_timeout_reaches_the_server(make_pool: MakePool) -> None:
-    pool = make_pool(min_size=1, max_size=1, statement_timeout=1.5)
+async def test_statement_timeouts_reach_the_server(make_pool: MakePool) -> None:
+    pool = make_pool(min_size=1, max_size=1, statement_timeout=1.5, idle_in_transaction_timeout=4)
     async with pool.connection() as conn:
         assert await fetchval(conn, "SHOW statement_timeout") == "1500ms"
+        assert await fetchval(conn, "SHOW idle_in_transaction_session_timeout") == "4s"
+
+
+async def test_without_statement_timeout_the_servers_default_stands(make_pool: MakePool) -> None:
+    pool = make_pool(min_size=1, max_size=1)
+    async with pool.connection() as conn:
+        assert await fetchval(conn, "SHOW statement_timeout") == "0"
 
 
 async def test_password_never_appears_in_errors_logs_or_repr(

@@ -157,3 +157,38 @@ async def test_reset_none_leaves_the_session_alone(make_pool: MakePool) -> None:
         await commit(conn)
     async with pool.connection() as conn:
         assert await fetchval(conn, "SHOW search_path") == "pg_catalog"
+
+
+def last_statement(admin: psycopg.Connection[Any], pid: int) -> str:
+    """What backend ``pid`` ran last, as the server recorded it."""
+    row = admin.execute("SELECT query FROM pg_stat_activity WHERE pid = %s", [pid]).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+async def test_reset_always_resets_even_a_clean_session(
+    make_pool: MakePool, admin: psycopg.Connection[Any]
+) -> None:
+    pool = make_pool(min_size=1, max_size=1, reset="always")
+    async with pool.connection() as conn:
+        pid = backend_pid(conn)
+        assert await fetchval(conn, "SELECT 1") == 1
+    assert last_statement(admin, pid) == "DISCARD ALL"
+    assert pool.stats().resets == 1
+    async with pool.connection() as conn:
+        assert backend_pid(conn) == pid
+        assert await fetchval(conn, "SELECT 2") == 2
+    assert pool.stats().resets == 2
+
+
+async def test_a_clean_session_is_not_reset_on_the_server(
+    make_pool: MakePool, admin: psycopg.Connection[Any]
+) -> None:
+    pool = make_pool(min_size=1, max_size=1)
+    async with pool.connection() as conn:
+        pid = backend_pid(conn)
+        await autocommit(conn, True)
+        assert await fetchval(conn, "SELECT 'pk-plain'") == "pk-plain"
+        await autocommit(conn, False)
+    assert last_statement(admin, pid) == "SELECT 'pk-plain'"
+    assert pool.stats().resets == 0
