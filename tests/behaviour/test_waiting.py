@@ -123,7 +123,9 @@ async def test_waiters_time_out_at_their_own_deadlines_in_order(
     # give up at its own deadline, not its neighbour's.
     pool = make_pool(min_size=1, max_size=1, timeout=10)
     conn = await pool.getconn()
-    timeouts = [0.5, 0.1, 0.3, 0.2, 0.4, 0.2]
+    # 0.2 s apart: wide enough that queueing six threads one after another (a few ms
+    # each) cannot reorder two deadlines on a loaded host.
+    timeouts = [1.0, 0.2, 0.6, 0.4, 0.8, 0.4]
     ended: list[tuple[float, float, str]] = []
 
     async def waiter(limit: float) -> None:
