@@ -173,3 +173,22 @@ async def test_readonly_connections_come_from_a_replica_pool(
     finally:
         if isinstance(db, AsyncDatabase):
             await AsyncDatabase.reset_all(timeout=1.0)
+
+
+@pytest.mark.per_model("health() reads the pool's own books")
+async def test_health_is_degraded_while_callers_wait_and_closed_after_close(
+    make_pool: MakePool, kind: Kind
+) -> None:
+    pool = make_pool(min_size=1, max_size=1)
+    await pool.wait(5)
+    assert pool.health()["status"] == "ok"
+    held = await pool.getconn()
+    waiter = kind.spawn(pool.getconn(timeout=5))
+    await wait_until(lambda: pool.stats().waiting == 1)
+    health = pool.health()
+    assert (health["status"], health["waiting"], health["in_use"]) == ("degraded", 1, 1)
+    await pool.putconn(held)
+    await pool.putconn(await waiter)
+    assert pool.health()["status"] == "ok"
+    await pool.close()
+    assert pool.health()["status"] == "closed"
