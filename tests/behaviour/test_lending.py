@@ -173,3 +173,18 @@ async def test_a_transaction_begun_in_sql_is_rolled_back_on_return(
     await pool.putconn(conn)
     assert server_state(admin, pid) == "idle"
     assert pool.stats().rollbacks == 1
+
+
+async def test_connect_kwargs_autocommit_saves_the_rollback_on_return(
+    make_pool: MakePool, admin: Admin
+) -> None:
+    # docs/asyncio.md: connect_kwargs={"autocommit": True} avoids the ROLLBACK round
+    # trip (asyncpg accepts it and is in autocommit anyway).
+    pool = make_pool(min_size=1, max_size=1, connect_kwargs={"autocommit": True})
+    async with pool.connection() as conn:
+        pid = backend_pid(conn)
+        assert await fetchval(conn, "SELECT 'pk-autocommit'") == "pk-autocommit"
+    assert server_state(admin, pid) == "idle"
+    last = admin.execute("SELECT query FROM pg_stat_activity WHERE pid = %s", [pid]).fetchone()
+    assert last == ("SELECT 'pk-autocommit'",)
+    assert pool.stats().rollbacks == 0

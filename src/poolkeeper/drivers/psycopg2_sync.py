@@ -93,10 +93,14 @@ class Psycopg2Driver:
         """Open a connection whose cursors (the user's ``cursor_factory`` too) track SET & co."""
         params = merge_conninfo(spec)
         cursor_class = params.pop("cursor_factory", None) or psycopg2.extensions.cursor
+        # An attribute in psycopg2, not a connect() argument; accepted as psycopg 3 does.
+        autocommit = bool(params.pop("autocommit", False))
         conn: PoolConnection2 = psycopg2.connect(
             connection_factory=PoolConnection2, cursor_factory=_tracking(cursor_class), **params
         )
         conn._pk_answer_timeout = spec.connect_timeout
+        if autocommit:
+            conn.autocommit = True
         return conn
 
     def status(self, conn: PoolConnection2) -> int:
