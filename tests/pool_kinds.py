@@ -20,6 +20,8 @@ from typing import Any
 
 import pytest
 
+from tests.behaviour.kinds import ALL_KINDS, PER_MODEL_KINDS
+
 #: Where behaviours live (a directory name under the rootdir's tests/).
 BEHAVIOUR_DIR = "tests/behaviour"
 #: Files whose tests exist for one concurrency model only, and which model.
@@ -27,8 +29,8 @@ MODEL_SPECIFIC_FILES = {
     "tests/test_pool.py": "threads",
     "tests/test_async_pool.py": "asyncio",
 }
-ALL_KIND_IDS = frozenset({"sync-psycopg", "sync-psycopg2", "async-psycopg", "async-asyncpg"})
-PER_MODEL_KIND_IDS = frozenset({"sync-psycopg", "async-psycopg"})
+ALL_KIND_IDS = frozenset(param.id for param in ALL_KINDS)
+PER_MODEL_KIND_IDS = frozenset(param.id for param in PER_MODEL_KINDS)
 
 
 def pytest_configure(config: pytest.Config) -> None:
