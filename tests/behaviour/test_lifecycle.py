@@ -63,7 +63,7 @@ async def test_wait_times_out_when_min_size_cannot_be_reached(make_pool: MakePoo
 async def test_wait_fails_fast_once_the_server_is_known_unreachable(make_pool: MakePool) -> None:
     pool = make_pool(UNREACHABLE, min_size=2, fail_fast_after=0.2)
     start = time.monotonic()
-    with pytest.raises(PoolTimeout, match=r"opened 0 of min_size=2 .*last error") as info:
+    with pytest.raises(PoolTimeout, match=r"min_size=2.*; last error: ") as info:
         await pool.wait(timeout=10)
     assert time.monotonic() - start < 2.0
     assert info.value.__cause__ is not None
