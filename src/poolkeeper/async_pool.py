@@ -312,6 +312,7 @@ class AsyncPool(AsyncPoolBase):
                     if self._leak_threshold is not None:
                         rec.borrowed_at = _monotonic()
                         rec.borrow_stack = "".join(traceback.format_stack(limit=16)[:-1])
+                        rec.leak_reported = False
                     # Last, with no call after it (see Pool.getconn).
                     self._lent[rec.conn] = rec
                     return rec.conn
@@ -387,6 +388,7 @@ class AsyncPool(AsyncPoolBase):
             if self._leak_threshold is not None:
                 rec.borrowed_at = now
                 rec.borrow_stack = "".join(traceback.format_stack(limit=16)[:-1])
+                rec.leak_reported = False
             self._lent[rec.conn] = rec  # last, as on the fast path
             return rec.conn
 

@@ -254,8 +254,11 @@ class Pool(PoolBase):
                 if _monotonic() < rec.check_due:
                     next(self._borrow_ticks)
                     if self._leak_threshold is not None:
+                        # Before it is in _lent, where the housekeeping thread looks for
+                        # leaks: it must never see the previous borrow's time or stack.
                         rec.borrowed_at = _monotonic()
                         rec.borrow_stack = "".join(traceback.format_stack(limit=16)[:-1])
+                        rec.leak_reported = False
                     # Last, with no call after it: an interrupt before this line leaves
                     # the record astray, where housekeeping's audit finds it.
                     self._lent[rec.conn] = rec
@@ -344,6 +347,7 @@ class Pool(PoolBase):
                 if self._leak_threshold is not None:
                     rec.borrowed_at = now
                     rec.borrow_stack = "".join(traceback.format_stack(limit=16)[:-1])
+                    rec.leak_reported = False
                 self._lent[rec.conn] = rec  # last, as on the fast path
                 return rec.conn
             rec = None

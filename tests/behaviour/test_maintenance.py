@@ -192,3 +192,28 @@ async def test_health_is_degraded_while_callers_wait_and_closed_after_close(
     assert pool.health()["status"] == "ok"
     await pool.close()
     assert pool.health()["status"] == "closed"
+
+
+@pytest.mark.per_model("the leak report is the pool's housekeeping")
+async def test_each_borrow_that_leaks_is_reported_with_its_own_stack(
+    make_pool: MakePool, pk_logs: pytest.LogCaptureFixture
+) -> None:
+    pool = make_pool(min_size=1, max_size=1, leak_threshold=0.1)
+
+    async def first_borrower() -> Any:
+        return await pool.getconn()
+
+    async def second_borrower() -> Any:
+        return await pool.getconn()
+
+    conn = await first_borrower()
+    await wait_until(lambda: pool.stats().leaks == 1)
+    await pool.putconn(conn)
+    again = await second_borrower()
+    assert again is conn  # the same connection, leaked a second time
+    await wait_until(lambda: pool.stats().leaks == 2)
+    leaks = [r.getMessage() for r in pk_logs.records if "not returned" in r.getMessage()]
+    assert len(leaks) == 2
+    assert "first_borrower" in leaks[0] and "second_borrower" not in leaks[0]
+    assert "second_borrower" in leaks[1] and "first_borrower" not in leaks[1]
+    await pool.putconn(again)
