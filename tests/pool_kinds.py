@@ -61,6 +61,34 @@ def _reason(marker: pytest.Mark | None, position: int) -> str:
     return str(value or "").strip()
 
 
+def _model_file_problem(item: pytest.Item, name: str, model: str) -> str | None:
+    marker = item.get_closest_marker("one_model")
+    if marker is None or not marker.args or marker.args[0] != model:
+        return (
+            f"{name}: a test here needs @pytest.mark.one_model({model!r}, reason) "
+            "saying why it cannot be a behaviour test in tests/behaviour/"
+        )
+    if not _reason(marker, 1):
+        return f"{name}: one_model({model!r}) without a reason"
+    return None
+
+
+def _coverage_problems(name: str, seen: set[str], item: pytest.Item) -> list[str]:
+    problems: list[str] = []
+    per_model = item.get_closest_marker("per_model")
+    if per_model is not None and not _reason(per_model, 0):
+        problems.append(f"{name}: per_model without a reason")
+    wanted = PER_MODEL_KIND_IDS if per_model is not None else ALL_KIND_IDS
+    if seen != wanted:
+        missing = ", ".join(sorted(wanted - seen)) or "none"
+        extra = ", ".join(sorted(seen - wanted)) or "none"
+        problems.append(f"{name}: runs over {sorted(seen)}; missing {missing}, extra {extra}")
+    differs = item.get_closest_marker("differs")
+    if differs is not None and "docs/" not in _reason(differs, 1):
+        problems.append(f"{name}: differs() needs a reason naming the docs page that says so")
+    return problems
+
+
 def drift_problems(items: list[pytest.Item], root: Path) -> list[str]:
     """What in ``items`` breaks the rules above, one line per test function."""
     problems: list[str] = []
@@ -69,39 +97,23 @@ def drift_problems(items: list[pytest.Item], root: Path) -> list[str]:
     for item in items:
         path = _relative(item, root)
         name = item.nodeid.split("[", 1)[0]
-        if path.startswith(BEHAVIOUR_DIR + "/"):
-            if item.get_closest_marker("one_model"):
-                problems.append(f"{name}: one_model in the behaviour suite; move it out")
-            callspec = getattr(item, "callspec", None)
-            kind = None if callspec is None else callspec.params.get("kind")
-            if kind is None:
-                problems.append(f"{name}: not parametrized over the pool kinds (use `kind`)")
-                continue
-            kinds_seen[name].add(str(getattr(kind, "id", kind)))
-            first_item.setdefault(name, item)
-        elif path in MODEL_SPECIFIC_FILES:
-            model = MODEL_SPECIFIC_FILES[path]
-            marker = item.get_closest_marker("one_model")
-            if marker is None or not marker.args or marker.args[0] != model:
-                problems.append(
-                    f"{name}: a test here needs @pytest.mark.one_model({model!r}, reason) "
-                    "saying why it cannot be a behaviour test in tests/behaviour/"
-                )
-            elif not _reason(marker, 1):
-                problems.append(f"{name}: one_model({model!r}) without a reason")
+        if path in MODEL_SPECIFIC_FILES:
+            problem = _model_file_problem(item, name, MODEL_SPECIFIC_FILES[path])
+            problems += [problem] if problem else []
+            continue
+        if not path.startswith(BEHAVIOUR_DIR + "/"):
+            continue
+        if item.get_closest_marker("one_model"):
+            problems.append(f"{name}: one_model in the behaviour suite; move it out")
+        callspec = getattr(item, "callspec", None)
+        kind = None if callspec is None else callspec.params.get("kind")
+        if kind is None:
+            problems.append(f"{name}: not parametrized over the pool kinds (use `kind`)")
+            continue
+        kinds_seen[name].add(str(getattr(kind, "id", kind)))
+        first_item.setdefault(name, item)
     for name, seen in kinds_seen.items():
-        item = first_item[name]
-        per_model = item.get_closest_marker("per_model")
-        if per_model is not None and not _reason(per_model, 0):
-            problems.append(f"{name}: per_model without a reason")
-        wanted = PER_MODEL_KIND_IDS if per_model is not None else ALL_KIND_IDS
-        if seen != wanted:
-            missing = ", ".join(sorted(wanted - seen)) or "none"
-            extra = ", ".join(sorted(seen - wanted)) or "none"
-            problems.append(f"{name}: runs over {sorted(seen)}; missing {missing}, extra {extra}")
-        differs = item.get_closest_marker("differs")
-        if differs is not None and "docs/" not in _reason(differs, 1):
-            problems.append(f"{name}: differs() needs a reason naming the docs page that says so")
+        problems += _coverage_problems(name, seen, first_item[name])
     return problems
 
 
