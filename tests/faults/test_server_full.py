@@ -278,3 +278,43 @@ def test_sync_pool_keeps_lending_while_its_openers_retry(
     assert on_server == 2
     assert set(outcomes) == {"served"}, (outcomes, stats)
     assert stats.idle + stats.in_use == 2, stats
+
+
+def test_async_pool_keeps_lending_while_its_openers_retry(
+    full_server: LocalServer, hogs: list[psycopg.Connection[Any]], report: Report
+) -> None:
+    """The asyncio twin: openers are tasks of their own, so pings never wait for them."""
+    name = "full-openers-async"
+
+    async def run() -> tuple[collections.Counter[str], int, int]:
+        outcomes: collections.Counter[str] = collections.Counter()
+        async with AsyncPool(
+            app_dsn(full_server),
+            name=name,
+            min_size=4,
+            max_size=6,
+            keepalive_interval=0.05,
+            timeout=2,
+        ) as pool:
+            deadline = time.monotonic() + 10
+            while pool.stats().connections_opened < 2 and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            stop_at = time.monotonic() + 1.5
+            while time.monotonic() < stop_at:
+                await asyncio.sleep(0.12)
+                try:
+                    async with pool.connection() as conn:
+                        await conn.execute("SELECT 1")
+                    outcomes["served"] += 1
+                except PoolError as exc:
+                    outcomes[type(exc).__name__] += 1
+            stats = pool.stats()
+            on_server = len(await asyncio.to_thread(backend_pids, full_server, name))
+            return outcomes, stats.idle + stats.in_use, on_server
+
+    outcomes, lendable, on_server = asyncio.run(run())
+    report["served"] = outcomes["served"]
+    report["errors"] = sum(v for k, v in outcomes.items() if k != "served")
+    assert on_server == 2
+    assert set(outcomes) == {"served"}, outcomes
+    assert lendable == 2
