@@ -61,7 +61,7 @@ FT_PYTHON ?= $(firstword $(wildcard /opt/py314t/bin/python3.14t /opt/py313t/bin/
 	$(shell command -v python3.14t python3.13t 2>/dev/null))
 FT_VENV := .venv-ft
 FT_TESTS := tests/test_stress.py tests/test_pool.py tests/behaviour tests/test_database.py \
-	tests/test_session_reset.py tests/test_self_healing.py tests/test_redaction.py \
+	tests/test_self_healing.py tests/test_redaction.py \
 	tests/faults/test_backend_loss.py tests/faults/test_retirement.py \
 	tests/faults/test_server_outage.py tests/faults/test_credentials.py
 
