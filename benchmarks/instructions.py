@@ -11,8 +11,8 @@ show a 1 % difference that throughput medians cannot.
 Variants (each a checkout/return pair around the same query):
 
 * ``dedicated``: a plain ``psycopg.connect()``; checkout is a closure call.
-* ``pool_connection``: one connection of a poolkeeper ``Pool`` (its session
-  tracking cursor), used like ``dedicated``: the cost of ``reset="auto"``.
+* ``pool_connection``: one connection of a poolkeeper ``Pool`` (every statement
+  judged for session changes), used like ``dedicated``: the cost of ``reset="auto"``.
 * ``poolkeeper``: ``Pool.getconn`` / ``Pool.putconn``, default settings.
 * ``psycopg_pool``: ``psycopg_pool.ConnectionPool.getconn`` / ``putconn``.
 * ``pair_only``: ``Pool.putconn(Pool.getconn())`` with no query, and

@@ -1,11 +1,14 @@
 """Where a pooled query's extra client CPU goes, at one thread.
 
 ``python -m benchmarks.overhead [DSN]`` compares, per ``SELECT 1`` with a cursor:
-a plain psycopg connection, the pool's connection class on its own (session
-tracking cursor), and the same through ``Pool.getconn``/``putconn``. It reports
-client CPU time (``time.process_time``), which on a shared two-core host is far
-steadier than wall time, and then times each step of ``putconn`` right after a
-query, when the CPU caches are cold.
+a plain psycopg connection, the pool's connection class on its own (every
+statement judged for session changes), and the same through
+``Pool.getconn``/``putconn``. It reports client CPU time (``time.process_time``),
+which on a shared two-core host is far steadier than wall time, and then times each
+step of ``putconn`` right after a query, when the CPU caches are cold. Last, what
+``reset="auto"`` costs per statement (a verdict already known; a new statement
+judged by the cheap test or by the lexer) and per return that leaves the fast path
+(the reported settings compared with the baseline).
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from typing import Any
 import psycopg
 
 from poolkeeper import Pool
-from poolkeeper.drivers.psycopg_sync import PoolConnection, TrackingCursor
+from poolkeeper.drivers.psycopg_sync import PoolConnection
+from poolkeeper.session_state import CHECK, KNOWN_VERDICTS, touches_session
 
 __all__ = ["main"]
 
@@ -88,6 +92,51 @@ def _queries_through(pool: Pool) -> Callable[[], None]:
             put(conn)
 
     return loop
+#: New statements for the per-statement cost: (label, text).
+STATEMENTS = (
+    ("known verdict (any statement seen before)", "SELECT 1"),
+    ("new, cheap test: SELECT 1", "SELECT 1"),
+    ("new, cheap test: a parameterised SELECT", "SELECT id, name FROM users WHERE id = $1"),
+    ("new, cheap test: leading comment", "/* app=web */ SELECT a FROM t WHERE b = 'x'"),
+    ("new, lexer: INSERT with a column list", "INSERT INTO t (a, b) VALUES ($1, $2);"),
+    ("new, lexer: two statements", "SELECT temperature FROM weather; SELECT 2"),
+    ("new, lexer: a SET behind a comment", "/* tag */ SET search_path TO app"),
+)
+
+
+def _statement_costs() -> dict[str, float]:
+    """Microseconds to judge one statement: best of 5 runs of 2,000."""
+    costs: dict[str, float] = {}
+    for label, text in STATEMENTS:
+        known = label.startswith("known")
+        best = float("inf")
+        for _ in range(5):
+            KNOWN_VERDICTS.clear()
+            touches_session(text)
+            start = time.perf_counter_ns()
+            for _ in range(2000):
+                if not known:
+                    KNOWN_VERDICTS.clear()
+                touches_session(text)
+            best = min(best, (time.perf_counter_ns() - start) / 2000)
+        costs[label] = best / 1000
+    return costs
+
+
+def _settings_check_cost(pool: Pool) -> float:
+    """Microseconds for the reported-settings comparison a return off the fast path
+    makes (psycopg: one libpq lookup per reported setting)."""
+    conn = pool.getconn()
+    driver = pool._driver
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter_ns()
+        for _ in range(2000):
+            conn._pk_dirty = CHECK
+            driver.session_dirty(conn)
+        best = min(best, (time.perf_counter_ns() - start) / 2000)
+    pool.putconn(conn)
+    return best / 1000
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     plain = psycopg.connect(dsn, autocommit=True)
     tracked = PoolConnection.connect(dsn, autocommit=True)
-    tracked.cursor_factory = TrackingCursor
+    tracked._pk_dirty = False  # as the driver leaves it: every statement is judged
     pool = Pool(dsn, min_size=1, max_size=1, connect_kwargs={"autocommit": True})
     pool.wait(10)
     variants = {
@@ -119,6 +168,11 @@ def main(argv: list[str] | None = None) -> int:
     print("putconn's fast-path steps, each right after a query (cold caches):")
     for step, ns in _cold_putconn_steps(pool).items():
         print(f"  {step:15s} {ns:6.0f} ns")
+    print("reset='auto' per statement (best of 5 runs of 2,000):")
+    for label, us in _statement_costs().items():
+        print(f"  {label:42s} {us:6.2f} µs")
+    print("reset='auto' per return off the fast path (in a transaction, or flagged):")
+    print(f"  {'reported settings compared':42s} {_settings_check_cost(pool):6.2f} µs")
     pool.close()
     plain.close()
     tracked.close()

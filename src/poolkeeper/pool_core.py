@@ -433,6 +433,7 @@ class PoolCore:
             )
         # What configure set is the baseline every borrower should see, not a leak.
         self._driver.mark_clean(conn)
+        self._driver.record_baseline(conn)
 
     @staticmethod
     def _configure_failed(exc: BaseException) -> ConfigureFailed:

@@ -25,7 +25,12 @@ from poolkeeper.drivers.base import BROKEN, IDLE, IN_TRANSACTION, ConnectSpec
 from poolkeeper.drivers.sqlstate import READ_ONLY_SQLSTATE, is_server_gone_sqlstate
 from poolkeeper.errors import ConfigurationError
 from poolkeeper.policy import silence_limit
-from poolkeeper.session_state import KNOWN_VERDICTS, RESET_SQL, touches_session
+from poolkeeper.session_state import (
+    KNOWN_VERDICTS,
+    REPORTED_PARAMETERS,
+    RESET_SQL,
+    touches_session,
+)
 
 __all__ = ["AsyncpgDriver", "NoAnswerTimeout", "PoolAsyncpgConnection", "asyncpg_connect_args"]
 
@@ -236,16 +241,18 @@ def _tracking(base: _F, *, bounded: bool = False, bounded_with_args: bool = Fals
     """
 
     def method(self: PoolAsyncpgConnection, query: Any, *args: Any, **kwargs: Any) -> Any:
-        if not self._pk_dirty:
+        flag = self._pk_dirty
+        if flag is not True:
             try:
-                dirty = KNOWN_VERDICTS[query]
+                verdict = KNOWN_VERDICTS[query]
             except (KeyError, TypeError):
-                dirty = touches_session(query)
-            if dirty:
-                # A session that changed its own settings may have raised its
-                # statement_timeout: no client-side limit from here on.
-                self._pk_dirty = True
-            elif (
+                verdict = touches_session(query)
+            if verdict:
+                # A session that changed its own settings (or called a function that
+                # may have) may have raised its statement_timeout: no client-side
+                # limit from here on.
+                self._pk_dirty = verdict
+            elif flag is False and (
                 self._pk_silence_limit is not None
                 and (bounded or (bounded_with_args and args))
                 and kwargs.get("timeout") is None
@@ -268,16 +275,19 @@ class PoolAsyncpgConnection(asyncpg.Connection):
     """``asyncpg.Connection`` that marks itself dirty when SQL may change the session
     (every method that sends SQL text: see :func:`_tracking`)."""
 
-    __slots__ = ("_pk_answer_timeout", "_pk_dirty", "_pk_silence_limit")
+    __slots__ = ("_pk_answer_timeout", "_pk_dirty", "_pk_reported", "_pk_silence_limit")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._pk_dirty = False
+        # False, CHECK or True: see poolkeeper.session_state.
+        self._pk_dirty: int = False
         # How long the pool's own statements (ping, ROLLBACK, DISCARD ALL) wait for an
         # answer: the pool's connect_timeout.
         self._pk_answer_timeout = 10.0
         # The no-answer guard's limit (seconds), or None: see AsyncpgDriver.connect.
         self._pk_silence_limit: float | None = None
+        # The reported settings (ParameterStatus) a borrower must find.
+        self._pk_reported: tuple[str | None, ...] = ()
 
     execute = _tracking(asyncpg.Connection.execute, bounded_with_args=True)
     fetch = _tracking(asyncpg.Connection.fetch, bounded=True)
@@ -290,9 +300,39 @@ class PoolAsyncpgConnection(asyncpg.Connection):
 
     def executemany(self, command: str, *args: Any, **kwargs: Any) -> Any:
         # Spelled out: its first parameter is called ``command``, not ``query``.
-        if touches_session(command):
-            self._pk_dirty = True
+        self._note(touches_session(command))
         return asyncpg.Connection.executemany(self, command, *args, **kwargs)
+
+    # The COPY methods build their statement from their arguments; what a borrower
+    # can put in it is judged (a query's text, a raw WHERE clause). Table and column
+    # names are quoted by asyncpg.
+    def copy_from_query(self, query: str, *args: Any, **kwargs: Any) -> Any:
+        self._note(touches_session(query))
+        return asyncpg.Connection.copy_from_query(self, query, *args, **kwargs)
+
+    def copy_to_table(self, table_name: str, **kwargs: Any) -> Any:
+        self._judge_where(kwargs.get("where"))
+        return asyncpg.Connection.copy_to_table(self, table_name, **kwargs)
+
+    def copy_records_to_table(self, table_name: str, **kwargs: Any) -> Any:
+        self._judge_where(kwargs.get("where"))
+        return asyncpg.Connection.copy_records_to_table(self, table_name, **kwargs)
+
+    def _judge_where(self, where: object) -> None:
+        if where is not None:
+            text = f"SELECT 1 WHERE {where}" if isinstance(where, str) else None
+            self._note(touches_session(text))
+
+    def _note(self, verdict: int) -> None:
+        """Raise the flag to ``verdict`` (False < CHECK < True)."""
+        if verdict and self._pk_dirty is not True:
+            self._pk_dirty = verdict
+
+
+def _reported_settings(conn: PoolAsyncpgConnection) -> tuple[str | None, ...]:
+    """The settings the server reported (ParameterStatus), as asyncpg holds them."""
+    settings = conn._protocol.get_settings()  # type: ignore[attr-defined]
+    return tuple(getattr(settings, name, None) for name in REPORTED_PARAMETERS)
 
 
 def _return_state(conn: PoolAsyncpgConnection) -> object:
@@ -335,6 +375,7 @@ class AsyncpgDriver:
         # The no-answer guard, unless the caller chose asyncpg's own command_timeout.
         if spec.statement_timeout is not None and kwargs.get("command_timeout") is None:
             conn._pk_silence_limit = silence_limit(spec.statement_timeout)
+        self.record_baseline(conn)
         return conn
 
     def status(self, conn: PoolAsyncpgConnection) -> int:
@@ -377,12 +418,21 @@ class AsyncpgDriver:
             conn.terminate()
 
     def session_dirty(self, conn: PoolAsyncpgConnection) -> bool:
-        """SQL that may have changed the session, or listeners a borrower left behind."""
-        return (
-            conn._pk_dirty
-            or bool(conn._listeners)  # type: ignore[attr-defined]
-            or bool(conn._log_listeners)  # type: ignore[attr-defined]
-        )
+        """SQL that may have changed the session, listeners a borrower left behind, or
+        a setting the server reports that differs from the baseline."""
+        if (
+            conn._pk_dirty is True
+            or conn._listeners  # type: ignore[attr-defined]
+            or conn._log_listeners  # type: ignore[attr-defined]
+            or _reported_settings(conn) != conn._pk_reported
+        ):
+            return True
+        conn._pk_dirty = False  # a pending CHECK found nothing
+        return False
+
+    def record_baseline(self, conn: PoolAsyncpgConnection) -> None:
+        """Remember the reported settings as they are now: what a borrower must find."""
+        conn._pk_reported = _reported_settings(conn)
 
     async def reset_session(self, conn: PoolAsyncpgConnection) -> None:
         """DISCARD ALL, then forget what it invalidated on the client side (waiting at
@@ -393,6 +443,7 @@ class AsyncpgDriver:
         conn._listeners.clear()  # type: ignore[attr-defined]
         conn._log_listeners.clear()  # type: ignore[attr-defined]
         conn._pk_dirty = False
+        self.record_baseline(conn)
 
     def transaction(self, conn: PoolAsyncpgConnection) -> AbstractAsyncContextManager[Any]:
         """asyncpg's transaction block: BEGIN, then COMMIT or ROLLBACK."""

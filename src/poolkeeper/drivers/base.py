@@ -76,6 +76,10 @@ class SyncDriver(Protocol[C]):
     def session_dirty(self, conn: C) -> bool:
         """True if statements run since the last reset may have changed session state."""
 
+    def record_baseline(self, conn: C) -> None:
+        """Remember the settings the server reports (ParameterStatus) as they are now; a
+        return that finds them different counts as dirty. No I/O."""
+
     def reset_session(self, conn: C) -> None:
         """Clear session state (role, search_path, temp tables, locks, LISTEN...)."""
 
@@ -131,6 +135,9 @@ class AsyncDriver(Protocol[C]):
 
     def session_dirty(self, conn: C) -> bool:
         """True if statements since the last reset may have changed session state."""
+
+    def record_baseline(self, conn: C) -> None:
+        """See ``SyncDriver.record_baseline``."""
 
     def reset_session(self, conn: C) -> Awaitable[None]:
         """Clear session state."""

@@ -9,41 +9,136 @@ from typing import Any
 
 import psycopg2
 import psycopg2.extensions
+import psycopg2.sql
 
 from poolkeeper.drivers.base import BROKEN, IDLE, IN_TRANSACTION, ConnectSpec
 from poolkeeper.drivers.libpq_options import libpq_server_refused, merge_conninfo
 from poolkeeper.drivers.sqlstate import READ_ONLY_SQLSTATE, is_server_gone_sqlstate
 from poolkeeper.drivers.watchdog import watchdog
-from poolkeeper.session_state import RESET_SQL, touches_session
+from poolkeeper.session_state import REPORTED_PARAMETERS, RESET_SQL, touches_session
 
 __all__ = ["PoolConnection2", "Psycopg2Driver"]
 
 _STATUS = (IDLE, BROKEN, IN_TRANSACTION, IN_TRANSACTION, BROKEN)
 
 
+def _note(conn: Any, verdict: int) -> None:
+    """Raise the connection's flag to ``verdict`` (False < CHECK < True)."""
+    if verdict and conn._pk_dirty is not True:
+        conn._pk_dirty = verdict
+
+
+def _dirty(query: Any, cursor: Any) -> int:
+    """:func:`touches_session` for what psycopg2 accepts as a query: text, or a
+    ``psycopg2.sql`` object, judged as the text it renders to."""
+    if isinstance(query, (str, bytes)):
+        return touches_session(query)
+    if isinstance(query, psycopg2.sql.Composable):
+        try:
+            return touches_session(query.as_string(cursor))
+        except Exception:
+            return True  # it will fail to run as well; unknown means reset
+    return True
+
+
 class _TracksSession:
-    """Cursor mixin: flag the connection when SQL may change session state."""
+    """Cursor mixin: flag the connection when SQL may change session state.
+
+    psycopg2 runs statements in C, so there is no lower layer to hook: every
+    public method that sends SQL is covered here. A named cursor sends
+    ``DECLARE`` (any DECLARE counts as dirty); ``mogrify`` sends nothing."""
 
     connection: Any
+    name: str | None
 
     def execute(self, query: Any, vars: Any = None) -> Any:
-        if touches_session(query):
-            self.connection._pk_dirty = True
+        conn = self.connection
+        if conn._pk_dirty is not True:
+            # A named cursor sends DECLARE, which always counts.
+            _note(conn, True if self.name is not None else _dirty(query, self))
         return super().execute(query, vars)  # type: ignore[misc]
 
     def executemany(self, query: Any, vars_list: Any) -> Any:
-        if touches_session(query):
-            self.connection._pk_dirty = True
+        conn = self.connection
+        if conn._pk_dirty is not True:
+            # A named cursor sends DECLARE, which always counts.
+            _note(conn, True if self.name is not None else _dirty(query, self))
         return super().executemany(query, vars_list)  # type: ignore[misc]
+
+    def callproc(self, procname: Any, *args: Any, **kwargs: Any) -> Any:
+        # psycopg2 sends SELECT * FROM procname(...), procname as given.
+        text = f"SELECT * FROM {procname}()" if isinstance(procname, str) else None
+        _note(self.connection, _dirty(text, self))
+        return super().callproc(procname, *args, **kwargs)  # type: ignore[misc]
+
+    def copy_expert(self, sql: Any, *args: Any, **kwargs: Any) -> Any:
+        _note(self.connection, _dirty(sql, self))
+        return super().copy_expert(sql, *args, **kwargs)  # type: ignore[misc]
+
+    def copy_from(self, file: Any, table: Any, *args: Any, **kwargs: Any) -> Any:
+        text = f"COPY {table} FROM STDIN" if isinstance(table, str) else None
+        _note(self.connection, _dirty(text, self))
+        return super().copy_from(file, table, *args, **kwargs)  # type: ignore[misc]
+
+    def copy_to(self, file: Any, table: Any, *args: Any, **kwargs: Any) -> Any:
+        text = f"COPY {table} TO STDOUT" if isinstance(table, str) else None
+        _note(self.connection, _dirty(text, self))
+        return super().copy_to(file, table, *args, **kwargs)  # type: ignore[misc]
+
+
+#: Tracking subclass per cursor class a borrower asked for (bounded by the classes
+#: a program defines).
+_TRACKING: dict[Any, type[Any]] = {}
+
+
+def _tracking(cursor_class: Any) -> type[Any] | None:
+    """The tracking subclass of ``cursor_class``, or None if it is not a class."""
+    tracked = _TRACKING.get(cursor_class)
+    if tracked is None:
+        if not isinstance(cursor_class, type):
+            return None
+        if issubclass(cursor_class, _TracksSession):
+            tracked = cursor_class
+        else:
+            name = f"Tracking{cursor_class.__name__}"
+            tracked = type(name, (_TracksSession, cursor_class), {})
+        _TRACKING[cursor_class] = tracked
+    return tracked
+
+
+_BASE_CURSOR = psycopg2.extensions.cursor
 
 
 class PoolConnection2(psycopg2.extensions.connection):
-    """psycopg2's connection with the pool's session-dirty flag."""
+    """psycopg2's connection with the pool's session-dirty flag, whose every cursor
+    tracks the SQL it sends, whatever ``cursor_factory`` made it."""
 
-    _pk_dirty = False
+    #: False, CHECK or True: see poolkeeper.session_state.
+    _pk_dirty: int = False
+    # The reported settings (ParameterStatus) a borrower must find: see record_baseline.
+    _pk_reported: tuple[str | None, ...] = ()
     # How long the pool's own statements (ping, ROLLBACK, DISCARD ALL) wait for an
     # answer: the pool's connect_timeout.
     _pk_answer_timeout = 10.0
+
+    def cursor(  # type: ignore[override]
+        self,
+        name: str | None = None,
+        cursor_factory: Any = None,
+        withhold: bool = False,
+        scrollable: bool | None = None,
+    ) -> Any:
+        """psycopg2's ``cursor()``, with the factory (the argument, else
+        ``self.cursor_factory``) swapped for its tracking subclass. A factory that
+        is not a class cannot be tracked: the connection counts as dirty."""
+        factory: Any = cursor_factory or getattr(self, "cursor_factory", None) or _BASE_CURSOR
+        tracked: Any = _tracking(factory)
+        if tracked is None:
+            self._pk_dirty = True
+            tracked = factory
+        return super().cursor(
+            name, cursor_factory=tracked, withhold=withhold, scrollable=scrollable
+        )
 
 
 @contextlib.contextmanager
@@ -71,8 +166,10 @@ def _answer_within(conn: PoolConnection2, seconds: float, what: str) -> Iterator
         )
 
 
-def _tracking(cursor_class: type[Any]) -> type[Any]:
-    return type(f"Tracking{cursor_class.__name__}", (_TracksSession, cursor_class), {})
+def _reported_settings(conn: PoolConnection2) -> tuple[str | None, ...]:
+    """The settings the server reported (ParameterStatus), as libpq holds them."""
+    status = conn.get_parameter_status
+    return tuple(status(name) for name in REPORTED_PARAMETERS)
 
 
 class Psycopg2Driver:
@@ -90,17 +187,15 @@ class Psycopg2Driver:
         conn._pk_dirty = False
 
     def connect(self, spec: ConnectSpec) -> PoolConnection2:
-        """Open a connection whose cursors (the user's ``cursor_factory`` too) track SET & co."""
+        """Open a connection whose cursors (any ``cursor_factory``) track session changes."""
         params = merge_conninfo(spec)
-        cursor_class = params.pop("cursor_factory", None) or psycopg2.extensions.cursor
         # An attribute in psycopg2, not a connect() argument; accepted as psycopg 3 does.
         autocommit = bool(params.pop("autocommit", False))
-        conn: PoolConnection2 = psycopg2.connect(
-            connection_factory=PoolConnection2, cursor_factory=_tracking(cursor_class), **params
-        )
+        conn: PoolConnection2 = psycopg2.connect(connection_factory=PoolConnection2, **params)
         conn._pk_answer_timeout = spec.connect_timeout
         if autocommit:
             conn.autocommit = True
+        self.record_baseline(conn)
         return conn
 
     def status(self, conn: PoolConnection2) -> int:
@@ -147,8 +242,16 @@ class Psycopg2Driver:
             conn.close()
 
     def session_dirty(self, conn: PoolConnection2) -> bool:
-        """Whether SQL since the last reset may have changed session state."""
-        return conn._pk_dirty
+        """Whether SQL since the last reset may have changed session state, or a setting
+        the server reports differs from the baseline."""
+        if conn._pk_dirty is True or _reported_settings(conn) != conn._pk_reported:
+            return True
+        conn._pk_dirty = False  # a pending CHECK found nothing
+        return False
+
+    def record_baseline(self, conn: PoolConnection2) -> None:
+        """Remember the reported settings as they are now: what a borrower must find."""
+        conn._pk_reported = _reported_settings(conn)
 
     def reset_session(self, conn: PoolConnection2) -> None:
         """DISCARD ALL outside a transaction, waiting at most ``connect_timeout``."""
@@ -161,6 +264,7 @@ class Psycopg2Driver:
             if not conn.closed:
                 conn.autocommit = autocommit
         conn._pk_dirty = False
+        self.record_baseline(conn)
 
     def transaction(self, conn: PoolConnection2) -> AbstractContextManager[Any]:
         """psycopg2's ``with conn:``: COMMIT on success, ROLLBACK on error."""

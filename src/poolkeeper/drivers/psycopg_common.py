@@ -7,16 +7,24 @@ from __future__ import annotations
 import contextlib
 import operator
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
 import psycopg
+import psycopg.client_cursor
 from psycopg import pq
+
+try:
+    from psycopg._cursor_base import BaseCursor
+except ImportError:  # psycopg before 3.2 kept it beside Cursor
+    from psycopg.cursor import BaseCursor  # type: ignore[attr-defined]
 
 from poolkeeper.drivers.base import BROKEN, IDLE, IN_TRANSACTION, ConnectSpec
 from poolkeeper.drivers.libpq_options import libpq_server_refused, merge_conninfo
 from poolkeeper.drivers.sqlstate import READ_ONLY_SQLSTATE, is_server_gone_sqlstate
+from poolkeeper.errors import ConfigurationError
 from poolkeeper.policy import silence_limit
+from poolkeeper.session_state import KNOWN_VERDICTS, REPORTED_PARAMETERS, touches_session
 
 __all__ = [
     "PsycopgState",
@@ -24,10 +32,12 @@ __all__ = [
     "check_ping_answer",
     "connect_params",
     "ping_limit",
+    "forget_prepared",
     "ping_timeout_error",
     "send_ping",
     "silence_guard",
     "silence_limit",
+    "track_statements",
 ]
 
 # pq.TransactionStatus as plain ints, indexed by the status libpq reports.
@@ -50,6 +60,97 @@ def connect_params(spec: ConnectSpec) -> dict[str, Any]:
     return params
 
 
+def _tracked_execute_send(base: Callable[..., None]) -> Callable[..., None]:
+    def _execute_send(self: Any, query: Any, *args: Any, **kwargs: Any) -> None:
+        # Pool connections carry _pk_dirty (False, CHECK or True); any other psycopg
+        # connection reads True and pays one failed attribute lookup.
+        conn = self._conn
+        if getattr(conn, "_pk_dirty", True) is not True:
+            text = query.query  # the bytes about to go to the server
+            try:
+                verdict = KNOWN_VERDICTS[text]
+            except (KeyError, TypeError):
+                verdict = touches_session(text)
+            if verdict:
+                conn._pk_dirty = verdict
+        base(self, query, *args, **kwargs)
+
+    _execute_send._pk_tracks = True  # type: ignore[attr-defined]
+    return _execute_send
+
+
+def _tracked_send_prepare(base: Callable[..., None]) -> Callable[..., None]:
+    def _send_prepare(self: Any, name: bytes, query: Any, *args: Any, **kwargs: Any) -> None:
+        conn = self._conn
+        if getattr(conn, "_pk_dirty", True) is not True:
+            verdict = touches_session(query.query)
+            if verdict:
+                conn._pk_dirty = verdict
+        base(self, name, query, *args, **kwargs)
+
+    _send_prepare._pk_tracks = True  # type: ignore[attr-defined]
+    return _send_prepare
+
+
+#: The cursor classes whose methods send a statement's text to the server: every
+#: psycopg cursor (Cursor, ClientCursor, RawCursor, ServerCursor and their async
+#: twins, and any subclass) inherits these two layers.
+_SENDERS = (BaseCursor, psycopg.client_cursor.ClientCursorMixin)
+
+
+def track_statements() -> None:
+    """Judge every statement a psycopg cursor sends on a pool connection.
+
+    psycopg has no connection-level method that sees a query's text: each cursor
+    class sends it itself, through ``_execute_send`` (execute, executemany, stream,
+    copy, a named cursor's DECLARE, pipelines) or ``_send_prepare`` (a statement
+    prepared before it first runs). Both are wrapped here, once per process, on the
+    classes that define them, so every cursor class reaches the check whether the
+    borrower made it through ``conn.cursor()``, ``conn.execute()`` or directly
+    (``psycopg.ClientCursor(conn)``); connections that are not the pool's are left
+    to psycopg after one attribute lookup. Idempotent.
+    """
+    hooks = (("_execute_send", _tracked_execute_send), ("_send_prepare", _tracked_send_prepare))
+    if not all(callable(getattr(BaseCursor, name, None)) for name, _ in hooks):
+        # Statements would go untracked, and session state would leak unseen.
+        raise ConfigurationError(
+            f"driver: psycopg {psycopg.__version__} no longer sends statements where "
+            "poolkeeper tracks them; install the psycopg version poolkeeper supports "
+            "(pip install -U poolkeeper 'psycopg>=3.2')"
+        )
+    for cls in _SENDERS:
+        for name, wrap in hooks:
+            base = cls.__dict__.get(name)
+            if base is not None and not getattr(base, "_pk_tracks", False):
+                setattr(cls, name, wrap(base))
+
+
+track_statements()
+
+# As bytes, the key libpq's PQparameterStatus takes.
+_REPORTED = tuple(name.encode() for name in REPORTED_PARAMETERS)
+
+
+def reported_settings(conn: Any) -> tuple[bytes | None, ...]:
+    """The settings the server reported (ParameterStatus), as libpq holds them: no I/O."""
+    return tuple(map(conn.pgconn.parameter_status, _REPORTED))
+
+
+def forget_prepared(conn: Any) -> None:
+    """Forget the statements psycopg prepared on ``conn``, after a DISCARD ALL that
+    deallocated them on the server.
+
+    psycopg notices a DISCARD ALL only while the statement is new to its cache (the
+    first time it runs on a connection): from the second reset on, it would go on
+    using statement names the server no longer has, and the next borrower's query
+    would fail with "prepared statement does not exist"."""
+    manager = conn._prepared
+    manager._names.clear()
+    manager._counts.clear()
+    # Deallocations still queued name statements the server no longer has.
+    manager._to_flush.clear()
+
+
 class PsycopgState:
     """The I/O-free half of a psycopg 3 driver (connections carry ``_pk_dirty``)."""
 
@@ -63,8 +164,18 @@ class PsycopgState:
         return _STATUS_BY_PQ[conn.pgconn.transaction_status]
 
     def session_dirty(self, conn: Any) -> bool:
-        """Whether a statement since the last reset may have changed session state."""
-        return bool(conn._pk_dirty)
+        """Whether a statement since the last reset may have changed session state, or
+        a setting the server reports differs from the baseline (see
+        :meth:`record_baseline`). Runs only on returns off the fast path; a
+        connection flagged :data:`~poolkeeper.session_state.CHECK` is always one."""
+        if conn._pk_dirty is True or reported_settings(conn) != conn._pk_reported:
+            return True
+        conn._pk_dirty = False  # a pending CHECK found nothing
+        return False
+
+    def record_baseline(self, conn: Any) -> None:
+        """Remember the reported settings as they are now: what a borrower must find."""
+        conn._pk_reported = reported_settings(conn)
 
     def mark_clean(self, conn: Any) -> None:
         """Forget the session-dirty flag."""

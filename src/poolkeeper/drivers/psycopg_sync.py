@@ -18,62 +18,30 @@ from poolkeeper.drivers.psycopg_common import (
     answer_within,
     check_ping_answer,
     connect_params,
+    forget_prepared,
     ping_limit,
     ping_timeout_error,
     send_ping,
     silence_guard,
     silence_limit,
 )
-from poolkeeper.session_state import KNOWN_VERDICTS, RESET_SQL, touches_session
+from poolkeeper.session_state import RESET_SQL
 
 __all__ = [
     "GuardedConnection",
     "PoolConnection",
     "PsycopgDriver",
-    "TrackingCursor",
     "silence_limit",
 ]
-
-
-_cursor_execute = psycopg.Cursor.execute
-
-
-class TrackingCursor(psycopg.Cursor[Any]):
-    """A psycopg cursor that marks its connection dirty when SQL may change the session."""
-
-    # Runs on every statement: a known query costs one dict read, and psycopg's
-    # execute is called directly (no super() lookup, no **kwargs dict).
-    def execute(
-        self,
-        query: Any,
-        params: Any = None,
-        *,
-        prepare: bool | None = None,
-        binary: bool | None = None,
-    ) -> Any:
-        conn = self._conn
-        if not conn._pk_dirty:  # type: ignore[attr-defined]
-            try:
-                dirty = KNOWN_VERDICTS[query]
-            except (KeyError, TypeError):
-                dirty = touches_session(query)
-            if dirty:
-                conn._pk_dirty = True  # type: ignore[attr-defined]
-        if prepare is None and binary is None:
-            # Positional only: CPython binds these faster than keyword arguments.
-            return _cursor_execute(self, query, params)
-        return _cursor_execute(self, query, params, prepare=prepare, binary=binary)
-
-    def executemany(self, query: Any, params_seq: Any, **kwargs: Any) -> None:
-        if touches_session(query):
-            self._conn._pk_dirty = True  # type: ignore[attr-defined]
-        super().executemany(query, params_seq, **kwargs)
 
 
 class PoolConnection(psycopg.Connection[Any]):
     """``psycopg.Connection`` with one flag: may this session carry state to the next borrower."""
 
-    _pk_dirty: bool = False
+    #: False, CHECK or True: see poolkeeper.session_state.
+    _pk_dirty: int = False
+    # The reported settings (ParameterStatus) a borrower must find: see record_baseline.
+    _pk_reported: tuple[bytes | None, ...] = ()
     # How long the pool's own statements (ping, ROLLBACK, DISCARD ALL) wait for an
     # answer: the pool's connect_timeout.
     _pk_answer_timeout: float = 10.0
@@ -125,7 +93,8 @@ class PsycopgDriver(PsycopgState):
     """Sync psycopg 3 behind the pool's driver interface."""
 
     def connect(self, spec: ConnectSpec) -> PoolConnection:
-        """Open a connection whose cursors track session changes."""
+        """Open a connection whose statements are tracked for session changes (every
+        cursor class: see ``psycopg_common.track_statements``)."""
         params = connect_params(spec)
         conn: PoolConnection
         if spec.statement_timeout is not None:
@@ -134,10 +103,10 @@ class PsycopgDriver(PsycopgState):
             conn = guarded
         else:
             conn = PoolConnection.connect(**params)
-        conn.cursor_factory = TrackingCursor
         # An instance attribute, not the class default: one dict hit per read.
         conn._pk_dirty = False
         conn._pk_answer_timeout = spec.connect_timeout
+        self.record_baseline(conn)
         return conn
 
     def rollback(self, conn: PoolConnection) -> None:
@@ -172,7 +141,9 @@ class PsycopgDriver(PsycopgState):
                 conn.execute(RESET_SQL)
             finally:
                 conn.autocommit = autocommit
+        forget_prepared(conn)
         conn._pk_dirty = False
+        self.record_baseline(conn)
 
     def transaction(self, conn: PoolConnection) -> AbstractContextManager[Any]:
         """psycopg's own transaction block: BEGIN, then COMMIT or ROLLBACK."""
