@@ -92,6 +92,8 @@ def _queries_through(pool: Pool) -> Callable[[], None]:
             put(conn)
 
     return loop
+
+
 #: New statements for the per-statement cost: (label, text).
 STATEMENTS = (
     ("known verdict (any statement seen before)", "SELECT 1"),

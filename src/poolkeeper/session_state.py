@@ -306,69 +306,43 @@ def _judge(text: str) -> int:
         return True
 
 
-def _statements(text: str) -> list[list[tuple[str, str]]]:
+Token = tuple[str, str]
+_LITERAL: Token = ("lit", "")
+_OP: Token = ("op", "")
+
+
+def _statements(text: str) -> list[list[Token]]:
     """``text`` as statements, each a list of (kind, lowercased value) tokens.
 
     Kinds: ``word`` (keyword or unquoted identifier), ``qid`` (quoted identifier,
     without its quotes), ``lit`` (a string of any kind), ``(``, ``)``, ``.`` and
     ``op`` (any other character). Whitespace and comments are dropped.
     """
-    statements: list[list[tuple[str, str]]] = []
-    current: list[tuple[str, str]] = []
+    statements: list[list[Token]] = []
+    current: list[Token] = []
     pos, end = 0, len(text)
     match = _TOKEN.match
     while pos < end:
         token = match(text, pos)
-        assert token is not None  # the last alternative matches any character
+        assert token is not None  # the last alternatives match anything, or the end
         kind = token.lastgroup or "space"
         pos = token.end()
         if kind == "word":
             current.append(("word", token.group(kind).lower()))
-            continue
-        if kind == "op":
-            current.append(("op", ""))
-            continue
-        if kind in ("space", "line"):
-            continue
-        value = token.group(kind)
-        if kind == "block":
-            pos = _skip_comment(text, pos)
-        elif kind == "qid":
-            current.append(("qid", value[1:-1].replace('""', '"').lower()))
-        elif kind == "str":
-            if "\\" in value and _estring_end(text, token.start(kind) + 1) != pos:
-                # With standard_conforming_strings off this literal would end
-                # elsewhere: the split depends on a setting, so do not trust it.
-                raise _Unlexable
-            current.append(("lit", ""))
-        elif kind == "estr":
-            pos = _estring_end(text, pos)
-            current.append(("lit", ""))
-        elif kind == "dollar":
-            close = text.find(value, pos)
-            if close < 0:
-                raise _Unlexable
-            pos = close + len(value)
-            current.append(("lit", ""))
-        elif kind == "uesc":
-            # U&"\0073et_config": an identifier spelled with escapes; not decoded.
-            raise _Unlexable
-        elif value == ";":
+        elif kind == "op":
+            current.append(_OP)
+        elif kind == "punct" and token.group(kind) == ";":
             statements.append(current)
             current = []
-        elif value in "().":
-            current.append((value, value))
-        elif value in "'\"":
-            raise _Unlexable  # an unterminated quote
-        else:
-            current.append(("op", value))
+        elif kind not in ("space", "line"):
+            pos = _FINISH[kind](text, token, current)
     statements.append(current)
     return statements
 
 
-def _skip_comment(text: str, pos: int) -> int:
-    """The position after the ``/* … */`` comment whose opening ends at ``pos``."""
-    depth = 1
+def _finish_block(text: str, token: re.Match[str], current: list[Token]) -> int:
+    """Skip a ``/* … */`` comment, nested ones included."""
+    depth, pos = 1, token.end()
     while depth:
         mark = _COMMENT_MARK.search(text, pos)
         if mark is None:
@@ -376,6 +350,58 @@ def _skip_comment(text: str, pos: int) -> int:
         depth += 1 if mark.group() == "/*" else -1
         pos = mark.end()
     return pos
+
+
+def _finish_qid(text: str, token: re.Match[str], current: list[Token]) -> int:
+    current.append(("qid", token.group("qid")[1:-1].replace('""', '"').lower()))
+    return token.end()
+
+
+def _finish_str(text: str, token: re.Match[str], current: list[Token]) -> int:
+    if "\\" in token.group("str") and _estring_end(text, token.start("str") + 1) != token.end():
+        # With standard_conforming_strings off this literal would end elsewhere: the
+        # split depends on a setting, so do not trust it.
+        raise _Unlexable
+    current.append(_LITERAL)
+    return token.end()
+
+
+def _finish_estr(text: str, token: re.Match[str], current: list[Token]) -> int:
+    current.append(_LITERAL)
+    return _estring_end(text, token.end())
+
+
+def _finish_dollar(text: str, token: re.Match[str], current: list[Token]) -> int:
+    tag = token.group("dollar")
+    close = text.find(tag, token.end())
+    if close < 0:
+        raise _Unlexable
+    current.append(_LITERAL)
+    return close + len(tag)
+
+
+def _finish_uesc(text: str, token: re.Match[str], current: list[Token]) -> int:
+    # U&"\0073et_config": an identifier spelled with escapes; not decoded.
+    raise _Unlexable
+
+
+def _finish_punct(text: str, token: re.Match[str], current: list[Token]) -> int:
+    value = token.group("punct")
+    if value in "'\"":
+        raise _Unlexable  # an unterminated quote
+    current.append((value, value) if value in "()." else _OP)
+    return token.end()
+
+
+_FINISH = {
+    "block": _finish_block,
+    "qid": _finish_qid,
+    "str": _finish_str,
+    "estr": _finish_estr,
+    "dollar": _finish_dollar,
+    "uesc": _finish_uesc,
+    "punct": _finish_punct,
+}
 
 
 def _estring_end(text: str, pos: int) -> int:
@@ -386,27 +412,37 @@ def _estring_end(text: str, pos: int) -> int:
     return body.end()
 
 
-def _statement_verdict(tokens: list[tuple[str, str]]) -> int:
+def _statement_verdict(tokens: list[Token]) -> int:
     if not tokens:
         return False  # an empty statement: nothing to run
+    start = _first_token(tokens)
+    if start < 0:
+        return True
+    return _calls_verdict(tokens, start)
+
+
+def _first_token(tokens: list[Token]) -> int:
+    """Where the statement's own command starts (past EXPLAIN and its options), or
+    -1 when that command can leave session state behind."""
     start = 0
     kind, first = tokens[0]
     if kind == "word" and first == "explain":
         start = _explained(tokens)
         if start >= len(tokens):
-            return True
+            return -1
         kind, first = tokens[start]
-    if kind == "(":
-        pass  # (SELECT …) UNION …: a query; its calls are checked below
-    elif kind != "word" or first not in HARMLESS_FIRST:
-        if kind == "word" and first == "set" and start + 1 < len(tokens):
-            if tokens[start + 1][1] not in _TRANSACTION_SET:
-                return True
-        else:
-            return True
+    if kind == "(" or (kind == "word" and first in HARMLESS_FIRST):
+        return start  # (SELECT …) UNION …, or a harmless command
+    if kind == "word" and first == "set" and start + 1 < len(tokens):
+        return start if tokens[start + 1][1] in _TRANSACTION_SET else -1
+    return -1
+
+
+def _calls_verdict(tokens: list[Token], start: int) -> int:
+    """True for a temporary object or a call to a session function, CHECK for a call
+    to an unknown function, else False."""
     verdict: int = False
-    # The word before the current name, qualifiers (schema.) skipped.
-    context = ""
+    context = ""  # the word before the current name, qualifiers (schema.) skipped
     last = len(tokens) - 1
     for index in range(start, last + 1):
         kind, value = tokens[index]
@@ -414,26 +450,22 @@ def _statement_verdict(tokens: list[tuple[str, str]]) -> int:
             if kind != ".":
                 context = ""
             continue
-        if value.startswith("pg_temp"):
-            return True
         following = tokens[index + 1][0] if index < last else ""
-        if following == ".":
-            continue  # a qualifier: the name comes next
+        if value.startswith("pg_temp") or (
+            kind == "word" and value in ("temp", "temporary") and context in _BEFORE_TEMP
+        ):
+            return True
         if following == "(":
             if value in SESSION_FUNCTIONS:
                 return True
             if value not in KNOWN_CALLS and context not in _BEFORE_TABLE:
                 verdict = CHECK
-        if kind == "word":
-            if value in ("temp", "temporary") and context in _BEFORE_TEMP:
-                return True
-            context = value
-        else:
-            context = ""
+        if following != ".":  # not a qualifier: the next name's context is this word
+            context = value if kind == "word" else ""
     return verdict
 
 
-def _explained(tokens: list[tuple[str, str]]) -> int:
+def _explained(tokens: list[Token]) -> int:
     """Index of the first token of the statement an EXPLAIN at ``tokens[0]`` runs."""
     index, depth = 1, 0
     while index < len(tokens):
