@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEMO_STAMP := $(VENV)/.demo-installed
 DOCS_STAMP := $(VENV)/.docs-installed
 
-.PHONY: docs test lint typecheck pytest generate demo bench test-free-threaded clean
+.PHONY: docs test lint typecheck pytest generate demo bench mutants test-free-threaded clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,11 @@ $(DOCS_STAMP): pyproject.toml
 docs: $(DOCS_STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
+# Curated mutation testing (docs/testing.md): each deliberate bug in tools/mutants.py
+# must make its tests fail. About 15 minutes on two cores; not part of `make test`.
+mutants: $(STAMP)
+	$(BIN)/python tools/mutants.py $(MUTANTS_ARGS)
+
 demo: $(DEMO_STAMP)
 	$(BIN)/poolkeeper demo
 
@@ -83,4 +88,4 @@ test-free-threaded:
 	$(FT_VENV)/bin/python -X gil=0 -m pytest -p no:cacheprovider $(FT_TESTS)
 
 clean:
-	rm -rf site $(VENV) $(FT_VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf site $(VENV) $(FT_VENV) .mypy_cache .ruff_cache .pytest_cache .mutants
