@@ -7,6 +7,7 @@ import time
 import pytest
 
 from poolkeeper import ConnectionFailed, Database, Pool, PoolTimeout
+from poolkeeper.redact import redact, secrets
 from tests.conftest import PoolFactory
 
 SECRET = "pk-Pa55word-Never-Shown"
@@ -60,3 +61,20 @@ def test_connect_failures_are_redacted_in_errors_causes_and_logs(
         assert not [t for t in chain if SECRET in t]
     finally:
         pool.close(0.5)
+
+
+def test_a_known_password_is_masked_wherever_it_appears() -> None:
+    # Some messages quote a fragment of a conninfo with no "password=" before it (a
+    # malformed one, say): only the registry of passwords seen can catch those.
+    secrets.add("pk-Known-But-Shapeless")
+    said = redact('missing "=" after "pk-Known-But-Shapeless" in connection info string')
+    assert "pk-Known-But-Shapeless" not in said
+
+
+def test_a_password_never_seen_is_masked_by_its_shape() -> None:
+    # A DSN too malformed to parse never registered its password: its shape must do.
+    for text in (
+        "host=db password=pk-Never-Registered-1 port=x",
+        "postgresql://app:pk-Never-Registered-2@db/app?sslmode=x",
+    ):
+        assert "pk-Never-Registered" not in redact(text), text
