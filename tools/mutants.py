@@ -212,7 +212,7 @@ MUTANTS: list[Mutant] = [
         "",
         "Pool.putconn does not look for waiters after pushing: a waiter may sleep while "
         "a connection sits idle",
-        _k("waiter or threads", "tests/test_pool.py", "tests/test_stress.py", "tests/behaviour"),
+        _k("waiter or threads"),
     ),
     Mutant(
         "handoff-async-to-cancelled",
