@@ -446,8 +446,11 @@ def restore_copy(before: dict[Path, str]) -> None:
         path.write_text(text)
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+Result = tuple[Mutant, str, float]
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--only", nargs="+", metavar="ID", help="run just these mutants")
     parser.add_argument("--list", action="store_true", help="list the mutants and exit")
     parser.add_argument("--check", action="store_true", help="check the snippets and exit")
@@ -455,49 +458,45 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--no-baseline", action="store_true", help="skip running the tests unmutated first"
     )
-    options = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
-    check_all()
-    if options.check:
-        print(f"all {len(MUTANTS)} mutants apply")
-        return 0
-    chosen = MUTANTS
-    if options.only:
-        unknown = set(options.only) - {m.id for m in MUTANTS}
-        if unknown:
-            raise SystemExit(f"unknown mutant ids: {sorted(unknown)}")
-        chosen = [m for m in MUTANTS if m.id in options.only]
-    if options.list:
-        for m in chosen:
-            print(f"{m.id}\n    {m.path}: {m.breaks}\n    tests: {' '.join(m.tests)}")
-        return 0
 
-    # SIGTERM unwinds like Ctrl-C, so the running tests are stopped with the runner.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    started = time.monotonic()
-    results: list[tuple[Mutant, str, float]] = []
-    LOGS.mkdir(exist_ok=True)
-    with test_server() as dsn, scratch_copy() as copy:
-        if not options.no_baseline:
-            # Unmutated, each mutant's tests must pass, or "killed" would mean nothing.
-            for n, args in enumerate(dict.fromkeys(m.tests for m in chosen)):
-                verdict, took = run_tests(copy, dsn, args, 600.0, LOGS / f"baseline-{n}.log")
-                if verdict != "SURVIVED":
-                    print(f"baseline: {' '.join(args)} fails unmutated ({verdict}); see {LOGS}")
-                    return 2
-                print(f"baseline ok ({took:.0f} s): {' '.join(args)}", flush=True)
-        for mutant in chosen:
-            before = mutate_copy(copy, mutant)
-            try:
-                verdict, took = run_tests(
-                    copy, dsn, mutant.tests, mutant.timeout, LOGS / f"{mutant.id}.log"
-                )
-            finally:
-                restore_copy(before)
-            results.append((mutant, verdict, took))
-            print(f"{verdict:>18}  {took:5.0f} s  {mutant.id}", flush=True)
+def _chosen(only: list[str] | None) -> list[Mutant]:
+    if not only:
+        return MUTANTS
+    unknown = set(only) - {m.id for m in MUTANTS}
+    if unknown:
+        raise SystemExit(f"unknown mutant ids: {sorted(unknown)}")
+    return [m for m in MUTANTS if m.id in only]
 
-    minutes = (time.monotonic() - started) / 60
+
+def _baseline(copy: Path, dsn: str, chosen: list[Mutant]) -> bool:
+    """Unmutated, each mutant's tests must pass, or "killed" would mean nothing."""
+    for n, args in enumerate(dict.fromkeys(m.tests for m in chosen)):
+        verdict, took = run_tests(copy, dsn, args, 600.0, LOGS / f"baseline-{n}.log")
+        if verdict != "SURVIVED":
+            print(f"baseline: {' '.join(args)} fails unmutated ({verdict}); see {LOGS}")
+            return False
+        print(f"baseline ok ({took:.0f} s): {' '.join(args)}", flush=True)
+    return True
+
+
+def _run_mutants(copy: Path, dsn: str, chosen: list[Mutant]) -> list[Result]:
+    results: list[Result] = []
+    for mutant in chosen:
+        before = mutate_copy(copy, mutant)
+        try:
+            verdict, took = run_tests(
+                copy, dsn, mutant.tests, mutant.timeout, LOGS / f"{mutant.id}.log"
+            )
+        finally:
+            restore_copy(before)
+        results.append((mutant, verdict, took))
+        print(f"{verdict:>18}  {took:5.0f} s  {mutant.id}", flush=True)
+    return results
+
+
+def _summarise(results: list[Result], minutes: float, report: Path | None) -> int:
     killed = sum(v.startswith("killed") for _, v, _ in results)
     survived = [m for m, v, _ in results if v == "SURVIVED"]
     errors = [m for m, v, _ in results if v.startswith("ERROR")]
@@ -508,11 +507,34 @@ def main(argv: list[str]) -> int:
     print(summary)
     for m in survived:
         print(f"  survived: {m.id}: {m.breaks}")
-    if options.report:
+    if report is not None:
         head = ["| mutant | verdict | time | what it breaks |", "| --- | --- | --- | --- |"]
         rows = [f"| `{m.id}` | {v} | {t:.0f} s | {m.breaks} |" for m, v, t in results]
-        options.report.write_text("\n".join([summary, "", *head, *rows]) + "\n")
+        report.write_text("\n".join([summary, "", *head, *rows]) + "\n")
     return 1 if errors else 0
+
+
+def main(argv: list[str]) -> int:
+    """Run the mutants (or check, or list them); 1 if any run erred, 2 if a baseline failed."""
+    options = _parse(argv)
+    check_all()
+    if options.check:
+        print(f"all {len(MUTANTS)} mutants apply")
+        return 0
+    chosen = _chosen(options.only)
+    if options.list:
+        for m in chosen:
+            print(f"{m.id}\n    {m.path}: {m.breaks}\n    tests: {' '.join(m.tests)}")
+        return 0
+    # SIGTERM unwinds like Ctrl-C, so the running tests are stopped with the runner.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    started = time.monotonic()
+    LOGS.mkdir(exist_ok=True)
+    with test_server() as dsn, scratch_copy() as copy:
+        if not options.no_baseline and not _baseline(copy, dsn, chosen):
+            return 2
+        results = _run_mutants(copy, dsn, chosen)
+    return _summarise(results, (time.monotonic() - started) / 60, options.report)
 
 
 if __name__ == "__main__":
