@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -118,9 +119,24 @@ def in_forked_child(*steps: Callable[[], object]) -> list[str]:
         os.write(write, "\n".join(said).encode())
         os._exit(0)
     os.close(write)
-    _, status = os.waitpid(pid, 0)
+    status = wait_for_child(pid)
     with os.fdopen(read) as pipe:
         child_said = pipe.read().splitlines()
     assert os.waitstatus_to_exitcode(status) == 0
     assert len(child_said) == len(steps), child_said
     return child_said
+
+
+def wait_for_child(pid: int, timeout: float = 20.0) -> int:
+    """The forked child's wait status; kill it (by its pid) and fail if it overstays,
+    as a child stuck in a pool it inherited would."""
+    deadline = time.monotonic() + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail(f"the forked child was still running after {timeout:g} s")
+        time.sleep(0.005)

@@ -15,7 +15,7 @@ import pytest
 from poolkeeper import AsyncDatabase, AsyncPool, ConfigurationError, PoolError
 from tests import async_helpers
 from tests.async_helpers import backend_pid, execute, fetchval, wait_until
-from tests.conftest import backends, settled_backends
+from tests.conftest import backends, settled_backends, wait_for_child
 
 driver = async_helpers.driver
 
@@ -235,7 +235,7 @@ def test_forked_child_gets_a_fresh_pool_and_the_parent_is_unaffected(
             os.write(write, message.encode())
             os._exit(0)
         os.close(write)
-        _, status = await asyncio.to_thread(os.waitpid, pid, 0)
+        status = await asyncio.to_thread(wait_for_child, pid)
         with os.fdopen(read) as pipe:
             child_said = pipe.read()
         assert os.waitstatus_to_exitcode(status) == 0

@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 from poolkeeper import ConfigurationError, Database, PoolError
-from tests.conftest import backends, settled_backends
+from tests.conftest import backends, settled_backends, wait_for_child
 
 
 def test_same_object_on_every_call(dsn: str) -> None:
@@ -110,7 +110,7 @@ def test_forked_child_gets_a_fresh_pool_and_the_parent_is_unaffected(
         os.write(write, message.encode())
         os._exit(0)
     os.close(write)
-    _, status = os.waitpid(pid, 0)
+    status = wait_for_child(pid)
     with os.fdopen(read) as pipe:
         child_said = pipe.read()
     assert os.waitstatus_to_exitcode(status) == 0
