@@ -168,10 +168,8 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "return-sync-ignores-drain",
         PKG + "pool.py",
-        "        if rec.generation != self._generation or now >= rec.expires_at:\n"
-        '            self._retire(rec, "returned after close, drain() or max_lifetime")',
-        "        if now >= rec.expires_at:\n"
-        '            self._retire(rec, "returned after close, drain() or max_lifetime")',
+        "        if rec.generation != self._generation or now >= rec.expires_at:\n",
+        "        if now >= rec.expires_at:\n",
         "a connection borrowed across drain() or close() goes back into service",
         _k("drain or close"),
     ),
@@ -207,8 +205,8 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "handoff-sync-no-recheck",
         PKG + "pool.py",
-        "        if self._waiters:\n            with self._lock:\n"
-        "                self._serve_waiters_locked()\n",
+        "        # Written the stack, now read the queue: see the module docstring.\n"
+        "        if self._waiters:\n            self._serve_after_push()\n",
         "",
         "Pool.putconn does not look for waiters after pushing: a waiter may sleep while "
         "a connection sits idle",
@@ -244,10 +242,8 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "lifetime-sync-return-ignores-expiry",
         PKG + "pool.py",
-        "        if rec.generation != self._generation or now >= rec.expires_at:\n"
-        '            self._retire(rec, "returned after close, drain() or max_lifetime")',
-        "        if rec.generation != self._generation:\n"
-        '            self._retire(rec, "returned after close, drain() or max_lifetime")',
+        "        if rec.generation != self._generation or now >= rec.expires_at:\n",
+        "        if rec.generation != self._generation:\n",
         "Pool.putconn puts a connection past its lifetime back into service",
         ("tests/test_lifetime.py",),
     ),
