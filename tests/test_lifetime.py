@@ -1,8 +1,9 @@
-"""max_lifetime, seen on the server, in the ordinary suite (both CI passes run it).
+"""Retirement, seen on the server, in the ordinary suite (both CI passes run it).
 
-A connection older than ``max_lifetime`` is replaced: idle, by housekeeping; borrowed,
-never under its borrower but as soon as it comes back. The proof is the backend pids
-pg_stat_activity lists for the pool's application_name, not the pool's counters.
+A connection older than ``max_lifetime``, or opened before ``drain()``, is replaced:
+idle, at once (by housekeeping, or by drain() itself); borrowed, never under its
+borrower but as soon as it comes back. The proof is the backend pids pg_stat_activity
+lists for the pool's application_name, not the pool's counters.
 """
 
 from __future__ import annotations
@@ -115,3 +116,43 @@ async def test_async_connections_past_max_lifetime_are_replaced_but_never_under_
     assert await fetchval(nxt, "SELECT pg_backend_pid()") != held_pid
     await pool.putconn(nxt)
     await poll(lambda pids: not pids & original, "the expired connections to close")
+
+
+@pytest.mark.parametrize("sync_driver", ["psycopg", "psycopg2"])
+def test_a_connection_borrowed_across_drain_retires_when_it_comes_back(
+    make_pool: PoolFactory, admin: Admin, sync_driver: str
+) -> None:
+    pool = make_pool(min_size=2, max_size=2, driver=sync_driver)
+    pool.wait(5)
+    held = pool.getconn()
+    held_pid = sync_pid(held)
+    original = server_pids(admin, pool.name)
+    pool.drain()
+    assert sync_pid(held) == held_pid  # not under its borrower
+    pool.putconn(held)
+    # Every borrow from now on is served by a backend opened after drain().
+    conns = [pool.getconn() for _ in range(2)]
+    assert not {sync_pid(conn) for conn in conns} & original
+    for conn in conns:
+        pool.putconn(conn)
+    wait_for_server(admin, pool.name, lambda pids: not pids & original, "drained ones to close")
+
+
+async def test_async_a_connection_borrowed_across_drain_retires_when_it_comes_back(
+    make_async_pool: AsyncPoolFactory, admin: Admin
+) -> None:
+    pool = make_async_pool(min_size=2, max_size=2)
+    await pool.wait(5)
+    held = await pool.getconn()
+    held_pid = backend_pid(held)
+    original = server_pids(admin, pool.name)
+    await pool.drain()
+    assert await fetchval(held, "SELECT pg_backend_pid()") == held_pid
+    await pool.putconn(held)
+    conns = [await pool.getconn() for _ in range(2)]
+    assert not {await fetchval(conn, "SELECT pg_backend_pid()") for conn in conns} & original
+    for conn in conns:
+        await pool.putconn(conn)
+    await asyncio.to_thread(
+        wait_for_server, admin, pool.name, lambda pids: not pids & original, "drained ones to close"
+    )

@@ -171,7 +171,15 @@ MUTANTS: list[Mutant] = [
         "        if rec.generation != self._generation or now >= rec.expires_at:\n",
         "        if now >= rec.expires_at:\n",
         "a connection borrowed across drain() or close() goes back into service",
-        _k("drain or close"),
+        _k("drain"),
+    ),
+    Mutant(
+        "return-async-ignores-drain",
+        PKG + "async_pool.py",
+        "        if rec.generation != self._generation or now >= rec.expires_at:\n",
+        "        if now >= rec.expires_at:\n",
+        "a connection borrowed across drain() goes back into an AsyncPool's service",
+        _k("drain"),
     ),
     Mutant(
         "return-retire-leaves-open",
