@@ -72,6 +72,8 @@ def _k(expr: str, *paths: str) -> tuple[str, ...]:
     return (*where, "-m", "not fault", "-k", expr)
 
 
+REDACTION_TESTS = ("tests/test_redaction.py", "tests/test_secrets.py")
+
 MUTANTS: list[Mutant] = [
     # -- fork safety -------------------------------------------------------------------
     Mutant(
@@ -324,15 +326,39 @@ MUTANTS: list[Mutant] = [
         "            text = text.replace(secret, MASK)\n",
         "            pass\n",
         "a known password is no longer masked where it appears verbatim",
-        ("tests/test_redaction.py",),
+        REDACTION_TESTS,
     ),
     Mutant(
         "redact-conninfo-password-kept",
         "src/poolkeeper/redact.py",
-        "    return _KV_PASSWORD.sub(lambda m: f\"{m['head']}{MASK}\", text)\n",
+        "    return _KV_SECRET.sub(lambda m: f\"{m['head']}{MASK}\", text)\n",
         "    return text\n",
         "password=... in a conninfo string is no longer masked",
-        ("tests/test_redaction.py",),
+        REDACTION_TESTS,
+    ),
+    Mutant(
+        "redact-url-password-kept",
+        "src/poolkeeper/redact.py",
+        "    text = _URL_TOKEN.sub(_mask_url, text)\n",
+        "",
+        "the password of a URL (scheme://user:secret@host) is no longer masked",
+        REDACTION_TESTS,
+    ),
+    Mutant(
+        "redact-sslpassword-not-secret",
+        "src/poolkeeper/redact.py",
+        'SECRET_KEYS = frozenset({"password", "sslpassword"})\n',
+        'SECRET_KEYS = frozenset({"password"})\n',
+        "sslpassword (the client key's passphrase) is treated as an ordinary setting",
+        REDACTION_TESTS,
+    ),
+    Mutant(
+        "redact-registry-unbounded",
+        "src/poolkeeper/redact.py",
+        "            while len(recent) > self._cap:\n",
+        "            while False:\n",
+        "a callable DSN minting a token per connect grows the registry without bound",
+        REDACTION_TESTS,
     ),
 ]
 
