@@ -396,6 +396,9 @@ class AsyncPool(AsyncPoolBase):
         ring = self._wait_ring
         return ring.count, ring.percentiles()
 
+    def _waits_since(self, cursor: int) -> tuple[int, list[float]]:
+        return self._wait_ring.since(cursor)
+
     def _arm_timer(self, at: float) -> None:
         """Set the queue's one deadline timer to fire at ``at`` (monotonic seconds)."""
         if self._deadline_timer is not None:

@@ -299,6 +299,7 @@ class AsyncPoolBase(PoolCore):
     async def _connect_new(self) -> ConnectionRecord:
         # Taken before connecting: a drain() while this connects must replace it too.
         generation = self._generation
+        started = _monotonic()
         conn = await self._driver.connect(self.config.connect_spec())
         if not self._identity_ok(conn):
             await self._driver.close(conn)
@@ -311,6 +312,9 @@ class AsyncPoolBase(PoolCore):
         except BaseException:
             self._close_conn_soon(conn)
             raise
+        # Connect and configure, as a borrower would have waited for them: the
+        # create_time an OpenTelemetry exporter reports (poolkeeper.metrics.opentelemetry).
+        self._connect_times.add(_monotonic() - started)
         return self._new_record(conn, generation)
 
     async def _open_one(self) -> None:

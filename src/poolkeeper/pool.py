@@ -363,6 +363,12 @@ class Pool(PoolBase):
     def _wait_figures(self) -> tuple[int, tuple[float, float, float]]:
         return self._stats_waits.value, self._wait_samples.percentiles()
 
+    def _waits_since(self, cursor: int) -> tuple[int, list[float]]:
+        # Counted, then sampled (getconn): a wait between those two steps on another
+        # thread may stand in for an older one here. The count is exact.
+        count = self._stats_waits.value
+        return count, self._wait_samples.newest(count - cursor)
+
     def _abandon(self, waiter: _Waiter) -> None:
         """``waiter`` stops waiting: out of the queue, or, if a connection was handed
         to it meanwhile, that connection to the next caller instead of stranded."""

@@ -42,7 +42,7 @@ from poolkeeper.policy import (
 )
 from poolkeeper.record import ConnectionRecord
 from poolkeeper.redact import redact
-from poolkeeper.stats import LockFreeCounter, PoolStats
+from poolkeeper.stats import ConnectTimes, LockFreeCounter, PoolStats
 
 __all__ = ["PoolCore"]
 
@@ -84,6 +84,7 @@ class PoolCore:
         "_clean_state",
         "_closed",
         "_closed_under_borrower",
+        "_connect_times",
         "_driver",
         "_forked",
         "_generation",
@@ -178,6 +179,7 @@ class PoolCore:
         self._borrow_ticks = self._stats_borrows.ticks
         self._stats_timeouts = LockFreeCounter()
         self._stats_opened = LockFreeCounter()
+        self._connect_times = ConnectTimes()
         self._stats_closed = LockFreeCounter()
         self._stats_connect_errors = LockFreeCounter()
         self._stats_checks_failed = LockFreeCounter()
@@ -234,6 +236,12 @@ class PoolCore:
         """Borrows that waited so far, and (p50, p99, max) of the recent waits in
         seconds. Each pool keeps these its own way: the sync pool from many threads,
         the asyncio pool from its one loop."""
+        raise NotImplementedError
+
+    def _waits_since(self, cursor: int) -> tuple[int, list[float]]:
+        """Borrows that waited so far, and the waits (seconds) of those after the first
+        ``cursor``, as far as the recent samples reach: for a metrics exporter that
+        turns waits into a histogram at collection time."""
         raise NotImplementedError
 
     def health(self) -> dict[str, object]:

@@ -7,7 +7,15 @@ import itertools
 from collections import deque
 from collections.abc import Callable
 
-__all__ = ["RING_MASK", "RING_SIZE", "LockFreeCounter", "PoolStats", "WaitRing", "WaitSamples"]
+__all__ = [
+    "RING_MASK",
+    "RING_SIZE",
+    "ConnectTimes",
+    "LockFreeCounter",
+    "PoolStats",
+    "WaitRing",
+    "WaitSamples",
+]
 
 
 class LockFreeCounter:
@@ -50,6 +58,38 @@ class WaitSamples:
         # where sorting the live deque could see it change mid-iteration.
         return _percentiles(sorted(self._samples.copy()))
 
+    def newest(self, count: int) -> list[float]:
+        """The last ``count`` waits recorded (fewer if fewer are kept), oldest first."""
+        if count <= 0:
+            return []
+        data = list(self._samples.copy())
+        return data[-count:]
+
+
+class ConnectTimes:
+    """How long recent connects took (seconds), until a metrics exporter takes them.
+
+    Appended once per connection opened (never on a borrow) and taken with
+    :meth:`drain`, each sample once; the oldest are dropped when nobody drains.
+    """
+
+    __slots__ = ("_samples", "add")
+
+    def __init__(self, size: int = 1024) -> None:
+        self._samples: deque[float] = deque(maxlen=size)
+        #: Record one connect, in seconds (the C-level ``deque.append``: thread-safe).
+        self.add: Callable[[float], None] = self._samples.append
+
+    def drain(self) -> list[float]:
+        """Take every sample recorded since the last drain, oldest first."""
+        taken: list[float] = []
+        pop = self._samples.popleft
+        while True:
+            try:
+                taken.append(pop())
+            except IndexError:
+                return taken
+
 
 #: Slots in a :class:`WaitRing`; a power of two, so a wait's slot is ``count & mask``.
 RING_SIZE = 4096
@@ -78,6 +118,15 @@ class WaitRing:
     def percentiles(self) -> tuple[float, float, float]:
         """(p50, p99, max) in seconds over the recorded waits; zeros when none."""
         return _percentiles(sorted(self.samples[: min(self.count, RING_SIZE)]))
+
+    def since(self, cursor: int) -> tuple[int, list[float]]:
+        """The count now, and the waits recorded after the first ``cursor`` (the
+        newest :data:`RING_SIZE` of them at most), oldest first. Safe from another
+        thread: the owner stores a sample before counting it."""
+        count = self.count
+        first = max(cursor, count - RING_SIZE)
+        samples = self.samples
+        return count, [samples[n & RING_MASK] for n in range(first, count)]
 
 
 def _percentiles(data: list[float]) -> tuple[float, float, float]:
