@@ -40,7 +40,9 @@ def test_database_without_a_dsn_names_the_server_once(
     db = Database("pk-defaults", min_size=0)
     Database("pk-defaults")
     with db.connection() as conn:
-        user, database = conn.execute("SELECT current_user, current_database()").fetchone()
+        row = conn.execute("SELECT current_user, current_database()").fetchone()
+        assert row is not None
+        user, database = row
 
     (record,) = _target_lines(caplog)
     assert record.levelno == logging.INFO
@@ -64,7 +66,9 @@ async def test_async_database_without_a_dsn_names_the_server_once(
         AsyncDatabase("pk-defaults-async")
         async with db.connection() as conn:
             cur = await conn.execute("SELECT current_user")
-            (user,) = await cur.fetchone()
+            row = await cur.fetchone()
+            assert row is not None
+            (user,) = row
     finally:
         await AsyncDatabase.reset_all()
 

@@ -16,14 +16,18 @@ import contextlib
 import itertools
 import threading
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any, Generic, Literal, overload
 
 from poolkeeper.async_pool import AsyncPool
 from poolkeeper.config import PoolConfig
 from poolkeeper.drivers import load_async_driver
 from poolkeeper.errors import PoolError
+from poolkeeper.pool_core import ConnT
 from poolkeeper.registry import NamedSingleton, overall_status
 from poolkeeper.stats import PoolStats
+
+if TYPE_CHECKING:
+    from poolkeeper.drivers.connections import AsyncpgConnection, PsycopgAsyncConnection
 
 __all__ = ["AsyncDatabase"]
 
@@ -42,7 +46,7 @@ class _LoopPools:
         return [self.primary, *self.replicas]
 
 
-class AsyncDatabase(NamedSingleton):
+class AsyncDatabase(NamedSingleton, Generic[ConnT]):
     """The shared asyncio pool for ``name``: the same object on every call, in every thread.
 
     ``AsyncDatabase(name="default", dsn=None, **settings)``: the first call for a
@@ -58,6 +62,33 @@ class AsyncDatabase(NamedSingleton):
     still be released: the closing pool takes it back and closes it.
     """
 
+    if TYPE_CHECKING:
+        # For type checkers only: ``driver=`` picks the connection type. At run time
+        # NamedSingleton's own __new__ and __init__ take the call unchanged.
+        @overload
+        def __init__(
+            self: AsyncDatabase[PsycopgAsyncConnection],
+            name: str = "default",
+            dsn: Any = None,
+            *,
+            driver: Literal["psycopg"] = "psycopg",
+            **options: Any,
+        ) -> None: ...
+        @overload
+        def __init__(
+            self: AsyncDatabase[AsyncpgConnection],
+            name: str = "default",
+            dsn: Any = None,
+            *,
+            driver: Literal["asyncpg"],
+            **options: Any,
+        ) -> None: ...
+        @overload
+        def __init__(
+            self: AsyncDatabase[Any], name: str = "default", dsn: Any = None, **options: Any
+        ) -> None: ...
+        def __init__(self, name: str = "default", dsn: Any = None, **options: Any) -> None: ...
+
     # Keyed by loop; a closed loop's entry is dropped when the next loop's is made.
     _pools: dict[asyncio.AbstractEventLoop, _LoopPools]
 
@@ -67,7 +98,7 @@ class AsyncDatabase(NamedSingleton):
         self._pools = {}
         self._pools_lock = threading.Lock()
         # Pools being closed, or closed with connections still out: they take those back.
-        self._closing: list[AsyncPool] = []
+        self._closing: list[AsyncPool[ConnT]] = []
 
     # -- the pools behind it -----------------------------------------------------------
 
@@ -98,21 +129,21 @@ class AsyncDatabase(NamedSingleton):
         return pools
 
     @property
-    def pool(self) -> AsyncPool:
+    def pool(self) -> AsyncPool[ConnT]:
         """This event loop's pool, created on first use in the loop (again after a close)."""
         return self._loop_pools().primary
 
-    def _read_pool(self) -> AsyncPool:
+    def _read_pool(self) -> AsyncPool[ConnT]:
         pools = self._loop_pools()
         return next(pools.cycle) if pools.cycle is not None else pools.primary
 
     # -- the seed recipe's API, awaited --------------------------------------------------
 
-    async def get_connection(self, timeout: float | None = None) -> Any:
+    async def get_connection(self, timeout: float | None = None) -> ConnT:
         """Borrow a connection; waits up to ``timeout`` then raises ``PoolTimeout``."""
         return await self.pool.getconn(timeout)
 
-    async def release_connection(self, conn: Any) -> None:
+    async def release_connection(self, conn: ConnT) -> None:
         """Return a connection: rolls back an open transaction, discards a broken one.
 
         Also one borrowed before ``close_all_connections()`` began: the closing pool
@@ -130,7 +161,7 @@ class AsyncDatabase(NamedSingleton):
             "the AsyncDatabase it came from, in the loop that borrowed it"
         )
 
-    def _lenders(self) -> list[AsyncPool]:
+    def _lenders(self) -> list[AsyncPool[ConnT]]:
         """This loop's pools of this object, and its pools being closed."""
         try:
             pools = self._pools.get(asyncio.get_running_loop())
@@ -173,7 +204,7 @@ class AsyncDatabase(NamedSingleton):
     @contextlib.asynccontextmanager
     async def connection(
         self, timeout: float | None = None, *, readonly: bool = False
-    ) -> AsyncIterator[Any]:
+    ) -> AsyncIterator[ConnT]:
         """Borrow for an ``async with`` block; ``readonly=True`` uses a replica when
         configured."""
         pool = self._read_pool() if readonly else self.pool
@@ -181,7 +212,7 @@ class AsyncDatabase(NamedSingleton):
             yield conn
 
     @contextlib.asynccontextmanager
-    async def transaction(self, timeout: float | None = None) -> AsyncIterator[Any]:
+    async def transaction(self, timeout: float | None = None) -> AsyncIterator[ConnT]:
         """Borrow inside BEGIN … COMMIT, ROLLBACK on error."""
         async with self.pool.transaction(timeout) as conn:
             yield conn

@@ -36,7 +36,7 @@ from asyncio import get_running_loop as _running_loop
 from collections import deque
 from collections.abc import Callable, Coroutine
 from types import TracebackType
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, overload
 
 from poolkeeper.async_pool_base import AsyncPoolBase
 from poolkeeper.config import PoolConfig, check_call_timeout
@@ -46,9 +46,15 @@ from poolkeeper.errors import (
     PoolError,
     WrongEventLoop,
 )
+from poolkeeper.pool_core import ConnT
 from poolkeeper.record import ConnectionRecord
 from poolkeeper.stats import RING_MASK, WaitRing
 from poolkeeper.waiters import overdue_waiters, remove_waiter
+
+if TYPE_CHECKING:
+    from contextlib import AbstractAsyncContextManager
+
+    from poolkeeper.drivers.connections import AsyncpgConnection, PsycopgAsyncConnection
 
 __all__ = ["AsyncPool"]
 
@@ -128,7 +134,7 @@ class _Borrowed:
             await pool.drain()
 
 
-class AsyncPool(AsyncPoolBase):
+class AsyncPool(AsyncPoolBase[ConnT]):
     """An asyncio pool of PostgreSQL connections, bound to one event loop.
 
     ``AsyncPool(dsn=None, *, open=True, config=None, **settings)`` takes the same
@@ -137,7 +143,9 @@ class AsyncPool(AsyncPoolBase):
     otherwise at its first use (``getconn``, ``wait``, ``async with``) in the loop
     that uses it. ``open=False`` waits for ``await pool.open()`` or
     ``async with pool``. The connection you get is the driver's own
-    (``psycopg.AsyncConnection`` or ``asyncpg.Connection``).
+    (``psycopg.AsyncConnection`` or ``asyncpg.Connection``), and type checkers see
+    which: ``AsyncPool(dsn)`` is an ``AsyncPool[psycopg.AsyncConnection[Any]]``,
+    ``AsyncPool(dsn, driver="asyncpg")`` an ``AsyncPool[asyncpg.Connection]``.
     """
 
     __slots__ = (
@@ -161,6 +169,35 @@ class AsyncPool(AsyncPoolBase):
     #: The shared code's lock: a no-op, as every stretch between two awaits is atomic.
     _lock: contextlib.nullcontext[None] = contextlib.nullcontext()
 
+    @overload
+    def __init__(
+        self: AsyncPool[PsycopgAsyncConnection],
+        dsn: Any = None,
+        *,
+        open: bool = True,
+        config: None = None,
+        driver: Literal["psycopg"] = "psycopg",
+        **options: Any,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: AsyncPool[AsyncpgConnection],
+        dsn: Any = None,
+        *,
+        open: bool = True,
+        config: None = None,
+        driver: Literal["asyncpg"],
+        **options: Any,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: AsyncPool[Any],
+        dsn: Any = None,
+        *,
+        open: bool = True,
+        config: PoolConfig | None = None,
+        **options: Any,
+    ) -> None: ...
     def __init__(
         self,
         dsn: Any = None,
@@ -289,7 +326,7 @@ class AsyncPool(AsyncPoolBase):
     # One long coroutine on purpose (the complexity rules are waived for it alone): each
     # coroutine frame more costs a call and a resume per contended borrow (see below and
     # docs/benchmarks.md).
-    async def getconn(self, timeout: float | None = None) -> Any:  # noqa: C901, PLR0912, PLR0915
+    async def getconn(self, timeout: float | None = None) -> ConnT:  # noqa: C901, PLR0912, PLR0915
         """Borrow a connection; wait up to ``timeout`` (default: the pool's) for one.
 
         Raises ``PoolTimeout``, ``TooManyWaiters``, ``ConnectionFailed`` (server known
@@ -315,7 +352,7 @@ class AsyncPool(AsyncPoolBase):
                         rec.leak_reported = False
                     # Last, with no call after it (see Pool.getconn).
                     self._lent[rec.conn] = rec
-                    return rec.conn
+                    return rec.conn  # type: ignore[no-any-return]  # the driver's connection: ConnT
         elif _running_loop() is not self._loop:
             self._bind()
         # The slow path, in this same coroutine: under contention every borrow comes
@@ -390,7 +427,7 @@ class AsyncPool(AsyncPoolBase):
                 rec.borrow_stack = "".join(traceback.format_stack(limit=16)[:-1])
                 rec.leak_reported = False
             self._lent[rec.conn] = rec  # last, as on the fast path
-            return rec.conn
+            return rec.conn  # type: ignore[no-any-return]  # the driver's connection: ConnT
 
     def _wait_figures(self) -> tuple[int, tuple[float, float, float]]:
         ring = self._wait_ring
@@ -442,7 +479,7 @@ class AsyncPool(AsyncPoolBase):
         with contextlib.suppress(ValueError):
             self._waiters.remove(entry)
 
-    async def putconn(self, conn: Any) -> None:
+    async def putconn(self, conn: ConnT) -> None:
         """Return a borrowed connection.
 
         An open transaction is rolled back; a broken or closed connection is
@@ -484,7 +521,7 @@ class AsyncPool(AsyncPoolBase):
                 return
         self._idle.append(rec)
 
-    def connection(self, timeout: float | None = None) -> _Borrowed:
+    def connection(self, timeout: float | None = None) -> AbstractAsyncContextManager[ConnT]:
         """``async with pool.connection() as conn``: borrowed on entry, returned on exit,
         even on error or cancellation."""
         return _Borrowed(self, timeout)

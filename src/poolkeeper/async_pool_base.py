@@ -32,13 +32,13 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Generic, Protocol
 
 from poolkeeper.config import check_call_timeout
 from poolkeeper.drivers import BROKEN, IN_TRANSACTION, AsyncDriver
 from poolkeeper.errors import PoolClosed, PoolError
 from poolkeeper.policy import Backoff
-from poolkeeper.pool_core import PoolCore
+from poolkeeper.pool_core import ConnT, PoolCore
 from poolkeeper.record import ConnectionRecord
 from poolkeeper.redact import redact
 
@@ -59,7 +59,7 @@ class _Wakeable(Protocol):
         """Sleep until woken or ``timeout`` seconds pass."""
 
 
-class AsyncPoolBase(PoolCore):
+class AsyncPoolBase(PoolCore, Generic[ConnT]):
     """What both pools do off the hot path; each shell subclasses it (see the module)."""
 
     __slots__ = ()
@@ -80,7 +80,7 @@ class AsyncPoolBase(PoolCore):
         def _close_conn_soon(self, conn: Any) -> None: ...
         def _keepalive_later(self, rec: ConnectionRecord) -> None: ...
         async def _call_hook(self, hook: Callable[[Any], object], conn: Any) -> None: ...
-        def connection(self, timeout: float | None = None) -> AbstractAsyncContextManager[Any]:
+        def connection(self, timeout: float | None = None) -> AbstractAsyncContextManager[ConnT]:
             """See the shells."""
 
     # -- public ---------------------------------------------------------------------------
@@ -104,7 +104,7 @@ class AsyncPoolBase(PoolCore):
                 await self._changed.wait(min(deadline - now, 0.1))
 
     @contextlib.asynccontextmanager
-    async def transaction(self, timeout: float | None = None) -> AsyncIterator[Any]:
+    async def transaction(self, timeout: float | None = None) -> AsyncIterator[ConnT]:
         """Borrow a connection inside BEGIN … COMMIT (ROLLBACK if the block raises)."""
         async with self.connection(timeout) as conn, self._driver.transaction(conn):
             yield conn

@@ -11,17 +11,21 @@ import contextlib
 import itertools
 import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any, Generic, Literal, overload
 
 from poolkeeper.config import PoolConfig
 from poolkeeper.errors import PoolError
 from poolkeeper.pool import Pool
+from poolkeeper.pool_core import ConnT
 from poolkeeper.registry import NamedSingleton, overall_status
+
+if TYPE_CHECKING:
+    from poolkeeper.drivers.connections import Psycopg2Connection, PsycopgConnection
 
 __all__ = ["Database"]
 
 
-class Database(NamedSingleton):
+class Database(NamedSingleton, Generic[ConnT]):
     """The shared pool for ``name``: the same object on every call, in every thread.
 
     ``Database(name="default", dsn=None, **settings)``: the first call for a name
@@ -38,21 +42,48 @@ class Database(NamedSingleton):
     closes it.
     """
 
-    _pool: Pool | None
-    _replica_pools: list[Pool] | None
+    if TYPE_CHECKING:
+        # For type checkers only: ``driver=`` picks the connection type. At run time
+        # NamedSingleton's own __new__ and __init__ take the call unchanged.
+        @overload
+        def __init__(
+            self: Database[PsycopgConnection],
+            name: str = "default",
+            dsn: Any = None,
+            *,
+            driver: Literal["psycopg"] = "psycopg",
+            **options: Any,
+        ) -> None: ...
+        @overload
+        def __init__(
+            self: Database[Psycopg2Connection],
+            name: str = "default",
+            dsn: Any = None,
+            *,
+            driver: Literal["psycopg2"],
+            **options: Any,
+        ) -> None: ...
+        @overload
+        def __init__(
+            self: Database[Any], name: str = "default", dsn: Any = None, **options: Any
+        ) -> None: ...
+        def __init__(self, name: str = "default", dsn: Any = None, **options: Any) -> None: ...
+
+    _pool: Pool[ConnT] | None
+    _replica_pools: list[Pool[ConnT]] | None
 
     def _setup_pools(self) -> None:
         self._pool = None
         self._replica_pools = None
-        self._replica_cycle: Iterator[Pool] | None = None
+        self._replica_cycle: Iterator[Pool[ConnT]] | None = None
         self._pool_lock = threading.Lock()
         # Pools being closed, or closed with connections still out: they take those back.
-        self._closing: list[Pool] = []
+        self._closing: list[Pool[ConnT]] = []
 
     # -- the pool behind it ------------------------------------------------------------
 
     @property
-    def pool(self) -> Pool:
+    def pool(self) -> Pool[ConnT]:
         """The pool behind this name, created on first use (again after a fork or close)."""
         pool = self._pool
         if pool is None:
@@ -65,7 +96,7 @@ class Database(NamedSingleton):
                     pool = self._pool = Pool(config=self.config)
         return pool
 
-    def _read_pool(self) -> Pool:
+    def _read_pool(self) -> Pool[ConnT]:
         if not self._replica_configs:
             return self.pool
         if self._replica_cycle is None:
@@ -80,11 +111,11 @@ class Database(NamedSingleton):
 
     # -- the seed recipe's API ----------------------------------------------------------
 
-    def get_connection(self, timeout: float | None = None) -> Any:
+    def get_connection(self, timeout: float | None = None) -> ConnT:
         """Borrow a connection; waits up to ``timeout`` then raises ``PoolTimeout``."""
         return self.pool.getconn(timeout)
 
-    def release_connection(self, conn: Any) -> None:
+    def release_connection(self, conn: ConnT) -> None:
         """Return a connection: rolls back an open transaction, discards a broken one.
 
         Also one borrowed before ``close_all_connections()`` began: the closing pool
@@ -105,7 +136,7 @@ class Database(NamedSingleton):
             "from another Database); return each connection once, to the Database it came from"
         )
 
-    def _lenders(self) -> list[Pool]:
+    def _lenders(self) -> list[Pool[ConnT]]:
         """Every pool of this object that may have lent a connection."""
         return [
             p for p in [self._pool, *(self._replica_pools or ()), *self._closing] if p is not None
@@ -136,14 +167,16 @@ class Database(NamedSingleton):
     # -- preferred, exception-safe forms -----------------------------------------------
 
     @contextlib.contextmanager
-    def connection(self, timeout: float | None = None, *, readonly: bool = False) -> Iterator[Any]:
+    def connection(
+        self, timeout: float | None = None, *, readonly: bool = False
+    ) -> Iterator[ConnT]:
         """Borrow for a ``with`` block; ``readonly=True`` uses a replica when configured."""
         pool = self._read_pool() if readonly else self.pool
         with pool.connection(timeout) as conn:
             yield conn
 
     @contextlib.contextmanager
-    def transaction(self, timeout: float | None = None) -> Iterator[Any]:
+    def transaction(self, timeout: float | None = None) -> Iterator[ConnT]:
         """Borrow inside BEGIN … COMMIT, ROLLBACK on error."""
         with self.pool.transaction(timeout) as conn:
             yield conn
@@ -170,7 +203,7 @@ class Database(NamedSingleton):
         for replica in self._live()._replica_pools or ():
             replica.drain()
 
-    def _replica_pools_now(self) -> list[Pool]:
+    def _replica_pools_now(self) -> list[Pool[ConnT]]:
         """The replica pools, made now if no read has made them yet."""
         live = self._live()
         if live._replica_pools is None:

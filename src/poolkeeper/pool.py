@@ -25,16 +25,20 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 from poolkeeper.background import BackgroundWorkers
 from poolkeeper.config import PoolConfig, check_call_timeout
 from poolkeeper.drivers import SyncDriver, load_sync_driver
 from poolkeeper.errors import PoolClosed, PoolError
 from poolkeeper.pool_base import PoolBase
+from poolkeeper.pool_core import ConnT
 from poolkeeper.record import ConnectionRecord
 from poolkeeper.stats import LockFreeCounter, WaitSamples
 from poolkeeper.waiters import overdue_waiters, remove_waiter
+
+if TYPE_CHECKING:
+    from poolkeeper.drivers.connections import Psycopg2Connection, PsycopgConnection
 
 __all__ = ["Pool"]
 
@@ -111,13 +115,17 @@ class _Probe:
         return False
 
 
-class Pool(PoolBase):
+class Pool(PoolBase[ConnT]):
     """A thread-safe pool of PostgreSQL connections.
 
     Not a singleton: you own its lifecycle (``close()``, or use it as a context
     manager). See ``Database`` for the process-wide shared pool. Keyword
     arguments are the settings of :class:`~poolkeeper.PoolConfig`; the
     connection you get is the driver's own connection object.
+
+    Generic in that object's type, as type checkers see it: ``Pool(dsn)`` is a
+    ``Pool[psycopg.Connection[Any]]``, ``Pool(dsn, driver="psycopg2")`` a
+    ``Pool[psycopg2.extensions.connection]``; ``Pool(config=...)`` lends ``Any``.
     """
 
     __slots__ = (
@@ -135,6 +143,35 @@ class Pool(PoolBase):
         "_workers",
     )
 
+    @overload
+    def __init__(
+        self: Pool[PsycopgConnection],
+        dsn: Any = None,
+        *,
+        open: bool = True,
+        config: None = None,
+        driver: Literal["psycopg"] = "psycopg",
+        **options: Any,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: Pool[Psycopg2Connection],
+        dsn: Any = None,
+        *,
+        open: bool = True,
+        config: None = None,
+        driver: Literal["psycopg2"],
+        **options: Any,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: Pool[Any],
+        dsn: Any = None,
+        *,
+        open: bool = True,
+        config: PoolConfig | None = None,
+        **options: Any,
+    ) -> None: ...
     def __init__(
         self,
         dsn: Any = None,
@@ -234,7 +271,7 @@ class Pool(PoolBase):
     # One long frame on purpose (the complexity rules are waived for it alone): a helper
     # call per contended borrow measured 0.25-0.5 % more instructions (see below and
     # docs/benchmarks.md).
-    def getconn(self, timeout: float | None = None) -> Any:  # noqa: C901, PLR0912, PLR0915
+    def getconn(self, timeout: float | None = None) -> ConnT:  # noqa: C901, PLR0912, PLR0915
         """Borrow a connection; wait up to ``timeout`` (default: the pool's) for one.
 
         Raises ``PoolTimeout``, ``TooManyWaiters``, ``ConnectionFailed`` (server known
@@ -262,7 +299,7 @@ class Pool(PoolBase):
                     # Last, with no call after it: an interrupt before this line leaves
                     # the record astray, where housekeeping's audit finds it.
                     self._lent[rec.conn] = rec
-                    return rec.conn
+                    return rec.conn  # type: ignore[no-any-return]  # the driver's connection: ConnT
         # The slow path, in this same frame. Under contention every borrow comes here,
         # and the woken waiter runs all of it while holding the GIL that the other
         # threads need: each call or attribute read left out is throughput
@@ -349,7 +386,7 @@ class Pool(PoolBase):
                     rec.borrow_stack = "".join(traceback.format_stack(limit=16)[:-1])
                     rec.leak_reported = False
                 self._lent[rec.conn] = rec  # last, as on the fast path
-                return rec.conn
+                return rec.conn  # type: ignore[no-any-return]  # the driver's connection: ConnT
             rec = None
             # Each failed check costs up to connect_timeout: never try past the deadline.
             if _monotonic() >= deadline:
@@ -410,7 +447,7 @@ class Pool(PoolBase):
             remove_waiter(waiters, waiter)
             waiter.fail(self._no_connection_error(waiter.limit))
 
-    def putconn(self, conn: Any) -> None:
+    def putconn(self, conn: ConnT) -> None:
         """Return a borrowed connection.
 
         An open transaction is rolled back; a broken or closed connection is
@@ -466,7 +503,7 @@ class Pool(PoolBase):
             self._serve_after_push()
 
     @contextlib.contextmanager
-    def connection(self, timeout: float | None = None) -> Iterator[Any]:
+    def connection(self, timeout: float | None = None) -> Iterator[ConnT]:
         """Borrow a connection for a ``with`` block; it is returned on exit, even on error."""
         conn = _NOT_YET
         try:

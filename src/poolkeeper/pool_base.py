@@ -12,13 +12,13 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Generic, Protocol
 
 from poolkeeper.config import check_call_timeout
 from poolkeeper.drivers import BROKEN, IN_TRANSACTION, SyncDriver
 from poolkeeper.errors import PoolClosed, PoolError
 from poolkeeper.policy import Backoff
-from poolkeeper.pool_core import PoolCore
+from poolkeeper.pool_core import ConnT, PoolCore
 from poolkeeper.record import ConnectionRecord
 from poolkeeper.redact import redact
 
@@ -39,7 +39,7 @@ class _Wakeable(Protocol):
         """Sleep until woken or ``timeout`` seconds pass."""
 
 
-class PoolBase(PoolCore):
+class PoolBase(PoolCore, Generic[ConnT]):
     """What both pools do off the hot path; each shell subclasses it (see the module)."""
 
     __slots__ = ()
@@ -60,7 +60,7 @@ class PoolBase(PoolCore):
         def _close_conn_soon(self, conn: Any) -> None: ...
         def _keepalive_later(self, rec: ConnectionRecord) -> None: ...
         def _call_hook(self, hook: Callable[[Any], object], conn: Any) -> None: ...
-        def connection(self, timeout: float | None = None) -> AbstractContextManager[Any]:
+        def connection(self, timeout: float | None = None) -> AbstractContextManager[ConnT]:
             """See the shells."""
 
     # -- public ---------------------------------------------------------------------------
@@ -84,7 +84,7 @@ class PoolBase(PoolCore):
                 self._changed.wait(min(deadline - now, 0.1))
 
     @contextlib.contextmanager
-    def transaction(self, timeout: float | None = None) -> Iterator[Any]:
+    def transaction(self, timeout: float | None = None) -> Iterator[ConnT]:
         """Borrow a connection inside BEGIN … COMMIT (ROLLBACK if the block raises)."""
         with self.connection(timeout) as conn, self._driver.transaction(conn):
             yield conn

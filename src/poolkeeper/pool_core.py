@@ -17,7 +17,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from poolkeeper import forking
 from poolkeeper.config import PoolConfig
@@ -43,6 +43,16 @@ from poolkeeper.policy import (
 from poolkeeper.record import ConnectionRecord
 from poolkeeper.redact import redact
 from poolkeeper.stats import ConnectTimes, LockFreeCounter, PoolStats
+
+if TYPE_CHECKING:
+    from typing_extensions import TypeVar as _DefaultingTypeVar
+
+    #: The connection type a pool lends; a bare ``Pool`` lends ``Any``.
+    ConnT = _DefaultingTypeVar("ConnT", default=Any)
+else:
+    # Typing only: the default matters to type checkers, and typing.TypeVar takes
+    # ``default=`` only from Python 3.13.
+    ConnT = TypeVar("ConnT")
 
 __all__ = ["PoolCore"]
 
