@@ -404,10 +404,20 @@ class PoolCore:
         rec.check_due = now + self._check_after
 
     def _note_server_gone(self) -> None:
-        """A connection died: every connection idle now may be dead too; check each
-        before it is lent (cheaper than a flag the borrow path would have to read)."""
+        """A connection died: every other connection may have died with it.
+
+        Idle ones are checked before they are lent (cheaper than a flag the borrow path
+        would have to read). Lent ones retire when they come back: a borrower who sent
+        nothing since the server went away returns a connection that looks idle and
+        healthy, and ``putconn`` resets the check deadline on every return, so marking
+        it "check first" would not survive the return; an expired lifetime does, at no
+        cost to the return path, which compares it anyway.
+        """
         for rec in list(self._idle):
             rec.check_due = float("-inf")
+        now = _monotonic()
+        for rec in list(self._lent.values()):
+            rec.expires_at = min(rec.expires_at, now)
 
     def _needs_reset(self, conn: Any) -> bool:
         if self._reset_mode == "always":

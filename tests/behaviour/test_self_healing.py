@@ -162,3 +162,28 @@ async def test_a_pool_asking_for_a_standby_is_not_meant_for_the_primary(
     standby: Any = make_pool(dsn + "?target_session_attrs=prefer-standby", open=False)
     assert getattr(primary, "pool", primary).meant_for_primary
     assert not getattr(standby, "pool", standby).meant_for_primary
+
+
+async def test_a_connection_lent_when_the_server_went_away_is_not_trusted_back(
+    make_pool: MakePool, kind: Kind, admin: Admin
+) -> None:
+    # Every backend is killed while two connections are lent. The first borrower's query
+    # fails; the second borrower sent nothing since the kill, so its connection comes back
+    # looking idle and healthy. It died with the others: the next borrower must not get it.
+    pool = make_pool(min_size=2, max_size=2, check_after=60.0)
+    await pool.wait(5)
+    first = await pool.getconn()
+    second = await pool.getconn()
+    old = {backend_pid(first), backend_pid(second)}
+    admin.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+        [pool.name],
+    )
+    await wait_until(lambda: not backends(admin, pool.name))
+    with pytest.raises(Exception):  # noqa: B017 - each driver raises its own error here
+        await fetchval(first, "SELECT 1")
+    await pool.putconn(first)
+    await pool.putconn(second)
+    async with pool.connection(timeout=5) as conn:
+        assert await fetchval(conn, "SELECT 1") == 1
+        assert backend_pid(conn) not in old
