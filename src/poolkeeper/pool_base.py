@@ -203,11 +203,20 @@ class PoolBase(PoolCore, Generic[ConnT]):
             if status == IN_TRANSACTION:
                 self._stats_rollbacks.add()
                 self._driver.rollback(conn)
-            if self._needs_reset(conn):
+            # After the rollback (which reads the server's transaction status, never the
+            # autocommit a borrower set) and before configure= runs again after a reset.
+            restored = self._driver.restore_client_state(conn)
+            if restored and self._needs_reset(conn):
                 self._stats_resets.add()
                 self._driver.reset_session(conn)
                 if self.config.configure is not None:
-                    self._run_configure(conn)
+                    # configure= runs again on what it first ran on, not on its own results.
+                    restored = self._driver.restore_client_state(conn, as_connected=True)
+                    if restored:
+                        self._run_configure(conn)
+            if not restored:
+                self._retire(rec, "changed client-side state that cannot be put back")
+                return False
         except Exception as exc:
             if self._driver.is_disconnect(exc):
                 self._note_server_gone()

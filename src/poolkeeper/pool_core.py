@@ -462,6 +462,7 @@ class PoolCore:
         # What configure set is the baseline every borrower should see, not a leak.
         self._driver.mark_clean(conn)
         self._driver.record_baseline(conn)
+        self._driver.save_client_state(conn)
 
     @staticmethod
     def _configure_failed(exc: BaseException) -> ConfigureFailed:

@@ -275,12 +275,27 @@ class PoolAsyncpgConnection(asyncpg.Connection):
     """``asyncpg.Connection`` that marks itself dirty when SQL may change the session
     (every method that sends SQL text: see :func:`_tracking`)."""
 
-    __slots__ = ("_pk_answer_timeout", "_pk_dirty", "_pk_reported", "_pk_silence_limit")
+    __slots__ = (
+        "_pk_answer_timeout",
+        "_pk_baseline",
+        "_pk_client_dirty",
+        "_pk_codecs",
+        "_pk_connected",
+        "_pk_dirty",
+        "_pk_reported",
+        "_pk_silence_limit",
+    )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # False, CHECK or True: see poolkeeper.session_state.
         self._pk_dirty: int = False
+        # A borrower added or removed a listener or logger, or changed a type codec:
+        # see AsyncpgDriver.restore_client_state.
+        self._pk_client_dirty = False
+        self._pk_codecs = False
+        self._pk_baseline: _Listeners | None = None
+        self._pk_connected: _Listeners | None = None
         # How long the pool's own statements (ping, ROLLBACK, DISCARD ALL) wait for an
         # answer: the pool's connect_timeout.
         self._pk_answer_timeout = 10.0
@@ -328,11 +343,84 @@ class PoolAsyncpgConnection(asyncpg.Connection):
         if verdict and self._pk_dirty is not True:
             self._pk_dirty = verdict
 
+    # -- client-side state a borrower can change (put back on return) -------------------
+
+    async def add_listener(self, channel: str, callback: Any) -> None:
+        """asyncpg's ``add_listener``; the listener is removed (and the session's
+        LISTEN reset) on return."""
+        self._pk_client_dirty = True
+        await asyncpg.Connection.add_listener(self, channel, callback)
+
+    async def remove_listener(self, channel: str, callback: Any) -> None:
+        """asyncpg's ``remove_listener``; configure='s listeners come back on return."""
+        self._pk_client_dirty = True
+        await asyncpg.Connection.remove_listener(self, channel, callback)
+
+    def add_log_listener(self, callback: Any) -> None:
+        """asyncpg's ``add_log_listener``; removed on return."""
+        self._pk_client_dirty = True
+        asyncpg.Connection.add_log_listener(self, callback)
+
+    def remove_log_listener(self, callback: Any) -> None:
+        """asyncpg's ``remove_log_listener``; configure='s come back on return."""
+        self._pk_client_dirty = True
+        asyncpg.Connection.remove_log_listener(self, callback)
+
+    def add_termination_listener(self, callback: Any) -> None:
+        """asyncpg's ``add_termination_listener``; removed on return."""
+        self._pk_client_dirty = True
+        asyncpg.Connection.add_termination_listener(self, callback)
+
+    def remove_termination_listener(self, callback: Any) -> None:
+        """asyncpg's ``remove_termination_listener``; configure='s come back on return."""
+        self._pk_client_dirty = True
+        asyncpg.Connection.remove_termination_listener(self, callback)
+
+    def add_query_logger(self, callback: Any) -> None:
+        """asyncpg's ``add_query_logger``; removed on return, so it never sees the next
+        borrower's queries or their arguments."""
+        self._pk_client_dirty = True
+        asyncpg.Connection.add_query_logger(self, callback)
+
+    def remove_query_logger(self, callback: Any) -> None:
+        """asyncpg's ``remove_query_logger``; configure='s come back on return."""
+        self._pk_client_dirty = True
+        asyncpg.Connection.remove_query_logger(self, callback)
+
+    async def set_type_codec(self, typename: str, **kwargs: Any) -> None:
+        """asyncpg's ``set_type_codec``; a connection a borrower changed codecs on is
+        discarded on return (asyncpg cannot put the codec before it back exactly)."""
+        self._pk_client_dirty = self._pk_codecs = True
+        await asyncpg.Connection.set_type_codec(self, typename, **kwargs)
+
+    async def reset_type_codec(self, typename: str, **kwargs: Any) -> None:
+        """asyncpg's ``reset_type_codec``; see :meth:`set_type_codec`."""
+        self._pk_client_dirty = self._pk_codecs = True
+        await asyncpg.Connection.reset_type_codec(self, typename, **kwargs)
+
+    async def set_builtin_type_codec(self, typename: str, **kwargs: Any) -> None:
+        """asyncpg's ``set_builtin_type_codec``; see :meth:`set_type_codec`."""
+        self._pk_client_dirty = self._pk_codecs = True
+        await asyncpg.Connection.set_builtin_type_codec(self, typename, **kwargs)
+
 
 def _reported_settings(conn: PoolAsyncpgConnection) -> tuple[str | None, ...]:
     """The settings the server reported (ParameterStatus), as asyncpg holds them."""
     settings = conn._protocol.get_settings()  # type: ignore[attr-defined]
     return tuple(getattr(settings, name, None) for name in REPORTED_PARAMETERS)
+
+
+#: (LISTEN callbacks by channel, log listeners, termination listeners, query loggers)
+_Listeners = tuple[dict[str, set[Any]], set[Any], set[Any], set[Any]]
+
+
+def _listeners(conn: PoolAsyncpgConnection) -> _Listeners:
+    return (
+        {channel: set(callbacks) for channel, callbacks in conn._listeners.items()},  # type: ignore[attr-defined]
+        set(conn._log_listeners),  # type: ignore[attr-defined]
+        set(conn._termination_listeners),  # type: ignore[attr-defined]
+        set(conn._query_loggers),  # type: ignore[attr-defined]
+    )
 
 
 def _return_state(conn: PoolAsyncpgConnection) -> object:
@@ -341,12 +429,7 @@ def _return_state(conn: PoolAsyncpgConnection) -> object:
     Reads in one place what :meth:`AsyncpgDriver.status` and
     :meth:`AsyncpgDriver.session_dirty` decide apart (they run only when this is true).
     """
-    if (
-        conn._pk_dirty
-        or conn._aborted  # type: ignore[attr-defined]
-        or conn._listeners  # type: ignore[attr-defined]
-        or conn._log_listeners  # type: ignore[attr-defined]
-    ):
+    if conn._pk_dirty or conn._pk_client_dirty or conn._aborted:  # type: ignore[attr-defined]
         return True
     protocol: Any = conn._protocol  # type: ignore[attr-defined]
     # A query cancelled mid-flight leaves a cancel request racing the server.
@@ -376,6 +459,7 @@ class AsyncpgDriver:
         if spec.statement_timeout is not None and kwargs.get("command_timeout") is None:
             conn._pk_silence_limit = silence_limit(spec.statement_timeout)
         self.record_baseline(conn)
+        self.save_client_state(conn)
         return conn
 
     def status(self, conn: PoolAsyncpgConnection) -> int:
@@ -418,14 +502,10 @@ class AsyncpgDriver:
             conn.terminate()
 
     def session_dirty(self, conn: PoolAsyncpgConnection) -> bool:
-        """SQL that may have changed the session, listeners a borrower left behind, or
-        a setting the server reports that differs from the baseline."""
-        if (
-            conn._pk_dirty is True
-            or conn._listeners  # type: ignore[attr-defined]
-            or conn._log_listeners  # type: ignore[attr-defined]
-            or _reported_settings(conn) != conn._pk_reported
-        ):
+        """SQL that may have changed the session (a LISTEN a borrower's listener sent,
+        too: :meth:`restore_client_state` runs first), or a setting the server reports
+        that differs from the baseline."""
+        if conn._pk_dirty is True or _reported_settings(conn) != conn._pk_reported:
             return True
         conn._pk_dirty = False  # a pending CHECK found nothing
         return False
@@ -433,6 +513,42 @@ class AsyncpgDriver:
     def record_baseline(self, conn: PoolAsyncpgConnection) -> None:
         """Remember the reported settings as they are now: what a borrower must find."""
         conn._pk_reported = _reported_settings(conn)
+
+    def save_client_state(self, conn: PoolAsyncpgConnection) -> None:
+        """Record listeners and loggers (after configure=) as the baseline; the first
+        call, from :meth:`connect`, also as the connection came. Codecs set so far are
+        configure's, and so the baseline too."""
+        conn._pk_baseline = _listeners(conn)
+        if conn._pk_connected is None:
+            conn._pk_connected = conn._pk_baseline
+        conn._pk_client_dirty = conn._pk_codecs = False
+
+    def restore_client_state(self, conn: PoolAsyncpgConnection, as_connected: bool = False) -> bool:
+        """Put the listeners and loggers back as configure= left them; False (discard)
+        if a borrower changed a type codec."""
+        if not (conn._pk_client_dirty or as_connected):
+            return True
+        if conn._pk_codecs:
+            return False
+        saved = conn._pk_connected if as_connected else conn._pk_baseline
+        assert saved is not None
+        channels, logs, terminations, loggers = saved
+        live: dict[str, set[Any]] = conn._listeners  # type: ignore[attr-defined]
+        if live.keys() != channels.keys():
+            # LISTEN / UNLISTEN reached the server: DISCARD ALL (then configure=, which
+            # listens again) must follow.
+            conn._pk_dirty = True
+        live.clear()
+        live.update({channel: set(callbacks) for channel, callbacks in channels.items()})
+        for now, then in (
+            (conn._log_listeners, logs),  # type: ignore[attr-defined]
+            (conn._termination_listeners, terminations),  # type: ignore[attr-defined]
+            (conn._query_loggers, loggers),  # type: ignore[attr-defined]
+        ):
+            now.clear()
+            now.update(then)
+        conn._pk_client_dirty = False
+        return True
 
     async def reset_session(self, conn: PoolAsyncpgConnection) -> None:
         """DISCARD ALL, then forget what it invalidated on the client side (waiting at

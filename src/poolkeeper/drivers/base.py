@@ -2,7 +2,8 @@
 
 A driver turns a resolved conninfo into a connection and answers the few
 questions the pool asks about one: is it idle, in a transaction or broken; is
-its session dirty; which backend serves it. Nothing here knows about pooling.
+its session dirty; did a borrower change its client-side attributes (and put
+them back); which backend serves it. Nothing here knows about pooling.
 """
 
 from __future__ import annotations
@@ -52,10 +53,21 @@ class SyncDriver(Protocol[C]):
     clean_state: object
 
     def return_state(self, conn: C) -> object:
-        """A cheap summary of (transaction status, session dirty), ideally C-level."""
+        """A cheap summary of (transaction status, session dirty, client attributes
+        changed), ideally C-level."""
 
     def mark_clean(self, conn: C) -> None:
         """Forget that the session may be dirty (after a reset, or when resets are off)."""
+
+    def save_client_state(self, conn: C) -> None:
+        """Record ``conn``'s client-side attributes (after ``configure=``) as its baseline."""
+
+    def restore_client_state(self, conn: C, as_connected: bool = False) -> bool:
+        """Put back every client-side attribute a borrower changed (no I/O; the connection
+        is idle); False if something cannot be put back exactly, so it must be discarded.
+
+        ``as_connected``: put back the state from before ``configure=`` instead, so that
+        running it again after a session reset does not stack its handlers."""
 
     def connect(self, spec: ConnectSpec) -> C:
         """Open one connection; raise the driver's own error on failure."""
@@ -116,6 +128,12 @@ class AsyncDriver(Protocol[C]):
 
     def mark_clean(self, conn: C) -> None:
         """Forget that the session may be dirty."""
+
+    def save_client_state(self, conn: C) -> None:
+        """See ``SyncDriver.save_client_state``."""
+
+    def restore_client_state(self, conn: C, as_connected: bool = False) -> bool:
+        """See ``SyncDriver.restore_client_state``: synchronous, no I/O."""
 
     def connect(self, spec: ConnectSpec) -> Awaitable[C]:
         """Open one connection."""

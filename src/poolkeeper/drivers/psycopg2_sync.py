@@ -109,9 +109,28 @@ def _tracking(cursor_class: Any) -> type[Any] | None:
 _BASE_CURSOR = psycopg2.extensions.cursor
 
 
+_BASE = psycopg2.extensions.connection
+# psycopg2's C descriptors: the pool's own switches go through these, unflagged.
+_AUTOCOMMIT = vars(_BASE)["autocommit"]
+_TRANSACTION_IDLE = psycopg2.extensions.TRANSACTION_STATUS_IDLE
+
+
+def _tracked(name: str) -> Any:
+    """A property over psycopg2's own attribute ``name`` that flags the connection when
+    set. Reads call psycopg2's C descriptor; psycopg2's C code reads the struct field."""
+    base = vars(_BASE)[name]
+
+    def set_and_flag(conn: PoolConnection2, value: Any) -> None:
+        conn._pk_client_dirty = True
+        base.__set__(conn, value)
+
+    return property(base.__get__, set_and_flag, doc=base.__doc__)
+
+
 class PoolConnection2(psycopg2.extensions.connection):
     """psycopg2's connection with the pool's session-dirty flag, whose every cursor
-    tracks the SQL it sends, whatever ``cursor_factory`` made it."""
+    tracks the SQL it sends, whatever ``cursor_factory`` made it; and a client-dirty
+    flag raised whenever a borrower changes a client-side attribute (put back on return)."""
 
     #: False, CHECK or True: see poolkeeper.session_state.
     _pk_dirty: int = False
@@ -120,6 +139,37 @@ class PoolConnection2(psycopg2.extensions.connection):
     # How long the pool's own statements (ping, ROLLBACK, DISCARD ALL) wait for an
     # answer: the pool's connect_timeout.
     _pk_answer_timeout = 10.0
+    _pk_client_dirty = False
+    # (autocommit, isolation_level, readonly, deferrable, cursor_factory, notices,
+    # notifies, encoding) after configure=: what every borrower gets.
+    _pk_baseline: tuple[Any, ...] = ()
+    # The same, before configure= ran (put back before running it again).
+    _pk_connected: tuple[Any, ...] = ()
+
+    autocommit = _tracked("autocommit")
+    isolation_level = _tracked("isolation_level")
+    readonly = _tracked("readonly")
+    deferrable = _tracked("deferrable")
+    cursor_factory = _tracked("cursor_factory")
+    notices = _tracked("notices")
+    notifies = _tracked("notifies")
+
+    def set_session(self, *args: Any, **kwargs: Any) -> None:
+        """psycopg2's ``set_session``; what it changes is put back on return."""
+        self._pk_client_dirty = True
+        super().set_session(*args, **kwargs)
+
+    def set_isolation_level(self, level: Any) -> None:
+        """psycopg2's ``set_isolation_level``; put back on return."""
+        self._pk_client_dirty = True
+        super().set_isolation_level(level)
+
+    def set_client_encoding(self, encoding: str) -> None:
+        """psycopg2's ``set_client_encoding``: a ``SET`` on the server (reset on return)
+        and psycopg2's own codec (put back on return)."""
+        self._pk_client_dirty = True
+        self._pk_dirty = True
+        super().set_client_encoding(encoding)
 
     def cursor(  # type: ignore[override]
         self,
@@ -172,15 +222,85 @@ def _reported_settings(conn: PoolConnection2) -> tuple[str | None, ...]:
     return tuple(status(name) for name in REPORTED_PARAMETERS)
 
 
+def _snapshot(conn: PoolConnection2) -> tuple[Any, ...]:
+    return (
+        conn.autocommit,
+        conn.isolation_level,
+        conn.readonly,
+        conn.deferrable,
+        conn.cursor_factory,
+        conn.notices,
+        conn.notifies,
+        conn.encoding,
+    )
+
+
+def _empty(unread: Any) -> bool:
+    """Empty a notices or notifies container; False if it cannot be (psycopg2 takes any
+    object with ``append``, and configure= may have installed one)."""
+    if unread:
+        try:
+            unread.clear()
+        except AttributeError:
+            return False
+    return True
+
+
+def _return_state(conn: PoolConnection2) -> object:
+    """(libpq transaction status, session dirty), or None when a client-side attribute
+    changed or notices or notifications arrived for the borrower (never "clean")."""
+    if conn._pk_client_dirty or conn.notices or conn.notifies:
+        return None
+    return (conn.get_transaction_status(), conn._pk_dirty)
+
+
 class Psycopg2Driver:
     """Sync psycopg2 behind the pool's driver interface."""
 
     name = "psycopg2"
-    clean_state = (IDLE, False)
+    clean_state = (_TRANSACTION_IDLE, False)
+    return_state = staticmethod(_return_state)
 
-    def return_state(self, conn: PoolConnection2) -> object:
-        """(status, dirty): psycopg2 exposes the status only through a method call."""
-        return (self.status(conn), conn._pk_dirty)
+    def save_client_state(self, conn: PoolConnection2) -> None:
+        """Record the client-side attributes (the first call, from ``connect``, also as
+        the connection came); notices and notifications so far are no borrower's."""
+        _empty(conn.notices)
+        _empty(conn.notifies)
+        conn._pk_baseline = _snapshot(conn)
+        if not conn._pk_connected:
+            conn._pk_connected = conn._pk_baseline
+        conn._pk_client_dirty = False
+
+    def restore_client_state(self, conn: PoolConnection2, as_connected: bool = False) -> bool:
+        """Put back what a borrower changed (``conn`` is rolled back), and empty the
+        notices and notifications the borrower left unread; False if psycopg2 refuses."""
+        if not (conn._pk_client_dirty or conn.notices or conn.notifies or as_connected):
+            return True
+        if conn.closed or conn.get_transaction_status() != _TRANSACTION_IDLE:
+            return False
+        autocommit, isolation, readonly, deferrable, cursors, notices, notifies, encoding = (
+            conn._pk_connected if as_connected else conn._pk_baseline
+        )
+        if conn.encoding != encoding:
+            # One round trip: a SET, which the session reset would undo on the server
+            # but not in psycopg2's codec.
+            with _answer_within(conn, conn._pk_answer_timeout, "SET client_encoding"):
+                _BASE.set_client_encoding(conn, encoding)
+        # Set, not compared: an equal but different notices list is still A's object.
+        _AUTOCOMMIT.__set__(conn, autocommit)
+        for name, value in (
+            ("isolation_level", isolation),
+            ("readonly", readonly),
+            ("deferrable", deferrable),
+            ("cursor_factory", cursors),
+            ("notices", notices),
+            ("notifies", notifies),
+        ):
+            vars(_BASE)[name].__set__(conn, value)
+        if not (_empty(conn.notices) and _empty(conn.notifies)):
+            return False
+        conn._pk_client_dirty = False
+        return True
 
     def mark_clean(self, conn: PoolConnection2) -> None:
         """Forget the session-dirty flag."""
@@ -196,6 +316,7 @@ class Psycopg2Driver:
         if autocommit:
             conn.autocommit = True
         self.record_baseline(conn)
+        self.save_client_state(conn)
         return conn
 
     def status(self, conn: PoolConnection2) -> int:
@@ -213,13 +334,13 @@ class Psycopg2Driver:
                 # A BEGIN sent as SQL (in autocommit, say): psycopg2 did not start it,
                 # so its rollback() skipped it; the next borrower would inherit it.
                 autocommit = conn.autocommit
-                conn.autocommit = True
+                _AUTOCOMMIT.__set__(conn, True)
                 try:
                     with conn.cursor() as cur:
                         cur.execute("ROLLBACK")
                 finally:
                     if not conn.closed:
-                        conn.autocommit = autocommit
+                        _AUTOCOMMIT.__set__(conn, autocommit)
 
     def ping(self, conn: PoolConnection2, timeout: float | None = None) -> None:
         """``SELECT 1`` in autocommit, so the ping opens no transaction; waits at most
@@ -228,13 +349,13 @@ class Psycopg2Driver:
         if timeout is not None and timeout < limit:
             limit = max(timeout, 0.0)
         autocommit = conn.autocommit
-        conn.autocommit = True
+        _AUTOCOMMIT.__set__(conn, True)
         try:
             with _answer_within(conn, limit, "ping"), conn.cursor() as cur:
                 cur.execute("SELECT 1")
         finally:
             if not conn.closed:
-                conn.autocommit = autocommit
+                _AUTOCOMMIT.__set__(conn, autocommit)
 
     def close(self, conn: PoolConnection2) -> None:
         """Close without raising."""
@@ -256,13 +377,13 @@ class Psycopg2Driver:
     def reset_session(self, conn: PoolConnection2) -> None:
         """DISCARD ALL outside a transaction, waiting at most ``connect_timeout``."""
         autocommit = conn.autocommit
-        conn.autocommit = True
+        _AUTOCOMMIT.__set__(conn, True)
         try:
             with _answer_within(conn, conn._pk_answer_timeout, RESET_SQL), conn.cursor() as cur:
                 cur.execute(RESET_SQL)
         finally:
             if not conn.closed:
-                conn.autocommit = autocommit
+                _AUTOCOMMIT.__set__(conn, autocommit)
         conn._pk_dirty = False
         self.record_baseline(conn)
 

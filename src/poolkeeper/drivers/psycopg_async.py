@@ -11,6 +11,7 @@ import psycopg
 from psycopg import generators, waiting
 
 from poolkeeper.drivers.base import ConnectSpec
+from poolkeeper.drivers.psycopg_attrs import ClientStateTracking
 from poolkeeper.drivers.psycopg_common import (
     PsycopgState,
     answer_within,
@@ -32,9 +33,9 @@ __all__ = [
 ]
 
 
-class AsyncPoolConnection(psycopg.AsyncConnection[Any]):
-    """``psycopg.AsyncConnection`` with one flag: may this session carry state to the next
-    borrower."""
+class AsyncPoolConnection(ClientStateTracking, psycopg.AsyncConnection[Any]):
+    """``psycopg.AsyncConnection`` with two flags: may this session carry state to the next
+    borrower, and did a borrower change a client-side attribute (see ``psycopg_attrs``)."""
 
     #: False, CHECK or True: see poolkeeper.session_state.
     _pk_dirty: int = False
@@ -77,6 +78,7 @@ class AsyncPsycopgDriver(PsycopgState):
         conn._pk_dirty = False
         conn._pk_answer_timeout = spec.connect_timeout
         self.record_baseline(conn)
+        self.save_client_state(conn)
         return conn
 
     async def rollback(self, conn: AsyncPoolConnection) -> None:
@@ -112,6 +114,7 @@ class AsyncPsycopgDriver(PsycopgState):
     async def reset_session(self, conn: AsyncPoolConnection) -> None:
         """DISCARD ALL, outside any transaction (waiting at most ``connect_timeout``)."""
         autocommit = conn.autocommit
+        client_dirty = conn._pk_client_dirty
         with answer_within(conn, conn._pk_answer_timeout, RESET_SQL):
             await conn.set_autocommit(True)
             try:
@@ -121,6 +124,8 @@ class AsyncPsycopgDriver(PsycopgState):
         forget_prepared(conn)
         conn._pk_dirty = False
         self.record_baseline(conn)
+        # The autocommit switch above is the pool's, and undone: not a borrower's change.
+        conn._pk_client_dirty = client_dirty
 
     def transaction(self, conn: AsyncPoolConnection) -> AbstractAsyncContextManager[Any]:
         """psycopg's own transaction block: BEGIN, then COMMIT or ROLLBACK."""

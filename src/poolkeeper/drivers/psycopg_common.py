@@ -21,6 +21,7 @@ except ImportError:  # psycopg before 3.2 kept it beside Cursor
 
 from poolkeeper.drivers.base import BROKEN, IDLE, IN_TRANSACTION, ConnectSpec
 from poolkeeper.drivers.libpq_options import libpq_server_refused, merge_conninfo
+from poolkeeper.drivers.psycopg_attrs import restore_client_state, save_client_state
 from poolkeeper.drivers.sqlstate import READ_ONLY_SQLSTATE, is_server_gone_sqlstate
 from poolkeeper.errors import ConfigurationError
 from poolkeeper.policy import silence_limit
@@ -152,12 +153,17 @@ def forget_prepared(conn: Any) -> None:
 
 
 class PsycopgState:
-    """The I/O-free half of a psycopg 3 driver (connections carry ``_pk_dirty``)."""
+    """The I/O-free half of a psycopg 3 driver (connections carry ``_pk_dirty`` and
+    ``_pk_client_dirty``)."""
 
     name = "psycopg"
     # attrgetter runs in C: the whole per-return inspection costs one call.
-    return_state = staticmethod(operator.attrgetter("pgconn.transaction_status", "_pk_dirty"))
-    clean_state = (int(pq.TransactionStatus.IDLE), False)
+    return_state = staticmethod(
+        operator.attrgetter("pgconn.transaction_status", "_pk_dirty", "_pk_client_dirty")
+    )
+    clean_state = (int(pq.TransactionStatus.IDLE), False, False)
+    save_client_state = staticmethod(save_client_state)
+    restore_client_state = staticmethod(restore_client_state)
 
     def status(self, conn: Any) -> int:
         """Map libpq's transaction status to IDLE / IN_TRANSACTION / BROKEN."""

@@ -13,6 +13,7 @@ import psycopg
 from psycopg import generators
 
 from poolkeeper.drivers.base import ConnectSpec
+from poolkeeper.drivers.psycopg_attrs import ClientStateTracking
 from poolkeeper.drivers.psycopg_common import (
     PsycopgState,
     answer_within,
@@ -35,8 +36,9 @@ __all__ = [
 ]
 
 
-class PoolConnection(psycopg.Connection[Any]):
-    """``psycopg.Connection`` with one flag: may this session carry state to the next borrower."""
+class PoolConnection(ClientStateTracking, psycopg.Connection[Any]):
+    """``psycopg.Connection`` with two flags: may this session carry state to the next borrower,
+    and did a borrower change a client-side attribute (see ``psycopg_attrs``)."""
 
     #: False, CHECK or True: see poolkeeper.session_state.
     _pk_dirty: int = False
@@ -107,6 +109,7 @@ class PsycopgDriver(PsycopgState):
         conn._pk_dirty = False
         conn._pk_answer_timeout = spec.connect_timeout
         self.record_baseline(conn)
+        self.save_client_state(conn)
         return conn
 
     def rollback(self, conn: PoolConnection) -> None:
@@ -135,6 +138,7 @@ class PsycopgDriver(PsycopgState):
     def reset_session(self, conn: PoolConnection) -> None:
         """DISCARD ALL, outside any transaction (waiting at most ``connect_timeout``)."""
         autocommit = conn.autocommit
+        client_dirty = conn._pk_client_dirty
         with answer_within(conn, conn._pk_answer_timeout, RESET_SQL):
             conn.autocommit = True
             try:
@@ -144,6 +148,8 @@ class PsycopgDriver(PsycopgState):
         forget_prepared(conn)
         conn._pk_dirty = False
         self.record_baseline(conn)
+        # The autocommit switch above is the pool's, and undone: not a borrower's change.
+        conn._pk_client_dirty = client_dirty
 
     def transaction(self, conn: PoolConnection) -> AbstractContextManager[Any]:
         """psycopg's own transaction block: BEGIN, then COMMIT or ROLLBACK."""
