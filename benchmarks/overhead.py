@@ -8,7 +8,9 @@ which on a shared two-core host is far steadier than wall time, and then times e
 step of ``putconn`` right after a query, when the CPU caches are cold. Last, what
 ``reset="auto"`` costs per statement (a verdict already known; a new statement
 judged by the cheap test or by the lexer) and per return that leaves the fast path
-(the reported settings compared with the baseline).
+(the reported settings compared with the baseline), and ``putconn``
+alone per return: clean, and after a borrower changed a client-side attribute the
+return puts back.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 import psycopg
+from psycopg.rows import dict_row
 
 from poolkeeper import Pool
 from poolkeeper.drivers.psycopg_sync import PoolConnection
@@ -141,6 +144,29 @@ def _settings_check_cost(pool: Pool) -> float:
     return best / 1000
 
 
+def _return_costs(pool: Pool) -> dict[str, float]:
+    """Nanoseconds per ``putconn`` (warm): clean, and after the borrower changed a
+    client-side attribute, which the return puts back (no I/O)."""
+    clock = time.perf_counter_ns
+    changes: dict[str, Any] = {
+        "clean": None,
+        "autocommit changed": lambda conn: setattr(conn, "autocommit", False),
+        "row_factory changed": lambda conn: setattr(conn, "row_factory", dict_row),
+    }
+    costs: dict[str, float] = {}
+    for label, change in changes.items():
+        spent = 0
+        for _ in range(_QUERIES):
+            conn = pool.getconn()
+            if change is not None:
+                change(conn)
+            start = clock()
+            pool.putconn(conn)
+            spent += clock() - start
+        costs[label] = spent / _QUERIES
+    return costs
+
+
 def main(argv: list[str] | None = None) -> int:
     """Print client CPU per query for the three variants, then the cold putconn steps."""
     args = sys.argv[1:] if argv is None else argv
@@ -175,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {label:42s} {us:6.2f} µs")
     print("reset='auto' per return off the fast path (in a transaction, or flagged):")
     print(f"  {'reported settings compared':42s} {_settings_check_cost(pool):6.2f} µs")
+    print("per return (putconn alone, warm): clean, and a client attribute put back:")
+    for label, ns in _return_costs(pool).items():
+        print(f"  {label:42s} {ns / 1000:6.2f} µs")
     pool.close()
     plain.close()
     tracked.close()
