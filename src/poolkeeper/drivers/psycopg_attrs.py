@@ -202,7 +202,7 @@ def restore_client_state(conn: Any, as_connected: bool = False) -> bool:
     Through psycopg's own setters, run without I/O, so psycopg's bookkeeping (the cached
     BEGIN statement) follows; False, to discard the connection, if one refuses.
     """
-    backlog = conn._notifies_backlog
+    backlog = getattr(conn, "_notifies_backlog", None)  # not in every psycopg 3 release
     if backlog:
         # Notifications that arrived while the borrower held the connection were theirs.
         backlog.clear()
