@@ -100,9 +100,10 @@ async def test_session_state_is_reset_before_the_next_borrower(
 async def test_return_state_is_clean_only_for_an_idle_clean_open_connection(
     make_pool: MakePool,
 ) -> None:
-    pool = make_pool(min_size=1, max_size=1)
+    # Autocommit from the start: a borrower switching it is a client-side change, which
+    # the return check reports too (tests/test_client_state.py).
+    pool = make_pool(min_size=1, max_size=1, connect_kwargs={"autocommit": True})
     conn = await pool.getconn()
-    await autocommit(conn, True)
     drv = driver_of(pool)
 
     def clean() -> bool:
