@@ -146,7 +146,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "return-no-reset",
         PKG + "async_pool_base.py",
-        "            if self._needs_reset(conn):\n",
+        "            if restored and self._needs_reset(conn):\n",
         "            if False:\n",
         "session state (SET, temp tables, LISTEN...) reaches the next borrower",
         _k("reset"),
