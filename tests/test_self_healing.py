@@ -138,32 +138,33 @@ def test_failing_configure_discards_the_connection_and_says_why(
     assert not left, f"backends {sorted(left)} stayed connected after configure= failed"
 
 
-def test_custom_check_runs_only_after_check_after(make_pool: PoolFactory) -> None:
+def test_custom_check_runs_before_every_lend(make_pool: PoolFactory) -> None:
+    """A callable check= runs on each lend, as psycopg_pool's does; check_after is for
+    check="auto" only."""
     checked: list[int] = []
-    pool = make_pool(min_size=1, max_size=1, check=lambda c: checked.append(1), check_after=0.2)
+    pool = make_pool(min_size=1, max_size=1, check=lambda c: checked.append(1), check_after=60)
     pool.wait(5)
     conn = pool.getconn()
     pool.putconn(conn)
     conn = pool.getconn()
     pool.putconn(conn)
-    assert checked == []
-    time.sleep(0.25)
-    conn = pool.getconn()
-    pool.putconn(conn)
-    assert checked == [1]
+    assert checked == [1, 1]
 
 
 def test_a_failing_custom_check_replaces_the_connection(make_pool: PoolFactory) -> None:
-    def check(conn: Any) -> None:
-        raise psycopg.OperationalError("custom says no")
+    rejected: set[int] = set()
 
-    pool = make_pool(min_size=1, max_size=1, check=check, check_after=0.01)
+    def check(conn: Any) -> None:
+        if conn.info.backend_pid in rejected:
+            raise psycopg.OperationalError("custom says no")
+
+    pool = make_pool(min_size=1, max_size=1, check=check)
     pool.wait(5)
     first = pool.getconn()
     first_pid = first.info.backend_pid
     pool.putconn(first)
-    time.sleep(0.05)
-    # Every connection fails the check once idle, so a fresh one (never checked) is lent.
+    rejected.add(first_pid)
+    # The check runs before every lend: the rejected connection is replaced.
     with pool.connection(timeout=5) as conn:
         assert conn.info.backend_pid != first_pid
     assert pool.stats().checks_failed >= 1

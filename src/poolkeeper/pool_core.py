@@ -200,7 +200,15 @@ class PoolCore:
 
     def _apply_check_settings(self) -> None:
         check = self.config.check
-        self._check_after = float("inf") if check is None else self.config.check_after
+        # Folded into each record's check_due, so the fast path keeps its one compare:
+        # a user's check runs before every lend (-inf: always due), "auto" once a
+        # connection has idled check_after, None never.
+        if callable(check):
+            self._check_after = float("-inf")
+        elif check is None:
+            self._check_after = float("inf")
+        else:
+            self._check_after = self.config.check_after
         self._user_check: Callable[[Any], object] | None = check if callable(check) else None
         self._leak_threshold = self.config.leak_threshold
         self._reset_mode = self.config.reset
