@@ -7,15 +7,20 @@ Each scenario is written once as a coroutine and runs against ``Pool`` and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
+import socket
+import threading
 import time
 from typing import Any
 
 import psycopg
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 
 from poolkeeper import AsyncPool, Pool
 from tests.conftest import backends
+from tests.faults.proxy import FaultProxy
 
 KINDS = ["Pool", "AsyncPool"]
 
@@ -78,3 +83,112 @@ def test_a_check_callable_runs_before_every_lend(
             await _call(pool.close())
 
     asyncio.run(scenario())
+
+
+# -- reconnect_failed= and giving up on time ------------------------------------------------
+
+
+class _RefusingPort:
+    """A loopback port that refuses connections (bound, never listening) until
+    :meth:`serve` puts a proxy to the test server there: a server that was down and
+    comes back at the same address."""
+
+    def __init__(self, dsn: str) -> None:
+        self._target = int(conninfo_to_dict(dsn).get("port") or 5432)
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.bind(("127.0.0.1", 0))
+        self.port: int = self._sock.getsockname()[1]
+        self.proxy: FaultProxy | None = None
+
+    @property
+    def dsn(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def serve(self) -> None:
+        self._sock.close()
+        self.proxy = FaultProxy(self._target, port=self.port)
+
+    def close(self) -> None:
+        self._sock.close()
+        if self.proxy is not None:
+            self.proxy.close()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_reconnect_failed_is_called_at_reconnect_timeout(dsn: str, kind: str) -> None:
+    """Reconnection gives up at ``reconnect_timeout`` (the last back-off sleep is cut to
+    the time left, not up to a whole step later) and then calls ``reconnect_failed``
+    with the pool. Several pools at once, as each one's back-off is random."""
+    timeout = 1.0
+    refusing = _RefusingPort(dsn)
+    gave_up: dict[int, float] = {}
+
+    async def scenario() -> None:
+        pools: list[Pool | AsyncPool] = []
+
+        def failed(pool: Any) -> None:
+            gave_up[id(pool)] = time.monotonic()
+
+        start = time.monotonic()
+        for i in range(4):
+            pools.append(
+                _make(
+                    kind,
+                    refusing.dsn,
+                    f"pk-parity-gaveup-{i}",
+                    min_size=1,
+                    reconnect_timeout=timeout,
+                    reconnect_failed=failed,
+                )
+            )
+        try:
+            while len(gave_up) < len(pools) and time.monotonic() - start < timeout + 4:
+                await asyncio.sleep(0.02)
+            assert set(gave_up) == {id(p) for p in pools}
+            # Giving up is due at `timeout` plus one refused attempt (a millisecond);
+            # a whole back-off step late would be up to 2 s.
+            assert max(gave_up.values()) - start < timeout + 0.3
+        finally:
+            for pool in pools:
+                await _call(pool.close())
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        refusing.close()
+
+
+# -- wait() waits out a restart ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_wait_waits_out_a_server_that_comes_back(dsn: str, kind: str) -> None:
+    """With the breaker open (the server refused for longer than ``fail_fast_after``),
+    ``wait(timeout)`` keeps trying until its deadline and returns once the server is
+    back, instead of raising at once."""
+    refusing = _RefusingPort(dsn)
+
+    async def scenario() -> None:
+        pool = _make(kind, refusing.dsn, f"pk-parity-wait-{kind.lower()}", min_size=1)
+        try:
+            deadline = time.monotonic() + 5
+            while not pool.stats().breaker_open:
+                assert time.monotonic() < deadline, "the breaker never opened"
+                await asyncio.sleep(0.02)
+            threading.Timer(0.3, refusing.serve).start()
+            await _call(pool.wait(8.0))
+            async with contextlib.AsyncExitStack() as stack:
+                if kind == "Pool":
+                    conn = stack.enter_context(pool.connection())  # type: ignore[arg-type]
+                    row = conn.execute("SELECT 1").fetchone()
+                else:
+                    conn = await stack.enter_async_context(pool.connection())  # type: ignore[arg-type]
+                    row = await (await conn.execute("SELECT 1")).fetchone()
+                assert row == (1,)
+        finally:
+            await _call(pool.close())
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        refusing.close()

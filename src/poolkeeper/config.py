@@ -217,6 +217,7 @@ class PoolConfig:
     reset: ResetSetting = "auto"
     connect_timeout: float = 10.0
     reconnect_timeout: float = 300.0
+    reconnect_failed: Callable[[Any], object] | None = None
     leak_threshold: float | None = None
     configure: Callable[[Any], object] | None = None
     connect_kwargs: ConnectKwargs | None = None
@@ -378,6 +379,8 @@ class PoolConfig:
     def _check_connect_settings(self) -> None:
         if self.configure is not None and not callable(self.configure):
             raise ConfigurationError("configure: must be a callable taking the new connection")
+        if self.reconnect_failed is not None and not callable(self.reconnect_failed):
+            raise ConfigurationError("reconnect_failed: must be a callable taking the pool")
         if self.connect_kwargs is not None and not (
             callable(self.connect_kwargs) or isinstance(self.connect_kwargs, Mapping)
         ):

@@ -68,8 +68,11 @@ class PoolBase(PoolCore, Generic[ConnT]):
     def wait(self, timeout: float | None = None) -> None:
         """Wait until ``min_size`` connections are open, else raise ``PoolTimeout``.
 
-        Like ``getconn``, it gives up early while the circuit breaker is open (the
-        server is known unreachable); the last connect error is the ``__cause__``.
+        Unlike ``getconn``, it does not fail fast while the circuit breaker is open:
+        waiting is what it is for, so an application that starts before its database
+        can wait the database out. It lets a reconnect attempt through every
+        ``probe_interval`` until the deadline; on timeout the last connect error is
+        the ``__cause__``.
         """
         self._bind()
         limit = self.config.timeout if timeout is None else check_call_timeout(timeout)
@@ -79,8 +82,13 @@ class PoolBase(PoolCore, Generic[ConnT]):
             while self._open_count() < self.config.min_size:
                 self._raise_if_closed()
                 now = _monotonic()
-                if now >= deadline or self._fail_fast(now):
+                if now >= deadline:
                     raise self._wait_timeout_error(start, now)
+                if self._breaker.failing_since is not None and self._breaker.probe_due(now):
+                    # Wake the openers from their back-off (and start one if all gave
+                    # up), so a server that came back is found within a probe interval.
+                    self._probe.notify_all()
+                    self._grow_locked()
                 self._changed.wait(min(deadline - now, 0.1))
 
     @contextlib.contextmanager
@@ -319,12 +327,14 @@ class PoolBase(PoolCore, Generic[ConnT]):
                         rec = self._connect_new()
                 except Exception as exc:
                     self._on_connect_failure(exc)
-                    if _monotonic() >= give_up_at:
-                        self._log_give_up()
+                    now = _monotonic()
+                    if now >= give_up_at:
+                        self._give_up()
                         break
                     # Try again no later than the moment the breaker may open, so callers
-                    # queued meanwhile learn at once that the server is down.
-                    delay = min(backoff.next_delay(), self._breaker.opens_in(_monotonic()))
+                    # queued meanwhile learn at once that the server is down, and no
+                    # later than reconnect_timeout, so giving up happens on time.
+                    delay = min(backoff.next_delay(), self._breaker.opens_in(now), give_up_at - now)
                     self._probe.wait(delay)
                     continue
                 opened = True
@@ -336,6 +346,18 @@ class PoolBase(PoolCore, Generic[ConnT]):
                     self._total -= 1
                     self._opening -= 1
                     self._changed.notify_all()
+
+    def _give_up(self) -> None:
+        """Reconnection failed for ``reconnect_timeout``: say so, and call
+        ``reconnect_failed=`` (with the pool) if set."""
+        self._log_give_up()
+        callback = self.config.reconnect_failed
+        if callback is None:
+            return
+        try:
+            self._call_hook(callback, self)
+        except Exception:
+            _log.exception("pool %r: reconnect_failed= raised", self.name)
 
     def _on_connect_failure(self, exc: BaseException) -> None:
         self._record_connect_failure(exc)

@@ -54,11 +54,12 @@ class _Link:
 class FaultProxy:
     """Forward ``127.0.0.1:<port>`` to ``127.0.0.1:<target_port>``, with faults on demand."""
 
-    def __init__(self, target_port: int) -> None:
+    def __init__(self, target_port: int, *, port: int = 0) -> None:
+        """``port``: listen there (a port a test kept refusing until now); 0: any free one."""
         self.target_port = target_port
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._listener.bind(("127.0.0.1", 0))
+        self._listener.bind(("127.0.0.1", port))
         self._listener.listen(64)
         self._listener.settimeout(_TICK)
         self.port: int = self._listener.getsockname()[1]
