@@ -10,6 +10,7 @@ import asyncio
 import logging
 import os
 import random
+import weakref
 from typing import Any
 
 import psycopg
@@ -81,7 +82,8 @@ async def test_queued_waiters_share_one_deadline_timer(
     call_later = loop.call_later
 
     def counting_call_later(delay: float, callback: Any, *args: Any, **kwargs: Any) -> Any:
-        if getattr(callback, "__self__", None) is pool:
+        # The pool's timer holds it weakly: callback(ref) with ref() the pool.
+        if args and isinstance(args[0], weakref.ref) and args[0]() is pool:
             armed.append(delay)
         return call_later(delay, callback, *args, **kwargs)
 

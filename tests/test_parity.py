@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import inspect
 import socket
 import threading
 import time
+import warnings
+import weakref
 from typing import Any
 
 import psycopg
@@ -19,7 +22,7 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict
 
 from poolkeeper import AsyncPool, Pool
-from tests.conftest import backends
+from tests.conftest import backends, settled_backends
 from tests.faults.proxy import FaultProxy
 
 KINDS = ["Pool", "AsyncPool"]
@@ -192,3 +195,66 @@ def test_wait_waits_out_a_server_that_comes_back(dsn: str, kind: str) -> None:
         asyncio.run(scenario())
     finally:
         refusing.close()
+
+
+# -- a pool dropped without close() is collected ------------------------------------------
+
+
+def _pool_threads(name: str) -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith(f"poolkeeper-{name}-")]
+
+
+def test_a_pool_dropped_without_close_is_collected(
+    dsn: str, admin: psycopg.Connection[Any]
+) -> None:
+    """Its threads hold it only weakly: ``del pool`` collects it, with a
+    ``ResourceWarning``; its threads end and its server connections close."""
+    name = "pk-parity-gc-sync"
+    pool = Pool(dsn, name=name, min_size=2, max_size=4)
+    pool.wait(5)
+    with pool.connection() as conn:
+        conn.execute("SELECT 1")
+    assert len(backends(admin, name)) == 2
+    assert _pool_threads(name)
+    ref = weakref.ref(pool)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        del pool
+        gc.collect()
+    assert any(issubclass(w.category, ResourceWarning) for w in caught)
+    caught.clear()  # a warning's source is the pool: let it go
+    assert ref() is None
+    for thread in _pool_threads(name):
+        thread.join(5)
+    assert not _pool_threads(name)
+    assert settled_backends(admin, name, []) == []
+
+
+def test_an_async_pool_dropped_without_close_is_collected(
+    dsn: str, admin: psycopg.Connection[Any]
+) -> None:
+    """Its housekeeping task and deadline timer hold it only weakly: ``del pool``
+    collects it, with a ``ResourceWarning``, and its server connections close on its
+    loop, which goes on running."""
+    name = "pk-parity-gc-async"
+
+    async def scenario() -> None:
+        pool = AsyncPool(dsn, name=name, min_size=2, max_size=4)
+        await pool.wait(5)
+        async with pool.connection() as conn:
+            await conn.execute("SELECT 1")
+        assert len(backends(admin, name)) == 2
+        ref = weakref.ref(pool)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            del pool, conn
+            gc.collect()
+            assert any(issubclass(w.category, ResourceWarning) for w in caught)
+            caught.clear()  # a warning's source is the pool: let it go
+            assert ref() is None
+            deadline = time.monotonic() + 5
+            while backends(admin, name) and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)  # the loop runs the goodbyes
+        assert backends(admin, name) == []
+
+    asyncio.run(scenario())

@@ -31,6 +31,8 @@ import logging
 import operator
 import time
 import traceback
+import warnings
+import weakref
 from asyncio import Future as _Future
 from asyncio import get_running_loop as _running_loop
 from collections import deque
@@ -134,6 +136,57 @@ class _Borrowed:
             await pool.drain()
 
 
+async def _housekeep(ref: weakref.ref[AsyncPool[Any]]) -> None:
+    """The housekeeping task; it holds the pool only while awake."""
+    try:
+        while True:
+            pool = ref()
+            if pool is None:
+                return
+            try:
+                delay = pool._housekeeping()
+            except Exception:
+                _log.exception("poolkeeper %s: housekeeping failed", pool.name)
+                delay = 1.0
+            del pool
+            await asyncio.sleep(delay)
+    except asyncio.CancelledError:
+        pool = ref()
+        if pool is not None and not pool._closed:
+            # Cancelled by someone else than close(): the loop is shutting down
+            # (asyncio.run, pytest-asyncio and uvicorn cancel every task), so close
+            # the connections while the loop can still run their goodbyes.
+            await pool.close(timeout=LOOP_SHUTDOWN_GRACE)
+        raise
+
+
+def _expire_waiters_of(ref: weakref.ref[AsyncPool[Any]]) -> None:
+    """The deadline timer's callback, holding the pool weakly (the timer may be set
+    for a waiter long served)."""
+    pool = ref()
+    if pool is not None:
+        pool._expire_waiters()
+
+
+#: Closers started for pools that were collected unclosed, kept until they finish.
+_orphan_closers: set[asyncio.Task[Any]] = set()
+
+
+def _close_orphans(driver: AsyncDriver[Any], conns: list[Any], leftovers: list[Any]) -> None:
+    """On the loop of a pool collected unclosed: stop what it left scheduled, close
+    its idle connections."""
+    for handle in leftovers:
+        if handle is not None:
+            handle.cancel()
+
+    async def close_all() -> None:
+        await asyncio.gather(*(driver.close(conn) for conn in conns), return_exceptions=True)
+
+    task = _running_loop().create_task(close_all())
+    _orphan_closers.add(task)
+    task.add_done_callback(_orphan_closers.discard)
+
+
 class AsyncPool(AsyncPoolBase[ConnT]):
     """An asyncio pool of PostgreSQL connections, bound to one event loop.
 
@@ -156,6 +209,7 @@ class AsyncPool(AsyncPoolBase[ConnT]):
         "_loop",
         "_openers",
         "_probe",
+        "_self_ref",
         "_tasks",
         "_timer_at",
         "_wait_ring",
@@ -221,6 +275,9 @@ class AsyncPool(AsyncPoolBase[ConnT]):
         self._tasks: set[asyncio.Task[Any]] = set()
         self._openers: set[asyncio.Task[Any]] = set()
         self._housekeeper: asyncio.Task[None] | None = None
+        # What the loop's callbacks and the housekeeping task hold: a pool dropped
+        # without close() is then collected (see __del__).
+        self._self_ref = weakref.ref(self)
         # How many connections open at once (the sync pool: its worker threads).
         self._connect_slots = asyncio.Semaphore(config.num_workers)
         if open:
@@ -253,7 +310,7 @@ class AsyncPool(AsyncPoolBase[ConnT]):
         self._opened = True
         self._closed = False
         self._housekeeper = loop.create_task(
-            self._housekeeping_loop(), name=f"poolkeeper-{self.name}-housekeeping"
+            _housekeep(self._self_ref), name=f"poolkeeper-{self.name}-housekeeping"
         )
         self._grow_locked()
 
@@ -310,6 +367,32 @@ class AsyncPool(AsyncPoolBase[ConnT]):
                 await asyncio.wait(pending, timeout=1.0)
                 break
             await asyncio.wait(pending, timeout=remaining)
+
+    def __del__(self) -> None:
+        """A pool dropped without ``close()``: warn as an unclosed file does, stop its
+        background work and close the idle connections on its loop (borrowed ones stay
+        with their borrowers)."""
+        try:
+            if not self._opened or self._closed or self._forked:
+                return
+        except AttributeError:
+            return  # __init__ did not finish
+        warnings.warn(
+            f"pool {self.name!r} was deleted without close(); call 'await pool.close()' "
+            "or use 'async with AsyncPool(...) as pool'",
+            ResourceWarning,
+            stacklevel=2,
+            source=self,
+        )
+        self._closed = True
+        conns = [rec.conn for rec in self._idle]
+        self._idle.clear()
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return  # the connections close as they are collected
+        leftovers = [self._housekeeper, self._deadline_timer]
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(_close_orphans, self._driver, conns, leftovers)
 
     async def __aenter__(self) -> AsyncPool:
         if not self._opened:
@@ -443,7 +526,9 @@ class AsyncPool(AsyncPoolBase[ConnT]):
         loop = self._loop
         assert loop is not None
         self._timer_at = at
-        self._deadline_timer = loop.call_later(max(0.0, at - _monotonic()), self._expire_waiters)
+        self._deadline_timer = loop.call_later(
+            max(0.0, at - _monotonic()), _expire_waiters_of, self._self_ref
+        )
 
     def _expire_waiters(self) -> None:
         """The deadline timer fired: fail every waiter whose deadline has passed, in
@@ -614,23 +699,6 @@ class AsyncPool(AsyncPoolBase[ConnT]):
             await result
 
     # -- internals: background work -----------------------------------------------------
-
-    async def _housekeeping_loop(self) -> None:
-        try:
-            while True:
-                try:
-                    delay = self._housekeeping()
-                except Exception:
-                    _log.exception("poolkeeper %s: housekeeping failed", self.name)
-                    delay = 1.0
-                await asyncio.sleep(delay)
-        except asyncio.CancelledError:
-            if not self._closed:
-                # Cancelled by someone else than close(): the loop is shutting down
-                # (asyncio.run, pytest-asyncio and uvicorn cancel every task), so close
-                # the connections while the loop can still run their goodbyes.
-                await self.close(timeout=LOOP_SHUTDOWN_GRACE)
-            raise
 
     # -- fork safety --------------------------------------------------------------------
 

@@ -29,8 +29,12 @@ class BackgroundWorkers:
         self,
         name: str,
         count: int,
-        periodic: Callable[[], float],
+        periodic: Callable[[], float | None],
     ) -> None:
+        """``periodic`` returns the seconds until its next run, or None to stop (its
+        pool is gone). It, and every task, must not keep the pool alive between runs:
+        the pool calls these through a weak reference, so that a pool dropped without
+        ``close()`` is collected."""
         self._name = name
         self._queue: _TaskQueue = queue.SimpleQueue()
         self._open_queue: _TaskQueue = queue.SimpleQueue()
@@ -67,13 +71,17 @@ class BackgroundWorkers:
         if not self._stopping.is_set():
             self._open_queue.put(task)
 
-    def stop(self, timeout: float) -> None:
-        """Ask every thread to finish, and wait up to ``timeout`` for them."""
+    def signal_stop(self) -> None:
+        """Ask every thread to finish, without waiting (from a finaliser, say)."""
         self._stopping.set()
         for _ in self._threads:
             # One each is enough; the extras are never read.
             self._queue.put(_STOP)
             self._open_queue.put(_STOP)
+
+    def stop(self, timeout: float) -> None:
+        """Ask every thread to finish, and wait up to ``timeout`` for them."""
+        self.signal_stop()
         current = threading.current_thread()
         for thread in self._threads:
             if thread is not current and thread.is_alive():
@@ -89,10 +97,12 @@ class BackgroundWorkers:
             except Exception:
                 # A bug in a task must not kill the worker and silently stop maintenance.
                 _log.exception("poolkeeper %s: background task failed", self._name)
+            # A task holds its pool; an idle worker must not (see __init__).
+            del task
 
     def _run_periodic(self) -> None:
-        delay = 0.0
-        while not self._stopping.wait(delay):
+        delay: float | None = 0.0
+        while delay is not None and not self._stopping.wait(delay):
             try:
                 delay = self._periodic()
             except Exception:

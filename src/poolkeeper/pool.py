@@ -19,13 +19,16 @@ nobody jumps the queue, and while nobody is queued, a borrow takes no lock.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
 import time
 import traceback
+import warnings
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, Literal, overload
+from typing import TYPE_CHECKING, Any, Literal, cast, overload
 
 from poolkeeper.background import BackgroundWorkers
 from poolkeeper.config import PoolConfig, check_call_timeout
@@ -113,6 +116,54 @@ class _Probe:
             self._event.clear()
             return True
         return False
+
+
+def _housekeep(ref: weakref.ref[Pool[Any]]) -> float | None:
+    """One housekeeping pass of the pool behind ``ref``; None once it is gone."""
+    pool = ref()
+    return None if pool is None else pool._housekeeping()
+
+
+def _keep_deadlines(
+    ref: weakref.ref[Pool[Any]], lock: threading.Lock, deadlines: threading.Condition
+) -> None:
+    """The deadline thread: fail each waiter whose deadline has passed with
+    ``PoolTimeout``, then sleep until the earliest deadline still ahead.
+
+    Waiters sleep without a timeout (see getconn). Nearly all use the pool's
+    timeout and join in order, so this thread wakes about once per timeout
+    period, not once per wait; a waiter with an earlier deadline than it sleeps
+    for wakes it at once. It holds the pool only while awake.
+    """
+    with lock:
+        while True:
+            pool = ref()
+            if pool is None or pool._closed:
+                return
+            sleep = pool._expire_waiters_locked()
+            del pool
+            if ref() is None:
+                return
+            deadlines.wait(sleep)
+
+
+def _wake_deadline_keeper(lock: threading.Lock, deadlines: threading.Condition) -> None:
+    """Wake the deadline thread of a pool being collected, to let it see so. The lock
+    is free unless the collection runs in that very thread, inside its locked
+    stretch: then a helper waits for the thread to release it (in its wait)."""
+
+    def wake() -> None:
+        with lock:
+            deadlines.notify_all()
+
+    if lock.acquire(blocking=False):
+        try:
+            deadlines.notify_all()
+        finally:
+            lock.release()
+        return
+    with contextlib.suppress(RuntimeError):  # no new threads at interpreter exit
+        threading.Thread(target=wake, daemon=True).start()
 
 
 class Pool(PoolBase[ConnT]):
@@ -224,10 +275,18 @@ class Pool(PoolBase[ConnT]):
                 return
             self._opened = True
             self._closed = False
-        self._workers = BackgroundWorkers(self.name, self.config.num_workers, self._housekeeping)
+        # The threads hold the pool only weakly, between tasks, so that a pool dropped
+        # without close() is collected (and __del__ stops them).
+        ref = weakref.ref(self)
+        self._workers = BackgroundWorkers(
+            self.name, self.config.num_workers, functools.partial(_housekeep, ref)
+        )
         self._workers.start()
         self._deadline_thread = threading.Thread(
-            target=self._expire_waiters, name=f"poolkeeper-{self.name}-deadlines", daemon=True
+            target=_keep_deadlines,
+            args=(ref, self._lock, self._deadlines),
+            name=f"poolkeeper-{self.name}-deadlines",
+            daemon=True,
         )
         self._deadline_thread.start()
         with self._lock:
@@ -257,6 +316,31 @@ class Pool(PoolBase[ConnT]):
         thread = self._deadline_thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(max(0.1, deadline - _monotonic()))
+
+    def __del__(self) -> None:
+        """A pool dropped without ``close()``: warn as an unclosed file does, stop the
+        threads and close the idle connections (borrowed ones stay with their
+        borrowers)."""
+        try:
+            if not self._opened or self._closed or self._forked:
+                return
+        except AttributeError:
+            return  # __init__ did not finish
+        warnings.warn(
+            f"pool {self.name!r} was deleted without close(); call pool.close() or use "
+            "'with Pool(...) as pool'",
+            ResourceWarning,
+            stacklevel=2,
+            source=self,
+        )
+        self._closed = True
+        if self._workers is not None:
+            self._workers.signal_stop()
+        _wake_deadline_keeper(cast(threading.Lock, self._lock), self._deadlines)
+        idle = list(self._idle)
+        self._idle.clear()
+        for rec in idle:
+            self._driver.close(rec.conn)
 
     def __enter__(self) -> Pool:
         if not self._opened:
@@ -337,7 +421,7 @@ class Pool(PoolBase[ConnT]):
                         if limit <= 0:
                             raise self._no_connection_error(limit)
                         waiters.append(waiter)
-                        # One thread keeps every deadline (see _expire_waiters); it
+                        # One thread keeps every deadline (see _keep_deadlines); it
                         # needs waking only for a deadline earlier than it sleeps for.
                         if deadline < self._watch_at:
                             self._watch_at = deadline
@@ -416,28 +500,20 @@ class Pool(PoolBase[ConnT]):
         if waiter.rec is not None:
             self._admit(waiter.rec, cold=False)
 
-    def _expire_waiters(self) -> None:
-        """The deadline thread: fail each waiter whose deadline has passed with
-        ``PoolTimeout``, then sleep until the earliest deadline still ahead.
-
-        Waiters sleep without a timeout (see getconn). Nearly all use the pool's
-        timeout and join in order, so this thread wakes about once per timeout
-        period, not once per wait; a waiter with an earlier deadline than it sleeps
-        for wakes it at once.
-        """
-        with self._lock:
-            while not self._closed:
-                # Whatever goes wrong, this thread must go on: without it no borrow
-                # would ever time out again.
-                try:
-                    self._fail_overdue_locked()
-                    at = self._watch_at
-                    sleep = None if at == _NEVER else max(0.0, at - _monotonic())
-                    self._deadlines.wait(None if sleep is None else min(sleep, _MAX_SLEEP))
-                except Exception:
-                    _log.exception("pool %r: the deadline thread failed", self.name)
-                    self._watch_at = _monotonic() + 0.1
-                    self._deadlines.wait(0.1)
+    def _expire_waiters_locked(self) -> float | None:
+        """One turn of the deadline thread (``_keep_deadlines``): fail the overdue
+        waiters; return how long to sleep (None: until woken)."""
+        # Whatever goes wrong, the thread must go on: without it no borrow would ever
+        # time out again.
+        try:
+            self._fail_overdue_locked()
+        except Exception:
+            _log.exception("pool %r: the deadline thread failed", self.name)
+            self._watch_at = _monotonic() + 0.1
+        at = self._watch_at
+        if at == _NEVER:
+            return None
+        return min(max(0.0, at - _monotonic()), _MAX_SLEEP)
 
     def _fail_overdue_locked(self) -> None:
         waiters = self._waiters
