@@ -258,3 +258,70 @@ def test_an_async_pool_dropped_without_close_is_collected(
         assert backends(admin, name) == []
 
     asyncio.run(scenario())
+
+
+# -- growth fits the demand -----------------------------------------------------------------
+
+
+async def _until(predicate: Any, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+async def _borrow_in_background(pool: Pool | AsyncPool, count: int) -> Any:
+    """``count`` callers each borrowing once for a ``SELECT 1``; returns an awaitable
+    that ends when all are done (threads for a Pool, tasks for an AsyncPool)."""
+
+    async def borrow() -> None:
+        conn = await _call(pool.getconn())
+        await _call(conn.execute("SELECT 1"))
+        await _call(pool.putconn(conn))
+
+    if isinstance(pool, AsyncPool):
+        tasks = [asyncio.create_task(borrow()) for _ in range(count)]
+        return asyncio.wait_for(asyncio.gather(*tasks), 5)
+    threads = [threading.Thread(target=asyncio.run, args=(borrow(),)) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+
+    async def joined() -> None:
+        for thread in threads:
+            thread.join(5)
+
+    return joined()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_growth_skips_connections_the_demand_no_longer_needs(
+    dsn: str, admin: psycopg.Connection[Any], kind: str
+) -> None:
+    """Five callers queue behind the one connection, claiming five openings; the one
+    opener is slow (``configure=`` takes 0.3 s), and meanwhile the connection comes
+    back and serves all five. The openings still queued are then not made: the pool
+    ends with two backends, not six."""
+    name = f"pk-parity-growth-{kind.lower()}"
+    opened: list[int] = []
+
+    def configure(conn: Any) -> Any:
+        opened.append(1)
+        if len(opened) == 1:
+            return None  # min_size's connection: at once
+        return time.sleep(0.3) if kind == "Pool" else asyncio.sleep(0.3)
+
+    async def scenario() -> None:
+        pool = _make(kind, dsn, name, min_size=1, max_size=10, num_workers=1, configure=configure)
+        try:
+            await _call(pool.wait(5))
+            held = await _call(pool.getconn())
+            done = await _borrow_in_background(pool, 5)
+            await _until(lambda: pool.stats().waiting == 5)
+            await _call(pool.putconn(held))
+            await done
+            await _until(lambda: pool.stats().opening == 0)
+            assert len(backends(admin, name)) == 2
+        finally:
+            await _call(pool.close())
+
+    asyncio.run(scenario())

@@ -319,10 +319,17 @@ class PoolBase(PoolCore, Generic[ConnT]):
         backoff = Backoff()
         give_up_at = _monotonic() + self.config.reconnect_timeout
         opened = False
+        connecting = False
         try:
             while not self._closed:
                 try:
                     with self._connect_slots:
+                        if not connecting:
+                            with self._lock:
+                                if not self._opening_wanted_locked():
+                                    return  # the slot is given back below
+                                self._connecting += 1
+                            connecting = True
                         self._breaker.attempt(_monotonic())
                         rec = self._connect_new()
                 except Exception as exc:
@@ -338,11 +345,19 @@ class PoolBase(PoolCore, Generic[ConnT]):
                     self._probe.wait(delay)
                     continue
                 opened = True
+                if connecting:
+                    # Before the connection is admitted: a count too low for a moment
+                    # errs towards opening, never towards a caller left waiting.
+                    with self._lock:
+                        self._connecting -= 1
+                    connecting = False
                 self._on_connect_success(rec)
                 return
         finally:
-            if not opened:
-                with self._lock:
+            with self._lock:
+                if connecting:
+                    self._connecting -= 1
+                if not opened:
                     self._total -= 1
                     self._opening -= 1
                     self._changed.notify_all()

@@ -95,6 +95,7 @@ class PoolCore:
         "_closed",
         "_closed_under_borrower",
         "_connect_times",
+        "_connecting",
         "_driver",
         "_forked",
         "_generation",
@@ -169,6 +170,8 @@ class PoolCore:
         # Open connections plus connections being opened.
         self._total = 0
         self._opening = 0
+        # Of those, how many an opener has started connecting (see _opening_wanted_locked).
+        self._connecting = 0
         self._generation = 0
         self._closed = not open
         self._opened = False
@@ -403,6 +406,17 @@ class PoolCore:
         self._total += count
         self._opening += count
         return count
+
+    def _opening_wanted_locked(self) -> bool:
+        """An opener is about to connect for a slot counted in ``_opening``: is that
+        connection still wanted? Slots are claimed when callers queue, but a burst of
+        short requests is often served by the connections already open before an
+        opener gets to it. Wanted below ``min_size``, or while the waiters outnumber
+        the connections already being opened (HikariCP asks the same, for the same
+        reason: not to over-provision)."""
+        if self._total - self._opening + self._connecting < self.config.min_size:
+            return True
+        return len(self._waiters) > self._connecting
 
     # -- checks and resets --------------------------------------------------------------
 
@@ -682,7 +696,7 @@ class PoolCore:
         self._lent = {}
         self._records = set()
         self._waiters = deque()
-        self._total = self._opening = 0
+        self._total = self._opening = self._connecting = 0
         if not self._opened:
             # Never opened (open=False, to be opened in each worker, the pre-fork
             # server pattern): it holds nothing of the parent's, so the child may open it.
