@@ -23,3 +23,23 @@ def test_scrape_shows_the_pools_gauges_and_counters(make_pool: PoolFactory) -> N
     assert registry.get_sample_value("poolkeeper_borrows_total", {"pool": "pk-prom"}) == 1.0
     text = prometheus_client.generate_latest(registry).decode()
     assert 'poolkeeper_connections_opened_total{pool="pk-prom"} 2.0' in text
+
+
+def test_scrape_shows_the_times_and_the_trouble_counters(make_pool: PoolFactory) -> None:
+    """Usage, wait and connect seconds, bad returns, refusals and cancellations are
+    counters too (``_total``), so a dashboard takes their rate."""
+    from poolkeeper.metrics.prometheus import PoolCollector
+
+    pool = make_pool(min_size=1, max_size=1, name="pk-prom-times")
+    pool.wait(5)
+    with pool.connection() as conn:
+        conn.execute("SELECT pg_sleep(0.05)")
+    registry = prometheus_client.CollectorRegistry()
+    registry.register(PoolCollector(pool))
+    labels = {"pool": "pk-prom-times"}
+    usage = registry.get_sample_value("poolkeeper_usage_seconds_total", labels)
+    assert usage is not None and usage >= 0.05
+    connect = registry.get_sample_value("poolkeeper_connect_seconds_total", labels)
+    assert connect is not None and connect > 0
+    for name in ("wait_seconds", "returned_bad", "refused", "cancelled"):
+        assert registry.get_sample_value(f"poolkeeper_{name}_total", labels) == 0.0

@@ -21,7 +21,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from poolkeeper import AsyncPool, Pool
+from poolkeeper import AsyncPool, Pool, TooManyWaiters
 from tests.conftest import backends, settled_backends
 from tests.faults.proxy import FaultProxy
 
@@ -323,5 +323,74 @@ def test_growth_skips_connections_the_demand_no_longer_needs(
             assert len(backends(admin, name)) == 2
         finally:
             await _call(pool.close())
+
+    asyncio.run(scenario())
+
+
+# -- stats: times and the counters psycopg_pool users look for ------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_stats_count_times_bad_returns_and_refusals(
+    dsn: str, admin: psycopg.Connection[Any], kind: str
+) -> None:
+    """Usage, wait and connect times, connections returned broken, and borrows refused
+    by ``max_waiting``: monotonic counters in ``stats()``, and in ``health()``."""
+    name = f"pk-parity-stats-{kind.lower()}"
+
+    async def scenario() -> None:
+        pool = _make(kind, dsn, name, min_size=1, max_size=1, max_waiting=1)
+        try:
+            await _call(pool.wait(5))
+            assert pool.stats().connect_time_ms > 0
+            # Usage: a borrow that spends 0.2 s on the server.
+            conn = await _call(pool.getconn())
+            await _call(conn.execute("SELECT pg_sleep(0.2)"))
+            await _call(pool.putconn(conn))
+            assert pool.stats().usage_time_ms >= 200
+            # Wait: a caller queues while the only connection is held for 0.2 s.
+            held = await _call(pool.getconn())
+            done = await _borrow_in_background(pool, 1)
+            await _until(lambda: pool.stats().waiting == 1)
+            # Refused: one caller waits already (max_waiting=1).
+            with pytest.raises(TooManyWaiters):
+                await _call(pool.getconn(timeout=1))
+            await asyncio.sleep(0.2)
+            # Returned bad: its backend is killed while it is lent.
+            (pid,) = backends(admin, name)
+            _terminate(admin, pid)
+            with contextlib.suppress(psycopg.Error):
+                await _call(held.execute("SELECT 1"))
+            await _call(pool.putconn(held))
+            await done
+            stats = pool.stats()
+            assert stats.wait_time_ms >= 150
+            assert (stats.refused, stats.returned_bad) == (1, 1)
+            assert stats.as_dict()["refused"] == 1
+            health = pool.health()
+            assert (health["refused"], health["returned_bad"]) == (1, 1)
+            before = pool.stats()
+            await _call(pool.close())
+            after = pool.stats()  # the closed connections' times are kept
+            assert after.usage_time_ms >= before.usage_time_ms
+            assert after.connect_time_ms >= before.connect_time_ms
+        finally:
+            await _call(pool.close())
+
+    asyncio.run(scenario())
+
+
+def test_stats_count_cancelled_waits(dsn: str) -> None:
+    """A waiting task cancelled is counted in ``cancelled``."""
+
+    async def scenario() -> None:
+        async with AsyncPool(dsn, name="pk-parity-cancelled", min_size=1, max_size=1) as pool:
+            async with pool.connection():
+                waiter = asyncio.create_task(pool.getconn())
+                await _until(lambda: pool.stats().waiting == 1)
+                waiter.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await waiter
+            assert pool.stats().cancelled == 1
 
     asyncio.run(scenario())

@@ -427,10 +427,12 @@ class AsyncPool(AsyncPoolBase[ConnT]):
                 pass
             else:
                 # One compare: check_due folds check_after and "suspect" into a deadline.
-                if _monotonic() < rec.check_due:
+                # The clock read is kept: putconn counts usage time from it.
+                now = _monotonic()
+                if now < rec.check_due:
                     next(self._borrow_ticks)
+                    rec.borrowed_at = now
                     if self._leak_threshold is not None:
-                        rec.borrowed_at = _monotonic()
                         rec.borrow_stack = "".join(traceback.format_stack(limit=16)[:-1])
                         rec.leak_reported = False
                     # Last, with no call after it (see Pool.getconn).
@@ -470,6 +472,7 @@ class AsyncPool(AsyncPoolBase[ConnT]):
                     try:
                         rec = await waiter
                     except BaseException:
+                        self._stats_cancelled.add()
                         if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
                             # Handed a connection at the very moment we were cancelled:
                             # pass it on.
@@ -503,10 +506,11 @@ class AsyncPool(AsyncPoolBase[ConnT]):
                 count = ring.count
                 ring.samples[count & RING_MASK] = now - start
                 ring.count = count + 1
+                rec.waited += now - start
             else:
                 next(self._borrow_ticks)
+            rec.borrowed_at = now
             if self._leak_threshold is not None:
-                rec.borrowed_at = now
                 rec.borrow_stack = "".join(traceback.format_stack(limit=16)[:-1])
                 rec.leak_reported = False
             self._lent[rec.conn] = rec  # last, as on the fast path
@@ -590,6 +594,7 @@ class AsyncPool(AsyncPoolBase[ConnT]):
         if return_state(conn) != self._clean_state and not await self._clean_on_return(rec):
             return
         now = _monotonic()
+        rec.usage += now - rec.borrowed_at
         # close() and drain() both bump the generation, so one compare covers them.
         if rec.generation != self._generation or now >= rec.expires_at:
             self._retire(rec, "returned after close, drain(), resize() or max_lifetime")

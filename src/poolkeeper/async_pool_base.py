@@ -224,6 +224,7 @@ class AsyncPoolBase(PoolCore, Generic[ConnT]):
         conn = rec.conn
         status = self._status(conn)
         if status == BROKEN:
+            self._stats_returned_bad.add()
             self._note_server_gone()
             self._retire(rec, "returned broken or closed")
             return False
@@ -304,6 +305,7 @@ class AsyncPoolBase(PoolCore, Generic[ConnT]):
     async def _close_rec(self, rec: ConnectionRecord) -> None:
         await self._driver.close(rec.conn)
         self._stats_closed.add()
+        self._bank(rec)
 
     # -- opening --------------------------------------------------------------------------
 
@@ -331,8 +333,11 @@ class AsyncPoolBase(PoolCore, Generic[ConnT]):
             raise
         # Connect and configure, as a borrower would have waited for them: the
         # create_time an OpenTelemetry exporter reports (poolkeeper.metrics.opentelemetry).
-        self._connect_times.add(_monotonic() - started)
-        return self._new_record(conn, generation)
+        took = _monotonic() - started
+        self._connect_times.add(took)
+        rec = self._new_record(conn, generation)
+        rec.connect_s = took
+        return rec
 
     async def _open_one(self) -> None:
         """Open one connection (the slot is already counted), retrying with back-off."""

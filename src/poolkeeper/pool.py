@@ -372,12 +372,14 @@ class Pool(PoolBase[ConnT]):
                 pass
             else:
                 # One compare: check_due folds check_after and "suspect" into a deadline.
-                if _monotonic() < rec.check_due:
+                # The clock read is kept: putconn counts usage time from it.
+                now = _monotonic()
+                if now < rec.check_due:
                     next(self._borrow_ticks)
+                    # Before it is in _lent, where the housekeeping thread looks for
+                    # leaks: it must never see the previous borrow's time or stack.
+                    rec.borrowed_at = now
                     if self._leak_threshold is not None:
-                        # Before it is in _lent, where the housekeeping thread looks for
-                        # leaks: it must never see the previous borrow's time or stack.
-                        rec.borrowed_at = _monotonic()
                         rec.borrow_stack = "".join(traceback.format_stack(limit=16)[:-1])
                         rec.leak_reported = False
                     # Last, with no call after it: an interrupt before this line leaves
@@ -463,10 +465,12 @@ class Pool(PoolBase[ConnT]):
                 if waited:
                     self._stats_waits.add()
                     self._record_wait(now - start)
+                    # Its borrower's alone now: no lock needed (see ConnectionRecord).
+                    rec.waited += now - start
                 else:
                     next(self._borrow_ticks)
+                rec.borrowed_at = now
                 if self._leak_threshold is not None:
-                    rec.borrowed_at = now
                     rec.borrow_stack = "".join(traceback.format_stack(limit=16)[:-1])
                     rec.leak_reported = False
                 self._lent[rec.conn] = rec  # last, as on the fast path
@@ -493,6 +497,7 @@ class Pool(PoolBase[ConnT]):
     def _abandon(self, waiter: _Waiter) -> None:
         """``waiter`` stops waiting: out of the queue, or, if a connection was handed
         to it meanwhile, that connection to the next caller instead of stranded."""
+        self._stats_cancelled.add()
         with self._lock:
             if waiter.rec is None and waiter.error is None:
                 self._waiters.remove(waiter)
@@ -545,6 +550,7 @@ class Pool(PoolBase[ConnT]):
         if return_state(conn) != self._clean_state and not self._clean_on_return(rec):
             return
         now = _monotonic()
+        rec.usage += now - rec.borrowed_at
         # close() and drain() both bump the generation, so one compare covers them.
         if rec.generation != self._generation or now >= rec.expires_at:
             self._retire(rec, "returned after close, drain(), resize() or max_lifetime")

@@ -204,6 +204,7 @@ class PoolBase(PoolCore, Generic[ConnT]):
         conn = rec.conn
         status = self._status(conn)
         if status == BROKEN:
+            self._stats_returned_bad.add()
             self._note_server_gone()
             self._retire(rec, "returned broken or closed")
             return False
@@ -284,6 +285,7 @@ class PoolBase(PoolCore, Generic[ConnT]):
     def _close_rec(self, rec: ConnectionRecord) -> None:
         self._driver.close(rec.conn)
         self._stats_closed.add()
+        self._bank(rec)
 
     # -- opening --------------------------------------------------------------------------
 
@@ -311,8 +313,11 @@ class PoolBase(PoolCore, Generic[ConnT]):
             raise
         # Connect and configure, as a borrower would have waited for them: the
         # create_time an OpenTelemetry exporter reports (poolkeeper.metrics.opentelemetry).
-        self._connect_times.add(_monotonic() - started)
-        return self._new_record(conn, generation)
+        took = _monotonic() - started
+        self._connect_times.add(took)
+        rec = self._new_record(conn, generation)
+        rec.connect_s = took
+        return rec
 
     def _open_one(self) -> None:
         """Open one connection (the slot is already counted), retrying with back-off."""

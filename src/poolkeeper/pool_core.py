@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -88,6 +89,7 @@ class PoolCore:
     # instance dicts hold (30), and the hot path reads a dozen of them per borrow.
     __slots__ = (
         "__weakref__",
+        "_banked",
         "_borrow_ticks",
         "_breaker",
         "_check_after",
@@ -112,17 +114,22 @@ class PoolCore:
         "_reset_mode",
         "_return_state",
         "_stats_borrows",
+        "_stats_cancelled",
         "_stats_checks_failed",
         "_stats_closed",
         "_stats_connect_errors",
         "_stats_leaks",
         "_stats_opened",
+        "_stats_refused",
         "_stats_resets",
+        "_stats_returned_bad",
         "_stats_rollbacks",
         "_stats_timeouts",
         "_status",
         "_timeout",
         "_total",
+        "_totals_lock",
+        "_totals_seen",
         "_user_check",
         "_waiters",
         "config",
@@ -199,6 +206,15 @@ class PoolCore:
         self._stats_rollbacks = LockFreeCounter()
         self._stats_resets = LockFreeCounter()
         self._stats_leaks = LockFreeCounter()
+        self._stats_returned_bad = LockFreeCounter()
+        self._stats_refused = LockFreeCounter()
+        self._stats_cancelled = LockFreeCounter()
+        # Usage, wait and connect seconds of the connections closed so far (the live
+        # ones carry their own: see ConnectionRecord), and the highest totals reported,
+        # which keep the totals monotonic while a record is between two homes.
+        self._totals_lock = threading.Lock()
+        self._banked = [0.0, 0.0, 0.0]
+        self._totals_seen = (0.0, 0.0, 0.0)
         forking.register(self)
 
     def _apply_check_settings(self) -> None:
@@ -226,6 +242,7 @@ class PoolCore:
     def stats(self) -> PoolStats:
         """A snapshot of counters and gauges (takes no lock, never waits)."""
         waits, (p50, p99, worst) = self._wait_figures()
+        usage_s, wait_s, connect_s = self._times()
         return PoolStats(
             name=self.name,
             min_size=self.config.min_size,
@@ -251,7 +268,36 @@ class PoolCore:
             leaks=self._stats_leaks.value,
             breaker_open=self._fail_fast(_monotonic()),
             last_error=str(self._last_error) if self._last_error else None,
+            wait_time_ms=wait_s * 1000,
+            usage_time_ms=usage_s * 1000,
+            connect_time_ms=connect_s * 1000,
+            returned_bad=self._stats_returned_bad.value,
+            refused=self._stats_refused.value,
+            cancelled=self._stats_cancelled.value,
         )
+
+    def _bank(self, rec: ConnectionRecord) -> None:
+        """``rec`` is closed: keep its times in the pool's totals."""
+        with self._totals_lock:
+            banked = self._banked
+            banked[0] += rec.usage
+            banked[1] += rec.waited
+            banked[2] += rec.connect_s
+
+    def _times(self) -> tuple[float, float, float]:
+        """Total (usage, wait, connect) seconds: the closed connections' plus the live
+        ones'. A record being pinged or handed over is in neither for a moment, so the
+        highest totals seen so far stand in for a dip."""
+        records = list(self._idle) + list(self._lent.values())
+        with self._totals_lock:
+            usage, waited, connect = self._banked
+            usage += sum(rec.usage for rec in records)
+            waited += sum(rec.waited for rec in records)
+            connect += sum(rec.connect_s for rec in records)
+            seen = self._totals_seen
+            totals = (max(usage, seen[0]), max(waited, seen[1]), max(connect, seen[2]))
+            self._totals_seen = totals
+        return totals
 
     def _wait_figures(self) -> tuple[int, tuple[float, float, float]]:
         """Borrows that waited so far, and (p50, p99, max) of the recent waits in
@@ -283,6 +329,10 @@ class PoolCore:
             "idle": len(self._idle),
             "in_use": len(self._lent),
             "waiting": 0 if self._closed else len(self._waiters),
+            # Signs of trouble since the pool opened (monotonic counters).
+            "timeouts": self._stats_timeouts.value,
+            "refused": self._stats_refused.value,
+            "returned_bad": self._stats_returned_bad.value,
             "last_error": str(self._last_error) if self._last_error else None,
         }
 
@@ -374,6 +424,7 @@ class PoolCore:
         max_waiting = self.config.max_waiting
         if max_waiting and len(self._waiters) >= max_waiting:
             waiting = len(self._waiters)
+            self._stats_refused.add()
             who = "1 caller already waits" if waiting == 1 else f"{waiting} callers already wait"
             raise TooManyWaiters(
                 f"pool {self.name!r}: {who} (max_waiting={max_waiting}); "

@@ -24,12 +24,15 @@ class ConnectionRecord:
         "borrowed_at",
         "check_due",
         "conn",
+        "connect_s",
         "expires_at",
         "generation",
         "last_checked",
         "last_used",
         "leak_reported",
         "seen_astray_at",
+        "usage",
+        "waited",
     )
 
     def __init__(
@@ -56,6 +59,12 @@ class ConnectionRecord:
         self.leak_reported = False
         # When housekeeping first found it neither idle nor lent (None: it was not).
         self.seen_astray_at: float | None = None
+        # Seconds: lent in all (counted on return), waited for by its borrowers, and
+        # taken to open it. Each is written only by whoever holds the record, so the
+        # pool's totals need no lock on the borrow path (PoolCore._usage_and_waits).
+        self.usage = 0.0
+        self.waited = 0.0
+        self.connect_s = 0.0
 
     def __repr__(self) -> str:
         return f"<ConnectionRecord backend_pid={self.backend_pid} generation={self.generation}>"

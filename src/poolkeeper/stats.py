@@ -139,7 +139,10 @@ def _percentiles(data: list[float]) -> tuple[float, float, float]:
 @dataclasses.dataclass(frozen=True)
 class PoolStats:
     """A snapshot of one pool. Gauges are read without the pool lock, so they are
-    consistent to within a borrow or two under load; counters only ever grow."""
+    consistent to within a borrow or two under load; counters (the times included)
+    only ever grow, as Prometheus counters do: a rate is the difference of two
+    snapshots (there is no "since the last read" reset, unlike psycopg_pool's
+    ``pop_stats()``)."""
 
     name: str
     min_size: int
@@ -165,6 +168,19 @@ class PoolStats:
     leaks: int
     breaker_open: bool
     last_error: str | None
+    #: Time borrowers spent waiting for a connection, in all (ms).
+    wait_time_ms: float = 0.0
+    #: Time connections spent lent, in all, counted as each comes back (ms).
+    usage_time_ms: float = 0.0
+    #: Time spent opening the ``connections_opened`` connections (and running
+    #: ``configure=`` on them), in all (ms).
+    connect_time_ms: float = 0.0
+    #: Connections returned broken or closed (discarded, not lent again).
+    returned_bad: int = 0
+    #: Borrows refused at once because ``max_waiting`` callers already waited.
+    refused: int = 0
+    #: Waits that ended by cancellation or interruption (Ctrl-C, task.cancel()).
+    cancelled: int = 0
 
     def as_dict(self) -> dict[str, object]:
         """The snapshot as a plain dict (for JSON, logs, metrics)."""

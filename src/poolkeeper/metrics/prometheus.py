@@ -55,6 +55,12 @@ _COUNTERS: dict[str, tuple[str, Callable[[PoolStats], float]]] = {
     "rollbacks": ("Connections returned inside a transaction", lambda s: s.rollbacks),
     "resets": ("Session resets on return", lambda s: s.resets),
     "leaks": ("Connections held past leak_threshold", lambda s: s.leaks),
+    "returned_bad": ("Connections returned broken or closed", lambda s: s.returned_bad),
+    "refused": ("Borrows refused at once by max_waiting", lambda s: s.refused),
+    "cancelled": ("Waits ended by cancellation or interruption", lambda s: s.cancelled),
+    "wait_seconds": ("Time borrowers spent waiting", lambda s: s.wait_time_ms / 1000),
+    "usage_seconds": ("Time connections spent lent", lambda s: s.usage_time_ms / 1000),
+    "connect_seconds": ("Time spent opening connections", lambda s: s.connect_time_ms / 1000),
 }
 
 
