@@ -21,7 +21,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from poolkeeper import AsyncPool, Pool, TooManyWaiters
+from poolkeeper import AsyncPool, ConfigurationError, Pool, TooManyWaiters
 from tests.conftest import backends, settled_backends
 from tests.faults.proxy import FaultProxy
 
@@ -392,5 +392,92 @@ def test_stats_count_cancelled_waits(dsn: str) -> None:
                 with pytest.raises(asyncio.CancelledError):
                     await waiter
             assert pool.stats().cancelled == 1
+
+    asyncio.run(scenario())
+
+
+# -- connection_class= and close_returns= (psycopg 3) ---------------------------------------
+
+
+class _MyConnection(psycopg.Connection[Any]):
+    """A user's subclass, as psycopg_pool users pass in connection_class=."""
+
+    def whoami(self) -> int:
+        row = self.execute("SELECT pg_backend_pid()").fetchone()
+        assert row is not None
+        return int(row[0])
+
+
+class _MyAsyncConnection(psycopg.AsyncConnection[Any]):
+    async def whoami(self) -> int:
+        row = await (await self.execute("SELECT pg_backend_pid()")).fetchone()
+        assert row is not None
+        return int(row[0])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_connection_class_composes_with_the_pools_tracking(
+    dsn: str, admin: psycopg.Connection[Any], kind: str
+) -> None:
+    """The user's class is what the pool lends (its methods work), and the pool's
+    session tracking still applies: a SET is reset on return (seen on the server)."""
+    name = f"pk-parity-class-{kind.lower()}"
+    cls = _MyConnection if kind == "Pool" else _MyAsyncConnection
+
+    async def scenario() -> None:
+        pool = _make(kind, dsn, name, min_size=1, max_size=1, connection_class=cls)
+        try:
+            conn = await _call(pool.getconn())
+            assert isinstance(conn, cls)
+            assert await _call(conn.whoami()) in backends(admin, name)
+            await _call(conn.execute("SET work_mem = '7MB'"))
+            await _call(pool.putconn(conn))
+            conn = await _call(pool.getconn())
+            cur = await _call(conn.execute("SHOW work_mem"))
+            assert (await _call(cur.fetchone()))[0] != "7MB"
+            await _call(pool.putconn(conn))
+        finally:
+            await _call(pool.close())
+
+    asyncio.run(scenario())
+
+
+def test_connection_class_of_the_wrong_kind_or_driver_is_refused(dsn: str) -> None:
+    with pytest.raises(ConfigurationError, match="connection_class"):
+        Pool(dsn, open=False, connection_class=_MyAsyncConnection)
+    with pytest.raises(ConfigurationError, match="connection_class"):
+        AsyncPool(dsn, open=False, connection_class=_MyConnection)
+    with pytest.raises(ConfigurationError, match="psycopg 3"):
+        Pool(dsn, open=False, driver="psycopg2", connection_class=_MyConnection)
+    with pytest.raises(ConfigurationError, match="close_returns"):
+        Pool(dsn, open=False, driver="psycopg2", close_returns=True)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_close_returns_gives_a_closed_connection_back_to_the_pool(
+    dsn: str, admin: psycopg.Connection[Any], kind: str
+) -> None:
+    """With ``close_returns=True``, ``conn.close()`` returns a lent connection: the
+    same backend serves the next borrow, rolled back, and nothing is left lent."""
+    name = f"pk-parity-closeret-{kind.lower()}"
+
+    async def scenario() -> None:
+        pool = _make(kind, dsn, name, min_size=1, max_size=1, close_returns=True)
+        try:
+            conn = await _call(pool.getconn())
+            await _call(conn.execute("CREATE TEMP TABLE never_committed (x int)"))
+            cur = await _call(conn.execute("SELECT pg_backend_pid()"))
+            pid = (await _call(cur.fetchone()))[0]
+            await _call(conn.close())
+            assert pool.stats().in_use == 0
+            assert backends(admin, name) == [pid]
+            again = await _call(pool.getconn())
+            assert again is conn and not again.closed
+            cur = await _call(again.execute("SELECT to_regclass('never_committed')"))
+            assert (await _call(cur.fetchone()))[0] is None
+            await _call(pool.putconn(again))
+        finally:
+            await _call(pool.close())
+        assert settled_backends(admin, name, []) == []  # the pool's own close closes
 
     asyncio.run(scenario())

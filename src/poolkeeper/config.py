@@ -218,6 +218,8 @@ class PoolConfig:
     connect_timeout: float = 10.0
     reconnect_timeout: float = 300.0
     reconnect_failed: Callable[[Any], object] | None = None
+    connection_class: type[Any] | None = None
+    close_returns: bool = False
     leak_threshold: float | None = None
     configure: Callable[[Any], object] | None = None
     connect_kwargs: ConnectKwargs | None = None
@@ -321,6 +323,8 @@ class PoolConfig:
             statement_timeout=self.statement_timeout,
             idle_in_transaction_timeout=self.idle_in_transaction_timeout,
             pgbouncer=self.pgbouncer,
+            connection_class=self.connection_class,
+            close_returns=self.close_returns,
         )
 
     def __repr__(self) -> str:
@@ -379,6 +383,7 @@ class PoolConfig:
     def _check_connect_settings(self) -> None:
         if self.configure is not None and not callable(self.configure):
             raise ConfigurationError("configure: must be a callable taking the new connection")
+        self._check_psycopg_only()
         if self.reconnect_failed is not None and not callable(self.reconnect_failed):
             raise ConfigurationError("reconnect_failed: must be a callable taking the pool")
         if self.connect_kwargs is not None and not (
@@ -393,6 +398,23 @@ class PoolConfig:
             parse_dsn(self.dsn)
         elif not callable(self.dsn):
             raise ConfigurationError("dsn: must be a string or a callable returning one")
+
+    def _check_psycopg_only(self) -> None:
+        """``connection_class`` and ``close_returns`` act on psycopg 3's classes (the
+        pool checks the class against the one its driver opens)."""
+        if not isinstance(self.close_returns, bool):
+            raise ConfigurationError(f"close_returns: {self.close_returns!r} is not True or False")
+        for field_name in ("connection_class", "close_returns"):
+            if getattr(self, field_name) and self.driver != "psycopg":
+                raise ConfigurationError(
+                    f"{field_name}: supported with driver='psycopg' (psycopg 3) only, "
+                    f"not {self.driver!r}; remove it or switch drivers"
+                )
+        if self.connection_class is not None and not isinstance(self.connection_class, type):
+            raise ConfigurationError(
+                f"connection_class: {self.connection_class!r} is not a class; pass a "
+                "subclass of psycopg.Connection (Pool) or psycopg.AsyncConnection (AsyncPool)"
+            )
 
     def _check_int(self, field_name: str, *, minimum: int) -> None:
         value = getattr(self, field_name)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Generic, Protocol
@@ -300,6 +301,8 @@ class PoolBase(PoolCore, Generic[ConnT]):
         generation = self._generation
         started = _monotonic()
         conn = self._driver.connect(self.config.connect_spec())
+        if self.config.close_returns:
+            conn._pk_pool = weakref.ref(self)
         if not self._identity_ok(conn):
             self._driver.close(conn)
             raise TypeError(f"{type(conn).__name__} overrides __eq__; the pool needs identity")

@@ -186,6 +186,14 @@ class PoolCore:
         #: False for a pool meant for standbys: a read-only error there is no failover.
         self.meant_for_primary = not wants_standby(config.dsn, config.connect_kwargs)
         self._apply_check_settings()
+        base = getattr(driver, "connection_base", None)
+        cls = config.connection_class
+        if cls is not None and base is not None and not issubclass(cls, base):
+            raise ConfigurationError(
+                f"connection_class: {cls.__name__} does not subclass {base.__qualname__}, "
+                f"which a {self._pool_class} opens; pass a subclass of it, or use the "
+                "other kind of pool"
+            )
 
         self._breaker = Breaker(config.fail_fast_after)
         # Read on every contended borrow, so kept here rather than behind self.config:

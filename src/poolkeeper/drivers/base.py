@@ -42,6 +42,10 @@ class ConnectSpec:
     statement_timeout: float | None
     idle_in_transaction_timeout: float | None
     pgbouncer: bool
+    #: psycopg 3 only: the user's Connection subclass, which the driver's own
+    #: tracking class is composed with, and whether ``close()`` returns to the pool.
+    connection_class: type[Any] | None = None
+    close_returns: bool = False
 
 
 class SyncDriver(Protocol[C]):

@@ -16,6 +16,7 @@ from poolkeeper.drivers.psycopg_common import (
     PsycopgState,
     answer_within,
     check_ping_answer,
+    compose_class,
     connect_params,
     forget_prepared,
     ping_limit,
@@ -60,20 +61,42 @@ class AsyncGuardedConnection(AsyncPoolConnection):
         return await super().wait(silence_guard(gen, self), *args, **kwargs)
 
 
+class AsyncReturnsOnClose(psycopg.AsyncConnection[Any]):
+    """``close_returns=True``: ``await conn.close()`` on a lent connection returns it
+    to its pool."""
+
+    #: A weak reference to the pool, set when the pool opened this connection.
+    _pk_pool: Any = None
+
+    async def close(self) -> None:
+        """Return to the pool if lent by one; otherwise close."""
+        pool = self._pk_pool() if self._pk_pool is not None else None
+        if pool is not None and self in pool._lent:
+            await pool.putconn(self)
+            return
+        await super().close()
+
+
 class AsyncPsycopgDriver(PsycopgState):
     """asyncio psycopg 3 behind the pool's driver interface."""
+
+    #: What a ``connection_class=`` must subclass.
+    connection_base = psycopg.AsyncConnection
 
     async def connect(self, spec: ConnectSpec) -> AsyncPoolConnection:
         """Open a connection whose statements are tracked for session changes (every
         cursor class: see ``psycopg_common.track_statements``)."""
         params = connect_params(spec)
-        conn: AsyncPoolConnection
-        if spec.statement_timeout is not None:
-            guarded = await AsyncGuardedConnection.connect(**params)
-            guarded._pk_silence_limit = silence_limit(spec.statement_timeout)
-            conn = guarded
-        else:
-            conn = await AsyncPoolConnection.connect(**params)
+        guarded = spec.statement_timeout is not None
+        cls: type[AsyncPoolConnection] = compose_class(
+            AsyncGuardedConnection if guarded else AsyncPoolConnection,
+            spec.connection_class,
+            AsyncReturnsOnClose if spec.close_returns else None,
+        )
+        conn = await cls.connect(**params)
+        if guarded:
+            assert spec.statement_timeout is not None
+            conn._pk_silence_limit = silence_limit(spec.statement_timeout)  # type: ignore[attr-defined]
         # An instance attribute, not the class default: one dict hit per read.
         conn._pk_dirty = False
         conn._pk_answer_timeout = spec.connect_timeout

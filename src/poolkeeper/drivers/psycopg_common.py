@@ -51,6 +51,24 @@ _STATUS_BY_PQ = (
 )
 
 
+_composed: dict[tuple[type[Any], type[Any] | None, type[Any] | None], type[Any]] = {}
+
+
+def compose_class(base: type[Any], user: type[Any] | None, close_returns: type[Any] | None) -> Any:
+    """The class a pool opens its connections with: the driver's tracking ``base``
+    before the user's ``connection_class`` (so both apply), and before those, when
+    ``close_returns`` is wanted, the mixin whose ``close()`` returns a lent
+    connection to its pool. Made once per combination."""
+    key = (base, user, close_returns)
+    cls = _composed.get(key)
+    if cls is None:
+        bases = tuple(c for c in (close_returns, base, user) if c is not None)
+        name = user.__name__ if user is not None else base.__name__
+        cls = base if len(bases) == 1 else type(name, bases, {"__module__": base.__module__})
+        _composed[key] = cls
+    return cls
+
+
 def connect_params(spec: ConnectSpec) -> dict[str, Any]:
     """libpq keywords for ``connect()``, with PgBouncer's needs applied."""
     params = merge_conninfo(spec)

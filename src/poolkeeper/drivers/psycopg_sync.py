@@ -18,6 +18,7 @@ from poolkeeper.drivers.psycopg_common import (
     PsycopgState,
     answer_within,
     check_ping_answer,
+    compose_class,
     connect_params,
     forget_prepared,
     ping_limit,
@@ -91,20 +92,42 @@ def _wait_within(gen: Generator[Any, Any, Any], fileno: int, timeout: float) -> 
         return stop.value
 
 
+class ReturnsOnClose(psycopg.Connection[Any]):
+    """``close_returns=True``: ``close()`` on a lent connection returns it to its pool
+    (for integrations that close what they are done with, such as a NullPool)."""
+
+    #: A weak reference to the pool, set when the pool opened this connection.
+    _pk_pool: Any = None
+
+    def close(self) -> None:
+        """Return to the pool if lent by one; otherwise close."""
+        pool = self._pk_pool() if self._pk_pool is not None else None
+        if pool is not None and self in pool._lent:
+            pool.putconn(self)
+            return
+        super().close()
+
+
 class PsycopgDriver(PsycopgState):
     """Sync psycopg 3 behind the pool's driver interface."""
+
+    #: What a ``connection_class=`` must subclass.
+    connection_base = psycopg.Connection
 
     def connect(self, spec: ConnectSpec) -> PoolConnection:
         """Open a connection whose statements are tracked for session changes (every
         cursor class: see ``psycopg_common.track_statements``)."""
         params = connect_params(spec)
-        conn: PoolConnection
-        if spec.statement_timeout is not None:
-            guarded = GuardedConnection.connect(**params)
-            guarded._pk_silence_limit = silence_limit(spec.statement_timeout)
-            conn = guarded
-        else:
-            conn = PoolConnection.connect(**params)
+        guarded = spec.statement_timeout is not None
+        cls: type[PoolConnection] = compose_class(
+            GuardedConnection if guarded else PoolConnection,
+            spec.connection_class,
+            ReturnsOnClose if spec.close_returns else None,
+        )
+        conn = cls.connect(**params)
+        if guarded:
+            assert spec.statement_timeout is not None
+            conn._pk_silence_limit = silence_limit(spec.statement_timeout)  # type: ignore[attr-defined]
         # An instance attribute, not the class default: one dict hit per read.
         conn._pk_dirty = False
         conn._pk_answer_timeout = spec.connect_timeout
