@@ -38,7 +38,7 @@ __all__ = [
 Dsn = str | Callable[[], str]
 ConnectKwargs = Mapping[str, Any] | Callable[[], Mapping[str, Any]]
 CheckSetting = Literal["auto"] | Callable[[Any], object] | None
-ResetSetting = Literal["auto", "always", None]
+ResetSetting = Literal["auto", "always"] | Callable[[Any], object] | None
 
 KNOWN_DRIVERS = ("psycopg", "psycopg2", "asyncpg")
 _ENV_SIZES = {
@@ -55,7 +55,7 @@ _WHOLE_NUMBERS = {"min_size": 0, "max_size": 1, "max_waiting": 0, "num_workers":
 #: and how the error message lists them.
 _CHOICES: dict[str, tuple[tuple[object, ...], bool, str]] = {
     "check": (("auto", None), True, "'auto', None or a callable(conn)"),
-    "reset": (("auto", "always", None), False, "'auto', 'always' or None"),
+    "reset": (("auto", "always", None), True, "'auto', 'always', None or a callable(conn)"),
 }
 
 

@@ -16,8 +16,8 @@ from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Generic, Protocol
 
 from poolkeeper.config import check_call_timeout
-from poolkeeper.drivers import BROKEN, IN_TRANSACTION, SyncDriver
-from poolkeeper.errors import PoolClosed, PoolError
+from poolkeeper.drivers import BROKEN, IDLE, IN_TRANSACTION, SyncDriver
+from poolkeeper.errors import ConfigurationError, PoolClosed, PoolError
 from poolkeeper.policy import Backoff
 from poolkeeper.pool_core import ConnT, PoolCore
 from poolkeeper.record import ConnectionRecord
@@ -227,6 +227,7 @@ class PoolBase(PoolCore, Generic[ConnT]):
             if not restored:
                 self._retire(rec, "changed client-side state that cannot be put back")
                 return False
+            self._run_reset_callable(conn)
         except Exception as exc:
             if self._driver.is_disconnect(exc):
                 self._note_server_gone()
@@ -238,6 +239,21 @@ class PoolBase(PoolCore, Generic[ConnT]):
             self._retire(rec, "interrupted while being cleaned on return")
             raise
         return True
+
+    def _run_reset_callable(self, conn: Any) -> None:
+        """``reset=`` given a callable: it runs on every return, last (after the
+        rollback and poolkeeper's own reset), and must leave the connection idle."""
+        reset = self._reset_mode
+        if not callable(reset):
+            return
+        self._call_hook(reset, conn)
+        if self._status(conn) != IDLE:
+            raise ConfigurationError(
+                "reset: the callable left the connection inside a transaction; commit "
+                "at its end, or switch the connection to autocommit first"
+            )
+        # What it set is what the next borrower should see, not a leak.
+        self._driver.mark_clean(conn)
 
     def _admit(self, rec: ConnectionRecord, *, cold: bool, opened: bool = False) -> None:
         """Put ``rec`` into service: to the first waiter, else onto the stack (the cold

@@ -162,7 +162,9 @@ class PoolCore:
         self._status: Callable[[Any], int] = driver.status
         self._return_state: Callable[[Any], object] = driver.return_state
         # reset="always" must take the slow path on every return: no state equals this.
-        self._clean_state: object = object() if config.reset == "always" else driver.clean_state
+        # ...and so must a reset callable, which runs on every return.
+        every_return = config.reset == "always" or callable(config.reset)
+        self._clean_state: object = object() if every_return else driver.clean_state
 
         self._idle: deque[ConnectionRecord] = deque()
         # Keyed by the connection itself: drivers' classes hash by identity (checked

@@ -1,0 +1,406 @@
+"""psycopg_pool's API on poolkeeper's pools: change one import.
+
+::
+
+    # from psycopg_pool import ConnectionPool, AsyncConnectionPool
+    from poolkeeper.compat.psycopg_pool import ConnectionPool, AsyncConnectionPool
+
+``ConnectionPool`` and ``AsyncConnectionPool`` take psycopg_pool's constructor
+arguments (``conninfo``, ``kwargs``, ``min_size``, ``max_size``, ``open``,
+``configure``, ``check``, ``reset``, ``name``, ``timeout``, ``max_waiting``,
+``max_lifetime``, ``max_idle``, ``reconnect_timeout``, ``reconnect_failed``,
+``num_workers``, ``connection_class``, ``close_returns``) and have its methods
+(``getconn``, ``putconn``, ``connection``, ``open``, ``close``, ``wait``,
+``resize``, ``check``, ``drain``, ``get_stats``, ``pop_stats``, the static
+``check_connection``), with its semantics where poolkeeper's own differ:
+
+* ``with pool.connection() as conn:`` **commits** on a clean exit and rolls back
+  if the block raises (poolkeeper's :meth:`~poolkeeper.Pool.connection` always
+  rolls back what was not committed).
+* ``max_size=None`` means ``min_size``; ``min_size`` defaults to 4,
+  ``num_workers`` to 3, ``wait()`` and ``open(wait=True)`` to 30 s.
+* ``reset=`` is a callable, called with every returned connection once it is
+  idle (a transaction left open is rolled back first); a connection it leaves
+  in a transaction, or that it fails on, is discarded.
+* ``check=`` is a callable run before every lend; ``check_connection`` is the
+  recipe (``check=ConnectionPool.check_connection``).
+* ``get_stats()``/``pop_stats()`` return psycopg_pool's keys (``requests_num``,
+  ``requests_wait_ms``, ``usage_ms``, ``connections_ms``, ...).
+
+What the pools are is poolkeeper's: fork safety, session reset on return, the
+circuit breaker, ``max_lifetime`` never lending an expired connection, and the
+speed. The connection lent is the driver's own psycopg connection (of
+``connection_class`` if given).
+
+Deliberate differences that remain:
+
+* Exceptions are poolkeeper's: ``PoolTimeout``, ``PoolClosed`` and
+  ``TooManyRequests`` here are :class:`~poolkeeper.errors.PoolError` subclasses,
+  not psycopg ``OperationalError`` ones; catch these names from this module (or
+  ``poolkeeper.PoolError``) instead of psycopg_pool's.
+* ``check=None`` (the default) is poolkeeper's ``"auto"``: a connection idle for
+  ``check_after`` (0.25 s) is pinged before it is lent. psycopg_pool lends
+  without checking.
+* Besides your ``reset``, poolkeeper resets a session the borrower changed
+  (``SET``, ``LISTEN``, temporary tables, prepared statements...) with
+  ``DISCARD ALL`` and re-runs ``configure``; your ``reset`` runs after that,
+  so what it sets is what the next borrower sees.
+* While the server is known unreachable (the circuit breaker is open), a
+  ``getconn`` that finds no idle connection fails at once with
+  ``ConnectionFailed`` instead of waiting out its timeout; ``wait()`` does wait.
+* The counters behind ``get_stats()`` only grow (Prometheus style);
+  ``pop_stats()`` returns what changed since the previous ``pop_stats()`` without
+  resetting them, so ``pool.stats()`` and the Prometheus collector are unaffected.
+  ``connections_lost`` counts connections found dead by a check.
+* A name is 1-63 letters, digits, ``_``, ``-`` or ``.`` (it becomes the
+  ``application_name``); the default is ``pool-N``.
+* ``open=None`` opens the pool at once, without psycopg_pool's deprecation
+  warning; an ``AsyncConnectionPool`` built outside a running loop opens at its
+  first use. The pool cannot be reopened once closed (as in psycopg_pool).
+* ``kwargs`` and ``conninfo`` may be callables (poolkeeper's rotating
+  credentials); psycopg_pool 3.3's ``get_config`` hooks are not supported.
+* ``connection_class`` and ``close_returns`` are psycopg 3 features; these
+  classes use psycopg 3 only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import psycopg
+
+from poolkeeper.async_pool import AsyncPool
+from poolkeeper.errors import PoolClosed, PoolTimeout
+from poolkeeper.errors import TooManyWaiters as TooManyRequests
+from poolkeeper.pool import Pool
+from poolkeeper.stats import PoolStats
+
+__all__ = [
+    "AsyncConnectionPool",
+    "ConnectionPool",
+    "PoolClosed",
+    "PoolTimeout",
+    "TooManyRequests",
+]
+
+_names = itertools.count(1)
+
+#: psycopg_pool's counters, from a snapshot (its gauges are added in ``_stats_dict``).
+_COUNTERS: dict[str, Callable[[PoolStats], int]] = {
+    "requests_num": lambda s: s.borrows,
+    "requests_queued": lambda s: s.waits,
+    "requests_wait_ms": lambda s: int(s.wait_time_ms),
+    "requests_errors": lambda s: s.timeouts + s.refused,
+    "usage_ms": lambda s: int(s.usage_time_ms),
+    "returns_bad": lambda s: s.returned_bad,
+    "connections_num": lambda s: s.connections_opened + s.connect_errors,
+    "connections_ms": lambda s: int(s.connect_time_ms),
+    "connections_errors": lambda s: s.connect_errors,
+    "connections_lost": lambda s: s.checks_failed,
+}
+
+
+def _settings(
+    *,
+    conninfo: Any,
+    connection_class: type[Any] | None,
+    default_class: type[Any],
+    kwargs: Any,
+    min_size: int,
+    max_size: int | None,
+    configure: Any,
+    check: Any,
+    reset: Any,
+    name: str | None,
+    close_returns: bool,
+    timeout: float,
+    max_waiting: int,
+    max_lifetime: float,
+    max_idle: float,
+    reconnect_timeout: float,
+    reconnect_failed: Any,
+    num_workers: int,
+) -> dict[str, Any]:
+    """psycopg_pool's arguments as poolkeeper settings."""
+    return {
+        "dsn": conninfo,
+        "name": name if name is not None else f"pool-{next(_names)}",
+        "driver": "psycopg",
+        "connect_kwargs": kwargs,
+        "min_size": min_size,
+        "max_size": min_size if max_size is None else max_size,
+        "configure": configure,
+        "check": "auto" if check is None else check,
+        "reset": "auto" if reset is None else reset,
+        "timeout": timeout,
+        "max_waiting": max_waiting,
+        "max_lifetime": max_lifetime,
+        "max_idle": max_idle,
+        "reconnect_timeout": reconnect_timeout,
+        "reconnect_failed": reconnect_failed,
+        "num_workers": num_workers,
+        "connection_class": None if connection_class is default_class else connection_class,
+        "close_returns": close_returns,
+    }
+
+
+def _stats_dict(stats: PoolStats, counters: dict[str, int]) -> dict[str, int]:
+    return {
+        "pool_min": stats.min_size,
+        "pool_max": stats.max_size,
+        "pool_size": stats.size,
+        "pool_available": stats.idle,
+        "requests_waiting": stats.waiting,
+        **counters,
+    }
+
+
+def _counters(stats: PoolStats) -> dict[str, int]:
+    return {key: read(stats) for key, read in _COUNTERS.items()}
+
+
+class ConnectionPool(Pool):
+    """psycopg_pool's ``ConnectionPool`` on poolkeeper's :class:`~poolkeeper.Pool`
+    (the module docstring lists what differs)."""
+
+    def __init__(
+        self,
+        conninfo: Any = "",
+        *,
+        connection_class: type[Any] = psycopg.Connection,
+        kwargs: Any = None,
+        min_size: int = 4,
+        max_size: int | None = None,
+        open: bool | None = None,
+        configure: Callable[[Any], object] | None = None,
+        check: Callable[[Any], object] | None = None,
+        reset: Callable[[Any], object] | None = None,
+        name: str | None = None,
+        close_returns: bool = False,
+        timeout: float = 30.0,
+        max_waiting: int = 0,
+        max_lifetime: float = 3600.0,
+        max_idle: float = 600.0,
+        reconnect_timeout: float = 300.0,
+        reconnect_failed: Callable[[Any], object] | None = None,
+        num_workers: int = 3,
+    ) -> None:
+        settings = _settings(
+            conninfo=conninfo,
+            connection_class=connection_class,
+            default_class=psycopg.Connection,
+            kwargs=kwargs,
+            min_size=min_size,
+            max_size=max_size,
+            configure=configure,
+            check=check,
+            reset=reset,
+            name=name,
+            close_returns=close_returns,
+            timeout=timeout,
+            max_waiting=max_waiting,
+            max_lifetime=max_lifetime,
+            max_idle=max_idle,
+            reconnect_timeout=reconnect_timeout,
+            reconnect_failed=reconnect_failed,
+            num_workers=num_workers,
+        )
+        self.conninfo = conninfo
+        self.kwargs = kwargs
+        self.connection_class = connection_class
+        self._popped: dict[str, int] = {}
+        super().__init__(settings.pop("dsn"), open=open is not False, **settings)
+
+    # -- psycopg_pool's attributes ---------------------------------------------------------
+
+    @property
+    def min_size(self) -> int:
+        """The configured ``min_size``."""
+        return self.config.min_size
+
+    @property
+    def max_size(self) -> int:
+        """The configured ``max_size``."""
+        return self.config.max_size
+
+    @property
+    def timeout(self) -> float:
+        """The default ``getconn`` timeout."""
+        return self.config.timeout
+
+    # -- psycopg_pool's methods ------------------------------------------------------------
+
+    def open(self, wait: bool = False, timeout: float = 30.0) -> None:
+        """Start the pool; with ``wait=True``, wait up to ``timeout`` for ``min_size``."""
+        super().open()
+        if wait:
+            self.wait(timeout)
+
+    def wait(self, timeout: float | None = 30.0) -> None:
+        """Wait until ``min_size`` connections are open, else raise ``PoolTimeout``."""
+        super().wait(timeout)
+
+    def resize(self, min_size: int, max_size: int | None = None) -> None:
+        """Change the bounds; ``max_size=None`` means ``min_size``."""
+        super().resize(min_size, min_size if max_size is None else max_size)
+
+    @contextlib.contextmanager
+    def connection(self, timeout: float | None = None) -> Iterator[Any]:
+        """Borrow a connection for a ``with`` block: committed on a clean exit, rolled
+        back if the block raises, returned to the pool either way."""
+        with super().connection(timeout) as conn:
+            yield conn
+            if not conn.closed:
+                conn.commit()
+
+    def get_stats(self) -> dict[str, int]:
+        """psycopg_pool's stats: its gauges and counters since the pool opened."""
+        stats = self.stats()
+        return _stats_dict(stats, _counters(stats))
+
+    def pop_stats(self) -> dict[str, int]:
+        """Like :meth:`get_stats`, counting from the previous ``pop_stats()`` call."""
+        stats = self.stats()
+        now = _counters(stats)
+        since = {key: value - self._popped.get(key, 0) for key, value in now.items()}
+        self._popped = now
+        return _stats_dict(stats, since)
+
+    @staticmethod
+    def check_connection(conn: Any) -> None:
+        """A ``check=`` that raises unless ``conn`` answers an empty query; it opens no
+        transaction (psycopg_pool's recipe: ``check=ConnectionPool.check_connection``)."""
+        if conn.closed:
+            raise psycopg.OperationalError("the connection is closed")
+        autocommit = conn.autocommit
+        if not autocommit:
+            conn.autocommit = True
+        try:
+            conn.execute("")
+        finally:
+            if not autocommit:
+                conn.autocommit = False
+
+
+class AsyncConnectionPool(AsyncPool):
+    """psycopg_pool's ``AsyncConnectionPool`` on poolkeeper's
+    :class:`~poolkeeper.AsyncPool` (the module docstring lists what differs)."""
+
+    def __init__(
+        self,
+        conninfo: Any = "",
+        *,
+        connection_class: type[Any] = psycopg.AsyncConnection,
+        kwargs: Any = None,
+        min_size: int = 4,
+        max_size: int | None = None,
+        open: bool | None = None,
+        configure: Callable[[Any], object] | None = None,
+        check: Callable[[Any], object] | None = None,
+        reset: Callable[[Any], object] | None = None,
+        name: str | None = None,
+        close_returns: bool = False,
+        timeout: float = 30.0,
+        max_waiting: int = 0,
+        max_lifetime: float = 3600.0,
+        max_idle: float = 600.0,
+        reconnect_timeout: float = 300.0,
+        reconnect_failed: Callable[[Any], object] | None = None,
+        num_workers: int = 3,
+    ) -> None:
+        settings = _settings(
+            conninfo=conninfo,
+            connection_class=connection_class,
+            default_class=psycopg.AsyncConnection,
+            kwargs=kwargs,
+            min_size=min_size,
+            max_size=max_size,
+            configure=configure,
+            check=check,
+            reset=reset,
+            name=name,
+            close_returns=close_returns,
+            timeout=timeout,
+            max_waiting=max_waiting,
+            max_lifetime=max_lifetime,
+            max_idle=max_idle,
+            reconnect_timeout=reconnect_timeout,
+            reconnect_failed=reconnect_failed,
+            num_workers=num_workers,
+        )
+        self.conninfo = conninfo
+        self.kwargs = kwargs
+        self.connection_class = connection_class
+        self._popped: dict[str, int] = {}
+        super().__init__(settings.pop("dsn"), open=open is not False, **settings)
+
+    @property
+    def min_size(self) -> int:
+        """The configured ``min_size``."""
+        return self.config.min_size
+
+    @property
+    def max_size(self) -> int:
+        """The configured ``max_size``."""
+        return self.config.max_size
+
+    @property
+    def timeout(self) -> float:
+        """The default ``getconn`` timeout."""
+        return self.config.timeout
+
+    async def open(self, wait: bool = False, timeout: float = 30.0) -> None:
+        """Start the pool; with ``wait=True``, wait up to ``timeout`` for ``min_size``."""
+        await super().open()
+        if wait:
+            await self.wait(timeout)
+
+    async def wait(self, timeout: float | None = 30.0) -> None:
+        """Wait until ``min_size`` connections are open, else raise ``PoolTimeout``."""
+        await super().wait(timeout)
+
+    async def resize(self, min_size: int, max_size: int | None = None) -> None:
+        """Change the bounds; ``max_size=None`` means ``min_size``."""
+        await super().resize(min_size, min_size if max_size is None else max_size)
+
+    @contextlib.asynccontextmanager
+    async def connection(  # type: ignore[override]
+        self, timeout: float | None = None
+    ) -> AsyncIterator[Any]:
+        """Borrow a connection for an ``async with`` block: committed on a clean exit,
+        rolled back if the block raises, returned to the pool either way."""
+        async with super().connection(timeout) as conn:
+            yield conn
+            if not conn.closed:
+                await conn.commit()
+
+    def get_stats(self) -> dict[str, int]:
+        """psycopg_pool's stats: its gauges and counters since the pool opened."""
+        stats = self.stats()
+        return _stats_dict(stats, _counters(stats))
+
+    def pop_stats(self) -> dict[str, int]:
+        """Like :meth:`get_stats`, counting from the previous ``pop_stats()`` call."""
+        stats = self.stats()
+        now = _counters(stats)
+        since = {key: value - self._popped.get(key, 0) for key, value in now.items()}
+        self._popped = now
+        return _stats_dict(stats, since)
+
+    @staticmethod
+    async def check_connection(conn: Any) -> None:
+        """A ``check=`` that raises unless ``conn`` answers an empty query; it opens no
+        transaction (``check=AsyncConnectionPool.check_connection``)."""
+        if conn.closed:
+            raise psycopg.OperationalError("the connection is closed")
+        autocommit = conn.autocommit
+        if not autocommit:
+            await conn.set_autocommit(True)
+        try:
+            await conn.execute("")
+        finally:
+            if not autocommit:
+                await conn.set_autocommit(False)
