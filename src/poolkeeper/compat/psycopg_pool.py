@@ -233,6 +233,10 @@ class ConnectionPool(Pool):
 
     # -- psycopg_pool's methods ------------------------------------------------------------
 
+    def __enter__(self) -> ConnectionPool:
+        super().__enter__()
+        return self
+
     def open(self, wait: bool = False, timeout: float = 30.0) -> None:
         """Start the pool; with ``wait=True``, wait up to ``timeout`` for ``min_size``."""
         super().open()
@@ -351,6 +355,10 @@ class AsyncConnectionPool(AsyncPool):
     def timeout(self) -> float:
         """The default ``getconn`` timeout."""
         return self.config.timeout
+
+    async def __aenter__(self) -> AsyncConnectionPool:
+        await super().__aenter__()
+        return self
 
     async def open(self, wait: bool = False, timeout: float = 30.0) -> None:
         """Start the pool; with ``wait=True``, wait up to ``timeout`` for ``min_size``."""
