@@ -133,7 +133,7 @@ def test_reconnect_failed_is_called_at_reconnect_timeout(dsn: str, kind: str) ->
             gave_up[id(pool)] = time.monotonic()
 
         start = time.monotonic()
-        for i in range(4):
+        for i in range(6):
             pools.append(
                 _make(
                     kind,
@@ -149,8 +149,9 @@ def test_reconnect_failed_is_called_at_reconnect_timeout(dsn: str, kind: str) ->
                 await asyncio.sleep(0.02)
             assert set(gave_up) == {id(p) for p in pools}
             # Giving up is due at `timeout` plus one refused attempt (a millisecond);
-            # a whole back-off step late would be up to 2 s.
-            assert max(gave_up.values()) - start < timeout + 0.3
+            # a whole back-off step late would be up to 2 s, and with six pools
+            # drawing their back-off at random, one of them nearly always is.
+            assert max(gave_up.values()) - start < timeout + 0.5
         finally:
             for pool in pools:
                 await _call(pool.close())
