@@ -377,6 +377,16 @@ class AsyncPool(AsyncPoolBase[ConnT]):
                 return
         except AttributeError:
             return  # __init__ did not finish
+        self._closed = True
+        conns = [rec.conn for rec in self._idle]
+        self._idle.clear()
+        loop = self._loop
+        # Otherwise the connections close as they are collected.
+        if loop is not None and not loop.is_closed():
+            leftovers = [self._housekeeper, self._deadline_timer]
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(_close_orphans, self._driver, conns, leftovers)
+        # Last: a warnings filter may turn it into an error.
         warnings.warn(
             f"pool {self.name!r} was deleted without close(); call 'await pool.close()' "
             "or use 'async with AsyncPool(...) as pool'",
@@ -384,15 +394,6 @@ class AsyncPool(AsyncPoolBase[ConnT]):
             stacklevel=2,
             source=self,
         )
-        self._closed = True
-        conns = [rec.conn for rec in self._idle]
-        self._idle.clear()
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            return  # the connections close as they are collected
-        leftovers = [self._housekeeper, self._deadline_timer]
-        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-            loop.call_soon_threadsafe(_close_orphans, self._driver, conns, leftovers)
 
     async def __aenter__(self) -> AsyncPool:
         if not self._opened:

@@ -326,13 +326,6 @@ class Pool(PoolBase[ConnT]):
                 return
         except AttributeError:
             return  # __init__ did not finish
-        warnings.warn(
-            f"pool {self.name!r} was deleted without close(); call pool.close() or use "
-            "'with Pool(...) as pool'",
-            ResourceWarning,
-            stacklevel=2,
-            source=self,
-        )
         self._closed = True
         if self._workers is not None:
             self._workers.signal_stop()
@@ -341,6 +334,14 @@ class Pool(PoolBase[ConnT]):
         self._idle.clear()
         for rec in idle:
             self._driver.close(rec.conn)
+        # Last: a warnings filter may turn it into an error.
+        warnings.warn(
+            f"pool {self.name!r} was deleted without close(); call pool.close() or use "
+            "'with Pool(...) as pool'",
+            ResourceWarning,
+            stacklevel=2,
+            source=self,
+        )
 
     def __enter__(self) -> Pool:
         if not self._opened:
