@@ -375,9 +375,7 @@ class AsyncConnectionPool(AsyncPool):
         await super().resize(min_size, min_size if max_size is None else max_size)
 
     @contextlib.asynccontextmanager
-    async def connection(  # type: ignore[override]
-        self, timeout: float | None = None
-    ) -> AsyncIterator[Any]:
+    async def connection(self, timeout: float | None = None) -> AsyncIterator[Any]:
         """Borrow a connection for an ``async with`` block: committed on a clean exit,
         rolled back if the block raises, returned to the pool either way."""
         async with super().connection(timeout) as conn:
