@@ -96,7 +96,7 @@ class AsyncPsycopgDriver(PsycopgState):
         conn = await cls.connect(**params)
         if guarded:
             assert spec.statement_timeout is not None
-            conn._pk_silence_limit = silence_limit(spec.statement_timeout)  # type: ignore[attr-defined]
+            conn._pk_silence_limit = silence_limit(spec.statement_timeout)
         # An instance attribute, not the class default: one dict hit per read.
         conn._pk_dirty = False
         conn._pk_answer_timeout = spec.connect_timeout
