@@ -70,7 +70,11 @@ class _Databases:
             if found is not None and found[0] == key:
                 return found[1]
             if found is not None:
-                found[1].close_all_connections()
+                # In the background: close_all_connections() waits for connections
+                # other threads still hold, and this caller must not wait on them.
+                threading.Thread(
+                    target=found[1].close_all_connections, name="poolkeeper-django-close"
+                ).start()
             self._serial += 1
             database = wrapper._pk_make_database(f"django.{wrapper.alias}.{self._serial}")
             self._by_alias[wrapper.alias] = (key, database)
@@ -101,7 +105,7 @@ def pool_settings(alias: str, settings_dict: Mapping[str, Any]) -> dict[str, Any
             "pool keeps connections open between requests, so set CONN_MAX_AGE to 0"
         )
     raw = settings_dict.get("OPTIONS", {}).get("pool", {})
-    if raw is True or raw is None:
+    if raw is True or raw is False or raw is None:
         raw = {}
     if not isinstance(raw, Mapping):
         raise ConfigurationError(
@@ -127,8 +131,9 @@ class DatabaseWrapper(_pg.DatabaseWrapper):  # type: ignore[misc]
 
     def __init__(self, settings_dict: dict[str, Any], alias: str = "default") -> None:
         super().__init__(settings_dict, alias)
+        self._pk_lender: Database | None = None
         self._pk_pid: int | None = None
-        if alias != NO_DB_ALIAS:
+        if self._pk_pooled():
             if not is_psycopg3:
                 raise ConfigurationError(
                     f"DATABASES[{alias!r}]['ENGINE']: poolkeeper.integrations.django needs "
@@ -141,8 +146,9 @@ class DatabaseWrapper(_pg.DatabaseWrapper):  # type: ignore[misc]
     @property
     def pool(self) -> Database | None:
         """The poolkeeper ``Database`` this alias borrows from (None for the
-        no-database connection Django uses to create and drop test databases)."""
-        if self.alias == NO_DB_ALIAS:
+        no-database connection Django uses to create and drop test databases, and
+        with ``OPTIONS["pool"] = False``)."""
+        if not self._pk_pooled():
             return None
         return _databases.get(self)
 
@@ -150,6 +156,20 @@ class DatabaseWrapper(_pg.DatabaseWrapper):  # type: ignore[misc]
         """Close this alias's pool; the next connection builds a fresh one."""
         if self.alias != NO_DB_ALIAS:
             _databases.close(self.alias)
+
+    def ensure_timezone(self) -> bool:
+        """Set the current connection's time zone to Django's (after ``TIME_ZONE`` or
+        ``USE_TZ`` changed); the next borrow comes from a pool made for the new value.
+        Returns whether a statement was sent."""
+        if not self._pk_pooled():
+            return bool(super().ensure_timezone())
+        if self.connection is None:
+            return False
+        return bool(self._configure_timezone(self.connection))
+
+    def _pk_pooled(self) -> bool:
+        # Read each time: Django's tests change OPTIONS on a live wrapper.
+        return self.alias != NO_DB_ALIAS and self.settings_dict["OPTIONS"].get("pool") is not False
 
     def _pk_settings_key(self) -> str:
         d = self.settings_dict
@@ -196,6 +216,7 @@ class DatabaseWrapper(_pg.DatabaseWrapper):  # type: ignore[misc]
         """Borrow a connection (Django calls this when it opens one)."""
         database = self.pool
         if database is None:
+            self._pk_lender = self._pk_pid = None
             return super().get_new_connection(conn_params)
         isolation = self.settings_dict["OPTIONS"].get("isolation_level")
         try:
@@ -208,12 +229,13 @@ class DatabaseWrapper(_pg.DatabaseWrapper):  # type: ignore[misc]
                 "is not a psycopg.IsolationLevel value"
             ) from None
         conn = database.get_connection()
-        self._pk_pid = os.getpid()
+        # Returned to the pool that lent it, even if the settings changed meanwhile.
+        self._pk_lender, self._pk_pid = database, os.getpid()
         return conn
 
     def init_connection_state(self) -> None:
         """Django's per-connection set-up, minus what ``configure=`` already did."""
-        if self.alias == NO_DB_ALIAS:
+        if not self._pk_pooled():
             super().init_connection_state()
             return
         # The base class's version (the backend's own runs the time zone and role
@@ -223,18 +245,20 @@ class DatabaseWrapper(_pg.DatabaseWrapper):  # type: ignore[misc]
     def _close(self) -> None:
         """Return the connection to the pool (Django calls this when it closes one)."""
         conn: Any = getattr(self, "connection", None)
-        if conn is None or self.alias == NO_DB_ALIAS:
+        lender, pid = self._pk_lender, self._pk_pid
+        if conn is None or lender is None:
             super()._close()
             return
         self.connection = None
-        if self._pk_pid != os.getpid():
+        self._pk_lender = self._pk_pid = None
+        if pid != os.getpid():
             # Borrowed by the process we were forked from: its socket is inert here,
             # and the parent's pool is not ours to return it to.
             return
         with self.wrap_database_errors:
-            _databases.get(self).release_connection(conn)
+            lender.release_connection(conn)
 
     def close_if_health_check_failed(self) -> None:
         """Nothing to do: the pool checks a connection before lending it."""
-        if self.alias == NO_DB_ALIAS:
+        if not self._pk_pooled():
             super().close_if_health_check_failed()
