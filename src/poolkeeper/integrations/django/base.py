@@ -32,7 +32,6 @@ import psycopg.sql
 
 from poolkeeper.config import PoolConfig
 from poolkeeper.database import Database
-from poolkeeper.drivers.psycopg_sync import TrackingCursor
 from poolkeeper.errors import ConfigurationError
 
 __all__ = ["DatabaseWrapper"]
@@ -40,14 +39,6 @@ __all__ = ["DatabaseWrapper"]
 # Settings the backend derives from DATABASES itself; OPTIONS["pool"] may not set them.
 _DERIVED = frozenset({"dsn", "connect_kwargs", "configure", "driver", "name", "open", "config"})
 _POOL_SETTINGS = frozenset(PoolConfig.__dataclass_fields__) - _DERIVED - {"explicit"}
-
-
-class _TrackingClientCursor(TrackingCursor, _pg.Cursor):  # type: ignore[misc]
-    """Django's client-side-binding cursor that also tells poolkeeper about ``SET``."""
-
-
-class _TrackingServerBindingCursor(TrackingCursor, _pg.ServerBindingCursor):  # type: ignore[misc]
-    """Django's server-side-binding cursor that also tells poolkeeper about ``SET``."""
 
 
 class _Databases:
@@ -178,14 +169,11 @@ class DatabaseWrapper(_pg.DatabaseWrapper):  # type: ignore[misc]
 
     def _pk_make_database(self, name: str) -> Database:
         params = self.get_connection_params()
-        params.pop("cursor_factory", None)
         # Django's own pool does the same: autocommit until Django sets it per borrow,
         # so that configure's SET statements commit at once.
         params["autocommit"] = True
         options = self.settings_dict["OPTIONS"]
         isolation = options.get("isolation_level")
-        binding = options.get("server_side_binding") is True
-        cursor_class = _TrackingServerBindingCursor if binding else _TrackingClientCursor
         role = options.get("assume_role")
         configure_timezone = self._configure_timezone
 
@@ -193,7 +181,6 @@ class DatabaseWrapper(_pg.DatabaseWrapper):  # type: ignore[misc]
             # Also when poolkeeper re-runs this after a reset on return, where the
             # connection may still be in the borrower's autocommit=False.
             conn.autocommit = True
-            conn.cursor_factory = cursor_class
             if isolation is not None:
                 conn.isolation_level = IsolationLevel(isolation)
             configure_timezone(conn)
