@@ -56,7 +56,7 @@ def _run(code: str, database_url: str, cwd: Path | None = None) -> str:
 
 
 def test_every_python_block_is_one_of_the_programs_tested_here() -> None:
-    assert len(_python_blocks()) == 3
+    assert len(_python_blocks()) == 4
 
 
 def test_quick_start_runs_as_written(fresh_database: str) -> None:
@@ -82,3 +82,14 @@ def test_fastapi_snippet_serves_a_request(fresh_database: str, tmp_path: Path) -
         "    print(response.json()['now'])\n"
     )
     assert _run(client, fresh_database, cwd=tmp_path).strip()
+
+
+def test_django_snippet_is_a_configuration_the_backend_accepts() -> None:
+    pytest.importorskip("django", reason="Django is in the [django] and [test] extras")
+    from poolkeeper.integrations.django.base import pool_settings
+
+    namespace: dict[str, Any] = {}
+    exec(_block('"ENGINE": "poolkeeper.integrations.django"'), namespace)
+    default = namespace["DATABASES"]["default"]
+    assert default["ENGINE"] == "poolkeeper.integrations.django"
+    assert pool_settings("default", default) == {"max_size": 10, "timeout": 5}
