@@ -228,6 +228,43 @@ class SQLAlchemyQueuePool(SyncContender):
         self.pool.dispose()
 
 
+class SQLAlchemyOnPoolkeeper(SyncContender):
+    """SQLAlchemy's pool API over poolkeeper (``poolkeeper.integrations.sqlalchemy``),
+    used like :class:`SQLAlchemyQueuePool`: the engine's pool directly, one checkout +
+    cursor + return per iteration, with poolkeeper's default settings."""
+
+    name = "sqlalchemy_poolkeeper"
+    reference = "dedicated_psycopg"
+
+    exhausted = (PoolTimeout,)
+
+    @classmethod
+    def check_available(cls) -> None:
+        """Raise unless SQLAlchemy 2 (with greenlet) and psycopg import."""
+        _require("sqlalchemy.ext.asyncio")
+        _require("psycopg")
+
+    def open(self) -> None:
+        """Create the engine and wait for ``min_size`` connections."""
+        from poolkeeper.integrations.sqlalchemy import create_engine
+
+        # A fresh Database name per open (the default): each round opens a new engine.
+        self.engine = create_engine(self.dsn, **poolkeeper_settings(self.size))
+        self.pool = self.engine.pool
+        self.pool.database.pool.wait()  # type: ignore[attr-defined]
+        conn = self.pool.connect()  # runs the dialect's first-connect set-up once
+        self._close: Callable[[Any], None] = type(conn).close
+        conn.close()
+
+    def bind(self, worker: int) -> tuple[Getter, Putter]:
+        """``pool.connect`` and the proxy's ``close``."""
+        return self.pool.connect, self._close
+
+    def close(self) -> None:
+        """Close the poolkeeper database behind the engine."""
+        self.pool.database.close_all_connections()  # type: ignore[attr-defined]
+
+
 class FifoHandOff:
     """The least a first-come-first-served pool can do: a stack of connections, one
     lock, and a lock per waiter that the returner releases after handing it the
@@ -366,6 +403,7 @@ SYNC_CONTENDERS: tuple[type[SyncContender], ...] = (
     PsycopgPool,
     Psycopg2Pool,
     SQLAlchemyQueuePool,
+    SQLAlchemyOnPoolkeeper,
     FifoFloor,
     DedicatedPsycopg,
     DedicatedPsycopg2,
@@ -377,6 +415,7 @@ MICRO_CONTENDERS: tuple[type[SyncContender], ...] = (
     PsycopgPool,
     Psycopg2Pool,
     SQLAlchemyQueuePool,
+    SQLAlchemyOnPoolkeeper,
 )
 
 

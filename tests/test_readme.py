@@ -56,7 +56,7 @@ def _run(code: str, database_url: str, cwd: Path | None = None) -> str:
 
 
 def test_every_python_block_is_one_of_the_programs_tested_here() -> None:
-    assert len(_python_blocks()) == 4
+    assert len(_python_blocks()) == 5
 
 
 def test_quick_start_runs_as_written(fresh_database: str) -> None:
@@ -93,3 +93,7 @@ def test_django_snippet_is_a_configuration_the_backend_accepts() -> None:
     default = namespace["DATABASES"]["default"]
     assert default["ENGINE"] == "poolkeeper.integrations.django"
     assert pool_settings("default", default) == {"max_size": 10, "timeout": 5}
+
+def test_sqlalchemy_snippet_runs_as_written(fresh_database: str) -> None:
+    out = _run(_block("integrations.sqlalchemy"), fresh_database)
+    assert out.strip() == "1"
