@@ -244,5 +244,16 @@ async def test_async_engine_crud_concurrency_and_backend_reuse(
         assert app_pids(admin, app) == pids
         async with engine.begin() as conn:
             await conn.run_sync(Base.metadata.drop_all)
+        # dispose() replaces every connection of this loop's pool.
+        await engine.dispose()
+        # Polled without blocking the loop: the pool closes them in its own tasks.
+        for _ in range(250):
+            if not app_pids(admin, app) & pids:
+                break
+            await asyncio.sleep(0.02)
+        assert not app_pids(admin, app) & pids, "the old backends are still there"
+        async with engine.connect() as conn:
+            assert (await conn.execute(sa.text("SELECT pg_backend_pid()"))).scalar() not in pids
+        assert "in use=0" in engine.pool.status()
     finally:
         await engine.pool.database.close_all_connections(2.0)  # type: ignore[attr-defined]
