@@ -257,3 +257,18 @@ async def test_async_engine_crud_concurrency_and_backend_reuse(
         assert "in use=0" in engine.pool.status()
     finally:
         await engine.pool.database.close_all_connections(2.0)  # type: ignore[attr-defined]
+
+
+def test_no_password_in_the_engine_url_or_reprs() -> None:
+    """The engine is given a DSN with a password: its URL, repr and pool status never
+    show it (SQLAlchemy never sees the password: poolkeeper connects)."""
+    engine = create_engine("postgresql://app:s3cr3t-pw@127.0.0.1:1/appdb", name="pk-sa-redact")
+    db = engine.pool.database  # type: ignore[attr-defined]
+    try:
+        shown = " ".join([str(engine.url), repr(engine.url), repr(engine), repr(db)])
+        assert "s3cr3t-pw" not in shown
+        assert engine.url.render_as_string(hide_password=False) == (
+            "postgresql+psycopg://app@127.0.0.1:1/appdb"
+        )
+    finally:
+        db.close_all_connections(1.0)

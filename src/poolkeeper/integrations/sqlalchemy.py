@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -96,7 +95,6 @@ class _Bridge:
         self.user_configure = user_configure
         self.sa_pool: PoolkeeperPool | None = None
         self.sides: dict[Any, tuple[Any, dict[Any, Any]]] = {}
-        self.lock = threading.Lock()
 
     def set_up(self, conn: Any) -> None:
         """SQLAlchemy's connect-time work on a connection poolkeeper just opened (or
@@ -109,12 +107,14 @@ class _Bridge:
         rec.__dict__["_pk_fresh"] = conn
         dbapi_conn = rec.get_connection()  # runs first_connect and connect listeners
         sa_pool._pk_settle(dbapi_conn)
-        with self.lock:
-            if len(self.sides) > 2 * sa_pool._pk_max_size():
-                # Connections poolkeeper closed (retired, failed a check) are done with.
-                for old in [c for c in self.sides if _is_closed(c)]:
-                    del self.sides[old]
-            self.sides[conn] = (dbapi_conn, rec.info)
+        # Single dict operations, no lock: a lock held by an opener thread at fork()
+        # would stay held in the child.
+        sides = self.sides
+        if len(sides) > 2 * sa_pool._pk_max_size():
+            # Connections poolkeeper closed (retired, failed a check) are done with.
+            for old in [c for c in list(sides) if _is_closed(c)]:
+                sides.pop(old, None)
+        sides[conn] = (dbapi_conn, rec.info)
 
 
 class PoolkeeperPool(Pool):
