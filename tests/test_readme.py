@@ -94,6 +94,7 @@ def test_django_snippet_is_a_configuration_the_backend_accepts() -> None:
     assert default["ENGINE"] == "poolkeeper.integrations.django"
     assert pool_settings("default", default) == {"max_size": 10, "timeout": 5}
 
+
 def test_sqlalchemy_snippet_runs_as_written(fresh_database: str) -> None:
     out = _run(_block("integrations.sqlalchemy"), fresh_database)
     assert out.strip() == "1"
