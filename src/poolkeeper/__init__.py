@@ -14,6 +14,7 @@ from poolkeeper.database import Database
 from poolkeeper.errors import (
     ConfigurationError,
     ConnectionFailed,
+    NoReplicaAvailable,
     PoolClosed,
     PoolError,
     PoolTimeout,
@@ -34,6 +35,7 @@ __all__ = [
     "ConfigurationError",
     "ConnectionFailed",
     "Database",
+    "NoReplicaAvailable",
     "Pool",
     "PoolClosed",
     "PoolConfig",

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, Generic, Literal, overload
 
 from poolkeeper.async_pool import AsyncPool
@@ -23,7 +22,9 @@ from poolkeeper.config import PoolConfig
 from poolkeeper.drivers import load_async_driver
 from poolkeeper.errors import PoolError
 from poolkeeper.pool_core import ConnT
-from poolkeeper.registry import NamedSingleton, overall_status
+from poolkeeper.redact import redact
+from poolkeeper.registry import NamedSingleton, overall_status, replica_health
+from poolkeeper.replicas import ReplicaRouter
 from poolkeeper.stats import PoolStats
 
 if TYPE_CHECKING:
@@ -35,12 +36,14 @@ __all__ = ["AsyncDatabase"]
 class _LoopPools:
     """The pools of one ``AsyncDatabase`` in one event loop."""
 
-    __slots__ = ("cycle", "primary", "replicas")
+    __slots__ = ("primary", "replicas", "router")
 
-    def __init__(self, primary: AsyncPool, replicas: list[AsyncPool]) -> None:
+    def __init__(
+        self, primary: AsyncPool, replicas: list[AsyncPool], router: ReplicaRouter
+    ) -> None:
         self.primary = primary
         self.replicas = replicas
-        self.cycle: Iterator[AsyncPool] | None = itertools.cycle(replicas) if replicas else None
+        self.router = router
 
     def all(self) -> list[AsyncPool]:
         return [self.primary, *self.replicas]
@@ -124,6 +127,7 @@ class AsyncDatabase(NamedSingleton, Generic[ConnT]):
                     pools = _LoopPools(
                         AsyncPool(config=self.config),
                         self._make_replica_pools(_pool_for),
+                        self._new_router(),
                     )
                     self._pools[loop] = pools
         return pools
@@ -133,9 +137,29 @@ class AsyncDatabase(NamedSingleton, Generic[ConnT]):
         """This event loop's pool, created on first use in the loop (again after a close)."""
         return self._loop_pools().primary
 
-    def _read_pool(self) -> AsyncPool[ConnT]:
+    async def _enter_read(
+        self, stack: contextlib.AsyncExitStack, timeout: float | None, txn: bool
+    ) -> Any:
+        """Borrow for a read: the next usable replica (measuring its lag first when
+        that is due), else the primary, or ``NoReplicaAvailable`` under
+        ``replica_fallback="fail"``."""
         pools = self._loop_pools()
-        return next(pools.cycle) if pools.cycle is not None else pools.primary
+        router = pools.router
+        if not pools.replicas:
+            return await stack.enter_async_context(_borrow(pools.primary, timeout, txn))
+        for index in router.order():
+            pool = pools.replicas[index]
+            try:
+                if router.due(index) and not router.measured(
+                    index, await _replay_lag(pool, timeout)
+                ):
+                    continue
+                return await stack.enter_async_context(_borrow(pool, timeout, txn))
+            except PoolError as exc:
+                router.failed(index, exc)
+        if router.fallback == "fail":
+            raise router.no_replica_error()
+        return await stack.enter_async_context(_borrow(pools.primary, timeout, txn))
 
     # -- the seed recipe's API, awaited --------------------------------------------------
 
@@ -205,17 +229,27 @@ class AsyncDatabase(NamedSingleton, Generic[ConnT]):
     async def connection(
         self, timeout: float | None = None, *, readonly: bool = False
     ) -> AsyncIterator[ConnT]:
-        """Borrow for an ``async with`` block; ``readonly=True`` uses a replica when
-        configured."""
-        pool = self._read_pool() if readonly else self.pool
-        async with pool.connection(timeout) as conn:
-            yield conn
+        """Borrow for an ``async with`` block; ``readonly=True`` uses a usable replica
+        when configured (round-robin; see docs/scaling.md), else the primary."""
+        if not readonly:
+            async with self.pool.connection(timeout) as conn:
+                yield conn
+            return
+        async with contextlib.AsyncExitStack() as stack:
+            yield await self._enter_read(stack, timeout, False)
 
     @contextlib.asynccontextmanager
-    async def transaction(self, timeout: float | None = None) -> AsyncIterator[ConnT]:
-        """Borrow inside BEGIN … COMMIT, ROLLBACK on error."""
-        async with self.pool.transaction(timeout) as conn:
-            yield conn
+    async def transaction(
+        self, timeout: float | None = None, *, readonly: bool = False
+    ) -> AsyncIterator[ConnT]:
+        """Borrow inside BEGIN … COMMIT, ROLLBACK on error; ``readonly=True`` routes it
+        as ``connection(readonly=True)`` does."""
+        if not readonly:
+            async with self.pool.transaction(timeout) as conn:
+                yield conn
+            return
+        async with contextlib.AsyncExitStack() as stack:
+            yield await self._enter_read(stack, timeout, True)
 
     def stats(self) -> PoolStats:
         """This event loop's primary pool's :class:`~poolkeeper.PoolStats`."""
@@ -228,7 +262,10 @@ class AsyncDatabase(NamedSingleton, Generic[ConnT]):
         pools = self._loop_pools()
         report = pools.primary.health()
         if pools.replicas:
-            replicas = [pool.health() for pool in pools.replicas]
+            replicas = [
+                replica_health(pool.health(), pools.router, i)
+                for i, pool in enumerate(pools.replicas)
+            ]
             report["replicas"] = replicas
             report["status"] = overall_status(report["status"], [r["status"] for r in replicas])
         return report
@@ -261,3 +298,25 @@ async def _close_pools(pools: _LoopPools, timeout: float) -> None:
 
 def _pool_for(config: PoolConfig) -> AsyncPool:
     return AsyncPool(config=config)
+
+
+def _borrow(
+    pool: AsyncPool, timeout: float | None, txn: bool
+) -> contextlib.AbstractAsyncContextManager[Any]:
+    return pool.transaction(timeout) if txn else pool.connection(timeout)
+
+
+async def _replay_lag(pool: AsyncPool, timeout: float | None) -> float | None:
+    """The replica's replay lag, on a connection borrowed and returned for it. A
+    driver error there (the server went away mid-query) counts as the replica down."""
+    measure = getattr(pool._driver, "replay_lag", None)
+    if measure is None:
+        return 0.0
+    try:
+        async with pool.connection(timeout) as conn:
+            lag: float | None = await measure(conn)
+    except PoolError:
+        raise
+    except Exception as exc:
+        raise PoolError(f"{pool.name}: measuring replay lag failed: {redact(str(exc))}") from None
+    return lag

@@ -8,7 +8,6 @@ API (``Database()``, ``get_connection``, ``release_connection``,
 from __future__ import annotations
 
 import contextlib
-import itertools
 import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Generic, Literal, overload
@@ -17,7 +16,9 @@ from poolkeeper.config import PoolConfig
 from poolkeeper.errors import PoolError
 from poolkeeper.pool import Pool
 from poolkeeper.pool_core import ConnT
-from poolkeeper.registry import NamedSingleton, overall_status
+from poolkeeper.redact import redact
+from poolkeeper.registry import NamedSingleton, overall_status, replica_health
+from poolkeeper.replicas import ReplicaRouter
 
 if TYPE_CHECKING:
     from poolkeeper.drivers.connections import Psycopg2Connection, PsycopgConnection
@@ -30,7 +31,8 @@ class Database(NamedSingleton, Generic[ConnT]):
 
     ``Database(name="default", dsn=None, **settings)``: the first call for a name
     creates the pool (settings as for :class:`~poolkeeper.Pool`, plus
-    ``replicas=[dsn, ...]`` for read-only traffic); later calls return the same
+    ``replicas=[dsn, ...]`` for read-only traffic, ``max_replica_lag`` and
+    ``replica_fallback``: see docs/scaling.md); later calls return the same
     object and raise ``ConfigurationError`` if they ask for different settings.
     In a forked child the first use builds a fresh pool.
 
@@ -75,7 +77,7 @@ class Database(NamedSingleton, Generic[ConnT]):
     def _setup_pools(self) -> None:
         self._pool = None
         self._replica_pools = None
-        self._replica_cycle: Iterator[Pool[ConnT]] | None = None
+        self._router: ReplicaRouter | None = None
         self._pool_lock = threading.Lock()
         # Pools being closed, or closed with connections still out: they take those back.
         self._closing: list[Pool[ConnT]] = []
@@ -96,18 +98,41 @@ class Database(NamedSingleton, Generic[ConnT]):
                     pool = self._pool = Pool(config=self.config)
         return pool
 
-    def _read_pool(self) -> Pool[ConnT]:
+    def _replica_set(self) -> tuple[list[Pool[ConnT]], ReplicaRouter] | None:
+        """The replica pools and their router, made on first use; None without replicas."""
         if not self._replica_configs:
-            return self.pool
-        if self._replica_cycle is None:
+            return None
+        pools, router = self._replica_pools, self._router
+        if pools is None or router is None:
             live = self._live()
             if live is not self:
-                return live._read_pool()
+                return live._replica_set()
             with self._pool_lock:
-                if self._replica_cycle is None:
+                if self._replica_pools is None or self._router is None:
+                    self._router = self._new_router()
                     self._replica_pools = self._make_replica_pools(_pool_for)
-                    self._replica_cycle = itertools.cycle(self._replica_pools)
-        return next(self._replica_cycle)
+                pools, router = self._replica_pools, self._router
+        return pools, router
+
+    def _enter_read(self, stack: contextlib.ExitStack, timeout: float | None, txn: bool) -> Any:
+        """Borrow for a read: the next usable replica (measuring its lag first when
+        that is due), else the primary, or ``NoReplicaAvailable`` under
+        ``replica_fallback="fail"``."""
+        found = self._replica_set()
+        if found is None:
+            return stack.enter_context(_borrow(self.pool, timeout, txn))
+        pools, router = found
+        for index in router.order():
+            pool = pools[index]
+            try:
+                if router.due(index) and not router.measured(index, _replay_lag(pool, timeout)):
+                    continue
+                return stack.enter_context(_borrow(pool, timeout, txn))
+            except PoolError as exc:
+                router.failed(index, exc)
+        if router.fallback == "fail":
+            raise router.no_replica_error()
+        return stack.enter_context(_borrow(self.pool, timeout, txn))
 
     # -- the seed recipe's API ----------------------------------------------------------
 
@@ -152,7 +177,7 @@ class Database(NamedSingleton, Generic[ConnT]):
             pools = [p for p in [self._pool, *(self._replica_pools or ())] if p is not None]
             self._pool = None
             self._replica_pools = None
-            self._replica_cycle = None
+            self._router = None
             self._closing.extend(pools)
         try:
             for pool in pools:
@@ -170,16 +195,27 @@ class Database(NamedSingleton, Generic[ConnT]):
     def connection(
         self, timeout: float | None = None, *, readonly: bool = False
     ) -> Iterator[ConnT]:
-        """Borrow for a ``with`` block; ``readonly=True`` uses a replica when configured."""
-        pool = self._read_pool() if readonly else self.pool
-        with pool.connection(timeout) as conn:
-            yield conn
+        """Borrow for a ``with`` block; ``readonly=True`` uses a usable replica when
+        configured (round-robin; see docs/scaling.md), else the primary."""
+        if not readonly:
+            with self.pool.connection(timeout) as conn:
+                yield conn
+            return
+        with contextlib.ExitStack() as stack:
+            yield self._enter_read(stack, timeout, False)
 
     @contextlib.contextmanager
-    def transaction(self, timeout: float | None = None) -> Iterator[ConnT]:
-        """Borrow inside BEGIN … COMMIT, ROLLBACK on error."""
-        with self.pool.transaction(timeout) as conn:
-            yield conn
+    def transaction(
+        self, timeout: float | None = None, *, readonly: bool = False
+    ) -> Iterator[ConnT]:
+        """Borrow inside BEGIN … COMMIT, ROLLBACK on error; ``readonly=True`` routes it
+        as ``connection(readonly=True)`` does."""
+        if not readonly:
+            with self.pool.transaction(timeout) as conn:
+                yield conn
+            return
+        with contextlib.ExitStack() as stack:
+            yield self._enter_read(stack, timeout, True)
 
     def stats(self) -> Any:
         """The primary pool's :class:`~poolkeeper.PoolStats`."""
@@ -190,8 +226,10 @@ class Database(NamedSingleton, Generic[ConnT]):
         ``replicas`` (each replica pool's health) when replicas are configured; the
         overall ``status`` is the primary's, ``degraded`` while a replica is not ok."""
         report = self.pool.health()
-        if self._replica_configs:
-            replicas = [pool.health() for pool in self._replica_pools_now()]
+        found = self._replica_set()
+        if found is not None:
+            pools, router = found
+            replicas = [replica_health(pool.health(), router, i) for i, pool in enumerate(pools)]
             report["replicas"] = replicas
             report["status"] = overall_status(report["status"], [r["status"] for r in replicas])
         return report
@@ -202,13 +240,6 @@ class Database(NamedSingleton, Generic[ConnT]):
         self.pool.drain()
         for replica in self._live()._replica_pools or ():
             replica.drain()
-
-    def _replica_pools_now(self) -> list[Pool[ConnT]]:
-        """The replica pools, made now if no read has made them yet."""
-        live = self._live()
-        if live._replica_pools is None:
-            live._read_pool()  # makes them (and moves the round robin on by one)
-        return list(live._replica_pools or ())
 
     # -- process-wide -------------------------------------------------------------------
 
@@ -222,10 +253,30 @@ class Database(NamedSingleton, Generic[ConnT]):
         # The pools' own fork hooks make their sockets inert; we just stop using them.
         self._pool = None
         self._replica_pools = None
-        self._replica_cycle = None
+        self._router = None
         self._pool_lock = threading.Lock()
         self._closing = []
 
 
 def _pool_for(config: PoolConfig) -> Pool:
     return Pool(config=config)
+
+
+def _borrow(pool: Pool, timeout: float | None, txn: bool) -> contextlib.AbstractContextManager[Any]:
+    return pool.transaction(timeout) if txn else pool.connection(timeout)
+
+
+def _replay_lag(pool: Pool, timeout: float | None) -> float | None:
+    """The replica's replay lag, on a connection borrowed and returned for it. A
+    driver error there (the server went away mid-query) counts as the replica down."""
+    measure = getattr(pool._driver, "replay_lag", None)
+    if measure is None:
+        return 0.0
+    try:
+        with pool.connection(timeout) as conn:
+            lag: float | None = measure(conn)
+    except PoolError:
+        raise
+    except Exception as exc:
+        raise PoolError(f"{pool.name}: measuring replay lag failed: {redact(str(exc))}") from None
+    return lag

@@ -9,6 +9,7 @@ from __future__ import annotations
 __all__ = [
     "ConfigurationError",
     "ConnectionFailed",
+    "NoReplicaAvailable",
     "PoolClosed",
     "PoolError",
     "PoolTimeout",
@@ -69,6 +70,13 @@ class WrongEventLoop(PoolError):
     """An ``AsyncPool`` was used from an event loop other than the one it was opened in."""
 
     code = "pk-loop"
+
+
+class NoReplicaAvailable(PoolError):
+    """A ``readonly=True`` borrow found no usable replica (each down or lagging past
+    ``max_replica_lag``) and ``replica_fallback="fail"`` forbids reading the primary."""
+
+    code = "pk-replica"
 
 
 class ConfigureFailed(Exception):

@@ -21,8 +21,15 @@ from poolkeeper.config import PoolConfig, env_url_name
 from poolkeeper.errors import ConfigurationError
 from poolkeeper.pool_core import PoolCore
 from poolkeeper.redact import redact
+from poolkeeper.replicas import ReplicaRouter, check_replica_settings
 
-__all__ = ["NamedSingleton", "check_same_settings", "default_target", "overall_status"]
+__all__ = [
+    "NamedSingleton",
+    "check_same_settings",
+    "default_target",
+    "overall_status",
+    "replica_health",
+]
 
 
 def overall_status(primary: object, replicas: Sequence[object]) -> str:
@@ -31,6 +38,17 @@ def overall_status(primary: object, replicas: Sequence[object]) -> str:
     if primary == "ok" and any(status != "ok" for status in replicas):
         return "degraded"
     return str(primary)
+
+
+def replica_health(
+    pool_report: dict[str, object], router: ReplicaRouter, index: int
+) -> dict[str, object]:
+    """One replica's ``health()`` entry: its pool's report plus ``routing``, ``lag``
+    and ``routing_error``; ``status`` says ``lagging`` while reads skip it for lag."""
+    pool_report.update(router.report(index))
+    if pool_report["routing"] == "lagging" and pool_report["status"] == "ok":
+        pool_report["status"] = "lagging"
+    return pool_report
 
 
 _S = TypeVar("_S", bound="NamedSingleton")
@@ -91,6 +109,8 @@ class NamedSingleton:
     name: str
     config: PoolConfig
     _replica_configs: tuple[PoolConfig, ...]
+    max_replica_lag: float | None
+    replica_fallback: str
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -117,6 +137,9 @@ class NamedSingleton:
 
     def _setup(self, name: str, dsn: Any, options: dict[str, Any]) -> None:
         replicas: Sequence[Any] = options.pop("replicas", None) or ()
+        self.max_replica_lag = options.pop("max_replica_lag", None)
+        self.replica_fallback = options.pop("replica_fallback", "primary")
+        check_replica_settings(self.max_replica_lag, self.replica_fallback)
         self.name = name
         self.config = PoolConfig.build(dsn, name=name, **options)
         self._replica_configs = tuple(
@@ -150,12 +173,28 @@ class NamedSingleton:
             pool.meant_for_primary = False
         return pools
 
+    def _new_router(self) -> ReplicaRouter:
+        """Fresh routing state for a new set of replica pools."""
+        return ReplicaRouter(
+            [cfg.name for cfg in self._replica_configs],
+            self.max_replica_lag,
+            self.replica_fallback,
+        )
+
     def _after_fork_in_child(self) -> None:
         raise NotImplementedError
 
     def _check_same(self, name: str, dsn: Any, options: dict[str, Any]) -> None:
         what = f"{type(self).__name__}({name!r})"
         replicas = options.pop("replicas", None)
+        for key, default in (("max_replica_lag", None), ("replica_fallback", "primary")):
+            if key in options and options[key] != getattr(self, key):
+                raise ConfigurationError(
+                    f"{key}: {what} already exists with {key}={getattr(self, key)!r}, and "
+                    f"this call asks for {key}={options[key]!r}; pass the same settings "
+                    "everywhere (or none)"
+                )
+            options.pop(key, default)
         requested = PoolConfig.build(dsn, name=name, **options)
         check_same_settings(self.config, requested, what)
         if replicas is not None and tuple(replicas) != self._replica_dsns():

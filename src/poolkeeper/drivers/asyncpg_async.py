@@ -22,7 +22,7 @@ import asyncpg
 
 from poolkeeper.conninfo import parse_conninfo
 from poolkeeper.drivers.base import BROKEN, IDLE, IN_TRANSACTION, ConnectSpec
-from poolkeeper.drivers.sqlstate import READ_ONLY_SQLSTATE, is_server_gone_sqlstate
+from poolkeeper.drivers.sqlstate import READ_ONLY_SQLSTATE, REPLAY_LAG_SQL, is_server_gone_sqlstate
 from poolkeeper.errors import ConfigurationError
 from poolkeeper.policy import silence_limit
 from poolkeeper.session_state import (
@@ -479,6 +479,14 @@ class AsyncpgDriver:
         # Otherwise the next borrower's conn.transaction() would think it is nested.
         conn._top_xact = None  # type: ignore[attr-defined]
         await asyncpg.Connection.execute(conn, "ROLLBACK", timeout=conn._pk_answer_timeout)
+
+    async def replay_lag(self, conn: PoolAsyncpgConnection) -> float | None:
+        """Seconds this standby's replay is behind (0 on a primary or a caught-up
+        standby), None when the server cannot tell; one round trip."""
+        value = await asyncpg.Connection.fetchval(
+            conn, REPLAY_LAG_SQL, timeout=conn._pk_answer_timeout
+        )
+        return None if value is None else float(value)
 
     async def ping(self, conn: PoolAsyncpgConnection, timeout: float | None = None) -> None:
         """``SELECT 1`` as a simple query: one round trip.

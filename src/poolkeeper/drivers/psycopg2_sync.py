@@ -13,7 +13,7 @@ import psycopg2.sql
 
 from poolkeeper.drivers.base import BROKEN, IDLE, IN_TRANSACTION, ConnectSpec
 from poolkeeper.drivers.libpq_options import libpq_server_refused, merge_conninfo
-from poolkeeper.drivers.sqlstate import READ_ONLY_SQLSTATE, is_server_gone_sqlstate
+from poolkeeper.drivers.sqlstate import READ_ONLY_SQLSTATE, REPLAY_LAG_SQL, is_server_gone_sqlstate
 from poolkeeper.drivers.watchdog import watchdog
 from poolkeeper.session_state import REPORTED_PARAMETERS, RESET_SQL, touches_session
 
@@ -341,6 +341,14 @@ class Psycopg2Driver:
                 finally:
                     if not conn.closed:
                         _AUTOCOMMIT.__set__(conn, autocommit)
+
+    def replay_lag(self, conn: PoolConnection2) -> float | None:
+        """Seconds this standby's replay is behind (0 on a primary or a caught-up
+        standby), None when the server cannot tell; one round trip."""
+        with conn.cursor() as cur:
+            cur.execute(REPLAY_LAG_SQL)
+            row = cur.fetchone()
+        return None if row is None or row[0] is None else float(row[0])
 
     def ping(self, conn: PoolConnection2, timeout: float | None = None) -> None:
         """``SELECT 1`` in autocommit, so the ping opens no transaction; waits at most

@@ -25,6 +25,7 @@ from poolkeeper.drivers.psycopg_common import (
     silence_guard,
     silence_limit,
 )
+from poolkeeper.drivers.sqlstate import REPLAY_LAG_SQL
 from poolkeeper.session_state import RESET_SQL
 
 __all__ = [
@@ -109,6 +110,13 @@ class AsyncPsycopgDriver(PsycopgState):
         answer, as the ping does."""
         with answer_within(conn, conn._pk_answer_timeout, "ROLLBACK"):
             await conn.rollback()
+
+    async def replay_lag(self, conn: AsyncPoolConnection) -> float | None:
+        """Seconds this standby's replay is behind (0 on a primary or a caught-up
+        standby), None when the server cannot tell; one round trip."""
+        cursor = await conn.execute(REPLAY_LAG_SQL)
+        row = await cursor.fetchone()
+        return None if row is None or row[0] is None else float(row[0])
 
     async def ping(self, conn: AsyncPoolConnection, timeout: float | None = None) -> None:
         """Send an empty query straight through libpq: one round trip, no transaction.

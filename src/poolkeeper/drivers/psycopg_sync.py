@@ -27,6 +27,7 @@ from poolkeeper.drivers.psycopg_common import (
     silence_guard,
     silence_limit,
 )
+from poolkeeper.drivers.sqlstate import REPLAY_LAG_SQL
 from poolkeeper.session_state import RESET_SQL
 
 __all__ = [
@@ -140,6 +141,12 @@ class PsycopgDriver(PsycopgState):
         answer, as the ping does."""
         with answer_within(conn, conn._pk_answer_timeout, "ROLLBACK"):
             conn.rollback()
+
+    def replay_lag(self, conn: PoolConnection) -> float | None:
+        """Seconds this standby's replay is behind (0 on a primary or a caught-up
+        standby), None when the server cannot tell; one round trip."""
+        row = conn.execute(REPLAY_LAG_SQL).fetchone()
+        return None if row is None or row[0] is None else float(row[0])
 
     def ping(self, conn: PoolConnection, timeout: float | None = None) -> None:
         """Send an empty query straight through libpq: one round trip, no transaction.
