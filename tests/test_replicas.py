@@ -117,3 +117,58 @@ async def test_async_health_shows_a_replica_that_is_down(dsn: str) -> None:
         await asyncio.sleep(0.02)
     assert replicas[0]["status"] == "down"
     assert report["status"] == "degraded"
+
+
+def _show_read_only(conn: Any, driver: str) -> str:
+    sql = "SELECT setting FROM pg_settings WHERE name = 'default_transaction_read_only'"
+    if driver == "psycopg2":
+        with conn.cursor() as cur:
+            cur.execute(sql)
+            return str(cur.fetchone()[0])
+    return str(conn.execute(sql).fetchone()[0])
+
+
+@pytest.mark.parametrize("driver", ["psycopg", "psycopg2"])
+def test_replica_read_only_makes_a_mistaken_write_fail(dsn: str, driver: str) -> None:
+    """replica_read_only=True: replica sessions start read-only on the server, so a
+    write through connection(readonly=True) fails even on a writable server; the
+    primary's sessions are untouched."""
+    db = Database(
+        f"pk-rro-{driver}", dsn=dsn, replicas=[dsn], replica_read_only=True, driver=driver
+    )
+    with db.connection(readonly=True) as conn:
+        assert _show_read_only(conn, driver) == "on"
+        with pytest.raises(Exception, match="read-only transaction"):
+            _write(conn, driver)
+    with db.connection() as conn:
+        assert _show_read_only(conn, driver) == "off"
+
+
+def _write(conn: Any, driver: str) -> None:
+    if driver == "psycopg2":
+        with conn.cursor() as cur:
+            cur.execute("CREATE TABLE pk_rro (x int)")
+    else:
+        conn.execute("CREATE TABLE pk_rro (x int)")
+
+
+@pytest.mark.parametrize("driver", ["psycopg", "asyncpg"])
+async def test_async_replica_read_only_makes_a_mistaken_write_fail(dsn: str, driver: str) -> None:
+    db = AsyncDatabase(
+        f"pk-arro-{driver}", dsn=dsn, replicas=[dsn], replica_read_only=True, driver=driver
+    )
+    sql = "SELECT setting FROM pg_settings WHERE name = 'default_transaction_read_only'"
+    async with db.connection(readonly=True) as conn:
+        if driver == "asyncpg":
+            assert await conn.fetchval(sql) == "on"
+            with pytest.raises(Exception, match="read-only transaction"):
+                await conn.execute("CREATE TABLE pk_arro (x int)")
+        else:
+            assert (await (await conn.execute(sql)).fetchone())[0] == "on"
+            with pytest.raises(Exception, match="read-only transaction"):
+                await conn.execute("CREATE TABLE pk_arro (x int)")
+    async with db.connection() as conn:
+        if driver == "asyncpg":
+            assert await conn.fetchval(sql) == "off"
+        else:
+            assert (await (await conn.execute(sql)).fetchone())[0] == "off"

@@ -229,6 +229,7 @@ class PoolConfig:
     idle_in_transaction_timeout: float | None = None
     fail_fast_after: float | None = 0.5
     pgbouncer: bool = False
+    read_only: bool = False
     num_workers: int = 2
     # Names of the settings the caller gave explicitly (kwargs, dsn, env), for Database's
     # "a later call with different settings is an error" rule.
@@ -325,6 +326,7 @@ class PoolConfig:
             pgbouncer=self.pgbouncer,
             connection_class=self.connection_class,
             close_returns=self.close_returns,
+            read_only=self.read_only,
         )
 
     def __repr__(self) -> str:
@@ -359,11 +361,12 @@ class PoolConfig:
             )
         for field_name, bounds in DURATION_BOUNDS.items():
             check_duration(getattr(self, field_name), field_name, bounds)
-        if not isinstance(self.pgbouncer, bool):
-            raise ConfigurationError(
-                f"pgbouncer: {self.pgbouncer!r} must be True or False (a string such as "
-                "'false' would be read as on)"
-            )
+        for flag in ("pgbouncer", "read_only"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ConfigurationError(
+                    f"{flag}: {getattr(self, flag)!r} must be True or False (a string such "
+                    "as 'false' would be read as on)"
+                )
         for field_name, (allowed, callable_ok, expected) in _CHOICES.items():
             value = getattr(self, field_name)
             if not (value in allowed or (callable_ok and callable(value))):

@@ -111,6 +111,7 @@ class NamedSingleton:
     _replica_configs: tuple[PoolConfig, ...]
     max_replica_lag: float | None
     replica_fallback: str
+    replica_read_only: bool
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -139,14 +140,18 @@ class NamedSingleton:
         replicas: Sequence[Any] = options.pop("replicas", None) or ()
         self.max_replica_lag = options.pop("max_replica_lag", None)
         self.replica_fallback = options.pop("replica_fallback", "primary")
-        check_replica_settings(self.max_replica_lag, self.replica_fallback)
+        self.replica_read_only = options.pop("replica_read_only", False)
+        check_replica_settings(self.max_replica_lag, self.replica_fallback, self.replica_read_only)
         self.name = name
         self.config = PoolConfig.build(dsn, name=name, **options)
         self._replica_configs = tuple(
             # One connection kept open (unless the primary keeps none), so that a
             # replica that is down shows in health() without waiting for a read.
             self.config.replace(
-                dsn=replica, name=f"{name}-replica{i}", min_size=min(1, self.config.min_size)
+                dsn=replica,
+                name=f"{name}-replica{i}",
+                min_size=min(1, self.config.min_size),
+                read_only=self.config.read_only or self.replica_read_only,
             )
             for i, replica in enumerate(replicas)
         )
@@ -187,7 +192,11 @@ class NamedSingleton:
     def _check_same(self, name: str, dsn: Any, options: dict[str, Any]) -> None:
         what = f"{type(self).__name__}({name!r})"
         replicas = options.pop("replicas", None)
-        for key, default in (("max_replica_lag", None), ("replica_fallback", "primary")):
+        for key, default in (
+            ("max_replica_lag", None),
+            ("replica_fallback", "primary"),
+            ("replica_read_only", False),
+        ):
             if key in options and options[key] != getattr(self, key):
                 raise ConfigurationError(
                     f"{key}: {what} already exists with {key}={getattr(self, key)!r}, and "

@@ -30,8 +30,15 @@ CHECK_EVERY = 1.0
 FALLBACKS = ("primary", "fail")
 
 
-def check_replica_settings(max_replica_lag: object, replica_fallback: object) -> None:
-    """Raise ``ConfigurationError`` naming the setting if either is out of range."""
+def check_replica_settings(
+    max_replica_lag: object, replica_fallback: object, replica_read_only: object
+) -> None:
+    """Raise ``ConfigurationError`` naming the setting if one is out of range."""
+    if not isinstance(replica_read_only, bool):
+        raise ConfigurationError(
+            f"replica_read_only: {replica_read_only!r} must be True or False (True: "
+            "replica sessions start with default_transaction_read_only=on)"
+        )
     if max_replica_lag is not None and (
         isinstance(max_replica_lag, bool)
         or not isinstance(max_replica_lag, (int, float))

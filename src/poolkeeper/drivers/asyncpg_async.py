@@ -126,6 +126,8 @@ def asyncpg_connect_args(spec: ConnectSpec) -> tuple[str | None, dict[str, Any]]
     if spec.idle_in_transaction_timeout is not None:
         ms = round(spec.idle_in_transaction_timeout * 1000)
         server_settings["idle_in_transaction_session_timeout"] = str(ms)
+    if spec.read_only:
+        server_settings["default_transaction_read_only"] = "on"
     kwargs: dict[str, Any] = {"timeout": spec.connect_timeout}
     if spec.pgbouncer:
         # Transaction-mode PgBouncer moves us between server sessions: no cached

@@ -46,6 +46,8 @@ class ConnectSpec:
     #: tracking class is composed with, and whether ``close()`` returns to the pool.
     connection_class: type[Any] | None = None
     close_returns: bool = False
+    #: Sessions start with default_transaction_read_only=on (a write fails with 25006).
+    read_only: bool = False
 
 
 class SyncDriver(Protocol[C]):

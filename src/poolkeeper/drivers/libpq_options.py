@@ -46,6 +46,8 @@ def libpq_params(spec: ConnectSpec) -> dict[str, Any]:
     if spec.idle_in_transaction_timeout is not None:
         ms = round(spec.idle_in_transaction_timeout * 1000)
         options.append(f"-c idle_in_transaction_session_timeout={ms}")
+    if spec.read_only:
+        options.append("-c default_transaction_read_only=on")
     if options:
         params["options"] = " ".join(options)
     return params
