@@ -13,7 +13,8 @@ literals (``'…'``, ``E'…'``, ``$tag$…$tag$``), splits the text into statem
 function-call tokens (a name followed by ``(``, comments allowed in between).
 A statement is harmless only when its first token is on a list of commands that
 leave nothing behind (:data:`HARMLESS_FIRST`) and it calls none of the functions
-in :data:`SESSION_FUNCTIONS` and creates no temporary object; everything else —
+in :data:`SESSION_FUNCTIONS`, creates no temporary object and writes no ``pg_settings``
+(an UPDATE of it is a SET); everything else —
 ``SET``, ``DO``, ``CALL``, ``EXECUTE``, any ``DECLARE``, an unknown command,
 text that does not lex — counts as dirty. Unknown means reset: a false positive
 costs one ``DISCARD ALL``, a false negative would leak state.
@@ -202,6 +203,7 @@ _BEFORE_TABLE = frozenset(
 _TRANSACTION_SET = frozenset({"local", "transaction", "constraints"})
 # A TEMP/TEMPORARY keyword after one of these creates a temporary object.
 _BEFORE_TEMP = frozenset({"create", "local", "global", "into", "replace"})
+_READ_FIRST = frozenset({"select", "(", "table", "values"})
 _EXPLAIN_OPTIONS = frozenset({"analyze", "analyse", "verbose"})
 
 # The cheap test: one statement (no ';' but a last character), a harmless first word
@@ -209,12 +211,13 @@ _EXPLAIN_OPTIONS = frozenset({"analyze", "analyse", "verbose"})
 # anywhere in the lowercased text (not even in a string or comment): a temporary
 # object, or an identifier spelled with escapes. Only text that fails it is lexed.
 # Leading whitespace and comments (a tag an ORM or SQL commenter put first) are
-# skipped; a comment with another "/*" inside (nested) is left to the lexer.
+# skipped (PostgreSQL ends a "--" comment at a carriage return too); a comment with
+# another "/*" inside (nested) is left to the lexer.
 _FIRST_WORD = re.compile(
-    r"(?:[ \t\n\r\f\v]+|--[^\n]*\n|/\*(?:[^*/]|\*(?!/)|/(?!\*))*\*/)*"
+    r"(?:[ \t\n\r\f\v]+|--[^\n\r]*[\n\r]|/\*(?:[^*/]|\*(?!/)|/(?!\*))*\*/)*"
     r"([A-Za-z_][A-Za-z0-9_]*)(?![A-Za-z0-9_$\x80-\U0010ffff])"
 )
-_MARKERS = re.compile(r'temp|u&"')
+_MARKERS = re.compile(r'temp|u&"|pg_settings')
 
 # One token per match, with the whitespace before it; comments, E-strings and dollar
 # quotes are finished by hand. Words come early: they are most of any statement.
@@ -226,7 +229,7 @@ _TOKEN = re.compile(
     | (?P<uesc>[uU]&["'])
     | (?P<word>[A-Za-z_\x80-\U0010ffff][A-Za-z0-9_$\x80-\U0010ffff]*)
     | (?P<op>[^A-Za-z_\x80-\U0010ffff'"$/\-;(). \t\n\r\f\v]+)
-    | (?P<line>--[^\n]*)
+    | (?P<line>--[^\n\r]*)
     | (?P<block>/\*)
     | (?P<str>'[^']*(?:''[^']*)*')
     | (?P<qid>"[^"]*(?:""[^"]*)*")
@@ -308,6 +311,9 @@ def _judge(text: str) -> int:
 
 Token = tuple[str, str]
 _LITERAL: Token = ("lit", "")
+# A literal that may name the temporary schema: it says "temp", or spells itself with
+# escapes the lexer does not decode.
+_TEMP_LITERAL: Token = ("lit", "temp")
 _OP: Token = ("op", "")
 
 
@@ -362,13 +368,18 @@ def _finish_str(text: str, token: re.Match[str], current: list[Token]) -> int:
         # With standard_conforming_strings off this literal would end elsewhere: the
         # split depends on a setting, so do not trust it.
         raise _Unlexable
-    current.append(_LITERAL)
+    current.append(_literal(token.group("str")))
     return token.end()
 
 
+def _literal(body: str) -> Token:
+    return _TEMP_LITERAL if "temp" in body.lower() or "\\" in body else _LITERAL
+
+
 def _finish_estr(text: str, token: re.Match[str], current: list[Token]) -> int:
-    current.append(_LITERAL)
-    return _estring_end(text, token.end())
+    end = _estring_end(text, token.end())
+    current.append(_literal(text[token.end() : end]))
+    return end
 
 
 def _finish_dollar(text: str, token: re.Match[str], current: list[Token]) -> int:
@@ -376,7 +387,7 @@ def _finish_dollar(text: str, token: re.Match[str], current: list[Token]) -> int
     close = text.find(tag, token.end())
     if close < 0:
         raise _Unlexable
-    current.append(_LITERAL)
+    current.append(_literal(text[token.end() : close]))
     return close + len(tag)
 
 
@@ -434,7 +445,10 @@ def _first_token(tokens: list[Token]) -> int:
     if kind == "(" or (kind == "word" and first in HARMLESS_FIRST):
         return start  # (SELECT …) UNION …, or a harmless command
     if kind == "word" and first == "set" and start + 1 < len(tokens):
-        return start if tokens[start + 1][1] in _TRANSACTION_SET else -1
+        # SET LOCAL search_path = 'pg_temp' makes the transaction's plain CREATE TABLE
+        # a temporary table, which outlives the transaction.
+        local = tokens[start + 1][1] in _TRANSACTION_SET and _TEMP_LITERAL not in tokens
+        return start if local else -1
     return -1
 
 
@@ -442,6 +456,8 @@ def _calls_verdict(tokens: list[Token], start: int) -> int:
     """True for a temporary object or a call to a session function, CHECK for a call
     to an unknown function, else False."""
     verdict: int = False
+    # An UPDATE of pg_settings (a WITH may hold one) is a SET; reading it is not.
+    writes = tokens[start][1] not in _READ_FIRST
     context = ""  # the word before the current name, qualifiers (schema.) skipped
     last = len(tokens) - 1
     for index in range(start, last + 1):
@@ -451,8 +467,10 @@ def _calls_verdict(tokens: list[Token], start: int) -> int:
                 context = ""
             continue
         following = tokens[index + 1][0] if index < last else ""
-        if value.startswith("pg_temp") or (
-            kind == "word" and value in ("temp", "temporary") and context in _BEFORE_TEMP
+        if (
+            value.startswith("pg_temp")
+            or (value == "pg_settings" and writes)
+            or (kind == "word" and value in ("temp", "temporary") and context in _BEFORE_TEMP)
         ):
             return True
         if following == "(":
