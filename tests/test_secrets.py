@@ -153,6 +153,8 @@ def test_redact_masks_every_secret_keyword_in_every_form() -> None:
         f"postgresql://u:{secret}@h/db",
         f"postgresql://u:{secret}@x@h/db",
         f"postgresql://u:{secret}/x@h/db",
+        # libpq reads a backslash-escaped space as part of an unquoted value.
+        f"host=h password=abc\\ {secret} port=1",
     ]
     for text in shapes:
         assert secret not in redact(text), text

@@ -16,11 +16,11 @@ from poolkeeper import AsyncPool, ConfigurationError, PoolConfig, PoolTimeout
 from poolkeeper.config import DURATION_BOUNDS, MAX_SECONDS
 from tests.conftest import PoolFactory
 
-BAD_DURATIONS = [1e20, math.nan, math.inf, -1.0, 0.0, "0.5", True, MAX_SECONDS * 1.01]
+BAD_DURATIONS = [1e20, 10**400, math.nan, math.inf, -1.0, 0.0, "0.5", True, MAX_SECONDS * 1.01]
 
 
 @pytest.mark.parametrize("setting", sorted(DURATION_BOUNDS))
-@pytest.mark.parametrize("value", BAD_DURATIONS, ids=repr)
+@pytest.mark.parametrize("value", BAD_DURATIONS, ids=lambda v: repr(v)[:20])
 def test_every_duration_setting_rejects_what_it_cannot_honour(setting: str, value: Any) -> None:
     options: dict[str, Any] = {setting: value}
     with pytest.raises(ConfigurationError, match=rf"^{setting}: "):
@@ -76,7 +76,9 @@ def test_pgbouncer_takes_only_a_real_boolean(value: object) -> None:
         PoolConfig(pgbouncer=value)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("value", [math.nan, math.inf, 1e10, -1, "0.5", True], ids=repr)
+@pytest.mark.parametrize(
+    "value", [math.nan, math.inf, 1e10, 10**400, -1, "0.5", True], ids=lambda v: repr(v)[:20]
+)
 def test_a_per_call_timeout_is_validated_like_a_setting(make_pool: PoolFactory, value: Any) -> None:
     pool = make_pool(min_size=1, max_size=1)
     pool.wait(5)
@@ -128,7 +130,7 @@ def test_the_deadline_thread_survives_a_deadline_it_cannot_sleep_until(
     pool.putconn(far_waiter_got[0])
 
 
-@pytest.mark.parametrize("value", [math.nan, 1e10, "0.5"], ids=repr)
+@pytest.mark.parametrize("value", [math.nan, 1e10, 10**400, "0.5"], ids=lambda v: repr(v)[:20])
 async def test_an_async_per_call_timeout_is_validated_like_a_setting(dsn: str, value: Any) -> None:
     async with AsyncPool(dsn, min_size=1, max_size=1, name="pk-async-timeouts") as pool:
         held = await pool.getconn()

@@ -177,7 +177,9 @@ def check_duration(value: object, what: str, bounds: DurationBounds) -> float | 
     if value is None and bounds.optional:
         return None
     number = value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-    if number is not None and math.isfinite(number):
+    # An int compares with the float bounds exactly; math.isfinite() would overflow
+    # converting a huge one to float.
+    if number is not None and (isinstance(number, int) or math.isfinite(number)):
         above_low = number >= bounds.low if bounds.low_inclusive else number > bounds.low
         if above_low and number <= bounds.high:
             return float(number)

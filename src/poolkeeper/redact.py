@@ -40,7 +40,7 @@ _KEYS = "|".join(sorted(SECRET_KEYS, key=len, reverse=True))
 # or '?' the user forgot to percent-encode is masked with the rest of it.
 _URL_TOKEN = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^\s:/@]*:)(?P<rest>\S*)", re.I)
 _KV_SECRET = re.compile(
-    rf"(?P<head>(?<![\w.])(?:{_KEYS})\s*=\s*)(?P<pw>'(?:[^'\\]|\\.)*'?|\S+)", re.I
+    rf"(?P<head>(?<![\w.])(?:{_KEYS})\s*=\s*)(?P<pw>'(?:[^'\\]|\\.)*'?|(?:[^\s\\]|\\.)+)", re.I
 )
 _QUERY_SECRET = re.compile(rf"(?P<head>[?&](?:{_KEYS})=)(?P<pw>[^&\s'\"]*)", re.I)
 _MAPPING_SECRET = re.compile(
