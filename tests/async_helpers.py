@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from poolkeeper import AsyncPool
+from tests.conftest import unique_pool_name
 
 DRIVERS = [
     "psycopg",
@@ -43,8 +44,7 @@ async def make_async_pool(
 ) -> AsyncIterator[AsyncPoolFactory]:
     """Build AsyncPools on the test server in the test's loop; all closed after the test."""
     pools: list[AsyncPool] = []
-    raw = "pk-" + request.node.name[:40]
-    default_name = "".join(c if c.isalnum() or c in "-_." else "-" for c in raw)[:63]
+    default_name = unique_pool_name(request)
 
     def factory(*args: Any, **kwargs: Any) -> AsyncPool:
         kwargs.setdefault("name", default_name)

