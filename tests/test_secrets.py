@@ -304,3 +304,16 @@ def test_the_cli_never_prints_a_password_of_any_shape(password: str, form: str) 
         _cli_output("doctor", "--workers", "2", "--dsn", dsn, "--timeout", "1"),
     ]
     assert not _leaks(outputs, password, quote(password, safe=""), _kv_quote(password))
+
+
+def test_a_query_password_with_an_at_sign_leaves_no_fragment_in_a_repr() -> None:
+    # The '@' inside the query's password makes the text before it look like a userinfo
+    # password too; the two overlap, and both must be masked whole.
+    # Shorter than the would-be userinfo password, so masking the longer one first
+    # used to cut it up and show the rest.
+    password = "p@ss/w0rd#x"
+    config = PoolConfig.build(f"postgresql://u@127.0.0.1:1/db?password={password}")
+    pool = Pool(config=config, open=False)
+    for shown in (repr(config), repr(pool), config.redacted_dsn()):
+        for fragment in ("ss/w0rd", "#x"):
+            assert fragment not in shown, shown

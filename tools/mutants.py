@@ -323,7 +323,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "redact-known-secrets-kept",
         "src/poolkeeper/redact.py",
-        "            text = text.replace(secret, MASK)\n",
+        "            spans.append((start, start + len(secret)))\n",
         "            pass\n",
         "a known password is no longer masked where it appears verbatim",
         REDACTION_TESTS,

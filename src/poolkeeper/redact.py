@@ -109,14 +109,40 @@ def _mask_url(match: re.Match[str]) -> str:
     return f"{match['head']}{MASK}{rest[at:]}"
 
 
+def _mask_spans(text: str, known: Iterable[str]) -> str:
+    """Mask every place any of ``known`` occurs in ``text``, as the union of those places.
+
+    Replacing one secret at a time would leave a fragment of another that overlaps it
+    (a URL's query password and what looks like a userinfo password can share characters).
+    """
+    spans: list[tuple[int, int]] = []
+    for secret in known:
+        start = text.find(secret)
+        while start >= 0:
+            spans.append((start, start + len(secret)))
+            start = text.find(secret, start + 1)
+    if not spans:
+        return text
+    spans.sort()
+    pieces: list[str] = []
+    kept_from = 0
+    begin, end = spans[0]
+    for start, stop in spans[1:]:
+        if start <= end:
+            end = max(end, stop)
+            continue
+        pieces += (text[kept_from:begin], MASK)
+        kept_from, begin, end = end, start, stop
+    pieces += (text[kept_from:begin], MASK, text[end:])
+    return "".join(pieces)
+
+
 def redact(text: str, extra: Iterable[str] = ()) -> str:
     """Return ``text`` with every known or credential-shaped secret replaced by ``***``."""
     known = secrets.known()
     if extra:
         known = tuple(sorted({*known, *(s for s in extra if s)}, key=len, reverse=True))
-    for secret in known:
-        if secret in text:
-            text = text.replace(secret, MASK)
+    text = _mask_spans(text, known)
     text = _URL_TOKEN.sub(_mask_url, text)
     text = _QUERY_SECRET.sub(lambda m: f"{m['head']}{MASK}", text)
     text = _MAPPING_SECRET.sub(lambda m: f"{m['head']}'{MASK}'", text)
