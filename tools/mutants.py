@@ -323,8 +323,8 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "redact-known-secrets-kept",
         "src/poolkeeper/redact.py",
-        "            spans.append((start, start + len(secret)))\n",
-        "            pass\n",
+        "    text = _mask_spans(text, known)\n",
+        "",
         "a known password is no longer masked where it appears verbatim",
         REDACTION_TESTS,
     ),
