@@ -31,7 +31,6 @@ import logging
 import operator
 import time
 import traceback
-import warnings
 import weakref
 from asyncio import Future as _Future
 from asyncio import get_running_loop as _running_loop
@@ -217,6 +216,9 @@ class AsyncPool(AsyncPoolBase[ConnT]):
 
     _pool_class: ClassVar[str] = "AsyncPool"
     _facade_class: ClassVar[str] = "AsyncDatabase"
+    _close_hint: ClassVar[str] = (
+        "call 'await pool.close()' or use 'async with AsyncPool(...) as pool'"
+    )
     _open_hint: ClassVar[str] = (
         "'await pool.open()' first, or use 'async with AsyncPool(...) as pool'"
     )
@@ -368,32 +370,14 @@ class AsyncPool(AsyncPoolBase[ConnT]):
                 break
             await asyncio.wait(pending, timeout=remaining)
 
-    def __del__(self) -> None:
-        """A pool dropped without ``close()``: warn as an unclosed file does, stop its
-        background work and close the idle connections on its loop (borrowed ones stay
-        with their borrowers)."""
-        try:
-            if not self._opened or self._closed or self._forked:
-                return
-        except AttributeError:
-            return  # __init__ did not finish
-        self._closed = True
-        conns = [rec.conn for rec in self._idle]
-        self._idle.clear()
+    def _stop_after_drop(self, idle: list[ConnectionRecord]) -> None:
         loop = self._loop
         # Otherwise the connections close as they are collected.
         if loop is not None and not loop.is_closed():
             leftovers = [self._housekeeper, self._deadline_timer]
+            conns = [rec.conn for rec in idle]
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
                 loop.call_soon_threadsafe(_close_orphans, self._driver, conns, leftovers)
-        # Last: a warnings filter may turn it into an error.
-        warnings.warn(
-            f"pool {self.name!r} was deleted without close(); call 'await pool.close()' "
-            "or use 'async with AsyncPool(...) as pool'",
-            ResourceWarning,
-            stacklevel=2,
-            source=self,
-        )
 
     async def __aenter__(self) -> AsyncPool:
         if not self._opened:

@@ -24,7 +24,6 @@ import logging
 import threading
 import time
 import traceback
-import warnings
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -317,31 +316,12 @@ class Pool(PoolBase[ConnT]):
         if thread is not None and thread is not threading.current_thread():
             thread.join(max(0.1, deadline - _monotonic()))
 
-    def __del__(self) -> None:
-        """A pool dropped without ``close()``: warn as an unclosed file does, stop the
-        threads and close the idle connections (borrowed ones stay with their
-        borrowers)."""
-        try:
-            if not self._opened or self._closed or self._forked:
-                return
-        except AttributeError:
-            return  # __init__ did not finish
-        self._closed = True
+    def _stop_after_drop(self, idle: list[ConnectionRecord]) -> None:
         if self._workers is not None:
             self._workers.signal_stop()
         _wake_deadline_keeper(cast(threading.Lock, self._lock), self._deadlines)
-        idle = list(self._idle)
-        self._idle.clear()
         for rec in idle:
             self._driver.close(rec.conn)
-        # Last: a warnings filter may turn it into an error.
-        warnings.warn(
-            f"pool {self.name!r} was deleted without close(); call pool.close() or use "
-            "'with Pool(...) as pool'",
-            ResourceWarning,
-            stacklevel=2,
-            source=self,
-        )
 
     def __enter__(self) -> Pool:
         if not self._opened:

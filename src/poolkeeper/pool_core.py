@@ -16,6 +16,7 @@ import logging
 import sys
 import threading
 import time
+import warnings
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
@@ -141,6 +142,7 @@ class PoolCore:
     _pool_class: ClassVar[str] = "Pool"
     _facade_class: ClassVar[str] = "Database"
     _open_hint: ClassVar[str] = "call pool.open() first, or use 'with Pool(...) as pool'"
+    _close_hint: ClassVar[str] = "call pool.close() or use 'with Pool(...) as pool'"
 
     _waiters: deque[Any]
 
@@ -353,6 +355,31 @@ class PoolCore:
             f"dsn={self.config.redacted_dsn()!r} "
             f"size={self._total} idle={len(self._idle)} in_use={len(self._lent)}>"
         )
+
+    def __del__(self) -> None:
+        """A pool dropped without ``close()``: warn as an unclosed file does, stop the
+        background work and close the idle connections (borrowed ones stay with their
+        borrowers)."""
+        try:
+            if not self._opened or self._closed or self._forked:
+                return
+        except AttributeError:
+            return  # __init__ did not finish
+        self._closed = True
+        idle = list(self._idle)
+        self._idle.clear()
+        self._stop_after_drop(idle)
+        # Last: a warnings filter may turn it into an error.
+        warnings.warn(
+            f"pool {self.name!r} was deleted without close(); {self._close_hint}",
+            ResourceWarning,
+            stacklevel=2,
+            source=self,
+        )
+
+    def _stop_after_drop(self, idle: list[ConnectionRecord]) -> None:
+        """The shell's part of ``__del__``: stop its background work, close ``idle``."""
+        raise NotImplementedError
 
     # -- accounting and errors ----------------------------------------------------------
 
