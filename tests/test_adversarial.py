@@ -62,3 +62,24 @@ def test_a_local_search_path_to_pg_temp_cannot_hide_a_temporary_table(
 @pytest.mark.parametrize("text", sorted(SNEAKY.values()))
 def test_the_lexer_calls_each_sneaky_spelling_dirty(text: str) -> None:
     assert touches_session(text) is True
+
+
+def test_a_psycopg2_typecaster_registered_on_the_connection_is_not_the_next_borrowers(
+    dsn: str,
+) -> None:
+    import psycopg2.extensions
+
+    from poolkeeper import Pool
+
+    evil = psycopg2.extensions.new_type((23,), "EVIL", lambda value, cursor: "EVIL")
+    with Pool(dsn, min_size=1, max_size=1, driver="psycopg2", name="pk-adv-typecaster") as pool:
+        with pool.connection() as conn, conn.cursor() as cur:
+            psycopg2.extensions.register_type(evil, conn)
+            cur.execute("SELECT 1, pg_backend_pid()::bigint")
+            first = cur.fetchone()
+        assert first is not None and first[0] == "EVIL"
+        with pool.connection() as conn, conn.cursor() as cur:
+            cur.execute("SELECT 1, pg_backend_pid()::bigint")
+            # The same server session, put back rather than replaced, and decoding as
+            # it did before the first borrower.
+            assert cur.fetchone() == (1, first[1])

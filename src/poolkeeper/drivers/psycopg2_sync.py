@@ -145,6 +145,10 @@ class PoolConnection2(psycopg2.extensions.connection):
     _pk_baseline: tuple[Any, ...] = ()
     # The same, before configure= ran (put back before running it again).
     _pk_connected: tuple[Any, ...] = ()
+    # Typecasters registered on this connection (psycopg2.extensions.register_type(T,
+    # conn) writes these dicts directly): after configure=, and as connected.
+    _pk_types: tuple[dict[Any, Any], dict[Any, Any]] = ({}, {})
+    _pk_connected_types: tuple[dict[Any, Any], dict[Any, Any]] | None = None
 
     autocommit = _tracked("autocommit")
     isolation_level = _tracked("isolation_level")
@@ -249,9 +253,22 @@ def _empty(unread: Any) -> bool:
 def _return_state(conn: PoolConnection2) -> object:
     """(libpq transaction status, session dirty), or None when a client-side attribute
     changed or notices or notifications arrived for the borrower (never "clean")."""
-    if conn._pk_client_dirty or conn.notices or conn.notifies:
+    if conn._pk_client_dirty or conn.notices or conn.notifies or _types_changed(conn):
         return None
     return (conn.get_transaction_status(), conn._pk_dirty)
+
+
+def _types_changed(conn: PoolConnection2) -> bool:
+    """Did a borrower register a typecaster on the connection (two small dict compares)?"""
+    string_types, binary_types = conn._pk_types
+    return bool(conn.string_types != string_types or conn.binary_types != binary_types)
+
+
+def _put_back_types(conn: PoolConnection2, types: tuple[dict[Any, Any], dict[Any, Any]]) -> None:
+    for live, saved in zip((conn.string_types, conn.binary_types), types, strict=True):
+        if live != saved:
+            live.clear()
+            live.update(saved)
 
 
 class Psycopg2Driver:
@@ -267,14 +284,22 @@ class Psycopg2Driver:
         _empty(conn.notices)
         _empty(conn.notifies)
         conn._pk_baseline = _snapshot(conn)
+        conn._pk_types = (dict(conn.string_types), dict(conn.binary_types))
         if not conn._pk_connected:
             conn._pk_connected = conn._pk_baseline
+            conn._pk_connected_types = conn._pk_types
         conn._pk_client_dirty = False
 
     def restore_client_state(self, conn: PoolConnection2, as_connected: bool = False) -> bool:
         """Put back what a borrower changed (``conn`` is rolled back), and empty the
         notices and notifications the borrower left unread; False if psycopg2 refuses."""
-        if not (conn._pk_client_dirty or conn.notices or conn.notifies or as_connected):
+        if not (
+            conn._pk_client_dirty
+            or conn.notices
+            or conn.notifies
+            or as_connected
+            or _types_changed(conn)
+        ):
             return True
         if conn.closed or conn.get_transaction_status() != _TRANSACTION_IDLE:
             return False
@@ -286,6 +311,11 @@ class Psycopg2Driver:
             # but not in psycopg2's codec.
             with _answer_within(conn, conn._pk_answer_timeout, "SET client_encoding"):
                 _BASE.set_client_encoding(conn, encoding)
+        connected_types = conn._pk_connected_types
+        _put_back_types(
+            conn,
+            connected_types if as_connected and connected_types is not None else conn._pk_types,
+        )
         # Set, not compared: an equal but different notices list is still A's object.
         _AUTOCOMMIT.__set__(conn, autocommit)
         for name, value in (
