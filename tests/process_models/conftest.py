@@ -8,6 +8,8 @@ happened on the PostgreSQL server, by ``application_name``, never through the po
 from __future__ import annotations
 
 import contextlib
+import http.client
+import json
 import os
 import signal
 import socket
@@ -101,3 +103,23 @@ def wait_until(predicate: Any, timeout: float, what: str) -> None:
 def python() -> str:
     """The interpreter running the tests (the venv's)."""
     return sys.executable
+
+
+def get_json(port: int, path: str) -> tuple[int, dict[str, Any]]:
+    """GET ``path`` from a server on loopback ``port``: the status, and the JSON body of a 200."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        body = response.read()
+    finally:
+        conn.close()
+    return response.status, json.loads(body) if response.status == 200 else {}
+
+
+def answers(port: int) -> bool:
+    """Does the server on ``port`` answer ``GET /`` with 200 yet?"""
+    try:
+        return get_json(port, "/")[0] == 200
+    except OSError:
+        return False

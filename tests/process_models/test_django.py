@@ -9,8 +9,6 @@ is checked on the server: backends by ``application_name``, rows by querying.
 
 from __future__ import annotations
 
-import http.client
-import json
 import uuid
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -22,9 +20,11 @@ import pytest
 from psycopg import sql
 
 from tests.process_models.conftest import (
+    answers,
     backends_of,
     child_env,
     free_port,
+    get_json,
     python,
     running,
     wait_until,
@@ -34,24 +34,6 @@ pytest.importorskip("gunicorn", reason="gunicorn is in the [test] extra")
 pytest.importorskip("django", reason="Django is in the [django] and [test] extras")
 
 REQUESTS = 400
-
-
-def _get(port: int, path: str) -> tuple[int, dict[str, Any]]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        body = response.read()
-    finally:
-        conn.close()
-    return response.status, json.loads(body) if response.status == 200 else {}
-
-
-def _answers(port: int) -> bool:
-    try:
-        return _get(port, "/")[0] == 200
-    except OSError:
-        return False
 
 
 @pytest.fixture
@@ -104,12 +86,12 @@ def test_preloaded_django_workers_borrow_from_their_own_pools(
     )
     log = tmp_path / "gunicorn.log"
     with running(args, env, log) as server:
-        wait_until(lambda: _answers(port), 20, f"gunicorn on port {port} ({log.read_text()})")
+        wait_until(lambda: answers(port), 20, f"gunicorn on port {port} ({log.read_text()})")
         master_backend = int(pidfile.read_text())
 
         paths = ["/dirty" if i % 4 == 0 else "/" for i in range(REQUESTS)]
         with ThreadPoolExecutor(8) as executor:
-            results = list(executor.map(lambda path: _get(port, path), paths))
+            results = list(executor.map(lambda path: get_json(port, path), paths))
 
         assert [status for status, _ in results] == [200] * REQUESTS, log.read_text()
         backends_by_worker: dict[int, set[int]] = defaultdict(set)
@@ -131,10 +113,10 @@ def test_preloaded_django_workers_borrow_from_their_own_pools(
         assert master_backend in on_server
 
         # ATOMIC_REQUESTS: a view that raises leaves neither its row nor its callback.
-        status, _ = _get(port, "/fail/a")
+        status, _ = get_json(port, "/fail/a")
         assert status == 500
         # Nested atomic blocks are savepoints; on_commit runs after the commit only.
-        status, body = _get(port, "/nested/b")
+        status, body = get_json(port, "/nested/b")
         assert (status, body) == (200, {"in_atomic": True})
         assert _texts(admin, table) == {
             "outer-b",

@@ -8,8 +8,6 @@ one request's session state must not reach the next.
 
 from __future__ import annotations
 
-import http.client
-import json
 import os
 import signal
 from collections import defaultdict
@@ -21,9 +19,11 @@ import psycopg
 import pytest
 
 from tests.process_models.conftest import (
+    answers,
     backends_of,
     child_env,
     free_port,
+    get_json,
     python,
     running,
     wait_until,
@@ -32,24 +32,6 @@ from tests.process_models.conftest import (
 pytest.importorskip("gunicorn", reason="gunicorn is in the [test] extra")
 
 REQUESTS = 400
-
-
-def _get(port: int, path: str) -> tuple[int, dict[str, Any]]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        body = response.read()
-    finally:
-        conn.close()
-    return response.status, json.loads(body) if response.status == 200 else {}
-
-
-def _answers(port: int) -> bool:
-    try:
-        return _get(port, "/")[0] == 200
-    except OSError:
-        return False
 
 
 @pytest.mark.parametrize(
@@ -86,12 +68,12 @@ def test_preloaded_workers_each_get_their_own_pool(
     )
     log = tmp_path / "gunicorn.log"
     with running(args, env, log) as server:
-        wait_until(lambda: _answers(port), 20, f"gunicorn on port {port} ({log.read_text()})")
+        wait_until(lambda: answers(port), 20, f"gunicorn on port {port} ({log.read_text()})")
         master_backend = int(pidfile.read_text())
 
         paths = ["/dirty" if i % 4 == 0 else "/" for i in range(REQUESTS)]
         with ThreadPoolExecutor(8) as executor:
-            results = list(executor.map(lambda path: _get(port, path), paths))
+            results = list(executor.map(lambda path: get_json(port, path), paths))
 
         statuses = [status for status, _ in results]
         assert statuses == [200] * REQUESTS
@@ -123,7 +105,7 @@ def test_preloaded_workers_each_get_their_own_pool(
             "the exited worker's backends to go",
         )
         assert master_backend in backends_of(admin, app_name)
-        wait_until(lambda: _answers(port), 15, "gunicorn to serve again")
+        wait_until(lambda: answers(port), 15, "gunicorn to serve again")
 
     # gunicorn stopped (SIGTERM to the whole group): every backend of the app goes.
     wait_until(lambda: not backends_of(admin, app_name), 15, "every backend to close")
