@@ -68,11 +68,12 @@ from __future__ import annotations
 import contextlib
 import itertools
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 
 from poolkeeper.async_pool import AsyncPool
+from poolkeeper.config import PoolConfig
 from poolkeeper.errors import PoolClosed, PoolTimeout
 from poolkeeper.errors import TooManyWaiters as TooManyRequests
 from poolkeeper.pool import Pool
@@ -103,50 +104,6 @@ _COUNTERS: dict[str, Callable[[PoolStats], int]] = {
 }
 
 
-def _settings(
-    *,
-    conninfo: Any,
-    connection_class: type[Any] | None,
-    default_class: type[Any],
-    kwargs: Any,
-    min_size: int,
-    max_size: int | None,
-    configure: Any,
-    check: Any,
-    reset: Any,
-    name: str | None,
-    close_returns: bool,
-    timeout: float,
-    max_waiting: int,
-    max_lifetime: float,
-    max_idle: float,
-    reconnect_timeout: float,
-    reconnect_failed: Any,
-    num_workers: int,
-) -> dict[str, Any]:
-    """psycopg_pool's arguments as poolkeeper settings."""
-    return {
-        "dsn": conninfo,
-        "name": name if name is not None else f"pool-{next(_names)}",
-        "driver": "psycopg",
-        "connect_kwargs": kwargs,
-        "min_size": min_size,
-        "max_size": min_size if max_size is None else max_size,
-        "configure": configure,
-        "check": "auto" if check is None else check,
-        "reset": "auto" if reset is None else reset,
-        "timeout": timeout,
-        "max_waiting": max_waiting,
-        "max_lifetime": max_lifetime,
-        "max_idle": max_idle,
-        "reconnect_timeout": reconnect_timeout,
-        "reconnect_failed": reconnect_failed,
-        "num_workers": num_workers,
-        "connection_class": None if connection_class is default_class else connection_class,
-        "close_returns": close_returns,
-    }
-
-
 def _stats_dict(stats: PoolStats, counters: dict[str, int]) -> dict[str, int]:
     return {
         "pool_min": stats.min_size,
@@ -162,7 +119,89 @@ def _counters(stats: PoolStats) -> dict[str, int]:
     return {key: read(stats) for key, read in _COUNTERS.items()}
 
 
-class ConnectionPool(Pool):
+class _PoolShell(Protocol):
+    """What the shared part needs of a poolkeeper pool."""
+
+    config: PoolConfig
+    _popped: dict[str, int]
+
+    def stats(self) -> PoolStats: ...
+
+
+class _PsycopgPoolApi:
+    """What ``ConnectionPool`` and ``AsyncConnectionPool`` share: psycopg_pool's
+    arguments translated into poolkeeper settings, and the methods that do no I/O.
+
+    Each class keeps its own constructor signature (the public one, whose only
+    difference is ``connection_class``'s default) and hands its arguments here.
+    """
+
+    def _adopt(self, default_class: type[Any], arguments: dict[str, Any]) -> dict[str, Any]:
+        """Keep psycopg_pool's attributes; return the pool constructor's arguments."""
+        a = arguments
+        self.conninfo = a["conninfo"]
+        self.kwargs = a["kwargs"]
+        self.connection_class = a["connection_class"]
+        self._popped: dict[str, int] = {}
+        max_size, check, reset = a["max_size"], a["check"], a["reset"]
+        return {
+            "dsn": a["conninfo"],
+            "open": a["open"] is not False,
+            "name": a["name"] if a["name"] is not None else f"pool-{next(_names)}",
+            "driver": "psycopg",
+            "connect_kwargs": a["kwargs"],
+            "min_size": a["min_size"],
+            "max_size": a["min_size"] if max_size is None else max_size,
+            "configure": a["configure"],
+            "check": "auto" if check is None else check,
+            "reset": "auto" if reset is None else reset,
+            "timeout": a["timeout"],
+            "max_waiting": a["max_waiting"],
+            "max_lifetime": a["max_lifetime"],
+            "max_idle": a["max_idle"],
+            "reconnect_timeout": a["reconnect_timeout"],
+            "reconnect_failed": a["reconnect_failed"],
+            "num_workers": a["num_workers"],
+            "connection_class": (
+                None if a["connection_class"] is default_class else a["connection_class"]
+            ),
+            "close_returns": a["close_returns"],
+        }
+
+    # -- psycopg_pool's attributes ---------------------------------------------------------
+
+    @property
+    def min_size(self: _PoolShell) -> int:
+        """The configured ``min_size``."""
+        return self.config.min_size
+
+    @property
+    def max_size(self: _PoolShell) -> int:
+        """The configured ``max_size``."""
+        return self.config.max_size
+
+    @property
+    def timeout(self: _PoolShell) -> float:
+        """The default ``getconn`` timeout."""
+        return self.config.timeout
+
+    # -- psycopg_pool's stats ----------------------------------------------------------------
+
+    def get_stats(self: _PoolShell) -> dict[str, int]:
+        """psycopg_pool's stats: its gauges and counters since the pool opened."""
+        stats = self.stats()
+        return _stats_dict(stats, _counters(stats))
+
+    def pop_stats(self: _PoolShell) -> dict[str, int]:
+        """Like :meth:`get_stats`, counting from the previous ``pop_stats()`` call."""
+        stats = self.stats()
+        now = _counters(stats)
+        since = {key: value - self._popped.get(key, 0) for key, value in now.items()}
+        self._popped = now
+        return _stats_dict(stats, since)
+
+
+class ConnectionPool(_PsycopgPoolApi, Pool):
     """psycopg_pool's ``ConnectionPool`` on poolkeeper's :class:`~poolkeeper.Pool`
     (the module docstring lists what differs)."""
 
@@ -188,50 +227,8 @@ class ConnectionPool(Pool):
         reconnect_failed: Callable[[Any], object] | None = None,
         num_workers: int = 3,
     ) -> None:
-        settings = _settings(
-            conninfo=conninfo,
-            connection_class=connection_class,
-            default_class=psycopg.Connection,
-            kwargs=kwargs,
-            min_size=min_size,
-            max_size=max_size,
-            configure=configure,
-            check=check,
-            reset=reset,
-            name=name,
-            close_returns=close_returns,
-            timeout=timeout,
-            max_waiting=max_waiting,
-            max_lifetime=max_lifetime,
-            max_idle=max_idle,
-            reconnect_timeout=reconnect_timeout,
-            reconnect_failed=reconnect_failed,
-            num_workers=num_workers,
-        )
-        self.conninfo = conninfo
-        self.kwargs = kwargs
-        self.connection_class = connection_class
-        self._popped: dict[str, int] = {}
-        super().__init__(settings.pop("dsn"), open=open is not False, **settings)
-
-    # -- psycopg_pool's attributes ---------------------------------------------------------
-
-    @property
-    def min_size(self) -> int:
-        """The configured ``min_size``."""
-        return self.config.min_size
-
-    @property
-    def max_size(self) -> int:
-        """The configured ``max_size``."""
-        return self.config.max_size
-
-    @property
-    def timeout(self) -> float:
-        """The default ``getconn`` timeout."""
-        return self.config.timeout
-
-    # -- psycopg_pool's methods ------------------------------------------------------------
+        # The arguments above as one dict: their translation has one source.
+        super().__init__(**self._adopt(psycopg.Connection, locals()))
 
     def __enter__(self) -> ConnectionPool:
         super().__enter__()
@@ -260,19 +257,6 @@ class ConnectionPool(Pool):
             if not conn.closed:
                 conn.commit()
 
-    def get_stats(self) -> dict[str, int]:
-        """psycopg_pool's stats: its gauges and counters since the pool opened."""
-        stats = self.stats()
-        return _stats_dict(stats, _counters(stats))
-
-    def pop_stats(self) -> dict[str, int]:
-        """Like :meth:`get_stats`, counting from the previous ``pop_stats()`` call."""
-        stats = self.stats()
-        now = _counters(stats)
-        since = {key: value - self._popped.get(key, 0) for key, value in now.items()}
-        self._popped = now
-        return _stats_dict(stats, since)
-
     @staticmethod
     def check_connection(conn: Any) -> None:
         """A ``check=`` that raises unless ``conn`` answers an empty query; it opens no
@@ -289,7 +273,7 @@ class ConnectionPool(Pool):
                 conn.autocommit = False
 
 
-class AsyncConnectionPool(AsyncPool):
+class AsyncConnectionPool(_PsycopgPoolApi, AsyncPool):
     """psycopg_pool's ``AsyncConnectionPool`` on poolkeeper's
     :class:`~poolkeeper.AsyncPool` (the module docstring lists what differs)."""
 
@@ -315,46 +299,8 @@ class AsyncConnectionPool(AsyncPool):
         reconnect_failed: Callable[[Any], object] | None = None,
         num_workers: int = 3,
     ) -> None:
-        settings = _settings(
-            conninfo=conninfo,
-            connection_class=connection_class,
-            default_class=psycopg.AsyncConnection,
-            kwargs=kwargs,
-            min_size=min_size,
-            max_size=max_size,
-            configure=configure,
-            check=check,
-            reset=reset,
-            name=name,
-            close_returns=close_returns,
-            timeout=timeout,
-            max_waiting=max_waiting,
-            max_lifetime=max_lifetime,
-            max_idle=max_idle,
-            reconnect_timeout=reconnect_timeout,
-            reconnect_failed=reconnect_failed,
-            num_workers=num_workers,
-        )
-        self.conninfo = conninfo
-        self.kwargs = kwargs
-        self.connection_class = connection_class
-        self._popped: dict[str, int] = {}
-        super().__init__(settings.pop("dsn"), open=open is not False, **settings)
-
-    @property
-    def min_size(self) -> int:
-        """The configured ``min_size``."""
-        return self.config.min_size
-
-    @property
-    def max_size(self) -> int:
-        """The configured ``max_size``."""
-        return self.config.max_size
-
-    @property
-    def timeout(self) -> float:
-        """The default ``getconn`` timeout."""
-        return self.config.timeout
+        # The arguments above as one dict: their translation has one source.
+        super().__init__(**self._adopt(psycopg.AsyncConnection, locals()))
 
     async def __aenter__(self) -> AsyncConnectionPool:
         await super().__aenter__()
@@ -382,19 +328,6 @@ class AsyncConnectionPool(AsyncPool):
             yield conn
             if not conn.closed:
                 await conn.commit()
-
-    def get_stats(self) -> dict[str, int]:
-        """psycopg_pool's stats: its gauges and counters since the pool opened."""
-        stats = self.stats()
-        return _stats_dict(stats, _counters(stats))
-
-    def pop_stats(self) -> dict[str, int]:
-        """Like :meth:`get_stats`, counting from the previous ``pop_stats()`` call."""
-        stats = self.stats()
-        now = _counters(stats)
-        since = {key: value - self._popped.get(key, 0) for key, value in now.items()}
-        self._popped = now
-        return _stats_dict(stats, since)
 
     @staticmethod
     async def check_connection(conn: Any) -> None:
