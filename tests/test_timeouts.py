@@ -11,12 +11,31 @@ from typing import Any
 
 import psycopg
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from poolkeeper import AsyncPool, ConfigurationError, PoolConfig, PoolTimeout
-from poolkeeper.config import DURATION_BOUNDS, MAX_SECONDS
+from poolkeeper.config import (
+    CALL_TIMEOUT,
+    DURATION_BOUNDS,
+    MAX_SECONDS,
+    DurationBounds,
+    check_call_timeout,
+)
 from tests.conftest import PoolFactory
 
-BAD_DURATIONS = [1e20, 10**400, math.nan, math.inf, -1.0, 0.0, "0.5", True, MAX_SECONDS * 1.01]
+BAD_DURATIONS = [
+    1e20,
+    10**400,
+    math.nan,
+    math.inf,
+    -1.0,
+    0.0,
+    -0.0,
+    "0.5",
+    True,
+    MAX_SECONDS * 1.01,
+]
 
 
 @pytest.mark.parametrize("setting", sorted(DURATION_BOUNDS))
@@ -25,6 +44,42 @@ def test_every_duration_setting_rejects_what_it_cannot_honour(setting: str, valu
     options: dict[str, Any] = {setting: value}
     with pytest.raises(ConfigurationError, match=rf"^{setting}: "):
         PoolConfig(**options)
+
+
+def _written_negative(value: float) -> bool:
+    """``value < 0``, and -0.0 too: a sign is what the user wrote."""
+    return value < 0 or (isinstance(value, float) and math.copysign(1.0, value) < 0)
+
+
+def _acceptable(value: float, bounds: DurationBounds) -> bool:
+    if isinstance(value, float) and not math.isfinite(value):
+        return False
+    above = value >= bounds.low if bounds.low_inclusive else value > bounds.low
+    return above and value <= bounds.high and not _written_negative(value)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    setting=st.sampled_from(sorted(DURATION_BOUNDS)),
+    value=st.sampled_from([-0.0, 0.0, -1e-300, 5e-324, MAX_SECONDS, -MAX_SECONDS])
+    | st.floats()
+    | st.integers(min_value=-(2**70), max_value=2**70),
+)
+def test_a_duration_is_taken_only_when_not_negative_and_within_its_bounds(
+    setting: str, value: float
+) -> None:
+    """Settings and per-call timeouts: any float (-0.0, subnormals, nan, infinities)
+    or int is either taken as the same number of seconds or refused naming what."""
+    for what, bounds, check in (
+        (setting, DURATION_BOUNDS[setting], lambda v: getattr(PoolConfig(**{setting: v}), setting)),
+        ("timeout", CALL_TIMEOUT, check_call_timeout),
+    ):
+        if _acceptable(value, bounds):
+            taken = check(value)
+            assert taken == value and not _written_negative(taken)
+        else:
+            with pytest.raises(ConfigurationError, match=rf"^{what}: "):
+                check(value)
 
 
 @pytest.mark.parametrize(
@@ -77,7 +132,9 @@ def test_pgbouncer_takes_only_a_real_boolean(value: object) -> None:
 
 
 @pytest.mark.parametrize(
-    "value", [math.nan, math.inf, 1e10, 10**400, -1, "0.5", True], ids=lambda v: repr(v)[:20]
+    "value",
+    [math.nan, math.inf, 1e10, 10**400, -1, -0.0, "0.5", True],
+    ids=lambda v: repr(v)[:20],
 )
 def test_a_per_call_timeout_is_validated_like_a_setting(make_pool: PoolFactory, value: Any) -> None:
     pool = make_pool(min_size=1, max_size=1)

@@ -181,7 +181,9 @@ def check_duration(value: object, what: str, bounds: DurationBounds) -> float | 
     # converting a huge one to float.
     if number is not None and (isinstance(number, int) or math.isfinite(number)):
         above_low = number >= bounds.low if bounds.low_inclusive else number > bounds.low
-        if above_low and number <= bounds.high:
+        # -0.0 >= 0.0 holds, yet it is written as a negative number: refused like -1.
+        negative = isinstance(number, float) and math.copysign(1.0, number) < 0
+        if above_low and not negative and number <= bounds.high:
             return float(number)
     low = f">= {bounds.low:g}" if bounds.low_inclusive else f"> {bounds.low:g}"
     off = ", or None to turn it off" if bounds.optional else ""
