@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -26,6 +27,13 @@ pytestmark = pytest.mark.fault
 
 #: Sessions a non-superuser may open on the server below.
 SLOTS = 8
+#: Pools that serve from two connections: they may grow to 6, the server lets them have 2.
+SERVING: dict[str, Any] = {"min_size": 2, "max_size": 6, "fail_fast_after": 0.2, "timeout": 5}
+#: Pools whose openers retry for ever: min_size=4 on a server with room for 2; the
+#: short keepalive_interval makes pings due between borrows.
+RETRYING: dict[str, Any] = {"min_size": 4, "max_size": 6, "keepalive_interval": 0.05, "timeout": 2}
+
+Outcomes = collections.Counter[str]
 
 
 @pytest.fixture(scope="module")
@@ -46,19 +54,121 @@ def app_dsn(server: LocalServer) -> str:
     return server.dsn.replace("postgres@", "app@")
 
 
-@pytest.fixture
-def hogs(full_server: LocalServer) -> Iterator[list[psycopg.Connection[Any]]]:
-    """Sessions that leave the pool exactly two slots."""
-    made = [psycopg.connect(app_dsn(full_server), autocommit=True) for _ in range(SLOTS - 2)]
+@contextlib.contextmanager
+def app_sessions(server: LocalServer, count: int) -> Iterator[list[psycopg.Connection[Any]]]:
+    """Hold ``count`` sessions of ``app`` on ``server`` (closed on exit).
+
+    A session's slot is free again only once its backend process has exited, which
+    happens after the client's ``close()`` has returned: right after an earlier test,
+    its sessions (hogs, pool connections, admin queries) may still hold slots for a
+    moment, and a connect refused for that is tried again. Anything still holding a
+    slot after 10 s is a leak, and fails the test here.
+    """
+    made: list[psycopg.Connection[Any]] = []
+    deadline = time.monotonic() + 10
     try:
+        while len(made) < count:
+            try:
+                made.append(psycopg.connect(app_dsn(server), autocommit=True, connect_timeout=5))
+            except psycopg.OperationalError as exc:
+                if not _refused_for_slots(str(exc)) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
         yield made
     finally:
         for conn in made:
             conn.close()
 
 
+def _refused_for_slots(message: str) -> bool:
+    return "too many clients" in message or "reserved" in message
+
+
+@pytest.fixture
+def hogs(full_server: LocalServer) -> Iterator[list[psycopg.Connection[Any]]]:
+    """Sessions that leave the pool exactly two slots."""
+    with app_sessions(full_server, SLOTS - 2) as made:
+        yield made
+
+
+def _sessions_of(hog: psycopg.Connection[Any], name: str) -> int:
+    """How many sessions the pool ``name`` has on the server, asked through a hog: a
+    new (admin) session would need a slot the pool's retrying openers also take, for
+    a moment, at every attempt."""
+    row = hog.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", [name]
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
 def _refused_detail(pool: Pool | AsyncPool) -> str:
     return str(pool.stats().last_error or "")
+
+
+def _record(report: Report, outcomes: Outcomes) -> None:
+    report["served"] = outcomes["served"]
+    report["errors"] = sum(v for k, v in outcomes.items() if k != "served")
+
+
+def _assert_all_served(outcomes: Outcomes, health: list[str]) -> None:
+    assert outcomes["served"] > 0
+    assert set(outcomes) == {"served"}, outcomes
+    assert "down" not in health, collections.Counter(health)
+
+
+def _serve(pool: Pool, seconds: float) -> tuple[Outcomes, list[str]]:
+    """Six threads borrow for ``seconds`` while the pool's health is sampled."""
+    outcomes: Outcomes = collections.Counter()
+    lock = threading.Lock()
+    health: list[str] = []
+    stop_at = time.monotonic() + seconds
+
+    def caller() -> None:
+        while time.monotonic() < stop_at:
+            try:
+                with pool.connection() as conn:
+                    conn.cursor().execute("SELECT pg_sleep(0.005)")
+                what = "served"
+            except PoolError as exc:
+                what = type(exc).__name__
+            with lock:
+                outcomes[what] += 1
+
+    threads = [threading.Thread(target=caller) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    while any(t.is_alive() for t in threads):
+        health.append(str(pool.health()["status"]))
+        time.sleep(0.05)
+    for thread in threads:
+        thread.join()
+    return outcomes, health
+
+
+async def _serve_async(pool: AsyncPool, seconds: float) -> tuple[Outcomes, list[str]]:
+    """Six tasks borrow for ``seconds`` while the pool's health is sampled."""
+    outcomes: Outcomes = collections.Counter()
+    health: list[str] = []
+    stop_at = time.monotonic() + seconds
+
+    async def caller() -> None:
+        while time.monotonic() < stop_at:
+            try:
+                async with pool.connection() as conn:
+                    await conn.execute("SELECT pg_sleep(0.005)")
+                outcomes["served"] += 1
+            except PoolError as exc:
+                outcomes[type(exc).__name__] += 1
+                await asyncio.sleep(0)
+
+    async def watch() -> None:
+        while time.monotonic() < stop_at:
+            health.append(str(pool.health()["status"]))
+            await asyncio.sleep(0.05)
+
+    await asyncio.gather(watch(), *(caller() for _ in range(6)))
+    return outcomes, health
 
 
 @pytest.mark.parametrize("driver", ["psycopg", "psycopg2"])
@@ -69,51 +179,17 @@ def test_sync_pool_serves_every_caller_from_the_connections_it_has(
     driver: str,
 ) -> None:
     name = f"full-sync-{driver}"
-    outcomes: collections.Counter[str] = collections.Counter()
-    lock = threading.Lock()
-    health: list[str] = []
-    with Pool(
-        app_dsn(full_server),
-        name=name,
-        driver=driver,
-        min_size=2,
-        max_size=6,
-        fail_fast_after=0.2,
-        timeout=5,
-    ) as pool:
+    with Pool(app_dsn(full_server), name=name, driver=driver, **SERVING) as pool:
         pool.wait(timeout=10)
-        stop_at = time.monotonic() + 1.5
-
-        def caller() -> None:
-            while time.monotonic() < stop_at:
-                try:
-                    with pool.connection() as conn:
-                        conn.cursor().execute("SELECT pg_sleep(0.005)")
-                    what = "served"
-                except PoolError as exc:
-                    what = type(exc).__name__
-                with lock:
-                    outcomes[what] += 1
-
-        threads = [threading.Thread(target=caller) for _ in range(6)]
-        for thread in threads:
-            thread.start()
-        while any(t.is_alive() for t in threads):
-            health.append(str(pool.health()["status"]))
-            time.sleep(0.05)
-        for thread in threads:
-            thread.join()
-        on_server = len(backend_pids(full_server, name))
+        outcomes, health = _serve(pool, 1.5)
+        on_server = _sessions_of(hogs[0], name)
         final_health = pool.health()
         last_error = _refused_detail(pool)
-    report["served"] = outcomes["served"]
-    report["errors"] = sum(v for k, v in outcomes.items() if k != "served")
+    _record(report, outcomes)
     # The pool did try to grow, and the server refused.
-    assert "too many clients" in last_error or "reserved" in last_error, last_error
+    assert _refused_for_slots(last_error), last_error
     assert on_server == 2
-    assert outcomes["served"] > 0
-    assert set(outcomes) == {"served"}, outcomes
-    assert "down" not in health, collections.Counter(health)
+    _assert_all_served(outcomes, health)
     assert final_health["status"] == "degraded", final_health
 
 
@@ -124,47 +200,17 @@ def test_async_pool_serves_every_caller_from_the_connections_it_has(
 ) -> None:
     name = "full-async"
 
-    async def run() -> tuple[collections.Counter[str], list[str], dict[str, object], str]:
-        outcomes: collections.Counter[str] = collections.Counter()
-        health: list[str] = []
-        async with AsyncPool(
-            app_dsn(full_server),
-            name=name,
-            min_size=2,
-            max_size=6,
-            fail_fast_after=0.2,
-            timeout=5,
-        ) as pool:
+    async def run() -> tuple[Outcomes, list[str], dict[str, object], str]:
+        async with AsyncPool(app_dsn(full_server), name=name, **SERVING) as pool:
             await pool.wait(timeout=10)
-            stop_at = time.monotonic() + 1.5
-
-            async def caller() -> None:
-                while time.monotonic() < stop_at:
-                    try:
-                        async with pool.connection() as conn:
-                            await conn.execute("SELECT pg_sleep(0.005)")
-                        outcomes["served"] += 1
-                    except PoolError as exc:
-                        outcomes[type(exc).__name__] += 1
-                        await asyncio.sleep(0)
-
-            async def watch() -> None:
-                while time.monotonic() < stop_at:
-                    health.append(str(pool.health()["status"]))
-                    await asyncio.sleep(0.05)
-
-            await asyncio.gather(watch(), *(caller() for _ in range(6)))
-            on_server = await asyncio.to_thread(backend_pids, full_server, name)
-            assert len(on_server) == 2
+            outcomes, health = await _serve_async(pool, 1.5)
+            assert _sessions_of(hogs[0], name) == 2
             return outcomes, health, pool.health(), _refused_detail(pool)
 
     outcomes, health, final_health, last_error = asyncio.run(run())
-    report["served"] = outcomes["served"]
-    report["errors"] = sum(v for k, v in outcomes.items() if k != "served")
-    assert "too many clients" in last_error or "reserved" in last_error, last_error
-    assert outcomes["served"] > 0
-    assert set(outcomes) == {"served"}, outcomes
-    assert "down" not in health, collections.Counter(health)
+    _record(report, outcomes)
+    assert _refused_for_slots(last_error), last_error
+    _assert_all_served(outcomes, health)
     assert final_health["status"] == "degraded", final_health
 
 
@@ -176,40 +222,13 @@ def test_new_logins_refused_while_open_connections_serve(
     with 28000; the sessions already open still work, and callers are served."""
     name = f"nologin-{driver}"
 
-    async def run() -> tuple[collections.Counter[str], list[str], str]:
-        outcomes: collections.Counter[str] = collections.Counter()
-        health: list[str] = []
-        async with AsyncPool(
-            app_dsn(full_server),
-            name=name,
-            driver=driver,
-            min_size=2,
-            max_size=6,
-            fail_fast_after=0.2,
-            timeout=5,
-        ) as pool:
+    async def run() -> tuple[Outcomes, list[str], str]:
+        async with AsyncPool(app_dsn(full_server), name=name, driver=driver, **SERVING) as pool:
             await pool.wait(timeout=10)
             with admin_connect(full_server) as admin:
                 admin.execute("ALTER ROLE app NOLOGIN")
             try:
-                stop_at = time.monotonic() + 1.0
-
-                async def caller() -> None:
-                    while time.monotonic() < stop_at:
-                        try:
-                            async with pool.connection() as conn:
-                                await conn.execute("SELECT pg_sleep(0.005)")
-                            outcomes["served"] += 1
-                        except PoolError as exc:
-                            outcomes[type(exc).__name__] += 1
-                            await asyncio.sleep(0)
-
-                async def watch() -> None:
-                    while time.monotonic() < stop_at:
-                        health.append(str(pool.health()["status"]))
-                        await asyncio.sleep(0.05)
-
-                await asyncio.gather(watch(), *(caller() for _ in range(6)))
+                outcomes, health = await _serve_async(pool, 1.0)
                 assert len(await asyncio.to_thread(backend_pids, full_server, name)) == 2
                 return outcomes, health, _refused_detail(pool)
             finally:
@@ -217,47 +236,36 @@ def test_new_logins_refused_while_open_connections_serve(
                     admin.execute("ALTER ROLE app LOGIN")
 
     outcomes, health, last_error = asyncio.run(run())
-    report["served"] = outcomes["served"]
-    report["errors"] = sum(v for k, v in outcomes.items() if k != "served")
+    _record(report, outcomes)
     assert "not permitted to log in" in last_error, last_error
-    assert set(outcomes) == {"served"}, outcomes
-    assert "down" not in health, collections.Counter(health)
+    _assert_all_served(outcomes, health)
 
 
 def test_a_refusing_server_with_no_connection_open_still_fails_fast(
     full_server: LocalServer, hogs: list[psycopg.Connection[Any]]
 ) -> None:
     """Nothing to serve from: the caller hears at once why no connection can be made."""
-    more = [psycopg.connect(app_dsn(full_server), autocommit=True) for _ in range(2)]
-    try:
-        with Pool(app_dsn(full_server), name="full-none", min_size=1, fail_fast_after=0.2) as pool:
-            time.sleep(0.4)
-            # ConnectionFailed, not a PoolTimeout after 30 s: it failed fast.
-            with pytest.raises(ConnectionFailed, match="refuses new connections") as caught:
-                pool.getconn(timeout=30)
-            assert pool.health()["status"] == "down"
-    finally:
-        for conn in more:
-            conn.close()
-    assert "reserved" in str(caught.value) or "too many clients" in str(caught.value)
+    with (
+        app_sessions(full_server, 2),
+        Pool(app_dsn(full_server), name="full-none", min_size=1, fail_fast_after=0.2) as pool,
+    ):
+        time.sleep(0.4)
+        # ConnectionFailed, not a PoolTimeout after 30 s: it failed fast.
+        with pytest.raises(ConnectionFailed, match="refuses new connections") as caught:
+            pool.getconn(timeout=30)
+        assert pool.health()["status"] == "down"
+    assert _refused_for_slots(str(caught.value))
 
 
 def test_sync_pool_keeps_lending_while_its_openers_retry(
     full_server: LocalServer, hogs: list[psycopg.Connection[Any]], report: Report
 ) -> None:
-    """min_size=4 on a server with room for 2: openers retry for reconnect_timeout,
-    and the keepalive pings and closes must not queue behind them (the pinged
-    connections would be out of the idle stack, and every borrow would time out)."""
+    """Openers retry for reconnect_timeout, and the keepalive pings and closes must
+    not queue behind them (the pinged connections would be out of the idle stack,
+    and every borrow would time out)."""
     name = "full-openers"
-    outcomes: collections.Counter[str] = collections.Counter()
-    with Pool(
-        app_dsn(full_server),
-        name=name,
-        min_size=4,
-        max_size=6,
-        keepalive_interval=0.05,
-        timeout=2,
-    ) as pool:
+    outcomes: Outcomes = collections.Counter()
+    with Pool(app_dsn(full_server), name=name, **RETRYING) as pool:
         deadline = time.monotonic() + 10
         while pool.stats().connections_opened < 2 and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -272,9 +280,8 @@ def test_sync_pool_keeps_lending_while_its_openers_retry(
             except PoolError as exc:
                 outcomes[type(exc).__name__] += 1
         stats = pool.stats()
-        on_server = len(backend_pids(full_server, name))
-    report["served"] = outcomes["served"]
-    report["errors"] = sum(v for k, v in outcomes.items() if k != "served")
+        on_server = _sessions_of(hogs[0], name)
+    _record(report, outcomes)
     assert on_server == 2
     assert set(outcomes) == {"served"}, (outcomes, stats)
     # Open connections: one may be out for a keepalive ping at this instant.
@@ -287,16 +294,9 @@ def test_async_pool_keeps_lending_while_its_openers_retry(
     """The asyncio twin: openers are tasks of their own, so pings never wait for them."""
     name = "full-openers-async"
 
-    async def run() -> tuple[collections.Counter[str], int, int]:
-        outcomes: collections.Counter[str] = collections.Counter()
-        async with AsyncPool(
-            app_dsn(full_server),
-            name=name,
-            min_size=4,
-            max_size=6,
-            keepalive_interval=0.05,
-            timeout=2,
-        ) as pool:
+    async def run() -> tuple[Outcomes, int, int]:
+        outcomes: Outcomes = collections.Counter()
+        async with AsyncPool(app_dsn(full_server), name=name, **RETRYING) as pool:
             deadline = time.monotonic() + 10
             while pool.stats().connections_opened < 2 and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
@@ -310,13 +310,12 @@ def test_async_pool_keeps_lending_while_its_openers_retry(
                 except PoolError as exc:
                     outcomes[type(exc).__name__] += 1
             stats = pool.stats()
-            on_server = len(await asyncio.to_thread(backend_pids, full_server, name))
+            on_server = _sessions_of(hogs[0], name)
             # Open connections: one may be out for a keepalive ping at this instant.
             return outcomes, stats.size - stats.opening, on_server
 
     outcomes, open_count, on_server = asyncio.run(run())
-    report["served"] = outcomes["served"]
-    report["errors"] = sum(v for k, v in outcomes.items() if k != "served")
+    _record(report, outcomes)
     assert on_server == 2
     assert set(outcomes) == {"served"}, outcomes
     assert open_count == 2
