@@ -14,7 +14,7 @@ import contextlib
 import inspect
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from types import FrameType
 from typing import Any
 
@@ -22,7 +22,7 @@ import psycopg
 import pytest
 
 from poolkeeper import AsyncPool, Pool
-from tests.conftest import PoolFactory, backends, settled_backends
+from tests.conftest import PoolFactory, backends, settled_backends, unique_pool_name
 
 Admin = psycopg.Connection[Any]
 
@@ -45,22 +45,17 @@ def _line_of(func: Callable[..., Any], text: str, after: int = 0) -> int:
 
 
 @contextlib.contextmanager
-def interrupt_at(
-    func: Callable[..., Any],
-    text: str,
-    exc: type[BaseException] = KeyboardInterrupt,
-    *,
-    after: int = 0,
+def _trace_calls_of(
+    func: Callable[..., Any], fire: Callable[[FrameType, str], bool], exc: type[BaseException]
 ) -> Iterator[list[int]]:
-    """Raise ``exc`` once, just before the line of ``func`` containing ``text`` (or the
-    ``after``-th line of code after it) runs."""
+    """Raise ``exc`` once, at the first trace event in a call of ``func`` for which
+    ``fire(frame, event)`` is true; yields the line it fired at (empty if it did not)."""
     code = func.__code__
-    target = _line_of(func, text, after)
     fired: list[int] = []
 
     def local(frame: FrameType, event: str, arg: object) -> Any:
-        if event == "line" and frame.f_lineno == target and not fired:
-            fired.append(target)
+        if not fired and fire(frame, event):
+            fired.append(frame.f_lineno)
             raise exc
         return local
 
@@ -75,57 +70,76 @@ def interrupt_at(
         sys.settrace(previous)
 
 
+def interrupt_at(
+    func: Callable[..., Any],
+    text: str,
+    exc: type[BaseException] = KeyboardInterrupt,
+    *,
+    after: int = 0,
+) -> contextlib.AbstractContextManager[list[int]]:
+    """Raise ``exc`` once, just before the line of ``func`` containing ``text`` (or the
+    ``after``-th line of code after it) runs."""
+    target = _line_of(func, text, after)
+    return _trace_calls_of(
+        func, lambda frame, event: event == "line" and frame.f_lineno == target, exc
+    )
+
+
+def interrupt_on_return(func: Callable[..., Any]) -> contextlib.AbstractContextManager[list[int]]:
+    """Raise KeyboardInterrupt once as ``func`` returns: its result never reaches the
+    caller's variable, as when Ctrl-C lands right after the call."""
+    return _trace_calls_of(func, lambda frame, event: event == "return", KeyboardInterrupt)
+
+
 def _pid(conn: Any) -> int:
     return int(conn.info.backend_pid)
 
 
-def _assert_slot_repaired(pool: Pool, admin: Admin, name: str, stranded: int) -> None:
+#: One slot: a lost one would make every later borrow time out.
+SMALL: dict[str, Any] = {"min_size": 1, "max_size": 1, "connect_timeout": 0.5}
+
+
+@pytest.fixture
+def pool(make_pool: PoolFactory) -> Pool:
+    """A one-connection pool, its connection open."""
+    made = make_pool(**SMALL)
+    made.wait(5)
+    return made
+
+
+def _assert_slot_repaired(pool: Pool, admin: Admin, stranded: int) -> None:
     """A borrow succeeds again (it would time out forever with the slot lost), on a new
     backend; the stranded one is closed on the server."""
     with pool.connection(timeout=10) as conn:
         fresh = _pid(conn)
     assert fresh != stranded
-    assert settled_backends(admin, name, [fresh]) == [fresh]
+    assert settled_backends(admin, pool.name, [fresh]) == [fresh]
     stats = pool.stats()
     assert (stats.size, stats.in_use) == (1, 0)
 
 
-def _small_pool(make_pool: PoolFactory, name: str) -> Pool:
-    pool = make_pool(name=name, min_size=1, max_size=1, connect_timeout=0.5)
-    pool.wait(5)
-    return pool
-
-
 def test_an_interrupt_between_the_idle_pop_and_the_lent_map_loses_no_slot(
-    make_pool: PoolFactory, admin: Admin
+    pool: Pool, admin: Admin
 ) -> None:
-    name = "pk-intr-borrow"
-    pool = _small_pool(make_pool, name)
     with pool.connection() as conn:
         stranded = _pid(conn)
     with pytest.raises(KeyboardInterrupt), interrupt_at(Pool.getconn, "self._lent[rec.conn]"):
         pool.getconn()
     assert pool.stats().in_use == 0
-    _assert_slot_repaired(pool, admin, name, stranded)
+    _assert_slot_repaired(pool, admin, stranded)
 
 
 def test_an_interrupt_in_putconn_between_its_pop_and_push_loses_no_slot(
-    make_pool: PoolFactory, admin: Admin
+    pool: Pool, admin: Admin
 ) -> None:
-    name = "pk-intr-return"
-    pool = _small_pool(make_pool, name)
     conn = pool.getconn()
     stranded = _pid(conn)
     with pytest.raises(KeyboardInterrupt), interrupt_at(Pool.putconn, "return_state ="):
         pool.putconn(conn)
-    _assert_slot_repaired(pool, admin, name, stranded)
+    _assert_slot_repaired(pool, admin, stranded)
 
 
-def test_an_interrupt_right_after_connection_borrowed_returns_it(
-    make_pool: PoolFactory, admin: Admin
-) -> None:
-    name = "pk-intr-with"
-    pool = _small_pool(make_pool, name)
+def test_an_interrupt_right_after_connection_borrowed_returns_it(pool: Pool, admin: Admin) -> None:
     generator = inspect.unwrap(Pool.connection)
     with (
         pytest.raises(KeyboardInterrupt),
@@ -138,86 +152,66 @@ def test_an_interrupt_right_after_connection_borrowed_returns_it(
     # Returned at once, by connection() itself: the same backend serves the next borrow.
     with pool.connection(timeout=1) as conn:
         pid = _pid(conn)
-    assert settled_backends(admin, name, [pid]) == [pid]
+    assert settled_backends(admin, pool.name, [pid]) == [pid]
+
+
+@pytest.fixture
+async def async_pool(dsn: str, request: pytest.FixtureRequest) -> AsyncIterator[AsyncPool]:
+    """The asyncio twin of the ``pool`` fixture."""
+    async with AsyncPool(dsn, name=unique_pool_name(request), **SMALL) as made:
+        await made.wait(5)
+        yield made
+
+
+async def _assert_async_slot_repaired(pool: AsyncPool, admin: Admin, stranded: int) -> None:
+    """The asyncio pool's half of :func:`_assert_slot_repaired`."""
+    async with pool.connection(timeout=10) as conn:
+        fresh = _pid(conn)
+    assert fresh != stranded
+    assert settled_backends(admin, pool.name, [fresh]) == [fresh]
 
 
 async def test_an_async_interrupt_between_the_idle_pop_and_the_lent_map_loses_no_slot(
-    dsn: str, admin: Admin
+    async_pool: AsyncPool, admin: Admin
 ) -> None:
-    name = "pk-intr-async-borrow"
-    async with AsyncPool(dsn, name=name, min_size=1, max_size=1, connect_timeout=0.5) as pool:
-        async with pool.connection() as conn:
-            stranded = _pid(conn)
-        with (
-            pytest.raises(Interrupt),
-            interrupt_at(AsyncPool.getconn, "self._lent[rec.conn]", Interrupt),
-        ):
-            await pool.getconn()
-        async with pool.connection(timeout=10) as conn:
-            fresh = _pid(conn)
-        assert fresh != stranded
-        assert settled_backends(admin, name, [fresh]) == [fresh]
-
-
-async def test_an_async_interrupt_in_putconn_loses_no_slot(dsn: str, admin: Admin) -> None:
-    name = "pk-intr-async-return"
-    async with AsyncPool(dsn, name=name, min_size=1, max_size=1, connect_timeout=0.5) as pool:
-        conn = await pool.getconn()
+    async with async_pool.connection() as conn:
         stranded = _pid(conn)
-        with pytest.raises(Interrupt), interrupt_at(AsyncPool.putconn, "return_state =", Interrupt):
-            await pool.putconn(conn)
-        async with pool.connection(timeout=10) as conn:
-            fresh = _pid(conn)
-        assert fresh != stranded
-        assert settled_backends(admin, name, [fresh]) == [fresh]
+    with (
+        pytest.raises(Interrupt),
+        interrupt_at(AsyncPool.getconn, "self._lent[rec.conn]", Interrupt),
+    ):
+        await async_pool.getconn()
+    await _assert_async_slot_repaired(async_pool, admin, stranded)
 
 
-@contextlib.contextmanager
-def interrupt_on_return(func: Callable[..., Any]) -> Iterator[list[int]]:
-    """Raise KeyboardInterrupt once as ``func`` returns: its result never reaches the
-    caller's variable, as when Ctrl-C lands right after the call."""
-    code = func.__code__
-    fired: list[int] = []
-
-    def local(frame: FrameType, event: str, arg: object) -> Any:
-        if event == "return" and not fired:
-            fired.append(frame.f_lineno)
-            raise KeyboardInterrupt
-        return local
-
-    def calls(frame: FrameType, event: str, arg: object) -> Any:
-        return local if frame.f_code is code else None
-
-    previous = sys.gettrace()
-    sys.settrace(calls)
-    try:
-        yield fired
-    finally:
-        sys.settrace(previous)
+async def test_an_async_interrupt_in_putconn_loses_no_slot(
+    async_pool: AsyncPool, admin: Admin
+) -> None:
+    conn = await async_pool.getconn()
+    stranded = _pid(conn)
+    with pytest.raises(Interrupt), interrupt_at(AsyncPool.putconn, "return_state =", Interrupt):
+        await async_pool.putconn(conn)
+    await _assert_async_slot_repaired(async_pool, admin, stranded)
 
 
 def test_a_borrow_whose_result_never_reached_the_caller_loses_no_slot(
-    make_pool: PoolFactory, admin: Admin
+    pool: Pool, admin: Admin
 ) -> None:
-    name = "pk-intr-result"
-    pool = _small_pool(make_pool, name)
     with pool.connection() as conn:
         stranded = _pid(conn)
     del conn
     with pytest.raises(KeyboardInterrupt), interrupt_on_return(Pool.getconn):
         pool.getconn()
     assert pool.stats().in_use == 1  # lent, and nobody can ever return it
-    _assert_slot_repaired(pool, admin, name, stranded)
+    _assert_slot_repaired(pool, admin, stranded)
 
 
 def test_a_connection_held_long_by_its_borrower_is_never_taken_back(
-    make_pool: PoolFactory, admin: Admin
+    pool: Pool, admin: Admin
 ) -> None:
-    name = "pk-intr-held"
-    pool = _small_pool(make_pool, name)
     with pool.connection() as conn:
         pid = _pid(conn)
         # Held past the audit's grace (2 x connect_timeout + 1 s) across several audits.
         time.sleep(2 * pool.config.connect_timeout + 2.5)
         assert conn.execute("SELECT pg_backend_pid()").fetchone() == (pid,)
-    assert backends(admin, name) == [pid]
+    assert backends(admin, pool.name) == [pid]
