@@ -4,26 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
 
 import pytest
 
 from poolkeeper import AsyncPool, ConnectionFailed
 from tests.async_helpers import driver, fetchval
 from tests.faults.conftest import Report, ServerFactory
+from tests.faults.load import restart_under_load_async
 
 pytestmark = pytest.mark.fault
 
 __all__ = ["driver"]  # the fixture: each test runs once per driver
-
-
-@dataclass
-class Attempt:
-    """One query a task tried."""
-
-    started: float
-    elapsed: float
-    error: str | None
 
 
 async def test_async_restart_under_load(
@@ -37,49 +28,22 @@ async def test_async_restart_under_load(
         server.dsn, name="fault-async-restart", min_size=4, max_size=8, timeout=timeout,
         driver=driver,
     )  # fmt: skip
-    attempts: list[Attempt] = []
-    stop = asyncio.Event()
     try:
         await pool.wait(10)
 
-        async def worker() -> None:
-            while not stop.is_set():
-                started = time.monotonic()
-                error = None
-                try:
-                    async with pool.connection() as conn:
-                        await fetchval(conn, "SELECT pg_sleep(0.005)::text")
-                except Exception as exc:
-                    error = type(exc).__name__
-                attempts.append(Attempt(started, time.monotonic() - started, error))
-                if error:
-                    await asyncio.sleep(0.01)
+        async def query() -> None:
+            async with pool.connection() as conn:
+                await fetchval(conn, "SELECT pg_sleep(0.005)::text")
 
-        tasks = [asyncio.create_task(worker()) for _ in range(8)]
-        await asyncio.sleep(0.5)
-        down_at = time.monotonic()
-        # Stopping and starting block; run them off the loop so the tasks keep going.
-        await asyncio.to_thread(server.stop, "fast")
-        await asyncio.sleep(0.5)
-        await asyncio.to_thread(server.start)
-        up_at = time.monotonic()
-        await asyncio.sleep(2.5)
-        stop.set()
-        _, pending = await asyncio.wait(tasks, timeout=timeout + 2)
-        assert not pending, "a task hung"
+        run = await restart_under_load_async(server, query, timeout=timeout)
     finally:
         await pool.close(timeout=1.0)
 
-    outage_errors = [a for a in attempts if a.error and a.started >= down_at - 0.1]
-    late = [a for a in attempts if a.started >= up_at + 1.0]
-    late_errors = [a for a in late if a.error]
-    report["outage_s"] = up_at - down_at
-    report["errors_during_outage"] = len(outage_errors)
-    report["slowest_call_s"] = max(a.elapsed for a in attempts)
-    report["queries_after_recovery"] = len(late)
-    assert late, "no query ran after the restart"
-    assert late_errors == [], late_errors[:5]
-    assert max(a.elapsed for a in attempts) < timeout + 1.0
+    report["outage_s"] = run.up_at - run.down_at
+    report["errors_during_outage"] = len(run.outage_errors)
+    report["slowest_call_s"] = run.slowest
+    report["queries_after_recovery"] = len(run.late)
+    run.assert_recovered(timeout)
 
 
 async def test_async_circuit_breaker_fails_50_callers_fast(
