@@ -364,6 +364,37 @@ def _check_engine_args(engine: Mapping[str, Any]) -> None:
             raise ConfigurationError(f"engine: {key} is not for a poolkeeper engine; {hint}")
 
 
+def _engine_parts(
+    pool_class: type[PoolkeeperPool],
+    dialects: Mapping[str, str],
+    kind: str,
+    *,
+    dsn: Any,
+    name: str | None,
+    engine: Mapping[str, Any] | None,
+    settings: dict[str, Any],
+) -> tuple[URL, PoolkeeperPool, dict[str, Any]]:
+    """What both engine factories pass SQLAlchemy: the URL for the driver's dialect,
+    the pool (taking SQLAlchemy's pool arguments it understands), the other arguments."""
+    engine_args = dict(engine or {})
+    _check_engine_args(engine_args)
+    driver = settings.get("driver", "psycopg")
+    if driver not in dialects:
+        raise ConfigurationError(
+            f"driver: {driver!r} is not {kind} driver SQLAlchemy can use here; "
+            f"use one of {sorted(dialects)}"
+        )
+    pool = pool_class(
+        dsn=dsn,
+        name=name,
+        settings=settings,
+        reset_on_return=engine_args.pop("pool_reset_on_return", True),
+        echo=engine_args.pop("echo_pool", None),
+        logging_name=engine_args.pop("pool_logging_name", None),
+    )
+    return _engine_url(dialects[driver], dsn), pool, engine_args
+
+
 def create_engine(
     dsn: Any = None,
     *,
@@ -379,25 +410,16 @@ def create_engine(
     ``sqlalchemy.create_engine`` arguments (``echo``, ``isolation_level``...).
     SQLAlchemy's pool arguments are refused, each naming the poolkeeper setting to use.
     """
-    engine_args = dict(engine or {})
-    _check_engine_args(engine_args)
-    driver = settings.get("driver", "psycopg")
-    if driver not in _SYNC_DIALECTS:
-        raise ConfigurationError(
-            f"driver: {driver!r} is not a sync driver SQLAlchemy can use here; "
-            f"use one of {sorted(_SYNC_DIALECTS)}"
-        )
-    pool = PoolkeeperPool(
+    url, pool, engine_args = _engine_parts(
+        PoolkeeperPool,
+        _SYNC_DIALECTS,
+        "a sync",
         dsn=dsn,
         name=name,
+        engine=engine,
         settings=settings,
-        reset_on_return=engine_args.pop("pool_reset_on_return", True),
-        echo=engine_args.pop("echo_pool", None),
-        logging_name=engine_args.pop("pool_logging_name", None),
     )
-    return sqlalchemy.create_engine(
-        _engine_url(_SYNC_DIALECTS[driver], dsn), pool=pool, **engine_args
-    )
+    return sqlalchemy.create_engine(url, pool=pool, **engine_args)
 
 
 def create_async_engine(
@@ -413,22 +435,13 @@ def create_async_engine(
     Each event loop has its own poolkeeper pool (an ``AsyncDatabase``), so the engine
     can be used from ``asyncio.run`` calls and test loops one after another.
     """
-    engine_args = dict(engine or {})
-    _check_engine_args(engine_args)
-    driver = settings.get("driver", "psycopg")
-    if driver not in _ASYNC_DIALECTS:
-        raise ConfigurationError(
-            f"driver: {driver!r} is not an asyncio driver SQLAlchemy can use here; "
-            f"use one of {sorted(_ASYNC_DIALECTS)}"
-        )
-    pool = PoolkeeperAsyncPool(
+    url, pool, engine_args = _engine_parts(
+        PoolkeeperAsyncPool,
+        _ASYNC_DIALECTS,
+        "an asyncio",
         dsn=dsn,
         name=name,
+        engine=engine,
         settings=settings,
-        reset_on_return=engine_args.pop("pool_reset_on_return", True),
-        echo=engine_args.pop("echo_pool", None),
-        logging_name=engine_args.pop("pool_logging_name", None),
     )
-    return sa_create_async_engine(
-        _engine_url(_ASYNC_DIALECTS[driver], dsn), pool=pool, **engine_args
-    )
+    return sa_create_async_engine(url, pool=pool, **engine_args)
