@@ -6,8 +6,17 @@ import time
 from typing import Any
 
 import psycopg
+import pytest
 
 from poolkeeper.embedded import LocalServer, _open_path_for
+
+#: (facade, driver): every driver of each facade, for ``parametrize(("facade", "driver"), ...)``.
+KINDS = [
+    pytest.param("sync", "psycopg", id="Database-psycopg"),
+    pytest.param("sync", "psycopg2", id="Database-psycopg2"),
+    pytest.param("async", "psycopg", id="AsyncDatabase-psycopg"),
+    pytest.param("async", "asyncpg", id="AsyncDatabase-asyncpg"),
+]
 
 # Enough WAL senders for one standby, and hot standby feedback off: nothing here
 # needs it, and a paused standby must not hold the primary back.

@@ -14,16 +14,10 @@ import pytest
 from poolkeeper import AsyncDatabase, Database
 from poolkeeper.embedded import LocalServer
 from tests.faults.conftest import Report, backend_pids
-from tests.faults.replication import connect, start_primary, start_standby
+from tests.faults.replication import KINDS, connect, start_primary, start_standby
 
 pytestmark = pytest.mark.fault
 
-KINDS = [
-    pytest.param("sync", "psycopg", id="Database-psycopg"),
-    pytest.param("sync", "psycopg2", id="Database-psycopg2"),
-    pytest.param("async", "psycopg", id="AsyncDatabase-psycopg"),
-    pytest.param("async", "asyncpg", id="AsyncDatabase-asyncpg"),
-]
 SIZE = 2
 TIMEOUT = 10.0
 WRITE = "INSERT INTO events VALUES (1)"

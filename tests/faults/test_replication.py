@@ -15,17 +15,17 @@ import pytest
 
 from poolkeeper import AsyncDatabase, ConfigurationError, Database, NoReplicaAvailable
 from poolkeeper.embedded import LocalServer
-from tests.faults.replication import connect, scalar, start_primary, start_standby, wait_caught_up
+from tests.faults.replication import (
+    KINDS,
+    connect,
+    scalar,
+    start_primary,
+    start_standby,
+    wait_caught_up,
+)
 
 pytestmark = pytest.mark.fault
 
-# (facade, driver): every driver of each facade.
-KINDS = [
-    pytest.param("sync", "psycopg", id="Database-psycopg"),
-    pytest.param("sync", "psycopg2", id="Database-psycopg2"),
-    pytest.param("async", "psycopg", id="AsyncDatabase-psycopg"),
-    pytest.param("async", "asyncpg", id="AsyncDatabase-asyncpg"),
-]
 WHERE = "SELECT inet_server_port()"
 
 
