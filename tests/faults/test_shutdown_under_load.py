@@ -60,13 +60,7 @@ def test_sync_shutdown_under_load(dsn: str, admin: psycopg.Connection[Any], repo
         thread.join(10)
     # A request that began just after close() started opened a fresh pool: close it.
     db.close_all_connections(timeout=10)
-    left = settled_backends(admin, name, [])
-    _report(report, outcomes, closed_in)
-    assert outcomes["served"] > 0
-    assert set(outcomes) <= {"served", "borrow PoolClosed"}, outcomes
-    assert left == []
-    # Returned once the requests in flight were back, long before its 10 s timeout.
-    assert closed_in < 5, closed_in
+    _report_and_check(report, outcomes, closed_in, settled_backends(admin, name, []))
 
 
 def test_async_shutdown_under_load(
@@ -109,15 +103,14 @@ def test_async_shutdown_under_load(
             await AsyncDatabase.reset_all(timeout=1)
 
     outcomes, closed_in = asyncio.run(run())
-    left = settled_backends(admin, name, [])
-    _report(report, outcomes, closed_in)
-    assert outcomes["served"] > 0
-    assert set(outcomes) <= {"served", "borrow PoolClosed"}, outcomes
-    assert left == []
-    assert closed_in < 5, closed_in
+    _report_and_check(report, outcomes, closed_in, settled_backends(admin, name, []))
 
 
-def _report(report: Report, outcomes: collections.Counter[str], closed_in: float) -> None:
+def _report_and_check(
+    report: Report, outcomes: collections.Counter[str], closed_in: float, left: list[int]
+) -> None:
+    """Record the outcomes; every request was served or (queued when close() began)
+    refused, no backend is left, and close() did not wait out its timeout."""
     report["served"] = outcomes["served"]
     # Callers still queued for a connection when close() began: told PoolClosed.
     report["waiting_refused"] = outcomes["borrow PoolClosed"]
@@ -125,3 +118,8 @@ def _report(report: Report, outcomes: collections.Counter[str], closed_in: float
         v for k, v in outcomes.items() if k not in ("served", "borrow PoolClosed")
     )
     report["close_returned_after_s"] = closed_in
+    assert outcomes["served"] > 0
+    assert set(outcomes) <= {"served", "borrow PoolClosed"}, outcomes
+    assert left == []
+    # Returned once the requests in flight were back, long before its 10 s timeout.
+    assert closed_in < 5, closed_in
