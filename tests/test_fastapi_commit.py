@@ -64,24 +64,28 @@ def orders(admin: psycopg.Connection[Any]) -> Iterator[None]:
     admin.execute(f"DROP TABLE IF EXISTS {TABLE}")
 
 
+def _post(dsn: str, name: str, driver: str, *paths: str) -> list[httpx.Response]:
+    """POST ``paths`` in turn to the app under uvicorn; the server and pools are
+    gone when it returns."""
+    server = RunningServer(make_app(dsn, name, driver))
+    server.start()
+    try:
+
+        async def drive() -> list[httpx.Response]:
+            async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+                return [await client.post(path) for path in paths]
+
+        return asyncio.run(drive())
+    finally:
+        server.stop()
+        asyncio.run(AsyncDatabase.reset_all(timeout=1.0))
+
+
 @pytest.mark.parametrize("driver", ["psycopg", "asyncpg"])
 def test_a_failed_commit_is_the_response_and_nothing_was_saved(
     dsn: str, admin: psycopg.Connection[Any], orders: None, driver: str
 ) -> None:
-    server = RunningServer(make_app(dsn, f"pk-commit-{driver}", driver))
-    server.start()
-    try:
-
-        async def drive() -> tuple[httpx.Response, httpx.Response]:
-            async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
-                first = await client.post("/orders/A-1")
-                second = await client.post("/orders/A-1")
-            return first, second
-
-        first, second = asyncio.run(drive())
-    finally:
-        server.stop()
-        asyncio.run(AsyncDatabase.reset_all(timeout=1.0))
+    first, second = _post(dsn, f"pk-commit-{driver}", driver, "/orders/A-1", "/orders/A-1")
     assert first.status_code == 200
     saved = first.json()["id"]
     rows = admin.execute(f"SELECT id FROM {TABLE} ORDER BY id").fetchall()
@@ -96,18 +100,7 @@ def test_a_failed_commit_is_the_response_and_nothing_was_saved(
 def test_a_connection_lost_at_commit_is_a_503_and_nothing_was_saved(
     dsn: str, admin: psycopg.Connection[Any], orders: None
 ) -> None:
-    server = RunningServer(make_app(dsn, "pk-commit-lost", "psycopg"))
-    server.start()
-    try:
-
-        async def drive() -> httpx.Response:
-            async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
-                return await client.post("/orders/B-1/lose-connection")
-
-        response = asyncio.run(drive())
-    finally:
-        server.stop()
-        asyncio.run(AsyncDatabase.reset_all(timeout=1.0))
+    (response,) = _post(dsn, "pk-commit-lost", "psycopg", "/orders/B-1/lose-connection")
     assert response.status_code == 503, response.text
     assert "may or may not" in response.json()["detail"]
     assert admin.execute(f"SELECT count(*) FROM {TABLE}").fetchone() == (0,)
@@ -116,16 +109,5 @@ def test_a_connection_lost_at_commit_is_a_503_and_nothing_was_saved(
 def test_a_handler_error_is_not_turned_into_a_commit_error(
     dsn: str, admin: psycopg.Connection[Any], orders: None
 ) -> None:
-    server = RunningServer(make_app(dsn, "pk-commit-boom", "psycopg"))
-    server.start()
-    try:
-
-        async def drive() -> httpx.Response:
-            async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
-                return await client.post("/boom")
-
-        response = asyncio.run(drive())
-    finally:
-        server.stop()
-        asyncio.run(AsyncDatabase.reset_all(timeout=1.0))
+    (response,) = _post(dsn, "pk-commit-boom", "psycopg", "/boom")
     assert response.status_code == 500
