@@ -8,6 +8,7 @@ stats, max_waiting, timeouts), written afresh against the drop-in classes.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import socket
 import threading
 import time
@@ -19,6 +20,7 @@ import pytest
 from psycopg.pq import TransactionStatus
 
 from poolkeeper import ConfigurationError
+from poolkeeper.compat import psycopg_pool as compat
 from poolkeeper.compat.psycopg_pool import (
     AsyncConnectionPool,
     ConnectionPool,
@@ -61,6 +63,36 @@ def test_default_sizes_and_names(dsn: str) -> None:
         assert pool.timeout == 30.0
     with ConnectionPool(dsn, min_size=2, max_size=5, name="pk-compat-sizes", open=False) as p:
         assert (p.min_size, p.max_size, p.name) == (2, 5, "pk-compat-sizes")
+
+
+@pytest.mark.parametrize("name", ["ConnectionPool", "AsyncConnectionPool"])
+def test_the_constructors_take_psycopg_pools_arguments_and_defaults(name: str) -> None:
+    """Each argument has psycopg_pool's name, kind and default (``connection_class``:
+    each class's own psycopg connection class)."""
+    upstream = pytest.importorskip("psycopg_pool")
+
+    def shape(cls: type) -> list[tuple[str, object, object]]:
+        params = inspect.signature(cls).parameters.values()
+        return [(p.name, p.kind, p.default) for p in params]
+
+    theirs = shape(getattr(upstream, name))
+    assert [p for p in shape(getattr(compat, name)) if p not in theirs] == []
+
+
+def test_the_pools_keep_psycopg_pools_attributes(dsn: str) -> None:
+    kwargs = {"application_name": "pk-compat-attrs"}
+    pool = ConnectionPool(dsn, kwargs=kwargs, open=False)
+    assert (pool.conninfo, pool.kwargs, pool.connection_class) == (
+        dsn,
+        kwargs,
+        psycopg.Connection,
+    )
+    apool = AsyncConnectionPool(dsn, kwargs=kwargs, open=False)
+    assert (apool.conninfo, apool.kwargs, apool.connection_class) == (
+        dsn,
+        kwargs,
+        psycopg.AsyncConnection,
+    )
 
 
 @pytest.mark.parametrize(("min_size", "max_size"), [(2, 1), (-1, None), (0, 0)])
