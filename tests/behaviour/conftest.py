@@ -11,8 +11,7 @@ from typing import Any
 
 import pytest
 
-from poolkeeper import AsyncPool, Pool
-from tests.behaviour.kinds import ALL_KINDS, PER_MODEL_KINDS, AnyPool, BlockingPool, Kind
+from tests.behaviour.kinds import ALL_KINDS, PER_MODEL_KINDS, AnyPool, Kind
 
 MakePool = Callable[..., AnyPool]
 
@@ -59,13 +58,7 @@ async def make_pool(
     def factory(*args: Any, **kwargs: Any) -> AnyPool:
         kwargs.setdefault("name", pool_name(request))
         kwargs.setdefault("timeout", 10.0)
-        kwargs.setdefault("driver", kind.driver)
-        target = args[0] if args else dsn
-        pool: AnyPool
-        if kind.is_async:
-            pool = AsyncPool(target, **kwargs)
-        else:
-            pool = BlockingPool(Pool(target, **kwargs))
+        pool = kind.pool(args[0] if args else dsn, **kwargs)
         pools.append(pool)
         return pool
 

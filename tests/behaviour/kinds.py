@@ -46,8 +46,10 @@ __all__ = [
     "fetchval",
     "is_closed",
     "lending_pools",
+    "rollback",
     "server_state",
     "settle",
+    "sqlstate",
     "wait_until",
 ]
 
@@ -140,6 +142,26 @@ class Kind:
         import asyncpg
 
         return (asyncpg.Connection,)
+
+    @property
+    def database_class(self) -> type[Database[Any]] | type[AsyncDatabase[Any]]:
+        """``Database`` or ``AsyncDatabase``: the singleton class of this kind's model."""
+        return AsyncDatabase if self.is_async else Database
+
+    async def forget_databases(self) -> None:
+        """Close and forget every singleton of this kind's class (``reset_all``)."""
+        if self.is_async:
+            await AsyncDatabase.reset_all(timeout=1.0)
+        else:
+            Database.reset_all(timeout=1.0)
+
+    def pool(self, dsn: Any, **settings: Any) -> AnyPool:
+        """A pool of this kind: an ``AsyncPool``, or a ``Pool`` behind a
+        :class:`BlockingPool` (``driver`` defaults to this kind's)."""
+        settings.setdefault("driver", self.driver)
+        if self.is_async:
+            return AsyncPool(dsn, **settings)
+        return BlockingPool(Pool(dsn, **settings))
 
     def database(self, name: str, **settings: Any) -> BlockingDatabase | AsyncDatabase:
         """This kind's process-wide singleton (``Database`` or ``AsyncDatabase``)."""
@@ -295,6 +317,12 @@ class BlockingDatabase:
     def __init__(self, db: Database) -> None:
         self.db = db
 
+    @property
+    def pool(self) -> Pool:
+        """``Database.pool``: the primary ``Pool`` itself (its methods block)."""
+        pool: Pool = self.db.pool
+        return pool
+
     @contextlib.asynccontextmanager
     async def connection(
         self, timeout: float | None = None, *, readonly: bool = False
@@ -302,6 +330,39 @@ class BlockingDatabase:
         """``Database.connection``."""
         with self.db.connection(timeout, readonly=readonly) as conn:
             yield conn
+
+    @contextlib.asynccontextmanager
+    async def transaction(
+        self, timeout: float | None = None, *, readonly: bool = False
+    ) -> AsyncIterator[Any]:
+        """``Database.transaction``."""
+        with self.db.transaction(timeout, readonly=readonly) as conn:
+            yield conn
+
+    async def get_connection(self, timeout: float | None = None) -> Any:
+        """``Database.get_connection``."""
+        return self.db.get_connection(timeout)
+
+    async def release_connection(self, conn: Any) -> None:
+        """``Database.release_connection``."""
+        self.db.release_connection(conn)
+
+    async def close_all_connections(self, timeout: float = 5.0) -> None:
+        """``Database.close_all_connections``."""
+        self.db.close_all_connections(timeout)
+
+    def stats(self) -> PoolStats:
+        """``Database.stats``."""
+        stats: PoolStats = self.db.stats()
+        return stats
+
+    def health(self) -> dict[str, object]:
+        """``Database.health``."""
+        return self.db.health()
+
+    async def drain(self) -> None:
+        """``Database.drain``."""
+        self.db.drain()
 
 
 def driver_of(pool: AnyPool) -> Any:
@@ -383,6 +444,23 @@ async def commit(conn: Any) -> None:
         await conn.commit()
     else:
         conn.commit()
+
+
+async def rollback(conn: Any) -> None:
+    """Roll back psycopg/psycopg2's implicit transaction (asyncpg has none)."""
+    if _is_asyncpg(conn):
+        return
+    if isinstance(conn, psycopg.AsyncConnection):
+        await conn.rollback()
+    else:
+        conn.rollback()
+
+
+def sqlstate(error: BaseException) -> str | None:
+    """The SQLSTATE a driver's error carries (psycopg and asyncpg: ``sqlstate``,
+    psycopg2: ``pgcode``)."""
+    code = getattr(error, "sqlstate", None) or getattr(error, "pgcode", None)
+    return None if code is None else str(code)
 
 
 async def close(conn: Any) -> None:

@@ -15,7 +15,7 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import psycopg
@@ -23,6 +23,7 @@ import pytest
 
 from poolkeeper import Pool
 from poolkeeper.embedded import LocalServer
+from tests.behaviour.kinds import AnyPool, Kind
 from tests.faults.proxy import FaultProxy
 
 _measurements: dict[str, dict[str, object]] = {}
@@ -165,3 +166,19 @@ def terminate_all(server: LocalServer, application_name: str) -> int:
         ).fetchone()
     wait_until(lambda: not backend_pids(server, application_name), 5, "terminated backends to exit")
     return int(killed[0]) if killed else 0
+
+
+@pytest.fixture
+async def kind_pools(kind: Kind) -> AsyncIterator[Callable[..., AnyPool]]:
+    """Build pools of the test's ``kind`` (parametrize it over the behaviour suite's
+    kinds), closed after the test, whatever happened."""
+    made: list[AnyPool] = []
+
+    def factory(dsn: Any, **kwargs: Any) -> AnyPool:
+        pool = kind.pool(dsn, **kwargs)
+        made.append(pool)
+        return pool
+
+    yield factory
+    for pool in made:
+        await pool.close(timeout=1.0)

@@ -9,45 +9,61 @@ from collections.abc import Callable
 import psycopg
 import pytest
 
-from poolkeeper import AsyncDatabase, Database, Pool
-from tests.faults.conftest import Report, ServerFactory, backend_pids, wait_until
+from poolkeeper import AsyncDatabase, Database
+from tests.behaviour.kinds import ALL_KINDS, AnyPool, Kind, commit, execute, fetchval, sqlstate
+from tests.faults.conftest import Report, ServerFactory, backend_pids
 
 pytestmark = pytest.mark.fault
 
 
-def test_demoted_primary_makes_the_pool_replace_every_connection(
-    own_server: ServerFactory, pools: Callable[..., Pool], report: Report
+async def _until(predicate: Callable[[], bool], timeout: float, what: str) -> float:
+    """Poll ``predicate`` until true, yielding to the loop (an AsyncPool's openers run
+    meanwhile); return the seconds it took, or fail the test."""
+    start = time.monotonic()
+    while not predicate():
+        if time.monotonic() - start > timeout:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.02)
+    return time.monotonic() - start
+
+
+@pytest.mark.parametrize("kind", ALL_KINDS)
+async def test_demoted_primary_makes_the_pool_replace_every_connection(
+    own_server: ServerFactory, kind_pools: Callable[..., AnyPool], report: Report, kind: Kind
 ) -> None:
     """After a restart as a standby, the first write fails with SQLSTATE 25006 and the
     pool replaces every connection (a ping would pass on a standby, so it cannot just
-    verify); once promoted again, writes succeed on fresh connections."""
+    verify); once promoted again, writes succeed on fresh connections. On every driver:
+    each reports the SQLSTATE its own way."""
     server = own_server()
-    name = "fault-demoted"
-    pool = pools(server.dsn, name=name, min_size=3, max_size=3)
-    pool.wait(timeout=10)
+    name = f"fault-demoted-{kind.id}"
+    pool = kind_pools(server.dsn, name=name, min_size=3, max_size=3)
+    await pool.wait(timeout=10)
     server.stop("fast")
     (server.data_dir / "standby.signal").touch()
     server.start()
 
     # The restart is noticed as usual; connections now reach a read-only standby.
-    time.sleep(pool.config.check_after + 0.05)
-    with pool.connection(timeout=5) as conn:
-        conn.execute("SELECT 1")
+    await asyncio.sleep(pool.config.check_after + 0.05)
+    async with pool.connection(timeout=5) as conn:
+        await fetchval(conn, "SELECT 1")
     # Every connection open and idle, none still opening: the pids read next are all
     # of them (the pool also replaces one whose connect straddles the drain below).
-    wait_until(lambda: pool.stats().idle == 3, 5, "refill on the standby")
+    await _until(lambda: pool.stats().idle == 3, 5, "refill on the standby")
     standby_pids = backend_pids(server, name)
-    with pytest.raises(psycopg.errors.ReadOnlySqlTransaction), pool.connection() as conn:
-        conn.execute("CREATE TABLE t (x int)")
-    replaced_after = wait_until(
+    with pytest.raises(Exception, match="read-only transaction") as caught:
+        async with pool.connection() as conn:
+            await execute(conn, "CREATE TABLE t (x int)")
+    assert sqlstate(caught.value) == "25006"
+    replaced_after = await _until(
         lambda: not backend_pids(server, name) & standby_pids, 5, "every connection replaced"
     )
     report["all_connections_replaced_after_25006_s"] = replaced_after
 
     server.psql("SELECT pg_promote()")
-    with pool.connection(timeout=5) as conn:
-        conn.execute("CREATE TABLE t (x int)")
-        conn.commit()
+    async with pool.connection(timeout=5) as conn:
+        await execute(conn, "CREATE TABLE t (x int)")
+        await commit(conn)
 
 
 def _readonly_pid(db: Database) -> int:

@@ -602,6 +602,12 @@ class AsyncpgDriver:
             and getattr(exc, "sqlstate", None) == READ_ONLY_SQLSTATE
         )
 
+    def is_standby(self, conn: PoolAsyncpgConnection) -> bool:
+        """True if the server reports it is a hot standby (PostgreSQL 14+ says so
+        unasked, in ``in_hot_standby``, which asyncpg keeps among its settings): no
+        round trip."""
+        return bool(getattr(conn.get_settings(), "in_hot_standby", None) == "on")
+
     def fileno(self, conn: PoolAsyncpgConnection) -> int:
         """The socket's descriptor, or -1 once closed."""
         try:

@@ -452,6 +452,11 @@ class Psycopg2Driver:
         """SQLSTATE 25006: a write in a read-only transaction (or on a standby)."""
         return isinstance(exc, psycopg2.Error) and exc.pgcode == READ_ONLY_SQLSTATE
 
+    def is_standby(self, conn: PoolConnection2) -> bool:
+        """True if the server reports it is a hot standby (PostgreSQL 14+ says so
+        unasked, in ``in_hot_standby``): no round trip."""
+        return bool(conn.get_parameter_status("in_hot_standby") == "on")
+
     def fileno(self, conn: PoolConnection2) -> int:
         """The socket, or -1 once closed."""
         if conn.closed:
