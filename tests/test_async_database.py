@@ -1,4 +1,7 @@
-"""AsyncDatabase: one object per name and process, one pool per running event loop."""
+"""AsyncDatabase: one object per name and process, one pool per running event loop.
+
+What Database and AsyncDatabase share (one object per name, the settings check,
+reset_all, the seed recipe's calls) is in tests/behaviour/test_database.py."""
 
 from __future__ import annotations
 
@@ -12,10 +15,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from poolkeeper import AsyncDatabase, AsyncPool, ConfigurationError, PoolError
+from poolkeeper import AsyncDatabase, AsyncPool, PoolError
 from tests import async_helpers
-from tests.async_helpers import backend_pid, execute, fetchval, wait_until
-from tests.conftest import backends, settled_backends, wait_for_child
+from tests.async_helpers import backend_pid, fetchval, wait_until
+from tests.conftest import backends, wait_for_child
 
 driver = async_helpers.driver
 
@@ -37,71 +40,7 @@ def _gone(admin: Admin, name: str, timeout: float = 5.0) -> bool:
     return True
 
 
-async def test_same_object_on_every_call(dsn: str) -> None:
-    db = AsyncDatabase(dsn=dsn)
-    assert db is AsyncDatabase()
-    assert db is AsyncDatabase("default")
-    assert db is not AsyncDatabase("other", dsn=dsn)
-    seen = await asyncio.gather(*(asyncio.to_thread(AsyncDatabase) for _ in range(16)))
-    assert all(other is db for other in seen)
-
-
-async def test_seed_recipe_api(dsn: str, driver: str, admin: Admin) -> None:
-    db = AsyncDatabase("aseed", dsn=dsn, min_size=1, max_size=2, driver=driver)
-    conn = await db.get_connection()
-    if driver == "psycopg":
-        await execute(conn, "SELECT 1")  # opens psycopg's implicit transaction
-    else:
-        await conn.transaction().start()
-    await db.release_connection(conn)
-    assert db.stats().rollbacks == 1
-    pid_before = backends(admin, "aseed")
-    await db.close_all_connections()
-    assert settled_backends(admin, "aseed", []) == []
-    async with AsyncDatabase("aseed").connection() as conn:
-        assert backend_pid(conn) not in pid_before  # a fresh pool
-
-
-async def test_conflicting_settings_raise_naming_the_setting(dsn: str) -> None:
-    AsyncDatabase("aconf", dsn=dsn, max_size=5)
-    assert AsyncDatabase("aconf") is AsyncDatabase("aconf", max_size=5)
-    with pytest.raises(ConfigurationError, match="max_size"):
-        AsyncDatabase("aconf", max_size=6)
-    with pytest.raises(ConfigurationError, match="dsn"):
-        AsyncDatabase("aconf", dsn=dsn + "x")
-
-
-async def test_reset_all_forgets_every_singleton(dsn: str) -> None:
-    first = AsyncDatabase("aresettable", dsn=dsn, max_size=3)
-    await AsyncDatabase.reset_all()
-    second = AsyncDatabase("aresettable", dsn=dsn, max_size=4)
-    assert first is not second
-
-
-async def test_transaction_and_connection_forms(dsn: str, driver: str, admin: Admin) -> None:
-    table = f"pk_adb_tx_{driver}"
-    admin.execute(f"DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (x int)")
-    db = AsyncDatabase(dsn=dsn, driver=driver)
-    async with db.transaction() as conn:
-        await execute(conn, f"INSERT INTO {table} VALUES (7)")
-    with pytest.raises(RuntimeError):
-        async with db.transaction() as conn:
-            await execute(conn, f"INSERT INTO {table} VALUES (8)")
-            raise RuntimeError("boom")
-    async with db.connection() as conn:
-        assert await fetchval(conn, f"SELECT array_agg(x) FROM {table}") == [7]
-
-
-async def test_releasing_a_foreign_connection_is_an_error(dsn: str) -> None:
-    db = AsyncDatabase(dsn=dsn)
-    stranger = await psycopg.AsyncConnection.connect(dsn)
-    try:
-        with pytest.raises(PoolError):
-            await db.release_connection(stranger)
-    finally:
-        await stranger.close()
-
-
+@pytest.mark.one_model("asyncio", "AsyncDatabase keeps one pool per running event loop")
 def test_use_outside_a_running_loop_says_what_to_do(dsn: str) -> None:
     db = AsyncDatabase("anoloop", dsn=dsn)
     with pytest.raises(PoolError, match="running event loop"):
@@ -109,6 +48,7 @@ def test_use_outside_a_running_loop_says_what_to_do(dsn: str) -> None:
     asyncio.run(AsyncDatabase.reset_all())
 
 
+@pytest.mark.one_model("asyncio", "AsyncDatabase keeps one pool per running event loop")
 def test_every_asyncio_run_gets_its_own_pool(dsn: str, driver: str, admin: Admin) -> None:
     db = AsyncDatabase("aruns", dsn=dsn, min_size=2, max_size=2, driver=driver)
 
@@ -139,6 +79,7 @@ def test_every_asyncio_run_gets_its_own_pool(dsn: str, driver: str, admin: Admin
     assert _gone(admin, "aruns")
 
 
+@pytest.mark.one_model("asyncio", "AsyncDatabase keeps one pool per running event loop")
 def test_a_worker_thread_with_its_own_loop_has_its_own_pool(
     dsn: str, driver: str, admin: Admin
 ) -> None:
@@ -176,6 +117,7 @@ def test_a_worker_thread_with_its_own_loop_has_its_own_pool(
     assert _gone(admin, "athreads")
 
 
+@pytest.mark.one_model("asyncio", "AsyncDatabase keeps one pool per running event loop")
 def test_close_all_connections_reaches_a_loop_still_running_in_another_thread(
     dsn: str, admin: Admin
 ) -> None:
@@ -201,6 +143,7 @@ def test_close_all_connections_reaches_a_loop_still_running_in_another_thread(
         thread.join(10)
 
 
+@pytest.mark.one_model("asyncio", "AsyncDatabase keeps one pool per running event loop")
 async def test_pytest_asyncio_loops_are_handled_like_any_other(dsn: str, driver: str) -> None:
     # This test's loop is not the one the previous tests ran in; the singleton does not care.
     db = AsyncDatabase("atestloop", dsn=dsn, driver=driver)
@@ -210,6 +153,10 @@ async def test_pytest_asyncio_loops_are_handled_like_any_other(dsn: str, driver:
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.one_model(
+    "asyncio",
+    twin="tests/test_database.py::test_forked_child_gets_a_fresh_pool_and_the_parent_is_unaffected",
+)
 def test_forked_child_gets_a_fresh_pool_and_the_parent_is_unaffected(
     dsn: str, admin: Admin
 ) -> None:

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from poolkeeper import ConfigurationError, Pool, PoolConfig, PoolError
+from poolkeeper import AsyncPool, ConfigurationError, Pool, PoolConfig, PoolError
 from poolkeeper.config import env_url_name
 from poolkeeper.redact import redact
 
@@ -62,11 +62,12 @@ def test_no_url_leaves_libpq_to_read_pg_variables() -> None:
         ({"name": "has space"}, "name"),
     ],
 )
+@pytest.mark.parametrize("pool_class", [Pool, AsyncPool])
 def test_bad_settings_fail_at_construction_naming_the_setting(
-    options: dict[str, Any], setting: str
+    options: dict[str, Any], setting: str, pool_class: type[Pool[Any]] | type[AsyncPool[Any]]
 ) -> None:
     with pytest.raises(ConfigurationError, match=setting):
-        Pool("postgresql://u@localhost/db", open=False, **options)
+        pool_class("postgresql://u@localhost/db", open=False, **options)
 
 
 def test_configuration_error_is_a_pool_error_and_a_value_error() -> None:
@@ -87,7 +88,10 @@ def test_unparseable_dsn_fails_without_echoing_the_password() -> None:
     assert SECRET not in str(info.value)
 
 
-def test_repr_masks_the_password_in_url_and_kwargs() -> None:
+@pytest.mark.parametrize("pool_class", [Pool, AsyncPool])
+def test_repr_masks_the_password_in_url_and_kwargs(
+    pool_class: type[Pool[Any]] | type[AsyncPool[Any]],
+) -> None:
     cfg = PoolConfig(
         dsn=f"postgresql://app:{SECRET}@db.example/app",
         connect_kwargs={"password": SECRET + "x"},
@@ -95,7 +99,7 @@ def test_repr_masks_the_password_in_url_and_kwargs() -> None:
     text = repr(cfg)
     assert SECRET not in text
     assert "app:***@db.example" in text
-    pool = Pool(config=cfg, open=False)
+    pool = pool_class(config=cfg, open=False)
     assert SECRET not in repr(pool)
 
 

@@ -1,4 +1,7 @@
-"""The Database singleton: one pool per name, per process, however it is reached."""
+"""The Database singleton: one pool per name, per process, however it is reached.
+
+What Database and AsyncDatabase share (one object per name, the settings check,
+reset_all, the seed recipe's calls) is in tests/behaviour/test_database.py."""
 
 from __future__ import annotations
 
@@ -9,17 +12,11 @@ from typing import Any
 import psycopg
 import pytest
 
-from poolkeeper import ConfigurationError, Database, PoolError
+from poolkeeper import Database
 from tests.conftest import backends, settled_backends, wait_for_child
 
 
-def test_same_object_on_every_call(dsn: str) -> None:
-    db = Database(dsn=dsn)
-    assert db is Database()
-    assert db is Database("default")
-    assert db is not Database("other", dsn=dsn)
-
-
+@pytest.mark.one_model("threads", "32 OS threads racing the first Database() call")
 def test_32_threads_racing_make_one_pool(dsn: str, admin: psycopg.Connection[Any]) -> None:
     barrier = threading.Barrier(32)
     seen: list[Database] = []
@@ -44,51 +41,11 @@ def test_32_threads_racing_make_one_pool(dsn: str, admin: psycopg.Connection[Any
     assert len(backends(admin, "race")) == 2
 
 
-def test_seed_recipe_api(dsn: str, admin: psycopg.Connection[Any]) -> None:
-    db = Database("seed", dsn=dsn, min_size=1, max_size=2)
-    conn = db.get_connection()
-    conn.execute("SELECT 1")
-    db.release_connection(conn)
-    assert db.stats().rollbacks == 1
-    pid_before = backends(admin, "seed")
-    db.close_all_connections()
-    assert settled_backends(admin, "seed", []) == []
-    with Database("seed").connection() as conn:
-        assert conn.info.backend_pid not in pid_before  # a fresh pool
-
-
-def test_conflicting_settings_raise_naming_the_setting(dsn: str) -> None:
-    Database("conf", dsn=dsn, max_size=5)
-    assert Database("conf") is Database("conf", max_size=5)
-    with pytest.raises(ConfigurationError, match="max_size"):
-        Database("conf", max_size=6)
-    with pytest.raises(ConfigurationError, match="dsn"):
-        Database("conf", dsn=dsn + "x")
-
-
-def test_reset_all_forgets_every_singleton(dsn: str) -> None:
-    first = Database("resettable", dsn=dsn, max_size=3)
-    Database.reset_all()
-    second = Database("resettable", dsn=dsn, max_size=4)
-    assert first is not second
-
-
-def test_transaction_and_connection_forms(dsn: str, admin: psycopg.Connection[Any]) -> None:
-    admin.execute("DROP TABLE IF EXISTS pk_db_tx; CREATE TABLE pk_db_tx (x int)")
-    db = Database(dsn=dsn)
-    with db.transaction() as conn:
-        conn.execute("INSERT INTO pk_db_tx VALUES (7)")
-    with db.connection() as conn:
-        assert conn.execute("SELECT x FROM pk_db_tx").fetchall() == [(7,)]
-
-
-def test_releasing_a_foreign_connection_is_an_error(dsn: str) -> None:
-    db = Database(dsn=dsn)
-    with psycopg.connect(dsn) as stranger, pytest.raises(PoolError):
-        db.release_connection(stranger)
-
-
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.one_model(
+    "threads",
+    twin="tests/test_async_database.py::test_forked_child_gets_a_fresh_pool_and_the_parent_is_unaffected",
+)
 def test_forked_child_gets_a_fresh_pool_and_the_parent_is_unaffected(
     dsn: str, admin: psycopg.Connection[Any]
 ) -> None:

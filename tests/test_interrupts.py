@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import inspect
 import sys
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from types import FrameType
 from typing import Any
@@ -22,7 +21,7 @@ import psycopg
 import pytest
 
 from poolkeeper import AsyncPool, Pool
-from tests.conftest import PoolFactory, backends, settled_backends, unique_pool_name
+from tests.conftest import PoolFactory, settled_backends, unique_pool_name
 
 Admin = psycopg.Connection[Any]
 
@@ -118,6 +117,10 @@ def _assert_slot_repaired(pool: Pool, admin: Admin, stranded: int) -> None:
     assert (stats.size, stats.in_use) == (1, 0)
 
 
+@pytest.mark.one_model(
+    "threads",
+    "injected at a line of Pool's own getconn/putconn, which are written per pool (the hot path)",
+)
 def test_an_interrupt_between_the_idle_pop_and_the_lent_map_loses_no_slot(
     pool: Pool, admin: Admin
 ) -> None:
@@ -129,6 +132,10 @@ def test_an_interrupt_between_the_idle_pop_and_the_lent_map_loses_no_slot(
     _assert_slot_repaired(pool, admin, stranded)
 
 
+@pytest.mark.one_model(
+    "threads",
+    "injected at a line of Pool's own getconn/putconn, which are written per pool (the hot path)",
+)
 def test_an_interrupt_in_putconn_between_its_pop_and_push_loses_no_slot(
     pool: Pool, admin: Admin
 ) -> None:
@@ -139,6 +146,7 @@ def test_an_interrupt_in_putconn_between_its_pop_and_push_loses_no_slot(
     _assert_slot_repaired(pool, admin, stranded)
 
 
+@pytest.mark.one_model("threads", "injected at a line of Pool.connection(), a sync generator")
 def test_an_interrupt_right_after_connection_borrowed_returns_it(pool: Pool, admin: Admin) -> None:
     generator = inspect.unwrap(Pool.connection)
     with (
@@ -171,6 +179,11 @@ async def _assert_async_slot_repaired(pool: AsyncPool, admin: Admin, stranded: i
     assert settled_backends(admin, pool.name, [fresh]) == [fresh]
 
 
+@pytest.mark.one_model(
+    "asyncio",
+    "injected at a line of AsyncPool's own getconn/putconn, which are written per pool (the"
+    " hot path)",
+)
 async def test_an_async_interrupt_between_the_idle_pop_and_the_lent_map_loses_no_slot(
     async_pool: AsyncPool, admin: Admin
 ) -> None:
@@ -184,6 +197,11 @@ async def test_an_async_interrupt_between_the_idle_pop_and_the_lent_map_loses_no
     await _assert_async_slot_repaired(async_pool, admin, stranded)
 
 
+@pytest.mark.one_model(
+    "asyncio",
+    "injected at a line of AsyncPool's own getconn/putconn, which are written per pool (the"
+    " hot path)",
+)
 async def test_an_async_interrupt_in_putconn_loses_no_slot(
     async_pool: AsyncPool, admin: Admin
 ) -> None:
@@ -194,6 +212,11 @@ async def test_an_async_interrupt_in_putconn_loses_no_slot(
     await _assert_async_slot_repaired(async_pool, admin, stranded)
 
 
+@pytest.mark.one_model(
+    "threads",
+    "an interrupt as Pool.getconn returns, between two bytecodes of the caller's thread; a "
+    "task's equivalent is cancellation (test_async_pool.py)",
+)
 def test_a_borrow_whose_result_never_reached_the_caller_loses_no_slot(
     pool: Pool, admin: Admin
 ) -> None:
@@ -204,14 +227,3 @@ def test_a_borrow_whose_result_never_reached_the_caller_loses_no_slot(
         pool.getconn()
     assert pool.stats().in_use == 1  # lent, and nobody can ever return it
     _assert_slot_repaired(pool, admin, stranded)
-
-
-def test_a_connection_held_long_by_its_borrower_is_never_taken_back(
-    pool: Pool, admin: Admin
-) -> None:
-    with pool.connection() as conn:
-        pid = _pid(conn)
-        # Held past the audit's grace (2 x connect_timeout + 1 s) across several audits.
-        time.sleep(2 * pool.config.connect_timeout + 2.5)
-        assert conn.execute("SELECT pg_backend_pid()").fetchone() == (pid,)
-    assert backends(admin, pool.name) == [pid]

@@ -1,5 +1,7 @@
-"""Misuse and bad luck: a fork while another thread holds a lock, and a connection
-returned to a pool that did not lend it."""
+"""Bad luck: a fork while another thread holds a lock the child needs.
+
+A connection returned to a pool that did not lend it is a behaviour of both pools:
+tests/behaviour/test_lending.py."""
 
 from __future__ import annotations
 
@@ -11,13 +13,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import psycopg
 import pytest
 
-from poolkeeper import AsyncDatabase, AsyncPool, Database, PoolError
+from poolkeeper import AsyncDatabase, Database
 from poolkeeper.redact import secrets
 from poolkeeper.shutdown import install_shutdown_hook, uninstall_shutdown_hook
-from tests.conftest import PoolFactory, backends
 
 
 def _lock_of(name: str) -> threading.Lock:
@@ -113,50 +113,3 @@ def test_a_child_forked_while_another_thread_holds_a_lock_does_not_deadlock(
         said = pipe.read()
     assert os.waitstatus_to_exitcode(status) == 0
     assert said.startswith("ok: "), said
-
-
-# -- a connection returned to the wrong pool ------------------------------------------
-
-
-def test_a_closed_pool_refuses_a_connection_it_did_not_lend(
-    make_pool: PoolFactory, admin: psycopg.Connection[Any]
-) -> None:
-    real = make_pool(min_size=1, max_size=1, name="pk-misuse-real")
-    other = make_pool(min_size=0, max_size=1, name="pk-misuse-other")
-    other.close()
-    conn = real.getconn()
-    with pytest.raises(PoolError, match="did not lend"):
-        other.putconn(conn)
-    real.putconn(conn)
-    assert real.stats().in_use == 0
-    with real.connection() as again:
-        assert again is conn
-
-
-async def test_a_closed_async_pool_refuses_a_connection_it_did_not_lend(
-    dsn: str, admin: psycopg.Connection[Any]
-) -> None:
-    async with AsyncPool(dsn, min_size=1, max_size=1, name="pk-misuse-async") as real:
-        other = AsyncPool(dsn, min_size=0, max_size=1, name="pk-misuse-async-other")
-        await other.close()
-        conn = await real.getconn()
-        pid = conn.info.backend_pid
-        with pytest.raises(PoolError, match="did not lend"):
-            await other.putconn(conn)
-        # Still lent by the real pool, which takes it back: in_use returns to 0, and the
-        # same backend serves the next borrow.
-        await real.putconn(conn)
-        assert real.stats().in_use == 0
-        async with real.connection() as again:
-            assert again.info.backend_pid == pid
-        assert backends(admin, "pk-misuse-async") == [pid]
-
-
-async def test_a_connection_closed_under_its_borrower_may_still_be_returned(dsn: str) -> None:
-    pool = AsyncPool(dsn, min_size=1, max_size=1, name="pk-misuse-closed-under")
-    await pool.wait(5)
-    conn = await pool.getconn()
-    await pool.close(timeout=0.1)
-    await pool.putconn(conn)  # closed under its borrower: returning it is no error
-    with pytest.raises(PoolError, match="did not lend"):
-        await pool.putconn(conn)  # but only once

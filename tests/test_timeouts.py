@@ -1,20 +1,20 @@
-"""Every duration has bounds, every per-call timeout is validated like a setting, and
-the deadline thread survives anything: proven with real connections."""
+"""Every duration has bounds, and the deadline thread survives anything.
+
+The bounds reaching the server, and per-call timeouts validated like a setting, are
+behaviours of both pools: tests/behaviour/test_timeouts.py."""
 
 from __future__ import annotations
 
-import asyncio
 import math
 import threading
 import time
 from typing import Any
 
-import psycopg
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from poolkeeper import AsyncPool, ConfigurationError, PoolConfig, PoolTimeout
+from poolkeeper import ConfigurationError, PoolConfig, PoolTimeout
 from poolkeeper.config import (
     CALL_TIMEOUT,
     DURATION_BOUNDS,
@@ -97,70 +97,15 @@ def test_keepalive_interval_stays_within_what_tcp_accepts() -> None:
         PoolConfig(keepalive_interval=40000)
 
 
-def test_the_bounds_themselves_connect_and_reach_the_server(
-    make_pool: PoolFactory, admin: psycopg.Connection[Any]
-) -> None:
-    pool = make_pool(
-        min_size=1,
-        max_size=1,
-        statement_timeout=MAX_SECONDS,
-        idle_in_transaction_timeout=0.001,
-        tcp_user_timeout=MAX_SECONDS,
-        keepalive_interval=DURATION_BOUNDS["keepalive_interval"].high,
-        timeout=MAX_SECONDS,
-        max_lifetime=MAX_SECONDS,
-    )
-    with pool.connection() as conn:
-        # Outside a transaction: idle in one for 1 ms would end the session.
-        conn.autocommit = True
-        settings = dict(
-            conn.execute(
-                "SELECT name, setting FROM pg_settings WHERE name IN "
-                "('statement_timeout', 'idle_in_transaction_session_timeout')"
-            ).fetchall()
-        )
-    assert settings == {
-        "statement_timeout": str(2**31 - 1),
-        "idle_in_transaction_session_timeout": "1",
-    }
-
-
 @pytest.mark.parametrize("value", ["false", "true", 0, 1, "off"], ids=repr)
 def test_pgbouncer_takes_only_a_real_boolean(value: object) -> None:
     with pytest.raises(ConfigurationError, match=r"^pgbouncer: "):
         PoolConfig(pgbouncer=value)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize(
-    "value",
-    [math.nan, math.inf, 1e10, 10**400, -1, -0.0, "0.5", True],
-    ids=lambda v: repr(v)[:20],
+@pytest.mark.one_model(
+    "threads", "Pool's deadline thread; AsyncPool keeps its deadlines on one loop timer"
 )
-def test_a_per_call_timeout_is_validated_like_a_setting(make_pool: PoolFactory, value: Any) -> None:
-    pool = make_pool(min_size=1, max_size=1)
-    pool.wait(5)
-    held = pool.getconn()
-    try:
-        for call in (pool.getconn, pool.wait):
-            with pytest.raises(ConfigurationError, match=r"^timeout: "):
-                call(value)
-        with pytest.raises(ConfigurationError, match=r"^timeout: "), pool.connection(value):
-            pass
-    finally:
-        pool.putconn(held)
-    # With an idle connection at hand too: a bad timeout is an error, not ignored.
-    with pytest.raises(ConfigurationError, match=r"^timeout: "):
-        pool.getconn(value)
-    with pytest.raises(ConfigurationError, match=r"^timeout: "):
-        pool.close(value)
-
-
-def test_timeout_zero_still_means_do_not_wait(make_pool: PoolFactory) -> None:
-    pool = make_pool(min_size=1, max_size=1)
-    with pool.connection(), pytest.raises(PoolTimeout):
-        pool.getconn(0)
-
-
 def test_the_deadline_thread_survives_a_deadline_it_cannot_sleep_until(
     make_pool: PoolFactory,
 ) -> None:
@@ -185,17 +130,3 @@ def test_the_deadline_thread_survives_a_deadline_it_cannot_sleep_until(
     far.join(5)
     assert far_waiter_got
     pool.putconn(far_waiter_got[0])
-
-
-@pytest.mark.parametrize("value", [math.nan, 1e10, 10**400, "0.5"], ids=lambda v: repr(v)[:20])
-async def test_an_async_per_call_timeout_is_validated_like_a_setting(dsn: str, value: Any) -> None:
-    async with AsyncPool(dsn, min_size=1, max_size=1, name="pk-async-timeouts") as pool:
-        held = await pool.getconn()
-        try:
-            for call in (pool.getconn, pool.wait):
-                with pytest.raises(ConfigurationError, match=r"^timeout: "):
-                    await asyncio.wait_for(call(value), 5)
-        finally:
-            await pool.putconn(held)
-        with pytest.raises(ConfigurationError, match=r"^timeout: "):
-            await pool.close(value)

@@ -72,7 +72,11 @@ def _k(expr: str, *paths: str) -> tuple[str, ...]:
     return (*where, "-m", "not fault", "-k", expr)
 
 
-REDACTION_TESTS = ("tests/test_redaction.py", "tests/test_secrets.py")
+REDACTION_TESTS = (
+    "tests/test_redaction.py",
+    "tests/behaviour/test_redaction.py",
+    "tests/test_secrets.py",
+)
 
 MUTANTS: list[Mutant] = [
     # -- fork safety -------------------------------------------------------------------
@@ -189,7 +193,7 @@ MUTANTS: list[Mutant] = [
         "            self._changed.notify_all()\n        self._close_later(rec)\n",
         "            self._changed.notify_all()\n",
         "a retired connection leaves the books but is never closed on the server",
-        ("tests/test_lifetime.py",),
+        ("tests/behaviour/test_lifetime.py",),
     ),
     # -- hand-off to waiters -------------------------------------------------------------
     Mutant(
@@ -239,7 +243,7 @@ MUTANTS: list[Mutant] = [
         "    return now + max_lifetime * (1.0 - LIFETIME_JITTER * draw)\n",
         '    return float("inf")\n',
         "max_lifetime never retires anything",
-        ("tests/test_lifetime.py", "tests/test_policy_core.py"),
+        ("tests/behaviour/test_lifetime.py", "tests/test_policy_core.py"),
     ),
     Mutant(
         "lifetime-housekeeping-ignores-expiry",
@@ -247,7 +251,7 @@ MUTANTS: list[Mutant] = [
         "        expired = now >= rec.expires_at or rec.generation < generation\n",
         "        expired = rec.generation < generation\n",
         "housekeeping never retires an idle connection past its lifetime",
-        ("tests/test_lifetime.py", "tests/test_policy.py"),
+        ("tests/behaviour/test_lifetime.py", "tests/test_policy.py"),
     ),
     Mutant(
         "lifetime-sync-return-ignores-expiry",
@@ -255,7 +259,7 @@ MUTANTS: list[Mutant] = [
         "        if rec.generation != self._generation or now >= rec.expires_at:\n",
         "        if rec.generation != self._generation:\n",
         "Pool.putconn puts a connection past its lifetime back into service",
-        ("tests/test_lifetime.py",),
+        ("tests/behaviour/test_lifetime.py",),
     ),
     Mutant(
         "lifetime-async-return-ignores-expiry",
@@ -263,7 +267,7 @@ MUTANTS: list[Mutant] = [
         "        if rec.generation != self._generation or now >= rec.expires_at:\n",
         "        if rec.generation != self._generation:\n",
         "AsyncPool.putconn puts a connection past its lifetime back into service",
-        ("tests/test_lifetime.py",),
+        ("tests/behaviour/test_lifetime.py",),
     ),
     Mutant(
         "lifetime-borrow-ignores-expiry",
@@ -273,7 +277,7 @@ MUTANTS: list[Mutant] = [
         "        if rec.generation < self._generation:\n"
         '            self._retire(rec, "reached max_lifetime"',
         "a borrow whose check is due lends a connection past its lifetime",
-        ("tests/test_lifetime.py",),
+        ("tests/behaviour/test_lifetime.py",),
     ),
     # -- opening -------------------------------------------------------------------------
     Mutant(

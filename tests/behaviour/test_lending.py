@@ -132,6 +132,25 @@ async def test_putconn_rejects_connections_it_did_not_lend(
         await other.putconn(conn)  # twice
 
 
+async def test_a_closed_pool_refuses_a_connection_it_did_not_lend(
+    make_pool: MakePool, admin: Admin
+) -> None:
+    real = make_pool(min_size=1, max_size=1)
+    other = make_pool(min_size=0, max_size=1, name=real.name + "-other")
+    await other.close()
+    conn = await real.getconn()
+    pid = backend_pid(conn)
+    with pytest.raises(PoolError, match="did not lend"):
+        await other.putconn(conn)
+    # Still lent by the real pool, which takes it back: the same backend serves the
+    # next borrow.
+    await real.putconn(conn)
+    assert real.stats().in_use == 0
+    async with real.connection() as again:
+        assert backend_pid(again) == pid
+    assert backends(admin, real.name) == [pid]
+
+
 async def test_transaction_commits_on_success_and_rolls_back_on_error(
     make_pool: MakePool, admin: Admin, kind: Kind
 ) -> None:

@@ -12,7 +12,15 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from poolkeeper import ConnectionFailed, PoolClosed, PoolError, PoolTimeout
 from tests.behaviour.conftest import MakePool
-from tests.behaviour.kinds import Kind, close, fetchval, is_closed, wait_until
+from tests.behaviour.kinds import (
+    Kind,
+    close,
+    fetchval,
+    is_closed,
+    rollback,
+    sqlstate,
+    wait_until,
+)
 from tests.conftest import backends
 
 Admin = psycopg.Connection[Any]
@@ -57,6 +65,7 @@ async def test_wait_times_out_when_min_size_cannot_be_reached(make_pool: MakePoo
         await pool.wait(timeout=0.5)
     assert time.monotonic() - start < 1.5
     assert "last error" in str(info.value)
+    assert "opened 0 of its min_size=1 within" in str(info.value)
     assert info.value.__cause__ is not None
 
 
@@ -146,6 +155,20 @@ async def test_without_statement_timeout_the_servers_default_stands(make_pool: M
     pool = make_pool(min_size=1, max_size=1)
     async with pool.connection() as conn:
         assert await fetchval(conn, "SHOW statement_timeout") == "0"
+
+
+async def test_a_statement_past_statement_timeout_is_cancelled_by_the_server(
+    make_pool: MakePool,
+) -> None:
+    """A client-side guard against a silent server never pre-empts the server's own
+    cancellation: the borrower gets SQLSTATE 57014 and keeps a working connection."""
+    pool = make_pool(min_size=1, max_size=1, statement_timeout=0.3)
+    async with pool.connection() as conn:
+        with pytest.raises(Exception, match="statement timeout") as caught:
+            await fetchval(conn, "SELECT pg_sleep(2)")
+        assert sqlstate(caught.value) == "57014", repr(caught.value)
+        await rollback(conn)
+        assert await fetchval(conn, "SELECT 1") == 1
 
 
 async def test_password_never_appears_in_errors_logs_or_repr(

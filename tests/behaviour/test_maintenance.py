@@ -8,7 +8,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from poolkeeper import AsyncDatabase
+from poolkeeper import AsyncDatabase, PoolTimeout
 from tests.behaviour.conftest import MakePool
 from tests.behaviour.kinds import (
     Kind,
@@ -41,6 +41,28 @@ async def test_resize_grows_now_and_shrinks_idle(make_pool: MakePool, admin: Adm
     await wait_until(lambda: pool.stats().size == 2)
     assert pool.config.max_size == 2
     await wait_until(lambda: len(backends(admin, pool.name)) == 2)
+
+
+@pytest.mark.per_model("the pool's bounds and retirement on return; no driver call differs")
+async def test_resize_down_retires_borrowed_connections_beyond_max(
+    make_pool: MakePool, admin: Admin
+) -> None:
+    pool = make_pool(min_size=0, max_size=8)
+    held = [await pool.getconn() for _ in range(8)]
+    assert len(backends(admin, pool.name)) == 8
+    await pool.resize(1, 2)
+    for conn in held:
+        await pool.putconn(conn)
+    await wait_until(lambda: len(backends(admin, pool.name)) == 2)
+    stats = pool.stats()
+    assert (stats.size, stats.idle, stats.in_use) == (2, 2, 0)
+    # Two can be lent at once, not eight.
+    two = [await pool.getconn(timeout=1) for _ in range(2)]
+    with pytest.raises(PoolTimeout):
+        await pool.getconn(timeout=0.2)
+    for conn in two:
+        await pool.putconn(conn)
+    assert len(backends(admin, pool.name)) == 2
 
 
 async def test_check_replaces_connections_that_died(make_pool: MakePool, admin: Admin) -> None:
@@ -217,3 +239,17 @@ async def test_each_borrow_that_leaks_is_reported_with_its_own_stack(
     assert "first_borrower" in leaks[0] and "second_borrower" not in leaks[0]
     assert "second_borrower" in leaks[1] and "first_borrower" not in leaks[1]
     await pool.putconn(again)
+
+
+@pytest.mark.per_model("housekeeping's audit of the slots; no driver call differs")
+async def test_a_connection_held_long_by_its_borrower_is_never_taken_back(
+    make_pool: MakePool, kind: Kind, admin: Admin
+) -> None:
+    pool = make_pool(min_size=1, max_size=1, connect_timeout=0.5)
+    await pool.wait(5)
+    async with pool.connection() as conn:
+        pid = backend_pid(conn)
+        # Held past the audit's grace (2 x connect_timeout + 1 s) across several audits.
+        await kind.sleep(2 * pool.config.connect_timeout + 2.5)
+        assert await fetchval(conn, "SELECT pg_backend_pid()") == pid
+    assert backends(admin, pool.name) == [pid]

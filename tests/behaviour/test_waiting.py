@@ -151,25 +151,31 @@ async def test_waiters_time_out_at_their_own_deadlines_in_order(
     await assert_books_balance(pool)
 
 
-async def test_max_waiting_rejects_the_next_caller_at_once(make_pool: MakePool, kind: Kind) -> None:
-    pool = make_pool(min_size=1, max_size=1, max_waiting=2, timeout=20)
+@pytest.mark.parametrize(
+    ("max_waiting", "says"),
+    [(1, "1 caller already waits "), (2, "2 callers already wait ")],
+)
+async def test_max_waiting_rejects_the_next_caller_at_once(
+    make_pool: MakePool, kind: Kind, max_waiting: int, says: str
+) -> None:
+    pool = make_pool(min_size=1, max_size=1, max_waiting=max_waiting, timeout=20)
     conn = await pool.getconn()
     got: list[Any] = []
 
     async def borrow() -> None:
         got.append(await pool.getconn())
 
-    waiters = [kind.spawn(borrow()) for _ in range(2)]
-    await wait_until(lambda: pool.stats().waiting == 2)
+    waiters = [kind.spawn(borrow()) for _ in range(max_waiting)]
+    await wait_until(lambda: pool.stats().waiting == max_waiting)
     start = time.monotonic()
-    with pytest.raises(TooManyWaiters, match="max_waiting=2"):
+    with pytest.raises(TooManyWaiters, match=f"max_waiting={max_waiting}") as caught:
         await pool.getconn()
     assert time.monotonic() - start < 5  # at once, not after the pool's 20 s
+    assert says in str(caught.value)  # the count agrees in number with its noun
     await pool.putconn(conn)
-    await wait_until(lambda: len(got) == 1)
-    await pool.putconn(got[0])
-    await wait_until(lambda: len(got) == 2)
-    await pool.putconn(got[1])
+    for i in range(max_waiting):
+        await wait_until(lambda i=i: len(got) > i)  # type: ignore[misc]
+        await pool.putconn(got[i])
     await asyncio.gather(*waiters)
     await assert_books_balance(pool)
 

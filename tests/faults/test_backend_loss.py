@@ -10,12 +10,14 @@ import pytest
 
 from poolkeeper import ConnectionFailed, Pool, PoolTimeout
 from poolkeeper.embedded import LocalServer
+from tests.behaviour.kinds import PER_MODEL_KINDS, AnyPool, Kind, fetchval
 from tests.faults.conftest import Report, backend_pids, terminate_all, wait_until
 from tests.faults.proxy import FaultProxy
 
 pytestmark = pytest.mark.fault
 
 PoolMaker = Callable[..., Pool]
+KindPools = Callable[..., AnyPool]
 
 
 def _warm(pool: Pool, count: int) -> None:
@@ -65,28 +67,43 @@ def test_terminate_every_backend_then_100_borrows_succeed(
     assert pool.stats().checks_failed >= 1
 
 
-def test_one_dead_connection_makes_every_older_idle_one_suspect(
-    shared_server: LocalServer, pools: PoolMaker, report: Report
+@pytest.mark.parametrize("kind", PER_MODEL_KINDS)
+async def test_one_dead_connection_makes_every_older_idle_one_suspect(
+    shared_server: LocalServer, kind_pools: KindPools, report: Report, kind: Kind
 ) -> None:
     """With borrow-time checks effectively off, the first failure marks all older idle
     connections suspect, so the error surfaces once, not once per dead connection."""
-    name = "fault-epoch"
-    pool = pools(shared_server.dsn, name=name, min_size=4, max_size=8, check_after=3600)
-    _warm(pool, 4)
+    name = f"fault-epoch-{kind.id}"
+    pool = kind_pools(shared_server.dsn, name=name, min_size=4, max_size=8, check_after=3600)
+    await pool.wait(timeout=10)
+    held = [await pool.getconn(timeout=5) for _ in range(4)]
+    for conn in held:
+        await pool.putconn(conn)
     terminate_all(shared_server, name)
 
+    async def borrow_many(count: int) -> tuple[int, list[str]]:
+        ok, errors = 0, []
+        for _ in range(count):
+            try:
+                async with pool.connection(timeout=5) as conn:
+                    await fetchval(conn, "SELECT 1")
+                ok += 1
+            except Exception as exc:
+                errors.append(f"{type(exc).__name__}: {exc}")
+        return ok, errors
+
     # The one connection lent before anything was known to be wrong fails.
-    ok, errors = _borrow_many(pool, 1)
+    ok, errors = await borrow_many(1)
     assert (ok, len(errors)) == (0, 1), errors
     # Four at once, so that the three other dead ones must come off the stack (one by
     # one, a replacement landing on top could keep them there): each is verified and
     # replaced before it is lent.
-    held = [pool.getconn(timeout=5) for _ in range(4)]
+    held = [await pool.getconn(timeout=5) for _ in range(4)]
     for conn in held:
-        conn.execute("SELECT 1")
+        await fetchval(conn, "SELECT 1")
     for conn in held:
-        pool.putconn(conn)
-    more_ok, more_errors = _borrow_many(pool, 99)
+        await pool.putconn(conn)
+    more_ok, more_errors = await borrow_many(99)
     errors += more_errors
     report["errors_surfaced"] = len(errors)
     report["borrows_ok"] = ok + more_ok

@@ -10,12 +10,14 @@ from collections.abc import Callable
 import pytest
 
 from poolkeeper import ConnectionFailed, Pool, PoolTimeout
+from tests.behaviour.kinds import PER_MODEL_KINDS, AnyPool, Kind, fetchval
 from tests.faults.conftest import Report, ServerFactory, wait_until
 from tests.faults.load import restart_under_load
 
 pytestmark = pytest.mark.fault
 
 PoolMaker = Callable[..., Pool]
+KindPools = Callable[..., AnyPool]
 
 
 def test_restart_under_load(own_server: ServerFactory, pools: PoolMaker, report: Report) -> None:
@@ -45,17 +47,18 @@ def test_restart_under_load(own_server: ServerFactory, pools: PoolMaker, report:
     run.assert_recovered(timeout)
 
 
-def test_server_down_at_start_then_heals(
-    own_server: ServerFactory, pools: PoolMaker, report: Report
+@pytest.mark.parametrize("kind", PER_MODEL_KINDS)
+async def test_server_down_at_start_then_heals(
+    own_server: ServerFactory, kind_pools: KindPools, report: Report, kind: Kind
 ) -> None:
     """No server yet: the pool constructs, borrows time out with the cause, and the pool
     heals on its own once the server starts."""
     server = own_server(start=False)
     # fail_fast_after=None: this is the PoolTimeout path (the breaker has its own test).
-    pool = pools(server.dsn, name="fault-down-at-start", min_size=2, fail_fast_after=None)
+    pool = kind_pools(server.dsn, name="fault-down-at-start", min_size=2, fail_fast_after=None)
     start = time.monotonic()
     with pytest.raises(PoolTimeout) as caught:
-        pool.getconn(timeout=1)
+        await pool.getconn(timeout=1)
     elapsed = time.monotonic() - start
     report["getconn_raised_after_s"] = elapsed
     assert 0.9 <= elapsed < 1.5
@@ -65,21 +68,22 @@ def test_server_down_at_start_then_heals(
 
     server.start()
     up_at = time.monotonic()
-    pool.wait(timeout=10)
+    await pool.wait(timeout=10)
     report["min_size_open_after_start_s"] = time.monotonic() - up_at
-    with pool.connection(timeout=5) as conn:
-        assert conn.execute("SELECT 1").fetchone() == (1,)
+    async with pool.connection(timeout=5) as conn:
+        assert await fetchval(conn, "SELECT 1") == 1
 
 
-def test_server_down_at_start_with_breaker(
-    own_server: ServerFactory, pools: PoolMaker, report: Report
+@pytest.mark.parametrize("kind", PER_MODEL_KINDS)
+async def test_server_down_at_start_with_breaker(
+    own_server: ServerFactory, kind_pools: KindPools, report: Report, kind: Kind
 ) -> None:
     """The same with default settings: the caller fails within its timeout, with the cause."""
     server = own_server(start=False)
-    pool = pools(server.dsn, name="fault-down-breaker", min_size=2)
+    pool = kind_pools(server.dsn, name="fault-down-breaker", min_size=2)
     start = time.monotonic()
     with pytest.raises((PoolTimeout, ConnectionFailed)) as caught:
-        pool.getconn(timeout=1)
+        await pool.getconn(timeout=1)
     report["getconn_raised_after_s"] = time.monotonic() - start
     report["raised"] = type(caught.value).__name__
     assert time.monotonic() - start < 1.5
