@@ -27,6 +27,11 @@ SNEAKY = {
 }
 
 
+@pytest.mark.one_model(
+    "threads",
+    "the sync drivers' tracking layers; every driver shares the lexer, and the asyncio "
+    "drivers' layers meet every spelling in test_session_hygiene.py",
+)
 @pytest.mark.parametrize("driver", ["psycopg", "psycopg2"])
 @pytest.mark.parametrize("name", sorted(SNEAKY))
 def test_sneaky_spellings_leave_nothing_for_the_next_borrower(
@@ -42,6 +47,11 @@ def test_sneaky_spellings_leave_nothing_for_the_next_borrower(
         _assert_no_leak(pool, run)
 
 
+@pytest.mark.one_model(
+    "threads",
+    "the sync drivers' tracking layers; every driver shares the lexer, and the asyncio "
+    "drivers' layers meet every spelling in test_session_hygiene.py",
+)
 @pytest.mark.parametrize("driver", ["psycopg", "psycopg2"])
 @pytest.mark.parametrize("value", ["'pg_temp'", "$$pg_temp$$", "E'pg_te\\155p'"])
 def test_a_local_search_path_to_pg_temp_cannot_hide_a_temporary_table(
@@ -64,6 +74,7 @@ def test_the_lexer_calls_each_sneaky_spelling_dirty(text: str) -> None:
     assert touches_session(text) is True
 
 
+@pytest.mark.one_model("threads", "psycopg2 is a sync-only driver")
 def test_a_psycopg2_typecaster_registered_on_the_connection_is_not_the_next_borrowers(
     dsn: str,
 ) -> None:

@@ -162,6 +162,10 @@ def _sync_case(driver_name: str, name: str) -> Case:
     return PSYCOPG_CASES[name] if driver_name == "psycopg" else _psycopg2_cases()[name]
 
 
+@pytest.mark.one_model(
+    "threads",
+    twin="tests/test_client_state.py::test_async_pool_next_borrower_sees_the_baseline",
+)
 @pytest.mark.parametrize(("driver_name", "name"), _sync_cases())
 def test_pool_next_borrower_sees_the_baseline(
     make_pool: PoolFactory, driver_name: str, name: str
@@ -191,6 +195,10 @@ def _psycopg2_configure(conn: Any) -> None:
     conn.commit()
 
 
+@pytest.mark.one_model(
+    "threads",
+    "the sync drivers' own connection attributes (psycopg Connection, psycopg2)",
+)
 @pytest.mark.parametrize("session_change", [False, True])
 @pytest.mark.parametrize("driver_name", SYNC_DRIVERS)
 def test_pool_configure_choices_are_the_baseline(
@@ -218,6 +226,10 @@ def test_pool_configure_choices_are_the_baseline(
             assert _show(b, "transaction_read_only") == "on"
 
 
+@pytest.mark.one_model(
+    "threads",
+    "the sync drivers' own connection attributes (psycopg Connection, psycopg2)",
+)
 def test_pool_configure_runs_again_from_the_connected_state(make_pool: PoolFactory) -> None:
     heard: list[str] = []
 
@@ -247,6 +259,13 @@ def _count(admin: Admin, tag: str) -> int:
     return int(row.fetchone()[0])  # type: ignore[index]
 
 
+@pytest.mark.one_model(
+    "threads",
+    twin=(
+        "tests/test_client_state.py::"
+        "test_async_pool_autocommit_left_on_does_not_commit_the_next_borrowers_failed_work"
+    ),
+)
 @pytest.mark.parametrize("driver_name", SYNC_DRIVERS)
 def test_pool_autocommit_left_on_does_not_commit_the_next_borrowers_failed_work(
     make_pool: PoolFactory, admin: Admin, rows_table: str, driver_name: str
@@ -270,6 +289,10 @@ def _autocommit_on(conn: Any) -> None:
     conn.autocommit = True
 
 
+@pytest.mark.one_model(
+    "threads",
+    "the sync drivers' own connection attributes (psycopg Connection, psycopg2)",
+)
 @pytest.mark.parametrize("driver_name", SYNC_DRIVERS)
 def test_pool_autocommit_baseline_survives_a_borrower_who_turned_it_off(
     make_pool: PoolFactory, admin: Admin, rows_table: str, driver_name: str
@@ -290,6 +313,10 @@ def test_pool_autocommit_baseline_survives_a_borrower_who_turned_it_off(
 # -- session tracking survives a swapped cursor_factory ---------------------------------
 
 
+@pytest.mark.one_model(
+    "threads",
+    "the sync drivers' own connection attributes (psycopg Connection, psycopg2)",
+)
 @pytest.mark.parametrize("driver_name", SYNC_DRIVERS)
 def test_pool_swapped_cursor_factory_does_not_turn_session_tracking_off(
     make_pool: PoolFactory, driver_name: str
@@ -316,6 +343,10 @@ def test_pool_swapped_cursor_factory_does_not_turn_session_tracking_off(
 # -- handlers and what arrived for A ----------------------------------------------------
 
 
+@pytest.mark.one_model(
+    "threads",
+    "psycopg's sync Connection handlers; the AsyncConnection's are tested below",
+)
 def test_pool_psycopg_notice_and_notify_handlers_do_not_hear_the_next_borrower(
     make_pool: PoolFactory,
 ) -> None:
@@ -333,6 +364,7 @@ def test_pool_psycopg_notice_and_notify_handlers_do_not_hear_the_next_borrower(
     assert heard == []
 
 
+@pytest.mark.one_model("threads", "psycopg's sync notifies() queue")
 def test_pool_psycopg_notifications_queued_for_a_are_not_handed_to_b(
     make_pool: PoolFactory,
 ) -> None:
@@ -346,6 +378,7 @@ def test_pool_psycopg_notifications_queued_for_a_are_not_handed_to_b(
         assert list(b.notifies(timeout=0.2, stop_after=1)) == []
 
 
+@pytest.mark.one_model("threads", "psycopg2 is a sync-only driver")
 def test_pool_psycopg2_notices_and_notifications_left_for_a_are_not_handed_to_b(
     make_pool: PoolFactory,
 ) -> None:
@@ -443,6 +476,10 @@ def _async_cases() -> list[Any]:
     return cases + [pytest.param("asyncpg", name, id=f"asyncpg-{name}") for name in ASYNCPG_CASES]
 
 
+@pytest.mark.one_model(
+    "asyncio",
+    twin="tests/test_client_state.py::test_pool_next_borrower_sees_the_baseline",
+)
 @pytest.mark.parametrize(("driver", "name"), _async_cases())
 async def test_async_pool_next_borrower_sees_the_baseline(
     make_async_pool: AsyncPoolFactory, driver: str, name: str
@@ -465,6 +502,13 @@ async def test_async_pool_next_borrower_sees_the_baseline(
         assert await observe(b) == baseline
 
 
+@pytest.mark.one_model(
+    "asyncio",
+    twin=(
+        "tests/test_client_state.py::"
+        "test_pool_autocommit_left_on_does_not_commit_the_next_borrowers_failed_work"
+    ),
+)
 @pytest.mark.parametrize("driver", ["psycopg"])
 async def test_async_pool_autocommit_left_on_does_not_commit_the_next_borrowers_failed_work(
     make_async_pool: AsyncPoolFactory, admin: Admin, rows_table: str, driver: str
@@ -481,6 +525,10 @@ async def test_async_pool_autocommit_left_on_does_not_commit_the_next_borrowers_
     assert _count(admin, tag) == 0
 
 
+@pytest.mark.one_model(
+    "asyncio",
+    "psycopg's AsyncConnection attributes, handlers and cursor factory",
+)
 @pytest.mark.parametrize("driver", ["psycopg"])
 async def test_async_pool_psycopg_handlers_and_cursor_factory(
     make_async_pool: AsyncPoolFactory, driver: str
@@ -504,6 +552,10 @@ async def test_async_pool_psycopg_handlers_and_cursor_factory(
     assert heard == []
 
 
+@pytest.mark.one_model(
+    "asyncio",
+    "asyncpg's own listeners, loggers and codecs (an asyncio-only driver)",
+)
 @pytest.mark.parametrize("driver", ["asyncpg"])
 async def test_async_pool_asyncpg_listeners_and_loggers_do_not_reach_the_next_borrower(
     make_async_pool: AsyncPoolFactory, admin: Admin, driver: str
@@ -536,6 +588,10 @@ async def test_async_pool_asyncpg_listeners_and_loggers_do_not_reach_the_next_bo
     assert heard == []
 
 
+@pytest.mark.one_model(
+    "asyncio",
+    "asyncpg's own listeners, loggers and codecs (an asyncio-only driver)",
+)
 @pytest.mark.parametrize("driver", ["asyncpg"])
 async def test_async_pool_asyncpg_configure_listeners_and_codecs_are_the_baseline(
     make_async_pool: AsyncPoolFactory, driver: str

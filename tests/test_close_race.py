@@ -55,6 +55,9 @@ class RacyPool(Pool):
         _idle_slot.__set__(self, value)
 
 
+@pytest.mark.one_model(
+    "threads", "close() from another thread, forced into windows of Pool.putconn's own code"
+)
 @pytest.mark.parametrize("window", ["_check_after", "_idle"])
 def test_a_return_racing_close_is_closed_not_kept(
     dsn: str, admin: psycopg.Connection[Any], window: str

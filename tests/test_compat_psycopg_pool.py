@@ -56,6 +56,10 @@ def _terminate(admin: psycopg.Connection[Any], pids: list[int]) -> None:
 # -- construction --------------------------------------------------------------------------
 
 
+@pytest.mark.one_model(
+    "threads",
+    "psycopg_pool's ConnectionPool API, case by case as psycopg_pool's own tests",
+)
 def test_default_sizes_and_names(dsn: str) -> None:
     with ConnectionPool(dsn, open=False) as pool:
         assert (pool.min_size, pool.max_size) == (4, 4)
@@ -95,12 +99,20 @@ def test_the_pools_keep_psycopg_pools_attributes(dsn: str) -> None:
     )
 
 
+@pytest.mark.one_model(
+    "threads",
+    "psycopg_pool's ConnectionPool API, case by case as psycopg_pool's own tests",
+)
 @pytest.mark.parametrize(("min_size", "max_size"), [(2, 1), (-1, None), (0, 0)])
 def test_bad_sizes(dsn: str, min_size: int, max_size: int | None) -> None:
     with pytest.raises(ConfigurationError):
         ConnectionPool(dsn, min_size=min_size, max_size=max_size, open=False)
 
 
+@pytest.mark.one_model(
+    "threads",
+    "psycopg_pool's ConnectionPool API, case by case as psycopg_pool's own tests",
+)
 def test_kwargs_reach_the_server(dsn: str, admin: psycopg.Connection[Any]) -> None:
     with ConnectionPool(
         dsn, min_size=1, kwargs={"application_name": "pk-compat-kwargs"}, name="pk-compat-kw"
@@ -112,6 +124,10 @@ def test_kwargs_reach_the_server(dsn: str, admin: psycopg.Connection[Any]) -> No
 # -- connection(): commit on a clean exit -----------------------------------------------
 
 
+@pytest.mark.one_model(
+    "threads",
+    "psycopg_pool's ConnectionPool API, case by case as psycopg_pool's own tests",
+)
 def test_connection_commits_on_a_clean_exit(
     dsn: str, admin: psycopg.Connection[Any], table: str
 ) -> None:
@@ -122,6 +138,10 @@ def test_connection_commits_on_a_clean_exit(
         assert _rows(admin) == [1]
 
 
+@pytest.mark.one_model(
+    "threads",
+    "psycopg_pool's ConnectionPool API, case by case as psycopg_pool's own tests",
+)
 def test_connection_rolls_back_when_the_block_raises(
     dsn: str, admin: psycopg.Connection[Any], table: str
 ) -> None:
@@ -134,6 +154,10 @@ def test_connection_rolls_back_when_the_block_raises(
             assert conn.info.transaction_status == TransactionStatus.IDLE
 
 
+@pytest.mark.one_model(
+    "threads",
+    "psycopg_pool's ConnectionPool API, case by case as psycopg_pool's own tests",
+)
 def test_connection_closed_in_the_block_is_replaced(dsn: str) -> None:
     inits: list[int] = []
 
@@ -157,6 +181,10 @@ def test_connection_closed_in_the_block_is_replaced(dsn: str) -> None:
 # -- getconn/putconn -------------------------------------------------------------------------
 
 
+@pytest.mark.one_model(
+    "threads",
+    "psycopg_pool's ConnectionPool API, case by case as psycopg_pool's own tests",
+)
 def test_a_returned_transaction_is_rolled_back(dsn: str) -> None:
     with ConnectionPool(dsn, min_size=1, name="pk-compat-intrans") as pool:
         conn = pool.getconn()
@@ -170,6 +198,10 @@ def test_a_returned_transaction_is_rolled_back(dsn: str) -> None:
             assert row == (None,)
 
 
+@pytest.mark.one_model(
+    "threads",
+    "psycopg_pool's ConnectionPool API, case by case as psycopg_pool's own tests",
+)
 def test_putconn_of_a_foreign_connection_is_an_error(dsn: str) -> None:
     with (
         ConnectionPool(dsn, min_size=1, name="pk-compat-foreign") as pool,
@@ -182,6 +214,10 @@ def test_putconn_of_a_foreign_connection_is_an_error(dsn: str) -> None:
 # -- open, wait, close --------------------------------------------------------------------
 
 
+@pytest.mark.one_model(
+    "threads",
+    "psycopg_pool's ConnectionPool API, case by case as psycopg_pool's own tests",
+)
 def test_open_wait_and_close(dsn: str, admin: psycopg.Connection[Any]) -> None:
     pool = ConnectionPool(dsn, min_size=2, open=False, name="pk-compat-open")
     assert pool.closed
@@ -197,6 +233,10 @@ def test_open_wait_and_close(dsn: str, admin: psycopg.Connection[Any]) -> None:
     assert settled_backends(admin, "pk-compat-open", []) == []
 
 
+@pytest.mark.one_model(
+    "threads",
+    "psycopg_pool's ConnectionPool API, case by case as psycopg_pool's own tests",
+)
 def test_wait_times_out_on_a_port_nobody_answers() -> None:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))  # bound, not listening: refused
@@ -210,6 +250,10 @@ def test_wait_times_out_on_a_port_nobody_answers() -> None:
         sock.close()
 
 
+@pytest.mark.one_model(
+    "threads",
+    "psycopg_pool's ConnectionPool API, case by case as psycopg_pool's own tests",
+)
 def test_reconnect_failed_is_called_with_the_pool() -> None:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -238,6 +282,10 @@ def test_reconnect_failed_is_called_with_the_pool() -> None:
 # -- resize, check ---------------------------------------------------------------------------
 
 
+@pytest.mark.one_model(
+    "threads",
+    "psycopg_pool's ConnectionPool API, case by case as psycopg_pool's own tests",
+)
 def test_resize(dsn: str, admin: psycopg.Connection[Any]) -> None:
     with ConnectionPool(dsn, min_size=1, max_size=2, name="pk-compat-resize") as pool:
         pool.wait(5)
@@ -249,6 +297,10 @@ def test_resize(dsn: str, admin: psycopg.Connection[Any]) -> None:
             pool.resize(3, 2)
 
 
+@pytest.mark.one_model(
+    "threads",
+    "psycopg_pool's ConnectionPool API, case by case as psycopg_pool's own tests",
+)
 def test_check_replaces_dead_connections(dsn: str, admin: psycopg.Connection[Any]) -> None:
     name = "pk-compat-check"
     with ConnectionPool(dsn, min_size=2, name=name) as pool:
@@ -261,6 +313,10 @@ def test_check_replaces_dead_connections(dsn: str, admin: psycopg.Connection[Any
         assert len(new) == 2 and not set(new) & set(old)
 
 
+@pytest.mark.one_model(
+    "threads",
+    "psycopg_pool's ConnectionPool API, case by case as psycopg_pool's own tests",
+)
 def test_check_connection_runs_before_every_lend(dsn: str, admin: psycopg.Connection[Any]) -> None:
     """psycopg_pool's recipe: a connection killed a moment after its return is
     caught before it is lent, and the check leaves no transaction open."""
@@ -278,6 +334,10 @@ def test_check_connection_runs_before_every_lend(dsn: str, admin: psycopg.Connec
 # -- reset= ----------------------------------------------------------------------------------
 
 
+@pytest.mark.one_model(
+    "threads",
+    "psycopg_pool's ConnectionPool API, case by case as psycopg_pool's own tests",
+)
 def test_reset_runs_on_every_return_and_has_the_last_word(dsn: str) -> None:
     resets: list[int] = []
 
@@ -295,6 +355,10 @@ def test_reset_runs_on_every_return_and_has_the_last_word(dsn: str) -> None:
         assert len(resets) == 2
 
 
+@pytest.mark.one_model(
+    "threads",
+    "psycopg_pool's ConnectionPool API, case by case as psycopg_pool's own tests",
+)
 @pytest.mark.parametrize("sql", ["RESET ALL", "WAT"])
 def test_a_reset_that_fails_or_leaves_a_transaction_discards_the_connection(
     dsn: str, sql: str
@@ -313,6 +377,10 @@ def test_a_reset_that_fails_or_leaves_a_transaction_discards_the_connection(
 # -- limits --------------------------------------------------------------------------------
 
 
+@pytest.mark.one_model(
+    "threads",
+    "psycopg_pool's ConnectionPool API, case by case as psycopg_pool's own tests",
+)
 def test_max_waiting_refuses_at_once(dsn: str) -> None:
     with ConnectionPool(dsn, min_size=1, max_waiting=1, name="pk-compat-maxw") as pool:
         held = pool.getconn()
@@ -329,6 +397,10 @@ def test_max_waiting_refuses_at_once(dsn: str) -> None:
         assert pool.get_stats()["requests_errors"] == 1
 
 
+@pytest.mark.one_model(
+    "threads",
+    "psycopg_pool's ConnectionPool API, case by case as psycopg_pool's own tests",
+)
 def test_getconn_times_out(dsn: str) -> None:
     with ConnectionPool(dsn, min_size=1, name="pk-compat-timeout") as pool:
         held = pool.getconn()
@@ -342,6 +414,10 @@ def test_getconn_times_out(dsn: str) -> None:
 # -- stats -----------------------------------------------------------------------------------
 
 
+@pytest.mark.one_model(
+    "threads",
+    "psycopg_pool's ConnectionPool API, case by case as psycopg_pool's own tests",
+)
 def test_get_stats_and_pop_stats(dsn: str) -> None:
     with ConnectionPool(dsn, min_size=2, name="pk-compat-stats") as pool:
         pool.wait(5)
@@ -369,6 +445,10 @@ class _Custom(psycopg.Connection[Any]):
     pass
 
 
+@pytest.mark.one_model(
+    "threads",
+    "psycopg_pool's ConnectionPool API, case by case as psycopg_pool's own tests",
+)
 def test_close_returns_with_a_custom_class(dsn: str, admin: psycopg.Connection[Any]) -> None:
     name = "pk-compat-closeret"
     with ConnectionPool(
@@ -387,6 +467,7 @@ def test_close_returns_with_a_custom_class(dsn: str, admin: psycopg.Connection[A
 # -- the asyncio pool ------------------------------------------------------------------------
 
 
+@pytest.mark.one_model("asyncio", "psycopg_pool's AsyncConnectionPool API")
 async def test_async_connection_commits_and_rolls_back(
     dsn: str, admin: psycopg.Connection[Any], table: str
 ) -> None:
@@ -400,6 +481,7 @@ async def test_async_connection_commits_and_rolls_back(
         assert _rows(admin) == [1]
 
 
+@pytest.mark.one_model("asyncio", "psycopg_pool's AsyncConnectionPool API")
 async def test_async_getconn_putconn_reset_check_and_stats(
     dsn: str, admin: psycopg.Connection[Any]
 ) -> None:
@@ -442,6 +524,7 @@ async def test_async_getconn_putconn_reset_check_and_stats(
         await pool.getconn()
 
 
+@pytest.mark.one_model("asyncio", "psycopg_pool's AsyncConnectionPool API")
 async def test_async_max_waiting_and_timeout(dsn: str) -> None:
     async with AsyncConnectionPool(
         dsn, min_size=1, max_waiting=1, name="pk-compat-async-limits"

@@ -8,11 +8,17 @@ import threading
 from typing import Any
 
 import psycopg
+import pytest
 
 from poolkeeper import Pool
 from tests.conftest import PoolFactory, settled_backends
 
 
+@pytest.mark.one_model(
+    "threads",
+    "holds an opening inside a blocking dsn callable, which would block an AsyncPool's "
+    "loop; drain() itself is shared code",
+)
 def test_a_connection_opened_across_a_drain_is_replaced(
     dsn: str, make_pool: PoolFactory, admin: psycopg.Connection[Any]
 ) -> None:

@@ -85,6 +85,7 @@ def _wait_gone(admin: psycopg.Connection[Any], name: str, timeout: float = 5.0) 
     return left
 
 
+@pytest.mark.one_model("asyncio", "FastAPI is an asyncio framework")
 def test_200_concurrent_requests_over_5_connections_then_a_clean_shutdown(
     served: tuple[RunningServer, FastAPI], admin: psycopg.Connection[Any]
 ) -> None:

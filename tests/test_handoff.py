@@ -22,6 +22,7 @@ driver = async_helpers.driver
 make_async_pool = async_helpers.make_async_pool
 
 
+@pytest.mark.one_model("asyncio", "task.cancel() of a queued waiter: asyncio cancellation")
 async def test_a_connection_returned_right_after_a_waiter_is_cancelled_is_not_lost(
     make_async_pool: AsyncPoolFactory, admin: psycopg.Connection[Any]
 ) -> None:

@@ -76,6 +76,10 @@ def _expected(idle: int, used: int, pending: int, timeouts: int) -> dict[str, in
     }
 
 
+@pytest.mark.one_model(
+    "threads",
+    twin="tests/test_metrics_opentelemetry.py::test_async_pool_scenario",
+)
 def test_sync_pool_scenario(make_pool: PoolFactory, admin: psycopg.Connection[Any]) -> None:
     reader = InMemoryMetricReader()
     pool = make_pool(min_size=2, max_size=2)
@@ -123,6 +127,10 @@ def test_sync_pool_scenario(make_pool: PoolFactory, admin: psycopg.Connection[An
     del metrics
 
 
+@pytest.mark.one_model(
+    "asyncio",
+    twin="tests/test_metrics_opentelemetry.py::test_sync_pool_scenario",
+)
 async def test_async_pool_scenario(dsn: str, admin: psycopg.Connection[Any]) -> None:
     reader = InMemoryMetricReader()
     async with AsyncPool(dsn, name="pk-otel-async", min_size=2, max_size=2) as pool:

@@ -224,6 +224,9 @@ def _pool_threads(name: str) -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith(f"poolkeeper-{name}-")]
 
 
+@pytest.mark.one_model(
+    "threads", "a dropped Pool's threads end; what is dropped is written once in PoolCore.__del__"
+)
 def test_a_pool_dropped_without_close_is_collected(
     dsn: str, admin: psycopg.Connection[Any]
 ) -> None:
@@ -246,6 +249,9 @@ def test_a_pool_dropped_without_close_is_collected(
     assert settled_backends(admin, name, []) == []
 
 
+@pytest.mark.one_model(
+    "asyncio", "a dropped AsyncPool's task and timer, on a loop that goes on running"
+)
 def test_an_async_pool_dropped_without_close_is_collected(
     dsn: str, admin: psycopg.Connection[Any]
 ) -> None:
@@ -392,6 +398,7 @@ def test_stats_count_times_bad_returns_and_refusals(
     asyncio.run(scenario())
 
 
+@pytest.mark.one_model("asyncio", "a waiting task cancelled: asyncio cancellation")
 def test_stats_count_cancelled_waits(dsn: str) -> None:
     """A waiting task cancelled is counted in ``cancelled``."""
 

@@ -90,6 +90,11 @@ def _has_user(name: str) -> bool:
     return True
 
 
+@pytest.mark.one_model(
+    "threads",
+    "psycopg's automatic prepare through PgBouncer from many threads; asyncpg's statement "
+    "cache under pgbouncer=True is in test_async_pool.py",
+)
 def test_transaction_mode_with_many_clients_and_repeated_statements(
     make_pool: PoolFactory, bouncer_dsn: str
 ) -> None:

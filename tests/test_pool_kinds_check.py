@@ -122,3 +122,151 @@ def test_naming_single_tests_turns_the_check_off(layout: pytest.Pytester) -> Non
     )
     result = collect(layout, "tests/behaviour/test_good.py::test_everywhere")
     assert result.ret == pytest.ExitCode.OK
+
+
+# -- every other test that uses a pool ----------------------------------------------------
+
+HELPERS = """
+from poolkeeper import Pool
+
+
+def sync_pool():
+    return Pool("postgresql://u@localhost/db", open=False)
+"""
+
+FIXTURES = """
+import pytest
+
+from poolkeeper import AsyncPool
+
+
+@pytest.fixture
+def async_pool():
+    return AsyncPool("postgresql://u@localhost/db", open=False)
+"""
+
+
+@pytest.fixture
+def suite(layout: pytest.Pytester) -> pytest.Pytester:
+    """The layout above, plus a helper module and a conftest fixture that make pools."""
+    (layout.path / "tests/pk_helpers.py").write_text(HELPERS)
+    (layout.path / "tests/conftest.py").write_text(FIXTURES)
+    return layout
+
+
+ONE_SIDED = """
+import pytest
+
+import poolkeeper
+from poolkeeper import Pool
+from pk_helpers import sync_pool
+
+
+def test_sync():
+    Pool("postgresql://u@localhost/db", open=False)
+
+
+def test_dotted():
+    poolkeeper.Database("x", dsn="")
+
+
+def test_local_import():
+    from poolkeeper import AsyncDatabase
+
+    AsyncDatabase("x", dsn="")
+
+
+def test_helper():
+    sync_pool()
+
+
+def test_fixture(async_pool):
+    pass
+
+
+@pytest.mark.one_model("asyncio", "wrong model")
+def test_mislabelled():
+    sync_pool()
+
+
+@pytest.mark.one_model("threads", twin="tests/test_uses.py::test_gone")
+def test_orphan():
+    sync_pool()
+
+
+@pytest.mark.one_model("threads", twin="tests/test_uses.py::test_async_half")
+def test_sync_half():
+    sync_pool()
+
+
+@pytest.mark.one_model("asyncio", "an asyncio-only thing")
+def test_async_half(async_pool):
+    pass
+"""
+
+
+def test_a_test_that_uses_one_pool_must_say_why(suite: pytest.Pytester) -> None:
+    (suite.path / "tests/test_uses.py").write_text(ONE_SIDED)
+    result = collect(suite)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str()
+    result.stderr.fnmatch_lines(
+        [
+            "*test_sync: uses Pool/Database only; write it once in tests/behaviour/*",
+            "*test_dotted: uses Pool/Database only*",
+            "*test_local_import: uses AsyncPool/AsyncDatabase only*",
+            "*test_helper: uses Pool/Database only*",
+            "*test_fixture: uses AsyncPool/AsyncDatabase only*",
+            "*test_mislabelled: marked one_model('asyncio') but uses Pool/Database only",
+            "*test_orphan: its twin tests/test_uses.py::test_gone does not exist*",
+            "*test_sync_half: its twin tests/test_uses.py::test_async_half must be marked*",
+        ]
+    )
+    assert "test_uses.py::test_async_half:" not in result.stderr.str()
+
+
+GOOD_USES = """
+import pytest
+
+from poolkeeper import AsyncPool, Database, Pool
+from pk_helpers import sync_pool
+
+
+def test_both_classes():
+    Pool("postgresql://u@localhost/db", open=False)
+    AsyncPool("postgresql://u@localhost/db", open=False)
+
+
+@pytest.mark.parametrize("cls", [Pool, AsyncPool])
+def test_parametrized_over_both(cls):
+    cls("postgresql://u@localhost/db", open=False)
+
+
+def test_helper_and_fixture(async_pool):
+    sync_pool()
+
+
+@pytest.mark.one_model("threads", "an OS thread blocked in getconn")
+def test_model_specific():
+    Pool("postgresql://u@localhost/db", open=False)
+
+
+def test_a_method_of_the_class_is_not_a_pool():
+    Database.reset_all()
+
+
+@pytest.mark.one_model("threads", twin="tests/test_uses.py::test_async_twin")
+def test_sync_twin():
+    sync_pool()
+
+
+@pytest.mark.one_model("asyncio", twin="tests/test_uses.py::test_sync_twin")
+def test_async_twin(async_pool):
+    pass
+"""
+
+
+def test_tests_that_use_both_pools_or_say_why_collect(suite: pytest.Pytester) -> None:
+    (suite.path / "tests/test_uses.py").write_text(GOOD_USES)
+    result = collect(suite)
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str() + result.stderr.str()
+    result.stdout.fnmatch_lines(["*test_async_twin"])

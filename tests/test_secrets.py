@@ -21,6 +21,13 @@ from poolkeeper.cli.app import app
 from poolkeeper.redact import REGISTRY_CAP, redact, secrets
 from tests.conftest import PoolFactory
 
+pytestmark = pytest.mark.one_model(
+    "threads",
+    "what is masked is decided by poolkeeper.redact and PoolConfig, whichever pool carries "
+    "the text; the pools' own surfaces run on every kind in "
+    "tests/behaviour/test_redaction.py",
+)
+
 runner = CliRunner()
 
 

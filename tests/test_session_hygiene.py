@@ -102,6 +102,13 @@ def test_the_fingerprint_itself_leaves_the_session_clean() -> None:
 # -- the second net: settings the server reports, compared on a slow-path return --------
 
 
+@pytest.mark.one_model(
+    "threads",
+    twin=(
+        "tests/test_session_hygiene.py::"
+        "test_asyncpg_reported_setting_changed_unseen_is_caught_on_a_slow_path_return"
+    ),
+)
 @pytest.mark.usefixtures("server_objects")
 @pytest.mark.parametrize("driver", ["psycopg", "psycopg2"])
 def test_a_reported_setting_changed_unseen_is_caught_on_a_slow_path_return(
@@ -127,6 +134,13 @@ def test_a_reported_setting_changed_unseen_is_caught_on_a_slow_path_return(
             assert _fingerprint(conn) == fresh
 
 
+@pytest.mark.one_model(
+    "asyncio",
+    twin=(
+        "tests/test_session_hygiene.py::"
+        "test_a_reported_setting_changed_unseen_is_caught_on_a_slow_path_return"
+    ),
+)
 @pytest.mark.usefixtures("server_objects")
 async def test_asyncpg_reported_setting_changed_unseen_is_caught_on_a_slow_path_return(
     dsn: str,
@@ -240,6 +254,10 @@ PSYCOPG_LEAKS: dict[str, Action] = {
 }
 
 
+@pytest.mark.one_model(
+    "threads",
+    "each path of psycopg's sync API (PSYCOPG_LEAKS); the asyncio drivers' paths are ASYNC_LEAKS",
+)
 @pytest.mark.usefixtures("server_objects")
 @pytest.mark.parametrize("path", sorted(PSYCOPG_LEAKS))
 def test_psycopg_leaves_nothing_for_the_next_borrower(dsn: str, path: str) -> None:
@@ -312,6 +330,7 @@ PSYCOPG2_LEAKS: dict[str, Action] = {
 }
 
 
+@pytest.mark.one_model("threads", "psycopg2 is a sync-only driver")
 @pytest.mark.usefixtures("server_objects")
 @pytest.mark.parametrize("path", sorted(PSYCOPG2_LEAKS))
 def test_psycopg2_leaves_nothing_for_the_next_borrower(dsn: str, path: str) -> None:
@@ -462,6 +481,10 @@ ASYNC_LEAKS = [("psycopg", name) for name in sorted(ASYNC_PSYCOPG_LEAKS)] + [
 ]
 
 
+@pytest.mark.one_model(
+    "asyncio",
+    "each path of the asyncio drivers' APIs (ASYNC_LEAKS); the sync drivers' are above",
+)
 @pytest.mark.usefixtures("server_objects")
 @pytest.mark.parametrize(("driver", "path"), ASYNC_LEAKS)
 async def test_async_drivers_leave_nothing_for_the_next_borrower(
@@ -570,6 +593,10 @@ _PROPERTY = settings(
 )
 
 
+@pytest.mark.one_model(
+    "threads",
+    twin="tests/test_session_hygiene.py::test_any_spelling_through_any_async_path_leaves_nothing",
+)
 @pytest.mark.usefixtures("server_objects")
 @pytest.mark.parametrize("driver", ["psycopg", "psycopg2"])
 def test_any_spelling_through_any_sync_path_leaves_nothing(dsn: str, driver: str) -> None:
@@ -648,6 +675,10 @@ _ASYNC_PATHS = {
 }
 
 
+@pytest.mark.one_model(
+    "asyncio",
+    twin="tests/test_session_hygiene.py::test_any_spelling_through_any_sync_path_leaves_nothing",
+)
 @pytest.mark.usefixtures("server_objects")
 @pytest.mark.parametrize("driver", ["psycopg", "asyncpg"])
 def test_any_spelling_through_any_async_path_leaves_nothing(dsn: str, driver: str) -> None:
@@ -743,6 +774,10 @@ ORM_STATEMENTS = [
 ]
 
 
+@pytest.mark.one_model(
+    "threads",
+    "counts the lexer's verdicts (shared by every driver) once, through one pool",
+)
 @pytest.mark.usefixtures("server_objects")
 def test_harmless_statements_rarely_cost_a_reset(
     dsn: str, capsys: pytest.CaptureFixture[str]
@@ -766,6 +801,10 @@ def test_harmless_statements_rarely_cost_a_reset(
     assert resets == [] and orm_resets == []
 
 
+@pytest.mark.one_model(
+    "threads",
+    "psycopg's sync Connection's prepared-statement cache after DISCARD ALL",
+)
 def test_psycopg_prepared_statements_survive_repeated_resets(dsn: str) -> None:
     # psycopg prepares a statement run often enough; each reset's DISCARD ALL drops it
     # on the server, and the pool must make psycopg forget it every time (psycopg

@@ -193,6 +193,10 @@ def test_the_cheap_test_never_judges_more_leniently_than_the_lexer(
     assert quick is thorough or (quick is True and thorough is not True), text
 
 
+@pytest.mark.one_model(
+    "threads",
+    "psycopg's sync tracking cursor and its verdict cache across connections",
+)
 def test_a_tracking_cursor_marks_a_known_query_dirty_on_every_connection(dsn: str) -> None:
     from poolkeeper import Pool
 

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import threading
 
+import pytest
+
 from poolkeeper import PoolTimeout
 from tests.conftest import PoolFactory
+
+pytestmark = pytest.mark.one_model(
+    "threads",
+    "OS threads contending for Pool's lock; load on one event loop is in test_async_pool.py",
+)
 
 THREADS = 64
 CYCLES = 500

@@ -134,6 +134,9 @@ def _chain_texts(exc: BaseException) -> list[str]:
     return texts
 
 
+@pytest.mark.one_model(
+    "threads", "libpq's TLS, through the sync drivers; asyncpg implements TLS itself"
+)
 @pytest.mark.parametrize("driver", ["psycopg", "psycopg2"])
 def test_verify_full_with_the_right_ca_connects_over_tls(
     tls_server: LocalServer, pki: Path, driver: str
@@ -150,6 +153,7 @@ def test_verify_full_with_the_right_ca_connects_over_tls(
         assert DB_PASSWORD not in repr(pool)
 
 
+@pytest.mark.one_model("threads", "libpq's TLS errors; asyncpg implements TLS itself")
 @pytest.mark.parametrize(
     "case",
     [

@@ -13,6 +13,7 @@ from typing import Any
 import asyncpg
 import psycopg
 import psycopg2.extensions
+import pytest
 from typing_extensions import assert_type
 
 from poolkeeper import AsyncDatabase, AsyncPool, Database, Pool, PoolConfig
@@ -74,6 +75,10 @@ async def _async_database(db: AsyncDatabase[asyncpg.Connection]) -> AsyncIterato
         assert_type(conn, asyncpg.Connection)
 
 
+@pytest.mark.one_model(
+    "threads",
+    twin="tests/test_typing.py::test_async_pool_types_follow_the_driver",
+)
 def test_pool_types_follow_the_driver(dsn: str) -> None:
     pools: list[Pool[Any]] = [
         assert_type(Pool(dsn, open=False), Pool[psycopg.Connection[Any]]),
@@ -86,6 +91,10 @@ def test_pool_types_follow_the_driver(dsn: str) -> None:
         pool.close()
 
 
+@pytest.mark.one_model(
+    "asyncio",
+    twin="tests/test_typing.py::test_pool_types_follow_the_driver",
+)
 async def test_async_pool_types_follow_the_driver(dsn: str) -> None:
     pools: list[AsyncPool[Any]] = [
         assert_type(AsyncPool(dsn, open=False), AsyncPool[psycopg.AsyncConnection[Any]]),

@@ -56,6 +56,10 @@ async def _all_succeed(pool: AsyncPool, count: int, report: Report) -> None:
     assert ok == count
 
 
+@pytest.mark.one_model(
+    "asyncio",
+    twin="tests/faults/test_backend_loss.py::test_terminate_every_backend_then_100_borrows_succeed",
+)
 async def test_async_terminate_every_backend_then_100_borrows_succeed(
     shared_server: LocalServer, driver: str, report: Report
 ) -> None:
@@ -77,6 +81,10 @@ async def test_async_terminate_every_backend_then_100_borrows_succeed(
         await pool.close(timeout=1.0)
 
 
+@pytest.mark.one_model(
+    "asyncio",
+    twin="tests/faults/test_backend_loss.py::test_proxy_cut_all_connections",
+)
 async def test_async_proxy_cut_all_connections(
     shared_server: LocalServer,
     proxy_to: Callable[[int], FaultProxy],
@@ -105,6 +113,12 @@ def _no_answer_error(driver: str) -> type[Exception]:
     return psycopg.OperationalError
 
 
+@pytest.mark.one_model(
+    "asyncio",
+    twin=(
+        "tests/faults/test_backend_loss.py::test_proxy_black_hole_fails_within_timeouts_then_heals"
+    ),
+)
 async def test_async_proxy_black_hole_fails_within_timeouts_then_heals(
     shared_server: LocalServer,
     proxy_to: Callable[[int], FaultProxy],
@@ -166,6 +180,7 @@ async def test_async_proxy_black_hole_fails_within_timeouts_then_heals(
         await pool.close(timeout=1.0)
 
 
+@pytest.mark.one_model("asyncio", "asyncpg's own no-answer guard (an asyncio-only driver)")
 async def test_asyncpg_no_answer_guard_yields_to_the_caller_and_to_session_changes(
     shared_server: LocalServer,
     proxy_to: Callable[[int], FaultProxy],
@@ -211,6 +226,10 @@ async def test_asyncpg_no_answer_guard_yields_to_the_caller_and_to_session_chang
         await pool.close(timeout=1.0)
 
 
+@pytest.mark.one_model(
+    "asyncio",
+    twin="tests/faults/test_backend_loss.py::test_return_does_not_hang_on_a_silent_server",
+)
 async def test_async_return_in_a_transaction_does_not_hang_on_a_silent_server(
     shared_server: LocalServer,
     proxy_to: Callable[[int], FaultProxy],
@@ -243,6 +262,12 @@ async def test_async_return_in_a_transaction_does_not_hang_on_a_silent_server(
         await pool.close(timeout=1.0)
 
 
+@pytest.mark.one_model(
+    "asyncio",
+    twin=(
+        "tests/faults/test_backend_loss.py::test_check_on_a_silent_server_takes_one_connect_timeout"
+    ),
+)
 async def test_async_check_on_a_silent_server_takes_one_connect_timeout(
     shared_server: LocalServer,
     proxy_to: Callable[[int], FaultProxy],

@@ -21,6 +21,10 @@ OLD = "old-Secret-a41d"
 NEW = "new-Secret-c07e"
 
 
+@pytest.mark.one_model(
+    "asyncio",
+    twin="tests/faults/test_credentials.py::test_drain_with_callable_dsn_after_password_change",
+)
 async def test_async_drain_with_callable_dsn_after_password_change(
     own_server: ServerFactory,
     driver: str,

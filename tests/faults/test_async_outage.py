@@ -17,6 +17,10 @@ pytestmark = pytest.mark.fault
 __all__ = ["driver"]  # the fixture: each test runs once per driver
 
 
+@pytest.mark.one_model(
+    "asyncio",
+    twin="tests/faults/test_server_outage.py::test_restart_under_load",
+)
 async def test_async_restart_under_load(
     own_server: ServerFactory, driver: str, report: Report
 ) -> None:
@@ -46,6 +50,10 @@ async def test_async_restart_under_load(
     run.assert_recovered(timeout)
 
 
+@pytest.mark.one_model(
+    "asyncio",
+    twin="tests/faults/test_server_outage.py::test_circuit_breaker_fails_50_callers_fast",
+)
 async def test_async_circuit_breaker_fails_50_callers_fast(
     own_server: ServerFactory, driver: str, report: Report
 ) -> None:

@@ -30,6 +30,10 @@ async def _seconds_until(predicate: Callable[[], bool], timeout: float, what: st
     return time.monotonic() - start
 
 
+@pytest.mark.one_model(
+    "asyncio",
+    twin="tests/faults/test_retirement.py::test_max_lifetime_replaces_backends",
+)
 async def test_async_max_lifetime_replaces_backends(
     shared_server: LocalServer, driver: str, report: Report
 ) -> None:
@@ -71,6 +75,10 @@ async def test_async_max_lifetime_replaces_backends(
         await pool.close(timeout=1.0)
 
 
+@pytest.mark.one_model(
+    "asyncio",
+    twin="tests/faults/test_retirement.py::test_max_idle_shrinks_to_min_size_not_below",
+)
 async def test_async_max_idle_shrinks_to_min_size_not_below(
     shared_server: LocalServer, driver: str, report: Report
 ) -> None:

@@ -43,6 +43,13 @@ def _borrow_many(pool: Pool, count: int) -> tuple[int, list[str]]:
     return ok, errors
 
 
+@pytest.mark.one_model(
+    "threads",
+    twin=(
+        "tests/faults/test_async_backend_loss.py::"
+        "test_async_terminate_every_backend_then_100_borrows_succeed"
+    ),
+)
 def test_terminate_every_backend_then_100_borrows_succeed(
     shared_server: LocalServer, pools: PoolMaker, report: Report
 ) -> None:
@@ -112,6 +119,10 @@ async def test_one_dead_connection_makes_every_older_idle_one_suspect(
     assert pool.stats().checks_failed == 3
 
 
+@pytest.mark.one_model(
+    "threads",
+    twin="tests/faults/test_async_backend_loss.py::test_async_proxy_cut_all_connections",
+)
 def test_proxy_cut_all_connections(
     shared_server: LocalServer,
     pools: PoolMaker,
@@ -134,6 +145,13 @@ def test_proxy_cut_all_connections(
     assert ok == 50
 
 
+@pytest.mark.one_model(
+    "threads",
+    twin=(
+        "tests/faults/test_async_backend_loss.py::"
+        "test_async_proxy_black_hole_fails_within_timeouts_then_heals"
+    ),
+)
 def test_proxy_black_hole_fails_within_timeouts_then_heals(
     shared_server: LocalServer,
     pools: PoolMaker,
@@ -194,6 +212,13 @@ def test_proxy_black_hole_fails_within_timeouts_then_heals(
     assert errors == []
 
 
+@pytest.mark.one_model(
+    "threads",
+    twin=(
+        "tests/faults/test_async_backend_loss.py::"
+        "test_async_return_in_a_transaction_does_not_hang_on_a_silent_server"
+    ),
+)
 @pytest.mark.parametrize("left", ["in a transaction", "with session state"])
 def test_return_does_not_hang_on_a_silent_server(
     shared_server: LocalServer,
@@ -226,6 +251,13 @@ def test_return_does_not_hang_on_a_silent_server(
     assert pool.stats().idle == 0
 
 
+@pytest.mark.one_model(
+    "threads",
+    twin=(
+        "tests/faults/test_async_backend_loss.py::"
+        "test_async_check_on_a_silent_server_takes_one_connect_timeout"
+    ),
+)
 def test_check_on_a_silent_server_takes_one_connect_timeout(
     shared_server: LocalServer,
     pools: PoolMaker,

@@ -47,6 +47,13 @@ def _borrow_in_thread(pool: Pool, timeout: float) -> tuple[float, BaseException 
     return time.monotonic() - start, outcome[0]
 
 
+@pytest.mark.one_model(
+    "threads",
+    twin=(
+        "tests/faults/test_borrow_deadline.py::"
+        "test_an_async_borrow_on_a_silent_network_ends_at_its_timeout"
+    ),
+)
 @pytest.mark.parametrize("sync_driver", ["psycopg", "psycopg2"])
 def test_a_borrow_on_a_silent_network_ends_at_its_timeout(
     shared_server: LocalServer,
@@ -78,6 +85,13 @@ def test_a_borrow_on_a_silent_network_ends_at_its_timeout(
         pool.close(1.0)
 
 
+@pytest.mark.one_model(
+    "asyncio",
+    twin=(
+        "tests/faults/test_borrow_deadline.py::"
+        "test_a_borrow_on_a_silent_network_ends_at_its_timeout"
+    ),
+)
 async def test_an_async_borrow_on_a_silent_network_ends_at_its_timeout(
     shared_server: LocalServer,
     proxy_to: Callable[[int], FaultProxy],
@@ -110,6 +124,7 @@ async def test_an_async_borrow_on_a_silent_network_ends_at_its_timeout(
         await pool.close(1.0)
 
 
+@pytest.mark.one_model("threads", "psycopg2 is a sync-only driver")
 @pytest.mark.parametrize("left", ["in a transaction", "with session state"])
 def test_a_psycopg2_return_does_not_hang_on_a_silent_server(
     shared_server: LocalServer,

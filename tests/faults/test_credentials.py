@@ -20,6 +20,13 @@ OLD = "old-Secret-7f3a"
 NEW = "new-Secret-91bc"
 
 
+@pytest.mark.one_model(
+    "threads",
+    twin=(
+        "tests/faults/test_async_credentials.py::"
+        "test_async_drain_with_callable_dsn_after_password_change"
+    ),
+)
 def test_drain_with_callable_dsn_after_password_change(
     own_server: ServerFactory,
     pools: PoolMaker,

@@ -288,6 +288,9 @@ def test_reads_fall_back_to_the_primary_when_the_replica_stops(
     ("setting", "value"),
     [("max_replica_lag", 0), ("max_replica_lag", "1"), ("replica_fallback", "replica")],
 )
-def test_replica_settings_are_checked_at_construction(setting: str, value: object) -> None:
+@pytest.mark.parametrize("facade", [Database, AsyncDatabase])
+def test_replica_settings_are_checked_at_construction(
+    setting: str, value: object, facade: type[Database[Any]] | type[AsyncDatabase[Any]]
+) -> None:
     with pytest.raises(ConfigurationError, match=setting):
-        Database(f"repl-bad-{setting}-{value}", dsn="", replicas=["x"], **{setting: value})
+        facade(f"repl-bad-{setting}-{value}", dsn="", replicas=["x"], **{setting: value})

@@ -16,6 +16,10 @@ pytestmark = pytest.mark.fault
 PoolMaker = Callable[..., Pool]
 
 
+@pytest.mark.one_model(
+    "threads",
+    twin="tests/faults/test_async_retirement.py::test_async_max_lifetime_replaces_backends",
+)
 def test_max_lifetime_replaces_backends(
     shared_server: LocalServer, pools: PoolMaker, report: Report
 ) -> None:
@@ -50,6 +54,10 @@ def test_max_lifetime_replaces_backends(
     wait_until(lambda: pool.stats().size >= 2, 5, "the pool to refill to min_size")
 
 
+@pytest.mark.one_model(
+    "threads",
+    twin="tests/faults/test_async_retirement.py::test_async_max_idle_shrinks_to_min_size_not_below",
+)
 def test_max_idle_shrinks_to_min_size_not_below(
     shared_server: LocalServer, pools: PoolMaker, report: Report
 ) -> None:

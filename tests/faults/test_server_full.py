@@ -241,6 +241,11 @@ def test_new_logins_refused_while_open_connections_serve(
     _assert_all_served(outcomes, health)
 
 
+@pytest.mark.one_model(
+    "threads",
+    "the breaker's verdict is shared code (policy.py); the full server's fixtures hold its "
+    "slots from threads",
+)
 def test_a_refusing_server_with_no_connection_open_still_fails_fast(
     full_server: LocalServer, hogs: list[psycopg.Connection[Any]]
 ) -> None:
@@ -257,6 +262,10 @@ def test_a_refusing_server_with_no_connection_open_still_fails_fast(
     assert _refused_for_slots(str(caught.value))
 
 
+@pytest.mark.one_model(
+    "threads",
+    twin="tests/faults/test_server_full.py::test_async_pool_keeps_lending_while_its_openers_retry",
+)
 def test_sync_pool_keeps_lending_while_its_openers_retry(
     full_server: LocalServer, hogs: list[psycopg.Connection[Any]], report: Report
 ) -> None:
@@ -288,6 +297,10 @@ def test_sync_pool_keeps_lending_while_its_openers_retry(
     assert stats.size - stats.opening == 2, stats
 
 
+@pytest.mark.one_model(
+    "asyncio",
+    twin="tests/faults/test_server_full.py::test_sync_pool_keeps_lending_while_its_openers_retry",
+)
 def test_async_pool_keeps_lending_while_its_openers_retry(
     full_server: LocalServer, hogs: list[psycopg.Connection[Any]], report: Report
 ) -> None:

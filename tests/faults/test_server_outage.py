@@ -20,6 +20,10 @@ PoolMaker = Callable[..., Pool]
 KindPools = Callable[..., AnyPool]
 
 
+@pytest.mark.one_model(
+    "threads",
+    twin="tests/faults/test_async_outage.py::test_async_restart_under_load",
+)
 def test_restart_under_load(own_server: ServerFactory, pools: PoolMaker, report: Report) -> None:
     """Fast shutdown and start while 8 threads query: nobody hangs, and every query
     started 1 s after the server accepts connections again succeeds."""
@@ -90,6 +94,10 @@ async def test_server_down_at_start_with_breaker(
     assert isinstance(caught.value.__cause__, ConnectionFailed)
 
 
+@pytest.mark.one_model(
+    "threads",
+    twin="tests/faults/test_async_outage.py::test_async_circuit_breaker_fails_50_callers_fast",
+)
 def test_circuit_breaker_fails_50_callers_fast(
     own_server: ServerFactory, pools: PoolMaker, report: Report
 ) -> None:

@@ -24,6 +24,10 @@ REQUEST_S = 0.05
 WORKERS = 8
 
 
+@pytest.mark.one_model(
+    "threads",
+    twin="tests/faults/test_shutdown_under_load.py::test_async_shutdown_under_load",
+)
 def test_sync_shutdown_under_load(dsn: str, admin: psycopg.Connection[Any], report: Report) -> None:
     name = "pk-shutdown-load"
     db = Database(name, dsn, min_size=2, max_size=4, timeout=10)
@@ -63,6 +67,10 @@ def test_sync_shutdown_under_load(dsn: str, admin: psycopg.Connection[Any], repo
     _report_and_check(report, outcomes, closed_in, settled_backends(admin, name, []))
 
 
+@pytest.mark.one_model(
+    "asyncio",
+    twin="tests/faults/test_shutdown_under_load.py::test_sync_shutdown_under_load",
+)
 def test_async_shutdown_under_load(
     dsn: str, admin: psycopg.Connection[Any], report: Report
 ) -> None:

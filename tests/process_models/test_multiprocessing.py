@@ -28,6 +28,11 @@ def _backend_of_child(dsn: str) -> tuple[int, int]:
     return os.getpid(), int(row[0])
 
 
+@pytest.mark.one_model(
+    "threads",
+    "multiprocessing workers forked from a sync program; AsyncDatabase after fork is in "
+    "test_async_database.py and test_fork_safety.py",
+)
 @pytest.mark.parametrize("method", ["fork", "forkserver", "spawn"])
 def test_children_of_every_start_method_get_their_own_connections(
     method: str, app_dsn: str, app_name: str, admin: psycopg.Connection[Any]
