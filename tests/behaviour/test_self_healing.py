@@ -47,7 +47,12 @@ async def test_configure_runs_once_per_new_connection(
 async def test_failing_configure_discards_the_connection_and_says_why(
     make_pool: MakePool, kind: Kind, admin: Admin, pk_logs: pytest.LogCaptureFixture
 ) -> None:
+    # Kept, as a hook that logs or registers its connections would: the pool must close
+    # a discarded connection itself, not leave it to the garbage collector.
+    kept: dict[int, Any] = {}
+
     async def configure(conn: Any) -> None:
+        kept[backend_pid(conn)] = conn
         raise RuntimeError("bad hook")
 
     pool = make_pool(min_size=1, configure=kind.hook(configure), fail_fast_after=None)
@@ -60,6 +65,11 @@ async def test_failing_configure_discards_the_connection_and_says_why(
     assert any("configure= raised RuntimeError" in r.getMessage() for r in pk_logs.records)
     stats = pool.stats()
     assert (stats.idle, stats.in_use, stats.connections_opened) == (0, 0, 0)
+    # Discarded means closed on the server at once, while the pool is still open (and
+    # still retrying): none of the sessions configure= failed on is left connected.
+    failed_on = set(kept)
+    assert failed_on
+    await wait_until(lambda: not failed_on & set(backends(admin, pool.name)))
     await pool.close(timeout=1.0)
     # Each discarded connection was closed: no backend of this pool is left behind.
     assert settled_backends(admin, pool.name, []) == []
