@@ -13,7 +13,7 @@ import collections
 import contextlib
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
@@ -21,6 +21,7 @@ import pytest
 
 from poolkeeper import AsyncPool, ConnectionFailed, Pool, PoolError
 from poolkeeper.embedded import LocalServer
+from tests.behaviour.kinds import PER_MODEL_KINDS, AnyPool, Kind
 from tests.faults.conftest import Report, admin_connect, backend_pids
 
 pytestmark = pytest.mark.fault
@@ -241,24 +242,24 @@ def test_new_logins_refused_while_open_connections_serve(
     _assert_all_served(outcomes, health)
 
 
-@pytest.mark.one_model(
-    "threads",
-    "the breaker's verdict is shared code (policy.py); the full server's fixtures hold its "
-    "slots from threads",
-)
-def test_a_refusing_server_with_no_connection_open_still_fails_fast(
-    full_server: LocalServer, hogs: list[psycopg.Connection[Any]]
+@pytest.mark.parametrize("kind", PER_MODEL_KINDS)
+async def test_a_refusing_server_with_no_connection_open_still_fails_fast(
+    full_server: LocalServer,
+    hogs: list[psycopg.Connection[Any]],
+    kind_pools: Callable[..., AnyPool],
+    kind: Kind,
 ) -> None:
     """Nothing to serve from: the caller hears at once why no connection can be made."""
-    with (
-        app_sessions(full_server, 2),
-        Pool(app_dsn(full_server), name="full-none", min_size=1, fail_fast_after=0.2) as pool,
-    ):
-        time.sleep(0.4)
+    with app_sessions(full_server, 2):
+        pool = kind_pools(
+            app_dsn(full_server), name=f"full-none-{kind.id}", min_size=1, fail_fast_after=0.2
+        )
+        await asyncio.sleep(0.4)
         # ConnectionFailed, not a PoolTimeout after 30 s: it failed fast.
         with pytest.raises(ConnectionFailed, match="refuses new connections") as caught:
-            pool.getconn(timeout=30)
+            await pool.getconn(timeout=30)
         assert pool.health()["status"] == "down"
+        await pool.close(timeout=1.0)
     assert _refused_for_slots(str(caught.value))
 
 
