@@ -245,6 +245,43 @@ def test_pool_configure_runs_again_from_the_connected_state(make_pool: PoolFacto
     assert heard == ["once"]
 
 
+class _Shouting(psycopg.adapt.Loader):
+    def load(self, data: Any) -> Any:
+        return bytes(data).decode().upper()
+
+
+@pytest.mark.one_model(
+    "threads",
+    twin=(
+        "tests/test_client_state.py::"
+        "test_async_pool_adapters_a_borrower_registers_are_gone_whatever_configure_did"
+    ),
+)
+@pytest.mark.parametrize("configure_registers", [False, True])
+def test_pool_adapters_a_borrower_registers_are_gone_whatever_configure_did(
+    make_pool: PoolFactory, configure_registers: bool
+) -> None:
+    # configure= running a query makes psycopg create the connection's adapters map;
+    # registering on it makes that map the baseline. Either way A's loader must go.
+    def configure(conn: Any) -> None:
+        conn.execute("SELECT 1")
+        conn.commit()
+        if configure_registers:
+            conn.adapters.register_loader("text", _Shouting)
+
+    pool = make_pool(min_size=1, max_size=1, configure=configure)
+    expected = (1, "X" if configure_registers else "x")
+    with pool.connection() as a:
+        pid = _pid(a)
+        assert _first(a, "SELECT 1, 'x'::text") == expected
+        a.adapters.register_loader("int4", _Loader)
+        assert _first(a, "SELECT 1, 'x'::text")[0] == "hijacked"
+    for _ in range(2):
+        with pool.connection() as b:
+            assert _pid(b) == pid
+            assert _first(b, "SELECT 1, 'x'::text") == expected
+
+
 # -- the rollback promise ---------------------------------------------------------------
 
 
@@ -550,6 +587,37 @@ async def test_async_pool_psycopg_handlers_and_cursor_factory(
         assert _pid(c) == pid
         assert await _ashow(c, "work_mem") == baseline
     assert heard == []
+
+
+@pytest.mark.one_model(
+    "asyncio",
+    twin=(
+        "tests/test_client_state.py::"
+        "test_pool_adapters_a_borrower_registers_are_gone_whatever_configure_did"
+    ),
+)
+@pytest.mark.parametrize("configure_registers", [False, True])
+@pytest.mark.parametrize("driver", ["psycopg"])
+async def test_async_pool_adapters_a_borrower_registers_are_gone_whatever_configure_did(
+    make_async_pool: AsyncPoolFactory, driver: str, configure_registers: bool
+) -> None:
+    async def configure(conn: Any) -> None:
+        await conn.execute("SELECT 1")
+        await conn.commit()
+        if configure_registers:
+            conn.adapters.register_loader("text", _Shouting)
+
+    pool = make_async_pool(min_size=1, max_size=1, configure=configure)
+    expected = (1, "X" if configure_registers else "x")
+    async with pool.connection() as a:
+        pid = _pid(a)
+        assert await _afirst(a, "SELECT 1, 'x'::text") == expected
+        a.adapters.register_loader("int4", _Loader)
+        assert (await _afirst(a, "SELECT 1, 'x'::text"))[0] == "hijacked"
+    for _ in range(2):
+        async with pool.connection() as b:
+            assert _pid(b) == pid
+            assert await _afirst(b, "SELECT 1, 'x'::text") == expected
 
 
 @pytest.mark.one_model(

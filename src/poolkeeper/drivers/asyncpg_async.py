@@ -21,7 +21,7 @@ from urllib.parse import urlencode
 import asyncpg
 
 from poolkeeper.conninfo import parse_conninfo
-from poolkeeper.drivers.base import BROKEN, IDLE, IN_TRANSACTION, ConnectSpec
+from poolkeeper.drivers.base import BROKEN, IDLE, IN_TRANSACTION, ConnectSpec, shared
 from poolkeeper.drivers.sqlstate import READ_ONLY_SQLSTATE, REPLAY_LAG_SQL, is_server_gone_sqlstate
 from poolkeeper.errors import ConfigurationError
 from poolkeeper.policy import silence_limit
@@ -416,7 +416,19 @@ def _reported_settings(conn: PoolAsyncpgConnection) -> tuple[str | None, ...]:
 _Listeners = tuple[dict[str, set[Any]], set[Any], set[Any], set[Any]]
 
 
+#: No listener or logger at all, as nearly every connection is: shared, and never
+#: changed (restore_client_state copies from a baseline, never into it).
+_NO_LISTENERS: _Listeners = ({}, set(), set(), set())
+
+
 def _listeners(conn: PoolAsyncpgConnection) -> _Listeners:
+    if not (
+        conn._listeners  # type: ignore[attr-defined]
+        or conn._log_listeners  # type: ignore[attr-defined]
+        or conn._termination_listeners  # type: ignore[attr-defined]
+        or conn._query_loggers  # type: ignore[attr-defined]
+    ):
+        return _NO_LISTENERS
     return (
         {channel: set(callbacks) for channel, callbacks in conn._listeners.items()},  # type: ignore[attr-defined]
         set(conn._log_listeners),  # type: ignore[attr-defined]
@@ -522,7 +534,7 @@ class AsyncpgDriver:
 
     def record_baseline(self, conn: PoolAsyncpgConnection) -> None:
         """Remember the reported settings as they are now: what a borrower must find."""
-        conn._pk_reported = _reported_settings(conn)
+        conn._pk_reported = shared(_reported_settings(conn))
 
     def save_client_state(self, conn: PoolAsyncpgConnection) -> None:
         """Record listeners and loggers (after configure=) as the baseline; the first

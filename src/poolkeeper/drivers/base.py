@@ -20,14 +20,43 @@ __all__ = [
     "AsyncDriver",
     "ConnectSpec",
     "SyncDriver",
+    "shared",
 ]
 
 C = TypeVar("C")
+T = TypeVar("T")
 
 #: ``status()`` results: plain ints, because this is read on every return.
 IDLE = 0
 IN_TRANSACTION = 1
 BROKEN = 2
+
+
+#: Baselines already held by a connection, by value and element types (so that an
+#: ``IsolationLevel`` never stands in for an equal plain int): see :func:`shared`.
+_SHARED: dict[tuple[Any, ...], Any] = {}
+# Past this many distinct baselines (pools with different settings, or handlers bound
+# to each connection) start over: a cache, not a registry.
+_SHARED_MAX = 256
+
+
+def shared(value: T) -> T:
+    """``value``, or an equal tuple of the same element types that another connection
+    already keeps: one object for the baseline every connection of a pool records.
+
+    Baselines (reported settings, client-side attributes) are immutable tuples that
+    are equal on nearly every connection; kept once each, a hundred idle
+    connections hold one copy instead of a hundred. Unhashable values are returned
+    as they are.
+    """
+    try:
+        key = (value, *map(type, value))  # type: ignore[call-overload]
+        if len(_SHARED) >= _SHARED_MAX:
+            _SHARED.clear()
+        kept: T = _SHARED.setdefault(key, value)
+    except TypeError:
+        return value
+    return kept
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,7 +11,7 @@ import psycopg2
 import psycopg2.extensions
 import psycopg2.sql
 
-from poolkeeper.drivers.base import BROKEN, IDLE, IN_TRANSACTION, ConnectSpec
+from poolkeeper.drivers.base import BROKEN, IDLE, IN_TRANSACTION, ConnectSpec, shared
 from poolkeeper.drivers.libpq_options import libpq_server_refused, merge_conninfo
 from poolkeeper.drivers.sqlstate import READ_ONLY_SQLSTATE, REPLAY_LAG_SQL, is_server_gone_sqlstate
 from poolkeeper.drivers.watchdog import watchdog
@@ -284,7 +284,12 @@ class Psycopg2Driver:
         _empty(conn.notices)
         _empty(conn.notifies)
         conn._pk_baseline = _snapshot(conn)
-        conn._pk_types = (dict(conn.string_types), dict(conn.binary_types))
+        # No typecaster of its own (nearly every connection): the class's shared pair.
+        string_types, binary_types = conn.string_types, conn.binary_types
+        if string_types or binary_types:
+            conn._pk_types = (dict(string_types), dict(binary_types))
+        else:
+            conn._pk_types = PoolConnection2._pk_types
         if not conn._pk_connected:
             conn._pk_connected = conn._pk_baseline
             conn._pk_connected_types = conn._pk_types
@@ -410,7 +415,7 @@ class Psycopg2Driver:
 
     def record_baseline(self, conn: PoolConnection2) -> None:
         """Remember the reported settings as they are now: what a borrower must find."""
-        conn._pk_reported = _reported_settings(conn)
+        conn._pk_reported = shared(_reported_settings(conn))
 
     def reset_session(self, conn: PoolConnection2) -> None:
         """DISCARD ALL outside a transaction, waiting at most ``connect_timeout``."""

@@ -8,18 +8,26 @@ adapters map. :class:`ClientStateTracking` notices each of them where it happens
 raises ``_pk_client_dirty``, so that a clean return still costs one C-level attribute
 read; only a return with the flag up compares the attributes with the baseline
 recorded after ``configure=`` and puts back what differs.
+
+An idle connection holds no state of its own for this: the baseline is one tuple
+shared by every connection that recorded an equal one (``drivers.base.shared``), and
+a connection whose adapters are psycopg's global ones has no adapters map until
+something asks for it, as psycopg itself does.
 """
 
 from __future__ import annotations
 
+import operator
 import weakref
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterable
 from typing import Any
 
-from psycopg import pq
+from psycopg import postgres, pq
 from psycopg._connection_base import BaseConnection
 from psycopg.adapt import AdaptersMap
 from psycopg.types import TypesRegistry
+
+from poolkeeper.drivers.base import shared
 
 __all__ = ["ClientStateTracking", "restore_client_state", "save_client_state"]
 
@@ -115,16 +123,28 @@ class ClientStateTracking:
     """
 
     _pk_client_dirty: bool = False
-    # (attributes, adapters template) after configure=, and as the connection came.
-    # Class defaults, not vars(conn): CPython 3.11+ keeps instance attributes inline
-    # until something asks for __dict__, and every attribute read is slower after.
-    _pk_baseline: tuple[tuple[Any, ...], AdaptersMap] | None = None
-    _pk_connected: tuple[tuple[Any, ...], AdaptersMap] | None = None
+    # (attributes, adapters template) after configure=, and as the connection came; the
+    # template is None for psycopg's global adapters (the map is then made on first
+    # use, from the global one, as psycopg does). Class defaults, not vars(conn):
+    # CPython 3.11+ keeps instance attributes inline until something asks for
+    # __dict__, and every attribute read is slower after.
+    _pk_baseline: tuple[tuple[Any, ...], AdaptersMap | None] | None = None
+    _pk_connected: tuple[tuple[Any, ...], AdaptersMap | None] | None = None
 
     def __setattr__(self, name: str, value: Any) -> None:
         object.__setattr__(self, name, value)
         if name in _STORED:
             object.__setattr__(self, "_pk_client_dirty", True)
+
+    @property
+    def adapters(self) -> AdaptersMap:
+        """psycopg's ``adapters``, made on first use from the global map as psycopg makes
+        it, but a map that tells the pool when a borrower registers on it."""
+        adapters: AdaptersMap | None = self._adapters  # type: ignore[attr-defined]
+        if not adapters:
+            adapters = _tracked_adapters(postgres.adapters, self)
+            object.__setattr__(self, "_adapters", adapters)
+        return adapters
 
     # Kept in psycopg's PrepareManager, not on the connection: flagged here.
     prepare_threshold = property(
@@ -169,16 +189,41 @@ def _snapshot(conn: Any) -> tuple[Any, ...]:
     )
 
 
+def _all_same(these: Iterable[object], those: Iterable[object]) -> bool:
+    these, those = list(these), list(those)
+    return len(these) == len(those) and all(map(operator.is_, these, those))
+
+
+def _is_global_copy(adapters: AdaptersMap) -> bool:
+    """Does ``adapters`` hold psycopg's global maps themselves (copy-on-write, with
+    nothing registered on it since)? Registering replaces a shared map by a copy."""
+    glob = postgres.adapters
+    return (
+        adapters is not glob
+        and _all_same(adapters._dumpers.values(), glob._dumpers.values())
+        and _all_same(adapters._dumpers_by_oid, glob._dumpers_by_oid)
+        and _all_same(adapters._loaders, glob._loaders)
+        and getattr(adapters.types, "_registry", None) is glob.types._registry
+    )
+
+
 def save_client_state(conn: Any) -> None:
     """Record ``conn``'s client-side attributes as the baseline every borrower gets back
     (the first call, from ``connect``, also records them as the connection came).
 
-    The adapters map is frozen into a private template: the connection gets a
-    copy-on-write copy of it that flags the connection when a borrower registers on it.
+    An adapters map that ``configure=`` registered on is frozen into a private
+    template: the connection gets a copy-on-write copy of it that flags the connection
+    when a borrower registers on it. A map that is still psycopg's global one is
+    dropped instead, to be made again (tracked) on first use.
     """
-    template = AdaptersMap(conn.adapters)
-    conn._adapters = _tracked_adapters(template, conn)
-    conn._pk_baseline = baseline = (_snapshot(conn), template)
+    adapters = conn._adapters
+    template = None
+    if adapters is not None and not _is_global_copy(adapters):
+        template = AdaptersMap(adapters)
+        conn._adapters = _tracked_adapters(template, conn)
+    elif adapters is not None:
+        conn._adapters = None
+    conn._pk_baseline = baseline = shared((shared(_snapshot(conn)), template))
     if conn._pk_connected is None:
         conn._pk_connected = baseline
     object.__setattr__(conn, "_pk_client_dirty", False)
@@ -228,10 +273,16 @@ def restore_client_state(conn: Any, as_connected: bool = False) -> bool:
     adapters = conn._adapters
     if (
         as_connected
-        or type(adapters) is not _TrackedAdapters
-        or adapters._pk_changed
-        or getattr(adapters.types, "_pk_changed", True)
+        or (adapters is None and template is not None)
+        or (
+            adapters is not None
+            and (
+                type(adapters) is not _TrackedAdapters
+                or adapters._pk_changed
+                or getattr(adapters.types, "_pk_changed", True)
+            )
+        )
     ):
-        conn._adapters = _tracked_adapters(template, conn)
+        conn._adapters = None if template is None else _tracked_adapters(template, conn)
     object.__setattr__(conn, "_pk_client_dirty", False)
     return True

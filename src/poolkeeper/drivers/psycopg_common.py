@@ -19,7 +19,7 @@ try:
 except ImportError:  # psycopg before 3.2 kept it beside Cursor
     from psycopg.cursor import BaseCursor  # type: ignore[attr-defined]
 
-from poolkeeper.drivers.base import BROKEN, IDLE, IN_TRANSACTION, ConnectSpec
+from poolkeeper.drivers.base import BROKEN, IDLE, IN_TRANSACTION, ConnectSpec, shared
 from poolkeeper.drivers.libpq_options import libpq_server_refused, merge_conninfo
 from poolkeeper.drivers.psycopg_attrs import restore_client_state, save_client_state
 from poolkeeper.drivers.sqlstate import READ_ONLY_SQLSTATE, is_server_gone_sqlstate
@@ -199,7 +199,7 @@ class PsycopgState:
 
     def record_baseline(self, conn: Any) -> None:
         """Remember the reported settings as they are now: what a borrower must find."""
-        conn._pk_reported = reported_settings(conn)
+        conn._pk_reported = shared(reported_settings(conn))
 
     def mark_clean(self, conn: Any) -> None:
         """Forget the session-dirty flag."""
