@@ -12,97 +12,30 @@ from collections.abc import Callable
 
 import pytest
 
-from poolkeeper import AsyncPool, Pool, PoolTimeout
+from poolkeeper import Pool, PoolTimeout
 from poolkeeper.embedded import LocalServer
-from tests.async_helpers import driver
+from tests.behaviour.kinds import ALL_KINDS, AnyPool, Kind
 from tests.faults.conftest import Report
 from tests.faults.proxy import FaultProxy
 
 pytestmark = pytest.mark.fault
 
-__all__ = ["driver"]  # the fixture: the asyncio test runs once per driver
-
 BORROW_TIMEOUT = 0.5
 CONNECT_TIMEOUT = 2.0
 
 
-def _borrow_in_thread(pool: Pool, timeout: float) -> tuple[float, BaseException | None]:
-    """``pool.getconn(timeout)`` in a thread, so a hang fails the test instead of hanging it."""
-    outcome: list[BaseException | None] = []
-    start = time.monotonic()
-
-    def borrow() -> None:
-        try:
-            conn = pool.getconn(timeout)
-        except BaseException as exc:
-            outcome.append(exc)
-        else:
-            pool.putconn(conn)
-            outcome.append(None)
-
-    thread = threading.Thread(target=borrow, daemon=True)
-    thread.start()
-    thread.join(timeout + 3 * CONNECT_TIMEOUT + 1)
-    assert outcome, "getconn did not return at all"
-    return time.monotonic() - start, outcome[0]
-
-
-@pytest.mark.one_model(
-    "threads",
-    twin=(
-        "tests/faults/test_borrow_deadline.py::"
-        "test_an_async_borrow_on_a_silent_network_ends_at_its_timeout"
-    ),
-)
-@pytest.mark.parametrize("sync_driver", ["psycopg", "psycopg2"])
-def test_a_borrow_on_a_silent_network_ends_at_its_timeout(
+@pytest.mark.parametrize("kind", ALL_KINDS)
+async def test_a_borrow_on_a_silent_network_ends_at_its_timeout(
     shared_server: LocalServer,
     proxy_to: Callable[[int], FaultProxy],
+    kind_pools: Callable[..., AnyPool],
     report: Report,
-    sync_driver: str,
+    kind: Kind,
 ) -> None:
     proxy = proxy_to(shared_server.port)
-    pool = Pool(
+    pool = kind_pools(
         proxy.dsn,
-        driver=sync_driver,
-        name=f"fault-deadline-{sync_driver}",
-        min_size=3,
-        max_size=3,
-        check_after=0.05,
-        connect_timeout=CONNECT_TIMEOUT,
-        fail_fast_after=None,
-    )
-    try:
-        pool.wait(10)
-        time.sleep(0.1)  # every idle connection is now due a check before it is lent
-        proxy.blackhole()
-        took, error = _borrow_in_thread(pool, BORROW_TIMEOUT)
-        report["borrow_took_s"] = took
-        assert isinstance(error, PoolTimeout), error
-        assert took < BORROW_TIMEOUT + 0.5 < CONNECT_TIMEOUT
-    finally:
-        proxy.heal()
-        pool.close(1.0)
-
-
-@pytest.mark.one_model(
-    "asyncio",
-    twin=(
-        "tests/faults/test_borrow_deadline.py::"
-        "test_a_borrow_on_a_silent_network_ends_at_its_timeout"
-    ),
-)
-async def test_an_async_borrow_on_a_silent_network_ends_at_its_timeout(
-    shared_server: LocalServer,
-    proxy_to: Callable[[int], FaultProxy],
-    report: Report,
-    driver: str,
-) -> None:
-    proxy = proxy_to(shared_server.port)
-    pool = AsyncPool(
-        proxy.dsn,
-        driver=driver,
-        name=f"fault-deadline-async-{driver}",
+        name=f"fault-deadline-{kind.id}",
         min_size=4,
         max_size=4,
         check_after=0.05,
@@ -111,17 +44,18 @@ async def test_an_async_borrow_on_a_silent_network_ends_at_its_timeout(
     )
     try:
         await pool.wait(10)
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.1)  # every idle connection is now due a check before it is lent
         proxy.blackhole()
         start = time.monotonic()
+        # In a task or thread of its own, so that a hang fails the test instead of hanging it.
+        borrow = kind.spawn(pool.getconn(BORROW_TIMEOUT))
         with pytest.raises(PoolTimeout):
-            await asyncio.wait_for(pool.getconn(BORROW_TIMEOUT), 4 * CONNECT_TIMEOUT + 2)
+            await asyncio.wait_for(borrow, 4 * CONNECT_TIMEOUT + 2)
         took = time.monotonic() - start
         report["borrow_took_s"] = took
         assert took < BORROW_TIMEOUT + 0.5 < CONNECT_TIMEOUT
     finally:
         proxy.heal()
-        await pool.close(1.0)
 
 
 @pytest.mark.one_model("threads", "psycopg2 is a sync-only driver")

@@ -1,7 +1,9 @@
-"""Rotating the password: a callable DSN plus drain(), on a scram-sha-256 server."""
+"""Rotating the password: a callable DSN plus drain(), on a scram-sha-256 server, on
+every pool kind."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -9,32 +11,27 @@ from collections.abc import Callable
 import psycopg
 import pytest
 
-from poolkeeper import ConnectionFailed, Pool, PoolTimeout
-from tests.faults.conftest import Report, ServerFactory, backend_pids, wait_until
+from poolkeeper import ConnectionFailed, PoolTimeout
+from tests.behaviour.kinds import ALL_KINDS, AnyPool, Kind, backend_pid, fetchval
+from tests.faults.conftest import Report, ServerFactory, backend_pids
 
 pytestmark = pytest.mark.fault
-
-PoolMaker = Callable[..., Pool]
 
 OLD = "old-Secret-7f3a"
 NEW = "new-Secret-91bc"
 
 
-@pytest.mark.one_model(
-    "threads",
-    twin=(
-        "tests/faults/test_async_credentials.py::"
-        "test_async_drain_with_callable_dsn_after_password_change"
-    ),
-)
-def test_drain_with_callable_dsn_after_password_change(
+@pytest.mark.parametrize("kind", ALL_KINDS)
+async def test_drain_with_callable_dsn_after_password_change(
     own_server: ServerFactory,
-    pools: PoolMaker,
+    kind_pools: Callable[..., AnyPool],
     report: Report,
     caplog: pytest.LogCaptureFixture,
+    kind: Kind,
 ) -> None:
     """Change the password on the server, let the DSN callable return the new one,
-    drain(): every later borrow is a new backend that authenticated with it."""
+    drain(): every later borrow is a new backend that authenticated with it, and no
+    password shows in any error, log, repr or stats."""
     caplog.set_level(logging.DEBUG, logger="poolkeeper")
     server = own_server(password=OLD)
     current = {"password": OLD}
@@ -42,11 +39,11 @@ def test_drain_with_callable_dsn_after_password_change(
     def dsn() -> str:
         return f"postgresql://postgres:{current['password']}@127.0.0.1:{server.port}/postgres"
 
-    name = "fault-rotate"
-    pool = pools(dsn, name=name, min_size=2, max_size=4)
-    pool.wait(timeout=10)
-    held = pool.getconn(timeout=5)
-    held_pid = held.info.backend_pid
+    name = f"fault-rotate-{kind.id}"
+    pool = kind_pools(dsn, name=name, min_size=2, max_size=4)
+    await pool.wait(timeout=10)
+    held = await pool.getconn(timeout=5)
+    held_pid = backend_pid(held)
     old_pids = backend_pids(server, name)
     assert len(old_pids) == 2
 
@@ -58,26 +55,29 @@ def test_drain_with_callable_dsn_after_password_change(
         ).close()
 
     # A pool still handing out the old password: it fails, and says so without the secret.
-    stale = pools(
+    stale = kind_pools(
         f"postgresql://postgres:{OLD}@127.0.0.1:{server.port}/postgres",
-        name="fault-rotate-stale",
+        name=f"fault-rotate-stale-{kind.id}",
         min_size=1,
     )
     with pytest.raises((PoolTimeout, ConnectionFailed)) as caught:
-        stale.getconn(timeout=1)
+        await stale.getconn(timeout=1)
     shown = [caught.value, repr(caught.value), caught.value.__cause__, repr(stale)]
     error_text = " ".join(str(item) for item in [*shown, stale.stats(), stale.health()])
     assert "password authentication failed" in error_text
 
     current["password"] = NEW
     drained_at = time.monotonic()
-    pool.drain()
-    pool.putconn(held)
-    wait_until(lambda: held_pid not in backend_pids(server, name), 5, "the borrowed one to close")
+    await pool.drain()
+    await pool.putconn(held)
+    deadline = time.monotonic() + 5
+    while held_pid in backend_pids(server, name):  # closed on the pool's loop or thread
+        assert time.monotonic() < deadline, "the borrowed one was not closed"
+        await asyncio.sleep(0.02)
     seen = set()
     for _ in range(20):
-        with pool.connection(timeout=5) as conn:
-            seen.add(conn.execute("SELECT pg_backend_pid()").fetchone()[0])
+        async with pool.connection(timeout=5) as conn:
+            seen.add(await fetchval(conn, "SELECT pg_backend_pid()"))
     report["drain_to_all_new_backends_s"] = time.monotonic() - drained_at
     report["old_backends_reused"] = len(seen & old_pids)
     assert not seen & old_pids

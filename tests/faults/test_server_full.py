@@ -21,7 +21,7 @@ import pytest
 
 from poolkeeper import AsyncPool, ConnectionFailed, Pool, PoolError
 from poolkeeper.embedded import LocalServer
-from tests.behaviour.kinds import PER_MODEL_KINDS, AnyPool, Kind
+from tests.behaviour.kinds import PER_MODEL_KINDS, AnyPool, Kind, fetchval
 from tests.faults.conftest import Report, admin_connect, backend_pids
 
 pytestmark = pytest.mark.fault
@@ -263,73 +263,39 @@ async def test_a_refusing_server_with_no_connection_open_still_fails_fast(
     assert _refused_for_slots(str(caught.value))
 
 
-@pytest.mark.one_model(
-    "threads",
-    twin="tests/faults/test_server_full.py::test_async_pool_keeps_lending_while_its_openers_retry",
-)
-def test_sync_pool_keeps_lending_while_its_openers_retry(
-    full_server: LocalServer, hogs: list[psycopg.Connection[Any]], report: Report
+@pytest.mark.parametrize("kind", PER_MODEL_KINDS)
+async def test_a_pool_keeps_lending_while_its_openers_retry(
+    full_server: LocalServer,
+    hogs: list[psycopg.Connection[Any]],
+    kind_pools: Callable[..., AnyPool],
+    report: Report,
+    kind: Kind,
 ) -> None:
     """Openers retry for reconnect_timeout, and the keepalive pings and closes must
     not queue behind them (the pinged connections would be out of the idle stack,
-    and every borrow would time out)."""
-    name = "full-openers"
+    and every borrow would time out): a Pool's openers are threads, an AsyncPool's
+    tasks of their own."""
+    name = f"full-openers-{kind.id}"
     outcomes: Outcomes = collections.Counter()
-    with Pool(app_dsn(full_server), name=name, **RETRYING) as pool:
-        deadline = time.monotonic() + 10
-        while pool.stats().connections_opened < 2 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        stop_at = time.monotonic() + 1.5
-        while time.monotonic() < stop_at:
-            # Idle between borrows for longer than keepalive_interval: pings are due.
-            time.sleep(0.12)
-            try:
-                with pool.connection() as conn:
-                    conn.execute("SELECT 1")
-                outcomes["served"] += 1
-            except PoolError as exc:
-                outcomes[type(exc).__name__] += 1
-        stats = pool.stats()
-        on_server = _sessions_of(hogs[0], name)
+    pool = kind_pools(app_dsn(full_server), name=name, **RETRYING)
+    deadline = time.monotonic() + 10
+    while pool.stats().connections_opened < 2 and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    stop_at = time.monotonic() + 1.5
+    while time.monotonic() < stop_at:
+        # Idle between borrows for longer than keepalive_interval: pings are due.
+        await asyncio.sleep(0.12)
+        try:
+            async with pool.connection() as conn:
+                await fetchval(conn, "SELECT 1")
+            outcomes["served"] += 1
+        except PoolError as exc:
+            outcomes[type(exc).__name__] += 1
+    stats = pool.stats()
+    on_server = _sessions_of(hogs[0], name)
+    await pool.close(timeout=1.0)
     _record(report, outcomes)
     assert on_server == 2
     assert set(outcomes) == {"served"}, (outcomes, stats)
     # Open connections: one may be out for a keepalive ping at this instant.
     assert stats.size - stats.opening == 2, stats
-
-
-@pytest.mark.one_model(
-    "asyncio",
-    twin="tests/faults/test_server_full.py::test_sync_pool_keeps_lending_while_its_openers_retry",
-)
-def test_async_pool_keeps_lending_while_its_openers_retry(
-    full_server: LocalServer, hogs: list[psycopg.Connection[Any]], report: Report
-) -> None:
-    """The asyncio twin: openers are tasks of their own, so pings never wait for them."""
-    name = "full-openers-async"
-
-    async def run() -> tuple[Outcomes, int, int]:
-        outcomes: Outcomes = collections.Counter()
-        async with AsyncPool(app_dsn(full_server), name=name, **RETRYING) as pool:
-            deadline = time.monotonic() + 10
-            while pool.stats().connections_opened < 2 and time.monotonic() < deadline:
-                await asyncio.sleep(0.02)
-            stop_at = time.monotonic() + 1.5
-            while time.monotonic() < stop_at:
-                await asyncio.sleep(0.12)
-                try:
-                    async with pool.connection() as conn:
-                        await conn.execute("SELECT 1")
-                    outcomes["served"] += 1
-                except PoolError as exc:
-                    outcomes[type(exc).__name__] += 1
-            stats = pool.stats()
-            on_server = _sessions_of(hogs[0], name)
-            # Open connections: one may be out for a keepalive ping at this instant.
-            return outcomes, stats.size - stats.opening, on_server
-
-    outcomes, open_count, on_server = asyncio.run(run())
-    _record(report, outcomes)
-    assert on_server == 2
-    assert set(outcomes) == {"served"}, outcomes
-    assert open_count == 2
