@@ -1,5 +1,7 @@
-"""Backends killed and connections reset under an AsyncPool: the asyncio twin of the
-first scenarios of test_backend_loss, once per driver."""
+"""A silent network under an AsyncPool, once per driver: the asyncio twins of
+test_backend_loss's black-hole and silent-server scenarios, and asyncpg's own
+no-answer guard. A killed backend and a reset connection are written once, for
+every pool kind, in test_backend_loss."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from poolkeeper.drivers.psycopg_async import AsyncGuardedConnection
 from poolkeeper.embedded import LocalServer
 from poolkeeper.policy import silence_limit
 from tests.async_helpers import driver, fetchval
-from tests.faults.conftest import Report, backend_pids, terminate_all
+from tests.faults.conftest import Report
 from tests.faults.proxy import FaultProxy
 
 pytestmark = pytest.mark.fault
@@ -44,64 +46,6 @@ async def _borrow_many(pool: AsyncPool, count: int) -> tuple[int, list[str]]:
         except Exception as exc:
             errors.append(f"{type(exc).__name__}: {exc}")
     return ok, errors
-
-
-async def _all_succeed(pool: AsyncPool, count: int, report: Report) -> None:
-    """Borrow and query ``count`` times; report how long it took; no caller may fail."""
-    start = time.monotonic()
-    ok, errors = await _borrow_many(pool, count)
-    report["errors_surfaced"] = len(errors)
-    report[f"seconds_for_{count}_borrows"] = time.monotonic() - start
-    assert errors == []
-    assert ok == count
-
-
-@pytest.mark.one_model(
-    "asyncio",
-    twin="tests/faults/test_backend_loss.py::test_terminate_every_backend_then_100_borrows_succeed",
-)
-async def test_async_terminate_every_backend_then_100_borrows_succeed(
-    shared_server: LocalServer, driver: str, report: Report
-) -> None:
-    """pg_terminate_backend on all of a warm pool: no task sees a dead connection."""
-    name = f"fault-async-terminate-{driver}"
-    pool = AsyncPool(shared_server.dsn, name=name, min_size=4, max_size=8, driver=driver)
-    try:
-        await _warm(pool, 4)
-        old = await asyncio.to_thread(backend_pids, shared_server, name)
-        assert len(old) == 4
-        # A warm pool whose connections sat idle a moment (longer than check_after).
-        await asyncio.sleep(pool.config.check_after + 0.05)
-        report["backends_terminated"] = await asyncio.to_thread(terminate_all, shared_server, name)
-
-        await _all_succeed(pool, 100, report)
-        assert not (await asyncio.to_thread(backend_pids, shared_server, name)) & old
-        assert pool.stats().checks_failed >= 1
-    finally:
-        await pool.close(timeout=1.0)
-
-
-@pytest.mark.one_model(
-    "asyncio",
-    twin="tests/faults/test_backend_loss.py::test_proxy_cut_all_connections",
-)
-async def test_async_proxy_cut_all_connections(
-    shared_server: LocalServer,
-    proxy_to: Callable[[int], FaultProxy],
-    driver: str,
-    report: Report,
-) -> None:
-    """Every connection reset by the network: the pool replaces them unseen by tasks."""
-    proxy = proxy_to(shared_server.port)
-    dsn = proxy.dsn
-    pool = AsyncPool(dsn, name=f"fault-async-cut-{driver}", min_size=4, max_size=8, driver=driver)
-    try:
-        await _warm(pool, 4)
-        await asyncio.sleep(pool.config.check_after + 0.05)
-        proxy.cut()
-        await _all_succeed(pool, 50, report)
-    finally:
-        await pool.close(timeout=1.0)
 
 
 def _no_answer_error(driver: str) -> type[Exception]:

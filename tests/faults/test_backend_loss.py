@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 
@@ -10,7 +11,7 @@ import pytest
 
 from poolkeeper import ConnectionFailed, Pool, PoolTimeout
 from poolkeeper.embedded import LocalServer
-from tests.behaviour.kinds import PER_MODEL_KINDS, AnyPool, Kind, fetchval
+from tests.behaviour.kinds import ALL_KINDS, PER_MODEL_KINDS, AnyPool, Kind, fetchval
 from tests.faults.conftest import Report, backend_pids, terminate_all, wait_until
 from tests.faults.proxy import FaultProxy
 
@@ -43,28 +44,45 @@ def _borrow_many(pool: Pool, count: int) -> tuple[int, list[str]]:
     return ok, errors
 
 
-@pytest.mark.one_model(
-    "threads",
-    twin=(
-        "tests/faults/test_async_backend_loss.py::"
-        "test_async_terminate_every_backend_then_100_borrows_succeed"
-    ),
-)
-def test_terminate_every_backend_then_100_borrows_succeed(
-    shared_server: LocalServer, pools: PoolMaker, report: Report
+async def _warm_kind(pool: AnyPool, count: int) -> None:
+    """``_warm`` for a pool of any kind."""
+    await pool.wait(timeout=10)
+    held = [await pool.getconn(timeout=5) for _ in range(count)]
+    for conn in held:
+        await fetchval(conn, "SELECT 1")
+    for conn in held:
+        await pool.putconn(conn)
+
+
+async def _borrow_many_kind(pool: AnyPool, count: int) -> tuple[int, list[str]]:
+    """``_borrow_many`` for a pool of any kind."""
+    ok, errors = 0, []
+    for _ in range(count):
+        try:
+            async with pool.connection(timeout=5) as conn:
+                await fetchval(conn, "SELECT 1")
+            ok += 1
+        except Exception as exc:
+            errors.append(f"{type(exc).__name__}: {exc}")
+    return ok, errors
+
+
+@pytest.mark.parametrize("kind", ALL_KINDS)
+async def test_terminate_every_backend_then_100_borrows_succeed(
+    shared_server: LocalServer, kind_pools: KindPools, report: Report, kind: Kind
 ) -> None:
     """pg_terminate_backend on all of a warm pool: callers never see a dead connection."""
-    name = "fault-terminate"
-    pool = pools(shared_server.dsn, name=name, min_size=4, max_size=8)
-    _warm(pool, 4)
+    name = f"fault-terminate-{kind.id}"
+    pool = kind_pools(shared_server.dsn, name=name, min_size=4, max_size=8)
+    await _warm_kind(pool, 4)
     old = backend_pids(shared_server, name)
     assert len(old) == 4
     # A warm pool whose connections sat idle a moment (longer than check_after).
-    time.sleep(pool.config.check_after + 0.05)
+    await asyncio.sleep(pool.config.check_after + 0.05)
     report["backends_terminated"] = terminate_all(shared_server, name)
 
     start = time.monotonic()
-    ok, errors = _borrow_many(pool, 100)
+    ok, errors = await _borrow_many_kind(pool, 100)
     report["borrows_ok"] = ok
     report["errors_surfaced"] = len(errors)
     report["seconds_for_100_borrows"] = time.monotonic() - start
@@ -82,25 +100,11 @@ async def test_one_dead_connection_makes_every_older_idle_one_suspect(
     connections suspect, so the error surfaces once, not once per dead connection."""
     name = f"fault-epoch-{kind.id}"
     pool = kind_pools(shared_server.dsn, name=name, min_size=4, max_size=8, check_after=3600)
-    await pool.wait(timeout=10)
-    held = [await pool.getconn(timeout=5) for _ in range(4)]
-    for conn in held:
-        await pool.putconn(conn)
+    await _warm_kind(pool, 4)
     terminate_all(shared_server, name)
 
-    async def borrow_many(count: int) -> tuple[int, list[str]]:
-        ok, errors = 0, []
-        for _ in range(count):
-            try:
-                async with pool.connection(timeout=5) as conn:
-                    await fetchval(conn, "SELECT 1")
-                ok += 1
-            except Exception as exc:
-                errors.append(f"{type(exc).__name__}: {exc}")
-        return ok, errors
-
     # The one connection lent before anything was known to be wrong fails.
-    ok, errors = await borrow_many(1)
+    ok, errors = await _borrow_many_kind(pool, 1)
     assert (ok, len(errors)) == (0, 1), errors
     # Four at once, so that the three other dead ones must come off the stack (one by
     # one, a replacement landing on top could keep them there): each is verified and
@@ -110,7 +114,7 @@ async def test_one_dead_connection_makes_every_older_idle_one_suspect(
         await fetchval(conn, "SELECT 1")
     for conn in held:
         await pool.putconn(conn)
-    more_ok, more_errors = await borrow_many(99)
+    more_ok, more_errors = await _borrow_many_kind(pool, 99)
     errors += more_errors
     report["errors_surfaced"] = len(errors)
     report["borrows_ok"] = ok + more_ok
@@ -119,26 +123,22 @@ async def test_one_dead_connection_makes_every_older_idle_one_suspect(
     assert pool.stats().checks_failed == 3
 
 
-@pytest.mark.one_model(
-    "threads",
-    twin="tests/faults/test_async_backend_loss.py::test_async_proxy_cut_all_connections",
-)
-def test_proxy_cut_all_connections(
+@pytest.mark.parametrize("kind", ALL_KINDS)
+async def test_proxy_cut_all_connections(
     shared_server: LocalServer,
-    pools: PoolMaker,
+    kind_pools: KindPools,
     proxy_to: Callable[[int], FaultProxy],
     report: Report,
+    kind: Kind,
 ) -> None:
     """Every connection reset by the network: the pool replaces them unseen by callers."""
     proxy = proxy_to(shared_server.port)
-    name = "fault-cut"
-    dsn = proxy.dsn
-    pool = pools(dsn, name=name, min_size=4, max_size=8)
-    _warm(pool, 4)
-    time.sleep(pool.config.check_after + 0.05)
+    pool = kind_pools(proxy.dsn, name=f"fault-cut-{kind.id}", min_size=4, max_size=8)
+    await _warm_kind(pool, 4)
+    await asyncio.sleep(pool.config.check_after + 0.05)
     proxy.cut()
     start = time.monotonic()
-    ok, errors = _borrow_many(pool, 50)
+    ok, errors = await _borrow_many_kind(pool, 50)
     report["errors_surfaced"] = len(errors)
     report["seconds_for_50_borrows"] = time.monotonic() - start
     assert errors == []
