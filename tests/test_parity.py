@@ -18,6 +18,7 @@ import weakref
 from typing import Any
 
 import psycopg
+import psycopg_pool
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
@@ -279,6 +280,49 @@ def test_an_async_pool_dropped_without_close_is_collected(
 
 
 # -- growth fits the demand -----------------------------------------------------------------
+#
+# Each growth connection is held inside ``configure=`` until the test opens its gate: while
+# it is held, the server shows its backend, and what else the pool starts meanwhile is
+# what the growth rule decided, not how fast the machine happened to connect.
+
+
+class _Gates:
+    """A ``configure=`` that, once armed, holds the n-th connection until ``open(n)``."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.armed = False
+        self.entered = 0
+        self.sync_gates = [threading.Event() for _ in range(20)]
+        self.async_gates: list[asyncio.Event] = []
+
+    @property
+    def configure(self) -> Any:
+        """The hook for the pool's kind (psycopg_pool's async pool wants a coroutine)."""
+        if self.kind == "Pool":
+            return self._configure
+
+        async def configure(conn: Any) -> None:
+            if self.armed:
+                n = self.entered
+                self.entered += 1
+                await asyncio.wait_for(self.async_gates[n].wait(), 10)
+
+        return configure
+
+    def _configure(self, conn: Any) -> None:
+        if self.armed:
+            n = self.entered
+            self.entered += 1
+            assert self.sync_gates[n].wait(10), "a gate was never opened"
+
+    def arm(self) -> None:
+        self.async_gates = [asyncio.Event() for _ in range(20)] if self.kind != "Pool" else []
+        self.armed = True
+
+    def open(self, *which: int) -> None:
+        for n in which:
+            (self.sync_gates if self.kind == "Pool" else self.async_gates)[n].set()
 
 
 async def _until(predicate: Any, timeout: float = 5.0) -> None:
@@ -311,35 +355,183 @@ async def _borrow_in_background(pool: Pool | AsyncPool, count: int) -> Any:
     return joined()
 
 
+async def _callers(kind: str, getconn: Any, putconn: Any, count: int, hold: Any = None) -> Any:
+    """``count`` callers (threads for a sync pool, tasks for an async one) that each
+    borrow once, run ``SELECT 1``, and return the connection at once, or once the
+    ``hold`` event is set. Returns an awaitable that ends when all are done."""
+    if kind == "Pool":
+
+        def borrow() -> None:
+            conn = getconn()
+            conn.execute("SELECT 1")
+            if hold is not None:
+                assert hold.wait(10)
+            putconn(conn)
+
+        threads = [threading.Thread(target=borrow) for _ in range(count)]
+        for thread in threads:
+            thread.start()
+
+        async def joined() -> None:
+            for thread in threads:
+                await asyncio.to_thread(thread.join, 10)
+                assert not thread.is_alive()
+
+        return joined()
+
+    async def aborrow() -> None:
+        conn = await getconn()
+        await conn.execute("SELECT 1")
+        if hold is not None:
+            await hold.wait()
+        await putconn(conn)
+
+    tasks = [asyncio.create_task(aborrow()) for _ in range(count)]
+    return asyncio.wait_for(asyncio.gather(*tasks), 10)
+
+
+async def _burst_on_gated_growth(kind: str, pool: Any, gates: _Gates, waiting: Any) -> None:
+    """50 callers queue behind the pool's two connections, each for a ``SELECT 1``; the
+    two come back and serve them all, while the growth connection the queue started is
+    held in ``configure=``. Then it is let through."""
+    held = [await _call(pool.getconn()) for _ in range(2)]
+    gates.arm()
+    done = await _callers(kind, pool.getconn, pool.putconn, 50)
+    await _until(lambda: waiting() == 50 and gates.entered >= 1)
+    for conn in held:
+        await _call(pool.putconn(conn))
+    await done
+    gates.open(*range(20))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_burst_of_short_requests_grows_as_psycopg_pool_does(
+    dsn: str, admin: psycopg.Connection[Any], kind: str
+) -> None:
+    """A burst of 50 short requests on a pool of 2 (max 20, four openers): connections
+    come back long before a new one could be opened, so growth goes one connection at
+    a time, as in psycopg_pool. With the growth connection held until the burst is
+    over, both pools end with 2 + 1 backends (opening for every waiter at once left
+    2 + num_workers, and before openers asked again, max_size)."""
+    name = f"pk-parity-burst-{kind.lower()}"
+    theirs_name = f"pp-parity-burst-{kind.lower()}"
+
+    async def scenario() -> None:
+        gates = _Gates(kind)
+        pool = _make(
+            kind, dsn, name, min_size=2, max_size=20, num_workers=4, configure=gates.configure
+        )
+        try:
+            await _call(pool.wait(5))
+            await _burst_on_gated_growth(kind, pool, gates, lambda: pool.stats().waiting)
+            await _until(lambda: pool.stats().opening == 0)
+            ours = backends(admin, name)
+            assert gates.entered == 1
+        finally:
+            await _call(pool.close())
+
+        gates = _Gates(kind)
+        settings: dict[str, Any] = dict(
+            kwargs={"application_name": theirs_name},
+            min_size=2,
+            max_size=20,
+            num_workers=4,
+            configure=gates.configure,
+            open=False,
+        )
+        if kind == "Pool":
+            theirs: Any = psycopg_pool.ConnectionPool(dsn, **settings)
+            theirs.open(wait=True, timeout=5)
+        else:
+            theirs = psycopg_pool.AsyncConnectionPool(dsn, **settings)
+            await theirs.open(wait=True, timeout=5)
+        try:
+            await _burst_on_gated_growth(
+                kind, theirs, gates, lambda: theirs.get_stats()["requests_waiting"]
+            )
+            # psycopg_pool has no count of attempts in flight; its growth is over
+            # once this flag drops (the connection opened is in the pool by then).
+            await _until(lambda: not theirs._growing)
+            their_backends = backends(admin, theirs_name)
+            assert gates.entered == 1
+        finally:
+            await _call(theirs.close())
+        assert len(ours) == len(their_backends) == 3
+
+    asyncio.run(scenario())
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_growth_skips_connections_the_demand_no_longer_needs(
     dsn: str, admin: psycopg.Connection[Any], kind: str
 ) -> None:
-    """Five callers queue behind the one connection, claiming five openings; the one
-    opener is slow (``configure=`` takes 0.3 s), and meanwhile the connection comes
-    back and serves all five. The openings still queued are then not made: the pool
-    ends with two backends, not six."""
+    """Five callers queue behind the one connection; one growth connection is started
+    and held in ``configure=``. Meanwhile the connection comes back and serves all
+    five, so nothing else is opened: the pool ends with two backends, not six."""
     name = f"pk-parity-growth-{kind.lower()}"
-    opened: list[int] = []
-
-    def configure(conn: Any) -> Any:
-        opened.append(1)
-        if len(opened) == 1:
-            return None  # min_size's connection: at once
-        return time.sleep(0.3) if kind == "Pool" else asyncio.sleep(0.3)
 
     async def scenario() -> None:
-        pool = _make(kind, dsn, name, min_size=1, max_size=10, num_workers=1, configure=configure)
+        gates = _Gates(kind)
+        pool = _make(
+            kind, dsn, name, min_size=1, max_size=10, num_workers=2, configure=gates.configure
+        )
         try:
             await _call(pool.wait(5))
             held = await _call(pool.getconn())
-            done = await _borrow_in_background(pool, 5)
-            await _until(lambda: pool.stats().waiting == 5)
+            gates.arm()
+            done = await _callers(kind, pool.getconn, pool.putconn, 5)
+            await _until(lambda: pool.stats().waiting == 5 and gates.entered == 1)
+            # One growth connection in flight for five waiters, however many openers.
+            assert pool.stats().opening == 1
+            assert len(backends(admin, name)) == 2
             await _call(pool.putconn(held))
             await done
+            gates.open(0)
             await _until(lambda: pool.stats().opening == 0)
+            assert gates.entered == 1
             assert len(backends(admin, name)) == 2
         finally:
+            await _call(pool.close())
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_growth_opens_side_by_side_when_no_connection_comes_back(
+    dsn: str, admin: psycopg.Connection[Any], kind: str
+) -> None:
+    """Four callers queue behind the one connection, which is not returned. The first
+    growth connection opens alone; it finds the queue no shorter when it is ready
+    (nothing came back meanwhile), so the next three open side by side (num_workers=3),
+    each of them visible on the server while it is held in ``configure=``."""
+    name = f"pk-parity-grow-wide-{kind.lower()}"
+
+    async def scenario() -> None:
+        gates = _Gates(kind)
+        pool = _make(
+            kind, dsn, name, min_size=1, max_size=10, num_workers=3, configure=gates.configure
+        )
+        hold: Any = threading.Event() if kind == "Pool" else asyncio.Event()
+        try:
+            await _call(pool.wait(5))
+            held = await _call(pool.getconn())
+            gates.arm()
+            done = await _callers(kind, pool.getconn, pool.putconn, 4, hold=hold)
+            await _until(lambda: pool.stats().waiting == 4 and gates.entered == 1)
+            assert pool.stats().opening == 1
+            assert len(backends(admin, name)) == 2
+            gates.open(0)
+            # Three connecting at once, none of them through configure= yet.
+            await _until(lambda: gates.entered == 4)
+            assert len(backends(admin, name)) == 5
+            gates.open(1, 2, 3)
+            await _until(lambda: pool.stats().in_use == 5)
+            hold.set()
+            await done
+            await _call(pool.putconn(held))
+            assert len(backends(admin, name)) == 5
+        finally:
+            hold.set()
             await _call(pool.close())
 
     asyncio.run(scenario())

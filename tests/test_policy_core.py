@@ -7,12 +7,24 @@ import random
 from poolkeeper.policy import Backoff, Breaker, connections_to_open, expiry
 
 
-def test_grow_to_min_size_then_one_per_uncovered_waiter() -> None:
-    assert connections_to_open(total=0, opening=0, waiting=0, min_size=3, max_size=10) == 3
-    assert connections_to_open(total=3, opening=0, waiting=2, min_size=3, max_size=10) == 2
-    assert connections_to_open(total=5, opening=2, waiting=2, min_size=3, max_size=10) == 0
-    assert connections_to_open(total=9, opening=0, waiting=5, min_size=3, max_size=10) == 1
-    assert connections_to_open(total=10, opening=0, waiting=5, min_size=3, max_size=10) == 0
+def test_grow_to_min_size_then_one_at_a_time_for_waiters() -> None:
+    def to_open(total: int, opening: int, waiting: int, growth: int = 1) -> int:
+        return connections_to_open(
+            total=total, opening=opening, waiting=waiting, min_size=3, max_size=10, growth=growth
+        )
+
+    assert to_open(total=0, opening=0, waiting=0) == 3
+    assert to_open(total=0, opening=0, waiting=5) == 3  # min_size's openings serve waiters too
+    assert to_open(total=3, opening=0, waiting=0) == 0
+    # Waiters: one attempt in flight, however many wait, until it is known that the
+    # queue does not shrink on its own (growth > 1).
+    assert to_open(total=3, opening=0, waiting=20) == 1
+    assert to_open(total=4, opening=1, waiting=20) == 0
+    assert to_open(total=3, opening=0, waiting=20, growth=4) == 4
+    assert to_open(total=5, opening=2, waiting=20, growth=4) == 2
+    assert to_open(total=3, opening=0, waiting=2, growth=4) == 2  # never more than wait
+    assert to_open(total=9, opening=0, waiting=5, growth=4) == 1  # never past max_size
+    assert to_open(total=10, opening=0, waiting=5, growth=4) == 0
 
 
 def test_lifetimes_are_jittered_downwards_within_ten_percent() -> None:

@@ -118,15 +118,21 @@ class Breaker:
 
 
 def connections_to_open(
-    *, total: int, opening: int, waiting: int, min_size: int, max_size: int
+    *, total: int, opening: int, waiting: int, min_size: int, max_size: int, growth: int
 ) -> int:
     """How many new connections to start now.
 
     ``total`` counts open connections plus those being opened. Enough to reach
-    ``min_size``, plus one per waiting caller not already covered by an attempt in
-    flight, never beyond ``max_size``.
+    ``min_size``; beyond it, while callers wait, up to ``growth`` attempts in flight
+    (and no more than there are waiting callers); never beyond ``max_size``.
+
+    ``growth`` is 1 unless the queue is known not to shrink on its own: a caller in a
+    burst of short requests is usually served by a returned connection sooner than by
+    a new one, so opening for every waiter at once leaves the pool at ``max_size``
+    for a burst that two connections would have served (psycopg_pool and HikariCP
+    grow one connection at a time for the same reason).
     """
-    want = max(min_size - total, waiting - opening, 0)
+    want = max(min_size - total, min(waiting, growth) - opening, 0)
     return max(0, min(want, max_size - total))
 
 

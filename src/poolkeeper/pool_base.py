@@ -258,7 +258,8 @@ class PoolBase(PoolCore, Generic[ConnT]):
     def _admit(self, rec: ConnectionRecord, *, cold: bool, opened: bool = False) -> None:
         """Put ``rec`` into service: to the first waiter, else onto the stack (the cold
         end for one that was only pinged, the hot end otherwise); if the pool closed
-        meanwhile, close it instead. ``opened``: it fills an opening slot."""
+        meanwhile, close it instead. ``opened``: it fills an opening slot, and the
+        callers still waiting may claim the next one (growth one step at a time)."""
         stale = False
         if opened:
             self._note_idle_refs(rec)
@@ -275,7 +276,8 @@ class PoolBase(PoolCore, Generic[ConnT]):
                 # Opened or pinged across a drain(): it must be replaced as well.
                 stale = True
             elif self._hand_off_locked(rec):
-                pass
+                if opened:
+                    self._grow_locked()
             elif cold:
                 self._idle.appendleft(rec)
             else:
@@ -344,6 +346,8 @@ class PoolBase(PoolCore, Generic[ConnT]):
         give_up_at = _monotonic() + self.config.reconnect_timeout
         opened = False
         connecting = False
+        # Callers waiting when this attempt started: the evidence for _grow_wide.
+        queued = 0
         try:
             while not self._closed:
                 try:
@@ -351,8 +355,10 @@ class PoolBase(PoolCore, Generic[ConnT]):
                         if not connecting:
                             with self._lock:
                                 if not self._opening_wanted_locked():
+                                    self._grow_wide = False
                                     return  # the slot is given back below
                                 self._connecting += 1
+                                queued = len(self._waiters)
                             connecting = True
                         self._breaker.attempt(_monotonic())
                         rec = self._connect_new()
@@ -374,6 +380,10 @@ class PoolBase(PoolCore, Generic[ConnT]):
                     # errs towards opening, never towards a caller left waiting.
                     with self._lock:
                         self._connecting -= 1
+                        # Opened for waiters, and none of them was served meanwhile
+                        # (or more came): the connections lent are not coming back
+                        # soon enough, so the next openings go side by side.
+                        self._grow_wide = 0 < queued <= len(self._waiters)
                     connecting = False
                 self._on_connect_success(rec)
                 return

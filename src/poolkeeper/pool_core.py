@@ -102,6 +102,7 @@ class PoolCore:
         "_driver",
         "_forked",
         "_generation",
+        "_grow_wide",
         "_idle",
         "_idle_refs",
         "_last_error",
@@ -183,6 +184,9 @@ class PoolCore:
         self._opening = 0
         # Of those, how many an opener has started connecting (see _opening_wanted_locked).
         self._connecting = 0
+        # The last connection opened for waiters found the queue no shorter than when
+        # it started: returns are not keeping up, so grow num_workers at a time.
+        self._grow_wide = False
         self._generation = 0
         self._closed = not open
         self._opened = False
@@ -490,6 +494,7 @@ class PoolCore:
             waiting=0 if self._closed else len(self._waiters),
             min_size=self.config.min_size,
             max_size=self.config.max_size,
+            growth=self.config.num_workers if self._grow_wide else 1,
         )
         self._total += count
         self._opening += count
@@ -501,7 +506,9 @@ class PoolCore:
         short requests is often served by the connections already open before an
         opener gets to it. Wanted below ``min_size``, or while the waiters outnumber
         the connections already being opened (HikariCP asks the same, for the same
-        reason: not to over-provision)."""
+        reason: not to over-provision). How many are claimed at once is
+        ``connections_to_open``'s ``growth``; each opened connection claims the next
+        (``_admit``), so growth goes on for as long as callers wait."""
         if self._total - self._opening + self._connecting < self.config.min_size:
             return True
         return len(self._waiters) > self._connecting
@@ -785,6 +792,7 @@ class PoolCore:
         self._records = set()
         self._waiters = deque()
         self._total = self._opening = self._connecting = 0
+        self._grow_wide = False
         if not self._opened:
             # Never opened (open=False, to be opened in each worker, the pre-fork
             # server pattern): it holds nothing of the parent's, so the child may open it.
