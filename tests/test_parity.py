@@ -501,9 +501,10 @@ def test_growth_opens_side_by_side_when_no_connection_comes_back(
     dsn: str, admin: psycopg.Connection[Any], kind: str
 ) -> None:
     """Four callers queue behind the one connection, which is not returned. The first
-    growth connection opens alone; it finds the queue no shorter when it is ready
-    (nothing came back meanwhile), so the next three open side by side (num_workers=3),
-    each of them visible on the server while it is held in ``configure=``."""
+    growth connection opens alone; when it is ready the same caller is still first in
+    the queue (nothing came back meanwhile), so the next three open side by side
+    (num_workers=3), each of them visible on the server while it is held in
+    ``configure=``."""
     name = f"pk-parity-grow-wide-{kind.lower()}"
 
     async def scenario() -> None:
@@ -513,14 +514,42 @@ def test_growth_opens_side_by_side_when_no_connection_comes_back(
         )
         hold: Any = threading.Event() if kind == "Pool" else asyncio.Event()
         try:
+            # What each caller sees being opened once it has its connection. The hand-off
+            # and the claim of the next openings are one step under the pool's lock
+            # (a thread takes it to look; a task runs after the step): housekeeping
+            # would claim them too, but only on its next pass.
+            opening_seen: list[int] = []
+
+            def note_opening() -> None:
+                if kind == "Pool":
+                    with pool._lock:
+                        opening_seen.append(pool.stats().opening)
+                else:
+                    opening_seen.append(pool.stats().opening)
+
+            def getconn() -> Any:
+                if kind == "Pool":
+                    conn = pool.getconn()
+                    note_opening()
+                    return conn
+
+                async def borrow() -> Any:
+                    conn = await pool.getconn()
+                    note_opening()
+                    return conn
+
+                return borrow()
+
             await _call(pool.wait(5))
             held = await _call(pool.getconn())
             gates.arm()
-            done = await _callers(kind, pool.getconn, pool.putconn, 4, hold=hold)
+            done = await _callers(kind, getconn, pool.putconn, 4, hold=hold)
             await _until(lambda: pool.stats().waiting == 4 and gates.entered == 1)
             assert pool.stats().opening == 1
             assert len(backends(admin, name)) == 2
             gates.open(0)
+            await _until(lambda: len(opening_seen) == 1)
+            assert opening_seen == [3]
             # Three connecting at once, none of them through configure= yet.
             await _until(lambda: gates.entered == 4)
             assert len(backends(admin, name)) == 5

@@ -290,6 +290,15 @@ MUTANTS: list[Mutant] = [
         "a connection whose configure= failed is dropped without being closed",
         _k("configure"),
     ),
+    Mutant(
+        "growth-chain-broken",
+        PKG + "async_pool_base.py",
+        "            elif self._hand_off_locked(rec):\n                if opened:\n"
+        "                    self._grow_locked()\n",
+        "            elif self._hand_off_locked(rec):\n                pass\n",
+        "a connection opened for waiters does not start the next while callers still wait",
+        ("tests/test_parity.py",),
+    ),
     # -- policy ----------------------------------------------------------------------------
     Mutant(
         "policy-grow-past-max",
@@ -298,6 +307,14 @@ MUTANTS: list[Mutant] = [
         "    return max(0, want)\n",
         "the pool opens more connections than max_size",
         ("tests/test_policy_core.py", "tests/test_policy.py"),
+    ),
+    Mutant(
+        "policy-grow-for-every-waiter",
+        PKG + "policy.py",
+        "    want = max(min_size - total, min(waiting, growth) - opening, 0)\n",
+        "    want = max(min_size - total, waiting - opening, 0)\n",
+        "a burst of short requests opens a connection for every waiter at once",
+        ("tests/test_policy_core.py", "tests/test_parity.py"),
     ),
     Mutant(
         "policy-max-idle-below-min",

@@ -366,8 +366,10 @@ class AsyncPoolBase(PoolCore, Generic[ConnT]):
         give_up_at = _monotonic() + self.config.reconnect_timeout
         opened = False
         connecting = False
-        # Callers waiting when this attempt started: the evidence for _grow_wide.
-        queued = 0
+        # The first caller in the queue when this attempt started: the evidence for
+        # _grow_wide. Served callers leave from the front, so if it is still first
+        # when the connection is ready, no connection came back meanwhile.
+        first: object = None
         try:
             while not self._closed:
                 try:
@@ -378,7 +380,8 @@ class AsyncPoolBase(PoolCore, Generic[ConnT]):
                                     self._grow_wide = False
                                     return  # the slot is given back below
                                 self._connecting += 1
-                                queued = len(self._waiters)
+                                waiters = self._waiters
+                                first = waiters[0] if waiters else None
                             connecting = True
                         self._breaker.attempt(_monotonic())
                         rec = await self._connect_new()
@@ -400,10 +403,14 @@ class AsyncPoolBase(PoolCore, Generic[ConnT]):
                     # errs towards opening, never towards a caller left waiting.
                     with self._lock:
                         self._connecting -= 1
-                        # Opened for waiters, and none of them was served meanwhile
-                        # (or more came): the connections lent are not coming back
-                        # soon enough, so the next openings go side by side.
-                        self._grow_wide = 0 < queued <= len(self._waiters)
+                        # Opened for waiters, and none of them was served meanwhile:
+                        # the connections lent are not coming back soon enough, so
+                        # the next openings go side by side. A burst of short
+                        # requests, served by returns all along, grows one at a time.
+                        waiters = self._waiters
+                        self._grow_wide = (
+                            first is not None and bool(waiters) and waiters[0] is first
+                        )
                     connecting = False
                 self._on_connect_success(rec)
                 return

@@ -184,8 +184,8 @@ class PoolCore:
         self._opening = 0
         # Of those, how many an opener has started connecting (see _opening_wanted_locked).
         self._connecting = 0
-        # The last connection opened for waiters found the queue no shorter than when
-        # it started: returns are not keeping up, so grow num_workers at a time.
+        # No waiter was served while the last connection for waiters was opened: the
+        # connections lent are not coming back soon, so grow num_workers at a time.
         self._grow_wide = False
         self._generation = 0
         self._closed = not open
