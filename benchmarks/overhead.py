@@ -10,11 +10,14 @@ step of ``putconn`` right after a query, when the CPU caches are cold. Last, wha
 judged by the cheap test or by the lexer) and per return that leaves the fast path
 (the reported settings compared with the baseline), and ``putconn``
 alone per return: clean, and after a borrower changed a client-side attribute the
-return puts back.
+return puts back. Last, ``putconn`` per return on each driver: clean, and flagged
+for a settings check (a statement that may have run user code) that finds nothing
+changed, which is what most returns after real queries are.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import statistics
 import sys
@@ -25,7 +28,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from poolkeeper import Pool
+from poolkeeper import AsyncPool, Pool
 from poolkeeper.drivers.psycopg_sync import PoolConnection
 from poolkeeper.session_state import CHECK, KNOWN_VERDICTS, touches_session
 
@@ -167,6 +170,59 @@ def _return_costs(pool: Pool) -> dict[str, float]:
     return costs
 
 
+def _best_per_return(spent: list[int]) -> float:
+    """Nanoseconds per return: the best of five equal runs (see benchmarks/micro.py)."""
+    run = len(spent) // 5
+    return min(sum(spent[i * run : (i + 1) * run]) / run for i in range(5))
+
+
+def _sync_driver_returns(dsn: str, driver: str) -> dict[str, float]:
+    """Nanoseconds per ``Pool.putconn`` on ``driver``: clean, and flagged CHECK."""
+    clock = time.perf_counter_ns
+    costs: dict[str, float] = {}
+    with Pool(dsn, driver=driver, min_size=1, max_size=1, name=f"pk-overhead-{driver}") as pool:
+        for flag in (False, CHECK):
+            spent = []
+            for _ in range(_QUERIES):
+                conn = pool.getconn()
+                conn._pk_dirty = flag  # as a statement's verdict leaves it
+                start = clock()
+                pool.putconn(conn)
+                spent.append(clock() - start)
+            costs["clean" if flag is False else "settings check"] = _best_per_return(spent)
+        assert pool.stats().resets == 0
+    return costs
+
+
+async def _async_driver_returns(dsn: str, driver: str) -> dict[str, float]:
+    """Nanoseconds per ``AsyncPool.putconn`` on ``driver``: clean, and flagged CHECK."""
+    clock = time.perf_counter_ns
+    costs: dict[str, float] = {}
+    name = f"pk-overhead-async-{driver}"
+    async with AsyncPool(dsn, driver=driver, min_size=1, max_size=1, name=name) as pool:
+        for flag in (False, CHECK):
+            spent = []
+            for _ in range(_QUERIES):
+                conn = await pool.getconn()
+                conn._pk_dirty = flag
+                start = clock()
+                await pool.putconn(conn)
+                spent.append(clock() - start)
+            costs["clean" if flag is False else "settings check"] = _best_per_return(spent)
+        assert pool.stats().resets == 0
+    return costs
+
+
+def _driver_returns(dsn: str) -> dict[str, dict[str, float]]:
+    """Per pool and driver: nanoseconds per return, clean and flagged CHECK."""
+    return {
+        "Pool, psycopg": _sync_driver_returns(dsn, "psycopg"),
+        "Pool, psycopg2": _sync_driver_returns(dsn, "psycopg2"),
+        "AsyncPool, psycopg": asyncio.run(_async_driver_returns(dsn, "psycopg")),
+        "AsyncPool, asyncpg": asyncio.run(_async_driver_returns(dsn, "asyncpg")),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     """Print client CPU per query for the three variants, then the cold putconn steps."""
     args = sys.argv[1:] if argv is None else argv
@@ -205,6 +261,11 @@ def main(argv: list[str] | None = None) -> int:
     for label, ns in _return_costs(pool).items():
         print(f"  {label:42s} {ns / 1000:6.2f} µs")
     pool.close()
+    print("per return on each driver (putconn alone, warm, best of 5 runs): clean, and")
+    print("flagged for a settings check that finds nothing changed:")
+    for label, costs in _driver_returns(dsn).items():
+        clean, check = costs["clean"], costs["settings check"]
+        print(f"  {label:20s} clean {clean / 1000:5.2f} µs   settings check {check / 1000:5.2f} µs")
     plain.close()
     tracked.close()
     return 0

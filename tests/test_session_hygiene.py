@@ -95,8 +95,9 @@ def server_objects(dsn: str) -> Iterator[None]:
         admin.execute(f"DROP ROLE IF EXISTS {ROLE}")
 
 
-def test_the_fingerprint_itself_leaves_the_session_clean() -> None:
-    assert touches_session(FINGERPRINT) is False
+def test_the_fingerprint_itself_costs_no_reset() -> None:
+    # It reads catalog views, so a settings check (which finds nothing) at most.
+    assert touches_session(FINGERPRINT) is not True
 
 
 # -- the second net: settings the server reports, compared on a slow-path return --------
@@ -114,9 +115,9 @@ def test_the_fingerprint_itself_leaves_the_session_clean() -> None:
 def test_a_reported_setting_changed_unseen_is_caught_on_a_slow_path_return(
     dsn: str, driver: str
 ) -> None:
-    # The INSERT lexes clean; its trigger changes TimeZone and the change is
-    # committed. The borrower then leaves a transaction open, so the return takes the
-    # slow path (a rollback), where the reported settings are compared.
+    # The INSERT asks only for a settings check; its trigger changes TimeZone and the
+    # change is committed. The borrower then leaves a transaction open, so the return
+    # takes the slow path (a rollback), which compares the reported settings too.
     with _sync_pool(dsn, driver) as pool:
 
         def insert_then_leave_a_transaction_open(conn: Any) -> None:
@@ -125,7 +126,7 @@ def test_a_reported_setting_changed_unseen_is_caught_on_a_slow_path_return(
             conn.commit()
             cur.execute("SELECT 1")
 
-        assert touches_session("INSERT INTO pk_hyg_trig VALUES (1)") is False
+        assert touches_session("INSERT INTO pk_hyg_trig VALUES (1)") is CHECK
         with pool.connection() as conn:
             fresh = _fingerprint(conn)
         with pool.connection() as conn:
@@ -151,6 +152,29 @@ async def test_asyncpg_reported_setting_changed_unseen_is_caught_on_a_slow_path_
         async with pool.connection() as conn:
             await conn.execute("INSERT INTO pk_hyg_trig VALUES (1)")
             await conn.transaction().start()  # left open: the return rolls it back
+        async with pool.connection() as conn:
+            assert await _afingerprint(conn) == fresh
+
+
+@pytest.mark.one_model("asyncio", "how the asyncpg driver reads asyncpg's own settings store")
+@pytest.mark.usefixtures("server_objects")
+@pytest.mark.parametrize("found", [True, False], ids=["asyncpg's dict", "name by name"])
+async def test_asyncpg_reads_the_reported_settings_either_way(
+    dsn: str, monkeypatch: pytest.MonkeyPatch, found: bool
+) -> None:
+    # From asyncpg's own dict of reported settings when it can be found, else one
+    # attribute at a time: either way the trigger's TimeZone is seen on a return that
+    # takes no slow path.
+    from poolkeeper.drivers import asyncpg_async
+
+    if not found:
+        monkeypatch.setattr(asyncpg_async, "_live_settings", lambda conn: None)
+    async with _async_pool(dsn, "asyncpg") as pool:
+        async with pool.connection() as conn:
+            assert (type(conn._pk_settings) is dict) is found
+            fresh = await _afingerprint(conn)
+        async with pool.connection() as conn:
+            await conn.execute("INSERT INTO pk_hyg_trig VALUES (1)")
         async with pool.connection() as conn:
             assert await _afingerprint(conn) == fresh
 
@@ -788,6 +812,7 @@ def test_harmless_statements_rarely_cost_a_reset(
         for query in HARMLESS:
             with pool.connection() as conn:
                 conn.execute(query)
+        # The settings checks found nothing changed: no reset but the lexer's.
         assert pool.stats().resets == len(resets)
     orm_resets = [q for q in ORM_STATEMENTS if touches_session(q) is True]
     orm_checks = [q for q in ORM_STATEMENTS if touches_session(q) is CHECK]
@@ -795,8 +820,7 @@ def test_harmless_statements_rarely_cost_a_reset(
         print(
             f"\nharmless statements: {len(resets)}/{len(HARMLESS)} needless resets, "
             f"{len(checks)} settings checks; ORM statements: {len(orm_resets)}/"
-            f"{len(ORM_STATEMENTS)} needless resets, {len(orm_checks)} settings checks "
-            f"{orm_checks}"
+            f"{len(ORM_STATEMENTS)} needless resets, {len(orm_checks)} settings checks"
         )
     assert resets == [] and orm_resets == []
 

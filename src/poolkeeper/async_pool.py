@@ -576,7 +576,14 @@ class AsyncPool(AsyncPoolBase[ConnT]):
         # One C-level read of (transaction status, session dirty) against "clean". Read
         # into a local first: CPython cannot specialize a method call on a slot.
         return_state = self._return_state
-        if return_state(conn) != self._clean_state and not await self._clean_on_return(rec):
+        # Most returns after a real query carry only a pending settings check: made
+        # here, in memory, without the slow path's steps. (The state is read again for
+        # it rather than kept: a local would cost the clean return a store and a load.)
+        if (
+            return_state(conn) != self._clean_state
+            and (return_state(conn) != self._check_state or self._settings_changed(conn))
+            and not await self._clean_on_return(rec)
+        ):
             return
         now = _monotonic()
         rec.usage += now - rec.borrowed_at

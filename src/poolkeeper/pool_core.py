@@ -94,6 +94,7 @@ class PoolCore:
         "_borrow_ticks",
         "_breaker",
         "_check_after",
+        "_check_state",
         "_clean_state",
         "_closed",
         "_closed_under_borrower",
@@ -115,6 +116,7 @@ class PoolCore:
         "_records",
         "_reset_mode",
         "_return_state",
+        "_settings_changed",
         "_stats_borrows",
         "_stats_cancelled",
         "_stats_checks_failed",
@@ -163,11 +165,7 @@ class PoolCore:
         self.name = config.name
         self._driver = driver
         self._status: Callable[[Any], int] = driver.status
-        self._return_state: Callable[[Any], object] = driver.return_state
-        # reset="always" must take the slow path on every return: no state equals this.
-        # ...and so must a reset callable, which runs on every return.
-        every_return = config.reset == "always" or callable(config.reset)
-        self._clean_state: object = object() if every_return else driver.clean_state
+        self._apply_return_states(config, driver)
 
         self._idle: deque[ConnectionRecord] = deque()
         # Keyed by the connection itself: drivers' classes hash by identity (checked
@@ -232,6 +230,18 @@ class PoolCore:
         self._banked = [0.0, 0.0, 0.0]
         self._totals_seen = (0.0, 0.0, 0.0)
         forking.register(self)
+
+    def _apply_return_states(self, config: PoolConfig, driver: Any) -> None:
+        """What putconn compares a returned connection's state with."""
+        self._return_state: Callable[[Any], object] = driver.return_state
+        # reset="always" must take the slow path on every return: no state equals this.
+        # ...and so must a reset callable, which runs on every return.
+        every_return = config.reset == "always" or callable(config.reset)
+        self._clean_state: object = object() if every_return else driver.clean_state
+        # What return_state gives when a settings check is all a return needs (see
+        # session_state.CHECK): putconn makes it inline, without the slow path.
+        self._check_state: object = object() if every_return else driver.check_state
+        self._settings_changed: Callable[[Any], bool] = driver.settings_changed
 
     def _apply_check_settings(self) -> None:
         check = self.config.check

@@ -2,29 +2,39 @@
 
 ``reset="auto"`` must not cost a round trip per borrow (asyncpg's pool pays one on
 every release and loses half its throughput for it), so the drivers hand every
-statement they send to :func:`touches_session` and mark the connection *dirty*
-when it could change state that outlives its transaction. A dirty connection is
-reset with :data:`RESET_SQL` on return; a clean one costs a flag read.
+statement they send to :func:`touches_session`, which gives one of three verdicts;
+a connection carries the highest verdict of the statements sent since its last
+return:
+
+- ``True``, **reset**: the statement may change state that outlives its
+  transaction (``SET``, ``LISTEN``, ``DO``, ``CALL``, a temporary table, a call to
+  ``set_config``, …). The return sends :data:`RESET_SQL`.
+- :data:`CHECK`: the statement leaves nothing behind itself, but may run user code
+  the lexer cannot see into: a function it calls, and as much a trigger, a column
+  default, a view, a rule, a row security policy, or an operator, a cast or a
+  function named like a built-in that ``search_path`` resolves to a user's. On
+  return the settings the server reports (:data:`REPORTED_PARAMETERS`) are compared
+  with the connection's baseline, in memory, and only a difference means a reset.
+- ``False``, **clean**: the statement provably runs no user code and leaves
+  nothing behind: transaction control, ``SHOW``, ``FETCH``/``MOVE``/``CLOSE``,
+  ``SET LOCAL`` (:data:`INERT_FIRST`), and a ``SELECT`` of literals, commas and
+  aliases only (``SELECT 1``). A clean return costs a flag read.
 
 The verdict comes from a small lexer, not a text search: it skips whitespace and
 comments (``--`` and nested ``/* */``), understands quoted identifiers, string
 literals (``'…'``, ``E'…'``, ``$tag$…$tag$``), splits the text into statements on
 ``;`` outside those, and judges each statement by its first token and by its
 function-call tokens (a name followed by ``(``, comments allowed in between).
-A statement is harmless only when its first token is on a list of commands that
-leave nothing behind (:data:`HARMLESS_FIRST`) and it calls none of the functions
-in :data:`SESSION_FUNCTIONS`, creates no temporary object and writes no ``pg_settings``
-(an UPDATE of it is a SET); everything else —
-``SET``, ``DO``, ``CALL``, ``EXECUTE``, any ``DECLARE``, an unknown command,
-text that does not lex — counts as dirty. Unknown means reset: a false positive
-costs one ``DISCARD ALL``, a false negative would leak state.
+A statement whose first token is not on :data:`INERT_FIRST` or
+:data:`HARMLESS_FIRST` — ``SET``, ``DO``, ``CALL``, ``EXECUTE``, any ``DECLARE``,
+an unknown command — is a reset, as is text that does not lex: unknown means
+reset. A false positive costs one ``DISCARD ALL`` (or, for a needless check, a
+microsecond or two), a false negative would leak state.
 
-What the lexer cannot see is what a server-side function does when called
-(``SELECT my_function()``). A statement that calls a function not in
-:data:`KNOWN_CALLS` gets the verdict :data:`CHECK`: on return, the settings the
-server reports (:data:`REPORTED_PARAMETERS`) are compared with the connection's
-baseline, in memory, and a difference means a reset. See docs/design.md for the
-guarantee and its one gap.
+What the server does not report stays out of reach: a function (or a trigger…)
+that changes an unreported setting, takes a session advisory lock or creates a
+temporary table leaves it behind unseen. docs/design.md states the guarantee and
+this one gap, which ``reset="always"`` closes.
 """
 
 from __future__ import annotations
@@ -34,7 +44,7 @@ import re
 __all__ = [
     "CHECK",
     "HARMLESS_FIRST",
-    "KNOWN_CALLS",
+    "INERT_FIRST",
     "KNOWN_VERDICTS",
     "REPORTED_PARAMETERS",
     "RESET_SQL",
@@ -69,54 +79,33 @@ REPORTED_PARAMETERS = (
     "TimeZone",
 )
 
-#: First words of statements that leave nothing behind once their transaction ends
-#: (the pool rolls back an open one). Anything else starting a statement is dirty.
-#: ``create`` and ``select`` may still create a temporary object (``CREATE TEMP``,
-#: ``SELECT … INTO TEMP``), which the lexer checks for separately; ``explain`` is
-#: judged by the statement it explains.
+#: First words of statements that run no user code and leave nothing behind: the
+#: only ones (with a ``SELECT`` of literals, see :func:`touches_session`) judged clean.
+#: A ``COMMIT`` or ``SET CONSTRAINTS`` fires deferred triggers, but only ones an
+#: earlier statement of the same borrow queued, and that statement was checked; a
+#: ``FETCH`` runs the rest of a cursor's query, but a cursor outlives its transaction
+#: only when ``DECLARE`` made it (a reset).
+INERT_FIRST = frozenset(
+    {
+        *("abort", "begin", "close", "commit", "end", "fetch", "move", "notify"),
+        *("release", "rollback", "savepoint", "show", "start", "unlisten"),
+    }
+)
+
+#: First words of statements that leave nothing behind themselves once their
+#: transaction ends (the pool rolls back an open one), but may run user code: a
+#: trigger, a column default, a view, a rule, a row security policy, an operator or
+#: a cast found first on ``search_path``, an event trigger on DDL, any function.
+#: Their verdict is :data:`CHECK`, or a reset when they call a function of
+#: :data:`SESSION_FUNCTIONS` or create a temporary object (``CREATE TEMP``,
+#: ``SELECT … INTO TEMP``). Any other first word means a reset; ``explain`` is judged
+#: by the statement it explains.
 HARMLESS_FIRST = frozenset(
     {
-        "abort",
-        "alter",
-        "analyse",
-        "analyze",
-        "begin",
-        "checkpoint",
-        "close",
-        "cluster",
-        "comment",
-        "commit",
-        "copy",
-        "create",
-        "delete",
-        "drop",
-        "end",
-        "fetch",
-        "grant",
-        "import",
-        "insert",
-        "lock",
-        "merge",
-        "move",
-        "notify",
-        "reassign",
-        "refresh",
-        "reindex",
-        "release",
-        "revoke",
-        "rollback",
-        "savepoint",
-        "security",
-        "select",
-        "show",
-        "start",
-        "table",
-        "truncate",
-        "unlisten",
-        "update",
-        "vacuum",
-        "values",
-        "with",
+        *("alter", "analyse", "analyze", "checkpoint", "cluster", "comment", "copy"),
+        *("create", "delete", "drop", "grant", "import", "insert", "lock", "merge"),
+        *("reassign", "refresh", "reindex", "revoke", "security", "select", "table"),
+        *("truncate", "update", "vacuum", "values", "with"),
     }
 )
 
@@ -134,69 +123,10 @@ SESSION_FUNCTIONS = frozenset(
     }
 )
 
-#: The verdict for a statement that calls a function the lexer knows nothing about:
-#: truthy (not clean), but not ``True`` (reset): compare the reported settings on
-#: return, and reset only if one changed.
+#: The verdict for a statement that may run user code: truthy (not clean), but not
+#: ``True`` (reset): compare the reported settings on return, and reset only if one
+#: changed.
 CHECK = 2
-
-#: Names followed by ``(`` that are not a call to an unknown function: SQL keywords
-#: that take a parenthesis, type modifiers, and built-in functions that change no
-#: session state. A call to any other name gets the verdict :data:`CHECK`.
-KNOWN_CALLS = frozenset(
-    {
-        # keywords and clauses
-        *("all", "and", "any", "array", "as", "between", "by", "case", "cast", "check"),
-        *("collate", "cube", "default", "distinct", "else", "exists", "filter", "from"),
-        *("grouping", "having", "in", "include", "is", "join", "key", "lateral", "like"),
-        *("ilike", "limit", "not", "nulls", "of", "offset", "on", "or", "over", "partition"),
-        *("primary", "returning", "rollup", "row", "rows", "select", "set", "sets", "some"),
-        *("then", "unique", "using", "values", "when", "where", "with", "within"),
-        *("overlaps", "similar", "to", "range", "list", "hash", "window", "except"),
-        *("union", "intersect", "materialized", "exclude", "tablesample", "system"),
-        *("bernoulli", "ordinality", "conflict", "do", "update", "foreign", "references"),
-        # types with a modifier
-        *("bit", "char", "character", "decimal", "float", "interval", "numeric", "time"),
-        *("timestamp", "timestamptz", "timetz", "varbit", "varchar", "varying"),
-        # built-in functions that leave no session state
-        *("abs", "age", "array_agg", "array_append", "array_length", "array_position"),
-        *("array_remove", "array_to_string", "avg", "bool_and", "bool_or", "btrim"),
-        *("cardinality", "ceil", "ceiling", "char_length", "coalesce", "concat"),
-        *("concat_ws", "count", "current_setting", "date_part", "date_trunc", "decode"),
-        *("dense_rank", "encode", "every", "extract", "first_value", "floor", "format"),
-        *("gen_random_uuid", "generate_series", "greatest", "json_agg", "json_build_array"),
-        *("json_build_object", "json_object_agg", "jsonb_agg", "jsonb_build_array"),
-        *("jsonb_build_object", "jsonb_object_agg", "jsonb_set", "jsonb_array_elements"),
-        *("json_array_elements", "jsonb_each", "json_each", "to_json", "to_jsonb"),
-        *("lag", "last_value", "lead", "least", "left", "length", "lower", "lpad"),
-        *("ltrim", "make_interval", "max", "md5", "min", "mod", "now", "nullif"),
-        *("octet_length", "overlay", "pg_advisory_unlock", "pg_advisory_unlock_all"),
-        *("pg_advisory_unlock_shared", "pg_advisory_xact_lock"),
-        *("pg_advisory_xact_lock_shared", "pg_backend_pid", "pg_cancel_backend"),
-        *("pg_listening_channels", "pg_my_temp_schema", "pg_notify", "pg_sleep"),
-        *("pg_try_advisory_xact_lock", "pg_try_advisory_xact_lock_shared", "pg_typeof"),
-        *("position", "power", "random", "rank", "regexp_match", "regexp_matches"),
-        *("regexp_replace", "regexp_split_to_array", "repeat", "replace", "reverse"),
-        *("right", "round", "row_number", "rpad", "rtrim", "split_part", "sqrt"),
-        *("starts_with", "statement_timestamp", "string_agg", "string_to_array"),
-        *("strpos", "substr", "substring", "sum", "to_char", "to_date", "to_number"),
-        *("to_timestamp", "transaction_timestamp", "clock_timestamp", "trim", "trunc"),
-        *("unnest", "upper", "uuid_generate_v4", "json_build", "nextval", "currval"),
-        *("setval", "lastval", "txid_current", "pg_current_xact_id", "version"),
-        # what ORMs and drivers ask the catalog
-        *("current_schema", "current_schemas", "current_database", "format_type"),
-        *("pg_get_expr", "pg_get_indexdef", "pg_get_constraintdef", "pg_get_viewdef"),
-        *("pg_table_is_visible", "pg_type_is_visible", "obj_description"),
-        *("col_description", "has_table_privilege", "has_schema_privilege", "to_regclass"),
-        *("quote_ident", "quote_literal", "array_upper", "array_lower"),
-    }
-)
-
-# A name followed by "(" after one of these is a table (INSERT INTO t (a, b)).
-# (CREATE FUNCTION f(…), CREATE PROCEDURE p(…): a definition.)
-_BEFORE_TABLE = frozenset(
-    {"into", "table", "references", "on", "only", "exists", "view", "copy"}
-    | {"function", "procedure"}
-)
 
 # ``SET LOCAL …``, ``SET TRANSACTION …`` and ``SET CONSTRAINTS …`` end with their
 # transaction; every other SET outlives it.
@@ -205,19 +135,49 @@ _TRANSACTION_SET = frozenset({"local", "transaction", "constraints"})
 _BEFORE_TEMP = frozenset({"create", "local", "global", "into", "replace"})
 _READ_FIRST = frozenset({"select", "(", "table", "values"})
 _EXPLAIN_OPTIONS = frozenset({"analyze", "analyse", "verbose"})
+# The words a SELECT of literals may hold besides aliases: constants, not names.
+_CONSTANT_WORDS = frozenset({"null", "true", "false"})
+# An operator token a SELECT of literals may hold: digits and the commas between
+# items. Any other operator character (``+``, ``-``, ``::``, ``||``) names an
+# operator or a cast, which search_path can resolve to a user's.
+_DIGITS_AND_COMMAS = re.compile(r"[0-9,]+")
 
-# The cheap test: one statement (no ';' but a last character), a harmless first word
-# found by a plain match, no '(' (so no function call) and neither of _MARKERS
-# anywhere in the lowercased text (not even in a string or comment): a temporary
-# object, or an identifier spelled with escapes. Only text that fails it is lexed.
-# Leading whitespace and comments (a tag an ORM or SQL commenter put first) are
-# skipped (PostgreSQL ends a "--" comment at a carriage return too); a comment with
-# another "/*" inside (nested) is left to the lexer.
+# The cheap test: one statement (no ';' but a last character), a first word found
+# by a plain match, no '(' (so no function call) and none of _MARKERS anywhere in
+# the lowercased text (not even in a string or comment): a temporary object, an
+# identifier spelled with escapes, or a backslash, which may move a string's end
+# (see _finish_str). Text that passes is clean if its first word is inert or it is
+# a SELECT of literals (_LITERALS_ONLY), CHECK if its first word is on
+# HARMLESS_FIRST; only the rest is lexed. Leading whitespace and comments (a tag an
+# ORM or SQL commenter put first) are skipped (PostgreSQL ends a "--" comment at a
+# carriage return too); a comment with another "/*" inside (nested) is left to the
+# lexer.
 _FIRST_WORD = re.compile(
     r"(?:[ \t\n\r\f\v]+|--[^\n\r]*[\n\r]|/\*(?:[^*/]|\*(?!/)|/(?!\*))*\*/)*"
     r"([A-Za-z_][A-Za-z0-9_]*)(?![A-Za-z0-9_$\x80-\U0010ffff])"
 )
-_MARKERS = re.compile(r'temp|u&"|pg_settings')
+_MARKERS = re.compile(r'temp|u&"|pg_settings|\\')
+# What follows SELECT in a statement of literals (``SELECT 1``, the usual ping, with
+# a comment an SQL commenter appended, say): numbers, strings without a backslash
+# (whose meaning depends on standard_conforming_strings), NULL, TRUE, FALSE, commas,
+# AS aliases, whitespace and comments that do not nest, and a ';' at the end. The
+# lexer decides the same (see _literals_only); when this does not match, the
+# statement counts as one that may run user code, without lexing it.
+_WS = r"[ \t\n\r\f\v]"
+_COMMENT = r"(?:--[^\n\r]*(?![^\n\r])|/\*(?:[^*/]|\*(?!/)|/(?!\*))*\*/)"
+_NOT_IN_WORD = r"[a-z0-9_$\x80-\U0010ffff]"
+# Every alternative matches in one way only (a character of whitespace at a time,
+# strings, names and numbers as long as they go), so a text that fails costs one
+# pass, not a search through the ways to split it.
+_LITERALS_ONLY = re.compile(
+    rf"""(?:{_WS}|{_COMMENT}|,
+      | (?<!{_NOT_IN_WORD})(?:[0-9]+|null|true|false)(?!{_NOT_IN_WORD})
+      | '[^'\\]*(?:''[^'\\]*)*'(?!')
+      | (?<!{_NOT_IN_WORD})as(?:{_WS}|{_COMMENT})+
+        (?:[a-z_\x80-\U0010ffff]{_NOT_IN_WORD}*(?!{_NOT_IN_WORD})|"[^"]*(?:""[^"]*)*"(?!"))
+    )*(?:;{_WS}*)?""",
+    re.VERBOSE,
+)
 
 # One token per match, with the whitespace before it; comments, E-strings and dollar
 # quotes are finished by hand. Words come early: they are most of any statement.
@@ -258,8 +218,9 @@ _KNOWN_MAX = 4096
 
 def touches_session(query: object) -> int:
     """Whether ``query`` may change state that outlives its transaction: ``False``
-    (it cannot), ``True`` (it may: reset on return) or :data:`CHECK` (it calls a
-    function the lexer does not know: compare the reported settings on return).
+    (it cannot: it runs no user code and leaves nothing behind), ``True`` (it may:
+    reset on return) or :data:`CHECK` (it may run user code, which the lexer cannot
+    see into: compare the reported settings on return).
 
     ``str`` and ``bytes`` are judged (and the verdict remembered in
     :data:`KNOWN_VERDICTS`); anything else (a composed ``sql.SQL`` object the driver
@@ -291,12 +252,18 @@ def touches_session(query: object) -> int:
 def _judge(text: str) -> int:
     lowered = text.lower()
     first = _FIRST_WORD.match(lowered)
-    if first is not None and first.group(1) in HARMLESS_FIRST and "(" not in lowered:
+    if first is not None and "(" not in lowered:
+        word = first.group(1)
         semicolon = lowered.find(";")
         # One statement, or one with a ';' at its very end (as ORMs and tools write).
         one = semicolon < 0 or (semicolon == len(lowered.rstrip()) - 1)
         if one and _MARKERS.search(lowered) is None:
-            return False
+            if word in INERT_FIRST:
+                return False
+            if word == "select" and _LITERALS_ONLY.fullmatch(lowered, first.end()):
+                return False
+            if word in HARMLESS_FIRST:
+                return CHECK
     try:
         verdict: int = False
         for tokens in _statements(text):
@@ -314,7 +281,6 @@ _LITERAL: Token = ("lit", "")
 # A literal that may name the temporary schema: it says "temp", or spells itself with
 # escapes the lexer does not decode.
 _TEMP_LITERAL: Token = ("lit", "temp")
-_OP: Token = ("op", "")
 
 
 def _statements(text: str) -> list[list[Token]]:
@@ -322,7 +288,8 @@ def _statements(text: str) -> list[list[Token]]:
 
     Kinds: ``word`` (keyword or unquoted identifier), ``qid`` (quoted identifier,
     without its quotes), ``lit`` (a string of any kind), ``(``, ``)``, ``.`` and
-    ``op`` (any other character). Whitespace and comments are dropped.
+    ``op`` (a run of any other characters, digits included, as written). Whitespace
+    and comments are dropped.
     """
     statements: list[list[Token]] = []
     current: list[Token] = []
@@ -336,7 +303,7 @@ def _statements(text: str) -> list[list[Token]]:
         if kind == "word":
             current.append(("word", token.group(kind).lower()))
         elif kind == "op":
-            current.append(_OP)
+            current.append(("op", token.group(kind)))
         elif kind == "punct" and token.group(kind) == ";":
             statements.append(current)
             current = []
@@ -400,7 +367,7 @@ def _finish_punct(text: str, token: re.Match[str], current: list[Token]) -> int:
     value = token.group("punct")
     if value in "'\"":
         raise _Unlexable  # an unterminated quote
-    current.append((value, value) if value in "()." else _OP)
+    current.append((value, value) if value in "()." else ("op", value))
     return token.end()
 
 
@@ -429,7 +396,43 @@ def _statement_verdict(tokens: list[Token]) -> int:
     start = _first_token(tokens)
     if start < 0:
         return True
+    kind, first = tokens[start]
+    if kind == "word":
+        if first in INERT_FIRST:
+            return False
+        if first == "set":
+            # SET LOCAL, SET TRANSACTION, SET CONSTRAINTS (see _first_token): no
+            # function call is possible, only a pg_temp name to catch.
+            return _calls_verdict(tokens, start) is True
+        if first == "select" and _literals_only(tokens, start + 1):
+            return False
     return _calls_verdict(tokens, start)
+
+
+def _literals_only(tokens: list[Token], index: int) -> bool:
+    """Whether ``tokens[index:]``, what follows a SELECT, are only literals (numbers,
+    strings, NULL, TRUE, FALSE), commas and ``AS`` aliases: a statement that runs no
+    user code. A number with a sign, a point or an exponent, a cast and an operator
+    are not: search_path may resolve an operator or a type to a user's."""
+    last = len(tokens)
+    while index < last:
+        kind, value = tokens[index]
+        if (
+            kind == "lit"
+            or (kind == "word" and value in _CONSTANT_WORDS)
+            or (kind == "op" and _DIGITS_AND_COMMAS.fullmatch(value))
+        ):
+            index += 1
+        elif (
+            kind == "word"
+            and value == "as"
+            and index + 1 < last
+            and tokens[index + 1][0] in ("word", "qid")
+        ):
+            index += 2
+        else:
+            return False
+    return True
 
 
 def _first_token(tokens: list[Token]) -> int:
@@ -442,8 +445,8 @@ def _first_token(tokens: list[Token]) -> int:
         if start >= len(tokens):
             return -1
         kind, first = tokens[start]
-    if kind == "(" or (kind == "word" and first in HARMLESS_FIRST):
-        return start  # (SELECT …) UNION …, or a harmless command
+    if kind == "(" or (kind == "word" and (first in HARMLESS_FIRST or first in INERT_FIRST)):
+        return start  # (SELECT …) UNION …, or a command that leaves nothing behind
     if kind == "word" and first == "set" and start + 1 < len(tokens):
         # SET LOCAL search_path = 'pg_temp' makes the transaction's plain CREATE TABLE
         # a temporary table, which outlives the transaction.
@@ -453,9 +456,8 @@ def _first_token(tokens: list[Token]) -> int:
 
 
 def _calls_verdict(tokens: list[Token], start: int) -> int:
-    """True for a temporary object or a call to a session function, CHECK for a call
-    to an unknown function, else False."""
-    verdict: int = False
+    """True for a temporary object, a write to pg_settings or a call to a session
+    function; else CHECK: the statement may run user code."""
     # An UPDATE of pg_settings (a WITH may hold one) is a SET; reading it is not.
     writes = tokens[start][1] not in _READ_FIRST
     context = ""  # the word before the current name, qualifiers (schema.) skipped
@@ -473,14 +475,11 @@ def _calls_verdict(tokens: list[Token], start: int) -> int:
             or (kind == "word" and value in ("temp", "temporary") and context in _BEFORE_TEMP)
         ):
             return True
-        if following == "(":
-            if value in SESSION_FUNCTIONS:
-                return True
-            if value not in KNOWN_CALLS and context not in _BEFORE_TABLE:
-                verdict = CHECK
+        if following == "(" and value in SESSION_FUNCTIONS:
+            return True
         if following != ".":  # not a qualifier: the next name's context is this word
             context = value if kind == "word" else ""
-    return verdict
+    return CHECK
 
 
 def _explained(tokens: list[Token]) -> int:

@@ -10,7 +10,9 @@ resolved conninfo into asyncpg's arguments; the pool's keepalive pings (and
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
+import operator
 import os
 import shlex
 from collections.abc import Awaitable, Callable, Mapping
@@ -26,6 +28,7 @@ from poolkeeper.drivers.sqlstate import READ_ONLY_SQLSTATE, REPLAY_LAG_SQL, is_s
 from poolkeeper.errors import ConfigurationError
 from poolkeeper.policy import silence_limit
 from poolkeeper.session_state import (
+    CHECK,
     KNOWN_VERDICTS,
     REPORTED_PARAMETERS,
     RESET_SQL,
@@ -250,11 +253,11 @@ def _tracking(base: _F, *, bounded: bool = False, bounded_with_args: bool = Fals
             except (KeyError, TypeError):
                 verdict = touches_session(query)
             if verdict:
-                # A session that changed its own settings (or called a function that
-                # may have) may have raised its statement_timeout: no client-side
-                # limit from here on.
                 self._pk_dirty = verdict
-            elif flag is False and (
+            # A session that changed its own settings may have raised its
+            # statement_timeout: no client-side limit from then on. (A function's
+            # set_config() is not seen: see docs/reliability.md.)
+            if verdict is not True and (
                 self._pk_silence_limit is not None
                 and (bounded or (bounded_with_args and args))
                 and kwargs.get("timeout") is None
@@ -284,7 +287,9 @@ class PoolAsyncpgConnection(asyncpg.Connection):
         "_pk_codecs",
         "_pk_connected",
         "_pk_dirty",
+        "_pk_read_settings",
         "_pk_reported",
+        "_pk_settings",
         "_pk_silence_limit",
     )
 
@@ -303,8 +308,11 @@ class PoolAsyncpgConnection(asyncpg.Connection):
         self._pk_answer_timeout = 10.0
         # The no-answer guard's limit (seconds), or None: see AsyncpgDriver.connect.
         self._pk_silence_limit: float | None = None
-        # The reported settings (ParameterStatus) a borrower must find.
-        self._pk_reported: tuple[str | None, ...] = ()
+        # The reported settings (ParameterStatus) a borrower must find; where asyncpg
+        # keeps them as they are now, and how to read them: see _settings_source.
+        self._pk_reported: object = ()
+        self._pk_settings: Any = None
+        self._pk_read_settings: Callable[[Any], object] = _no_settings
 
     execute = _tracking(asyncpg.Connection.execute, bounded_with_args=True)
     fetch = _tracking(asyncpg.Connection.fetch, bounded=True)
@@ -406,10 +414,56 @@ class PoolAsyncpgConnection(asyncpg.Connection):
         await asyncpg.Connection.set_builtin_type_codec(self, typename, **kwargs)
 
 
-def _reported_settings(conn: PoolAsyncpgConnection) -> tuple[str | None, ...]:
-    """The settings the server reported (ParameterStatus), as asyncpg holds them."""
+def _no_settings(source: Any) -> object:
+    """What a connection reads before its first baseline: nothing."""
+    return ()
+
+
+def _reported_settings(conn: PoolAsyncpgConnection) -> object:
+    """The settings this server reports (ParameterStatus), as asyncpg holds them now:
+    one C-level read (see :func:`_settings_source`)."""
+    return conn._pk_read_settings(conn._pk_settings)
+
+
+#: The getters :func:`_settings_source` hands out, one per kind and list of names.
+_READERS: dict[tuple[Any, tuple[str, ...]], Callable[[Any], object]] = {}
+
+
+def _settings_source(conn: PoolAsyncpgConnection) -> tuple[Any, Callable[[Any], object]]:
+    """Where asyncpg keeps the settings the server reports, and a getter that reads
+    those of :data:`REPORTED_PARAMETERS` this server reports in one C call.
+
+    asyncpg updates one dict as ParameterStatus messages arrive, and shows it only
+    through a ``__getattr__`` that costs about half a microsecond a name (a failed
+    attribute lookup first): read from the dict, the names cost a tenth of that, on
+    the return of every connection flagged for a settings check. The dict is found
+    among the settings object's references (:func:`_live_settings`); if this
+    asyncpg keeps them elsewhere, the attributes are read instead.
+    """
     settings = conn._protocol.get_settings()  # type: ignore[attr-defined]
-    return tuple(getattr(settings, name, None) for name in REPORTED_PARAMETERS)
+    names = tuple(n for n in REPORTED_PARAMETERS if getattr(settings, n, None) is not None)
+    live = _live_settings(conn)
+    source, kind = (settings, operator.attrgetter) if live is None else (live, operator.itemgetter)
+    reader = _READERS.get((kind, names))
+    if reader is None:
+        # (One name would give a value rather than a tuple: compared alike.)
+        reader = _READERS[(kind, names)] = kind(*names) if names else _no_settings
+    return source, reader
+
+
+def _live_settings(conn: PoolAsyncpgConnection) -> dict[str, str] | None:
+    """The dict in which asyncpg records every setting the server reports, or None if
+    this asyncpg keeps them some other way. Taken only if it holds what the
+    attributes say."""
+    settings = conn._protocol.get_settings()  # type: ignore[attr-defined]
+    for found in gc.get_referents(settings):
+        if (
+            type(found) is dict
+            and "server_version" in found
+            and all(found.get(key) == getattr(settings, key, None) for key in REPORTED_PARAMETERS)
+        ):
+            return found
+    return None
 
 
 #: (LISTEN callbacks by channel, log listeners, termination listeners, query loggers)
@@ -438,24 +492,29 @@ def _listeners(conn: PoolAsyncpgConnection) -> _Listeners:
 
 
 def _return_state(conn: PoolAsyncpgConnection) -> object:
-    """True unless ``conn`` is idle, open and clean: one frame, no tuple, on every return.
+    """False when ``conn`` is idle, open and clean, CHECK when it is that but for a
+    pending settings check, else True: one frame, no tuple, on every return.
 
     Reads in one place what :meth:`AsyncpgDriver.status` and
     :meth:`AsyncpgDriver.session_dirty` decide apart (they run only when this is true).
     """
-    if conn._pk_dirty or conn._pk_client_dirty or conn._aborted:  # type: ignore[attr-defined]
+    if conn._pk_client_dirty or conn._aborted:  # type: ignore[attr-defined]
         return True
     protocol: Any = conn._protocol  # type: ignore[attr-defined]
     # A query cancelled mid-flight leaves a cancel request racing the server.
-    return not protocol.is_connected() or protocol._is_cancelling() or protocol.is_in_transaction()
+    if not protocol.is_connected() or protocol._is_cancelling() or protocol.is_in_transaction():
+        return True
+    return conn._pk_dirty  # False, CHECK (check_state) or True
 
 
 class AsyncpgDriver:
     """asyncpg behind the pool's driver interface."""
 
     name = "asyncpg"
-    #: ``return_state`` is a plain "needs a look" flag on this driver.
+    #: ``return_state`` is a plain "needs a look" flag on this driver, or CHECK for an
+    #: idle connection whose only mark is a pending settings check.
     clean_state = False
+    check_state = CHECK
     return_state = staticmethod(_return_state)
 
     def mark_clean(self, conn: PoolAsyncpgConnection) -> None:
@@ -527,13 +586,20 @@ class AsyncpgDriver:
         """SQL that may have changed the session (a LISTEN a borrower's listener sent,
         too: :meth:`restore_client_state` runs first), or a setting the server reports
         that differs from the baseline."""
-        if conn._pk_dirty is True or _reported_settings(conn) != conn._pk_reported:
+        return conn._pk_dirty is True or self.settings_changed(conn)
+
+    def settings_changed(self, conn: PoolAsyncpgConnection) -> bool:
+        """Whether a setting the server reports differs from the baseline; when none
+        does, a pending :data:`~poolkeeper.session_state.CHECK` is cleared. No I/O."""
+        if _reported_settings(conn) != conn._pk_reported:
             return True
-        conn._pk_dirty = False  # a pending CHECK found nothing
+        conn._pk_dirty = False
         return False
 
     def record_baseline(self, conn: PoolAsyncpgConnection) -> None:
         """Remember the reported settings as they are now: what a borrower must find."""
+        if conn._pk_settings is None:
+            conn._pk_settings, conn._pk_read_settings = _settings_source(conn)
         conn._pk_reported = shared(_reported_settings(conn))
 
     def save_client_state(self, conn: PoolAsyncpgConnection) -> None:

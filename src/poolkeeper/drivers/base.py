@@ -84,8 +84,11 @@ class SyncDriver(Protocol[C]):
 
     name: str
     #: Called on every return: what ``return_state(conn)`` gives for an idle, clean
-    #: connection; anything else sends the return down the slow path.
+    #: connection; anything else sends the return down the slow path, except
+    #: ``check_state``: idle, clean, but for a pending settings check
+    #: (``session_state.CHECK``), which ``settings_changed`` makes inline.
     clean_state: object
+    check_state: object
 
     def return_state(self, conn: C) -> object:
         """A cheap summary of (transaction status, session dirty, client attributes
@@ -121,7 +124,12 @@ class SyncDriver(Protocol[C]):
         """Close, never raising."""
 
     def session_dirty(self, conn: C) -> bool:
-        """True if statements run since the last reset may have changed session state."""
+        """True if statements run since the last reset may have changed session state,
+        or a setting the server reports differs from the baseline."""
+
+    def settings_changed(self, conn: C) -> bool:
+        """True if a setting the server reports differs from the baseline (see
+        ``record_baseline``); else clear a pending settings check. No I/O."""
 
     def record_baseline(self, conn: C) -> None:
         """Remember the settings the server reports (ParameterStatus) as they are now; a
@@ -157,6 +165,7 @@ class AsyncDriver(Protocol[C]):
     name: str
     #: See ``SyncDriver.clean_state``.
     clean_state: object
+    check_state: object
 
     def return_state(self, conn: C) -> object:
         """A cheap summary of (transaction status, session dirty)."""
@@ -187,7 +196,10 @@ class AsyncDriver(Protocol[C]):
         """Close, never raising."""
 
     def session_dirty(self, conn: C) -> bool:
-        """True if statements since the last reset may have changed session state."""
+        """See ``SyncDriver.session_dirty``."""
+
+    def settings_changed(self, conn: C) -> bool:
+        """See ``SyncDriver.settings_changed``."""
 
     def record_baseline(self, conn: C) -> None:
         """See ``SyncDriver.record_baseline``."""

@@ -15,7 +15,7 @@ from poolkeeper.drivers.base import BROKEN, IDLE, IN_TRANSACTION, ConnectSpec, s
 from poolkeeper.drivers.libpq_options import libpq_server_refused, merge_conninfo
 from poolkeeper.drivers.sqlstate import READ_ONLY_SQLSTATE, REPLAY_LAG_SQL, is_server_gone_sqlstate
 from poolkeeper.drivers.watchdog import watchdog
-from poolkeeper.session_state import REPORTED_PARAMETERS, RESET_SQL, touches_session
+from poolkeeper.session_state import CHECK, REPORTED_PARAMETERS, RESET_SQL, touches_session
 
 __all__ = ["PoolConnection2", "Psycopg2Driver"]
 
@@ -222,8 +222,7 @@ def _answer_within(conn: PoolConnection2, seconds: float, what: str) -> Iterator
 
 def _reported_settings(conn: PoolConnection2) -> tuple[str | None, ...]:
     """The settings the server reported (ParameterStatus), as libpq holds them."""
-    status = conn.get_parameter_status
-    return tuple(status(name) for name in REPORTED_PARAMETERS)
+    return tuple(map(conn.get_parameter_status, REPORTED_PARAMETERS))
 
 
 def _snapshot(conn: PoolConnection2) -> tuple[Any, ...]:
@@ -276,6 +275,7 @@ class Psycopg2Driver:
 
     name = "psycopg2"
     clean_state = (_TRANSACTION_IDLE, False)
+    check_state = (_TRANSACTION_IDLE, CHECK)
     return_state = staticmethod(_return_state)
 
     def save_client_state(self, conn: PoolConnection2) -> None:
@@ -408,9 +408,14 @@ class Psycopg2Driver:
     def session_dirty(self, conn: PoolConnection2) -> bool:
         """Whether SQL since the last reset may have changed session state, or a setting
         the server reports differs from the baseline."""
-        if conn._pk_dirty is True or _reported_settings(conn) != conn._pk_reported:
+        return conn._pk_dirty is True or self.settings_changed(conn)
+
+    def settings_changed(self, conn: PoolConnection2) -> bool:
+        """Whether a setting the server reports differs from the baseline; when none
+        does, a pending :data:`~poolkeeper.session_state.CHECK` is cleared. No I/O."""
+        if _reported_settings(conn) != conn._pk_reported:
             return True
-        conn._pk_dirty = False  # a pending CHECK found nothing
+        conn._pk_dirty = False
         return False
 
     def record_baseline(self, conn: PoolConnection2) -> None:

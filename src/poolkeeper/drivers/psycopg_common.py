@@ -25,7 +25,7 @@ from poolkeeper.drivers.psycopg_attrs import restore_client_state, save_client_s
 from poolkeeper.drivers.sqlstate import READ_ONLY_SQLSTATE, is_server_gone_sqlstate
 from poolkeeper.errors import ConfigurationError
 from poolkeeper.policy import silence_limit
-from poolkeeper.session_state import KNOWN_VERDICTS, REPORTED_PARAMETERS, touches_session
+from poolkeeper.session_state import CHECK, KNOWN_VERDICTS, REPORTED_PARAMETERS, touches_session
 
 __all__ = [
     "PsycopgState",
@@ -180,6 +180,7 @@ class PsycopgState:
         operator.attrgetter("pgconn.transaction_status", "_pk_dirty", "_pk_client_dirty")
     )
     clean_state = (int(pq.TransactionStatus.IDLE), False, False)
+    check_state = (int(pq.TransactionStatus.IDLE), CHECK, False)
     save_client_state = staticmethod(save_client_state)
     restore_client_state = staticmethod(restore_client_state)
 
@@ -190,11 +191,15 @@ class PsycopgState:
     def session_dirty(self, conn: Any) -> bool:
         """Whether a statement since the last reset may have changed session state, or
         a setting the server reports differs from the baseline (see
-        :meth:`record_baseline`). Runs only on returns off the fast path; a
-        connection flagged :data:`~poolkeeper.session_state.CHECK` is always one."""
-        if conn._pk_dirty is True or reported_settings(conn) != conn._pk_reported:
+        :meth:`record_baseline`)."""
+        return conn._pk_dirty is True or self.settings_changed(conn)
+
+    def settings_changed(self, conn: Any) -> bool:
+        """Whether a setting the server reports differs from the baseline; when none
+        does, a pending :data:`~poolkeeper.session_state.CHECK` is cleared. No I/O."""
+        if tuple(map(conn.pgconn.parameter_status, _REPORTED)) != conn._pk_reported:
             return True
-        conn._pk_dirty = False  # a pending CHECK found nothing
+        conn._pk_dirty = False
         return False
 
     def record_baseline(self, conn: Any) -> None:
@@ -258,8 +263,9 @@ def silence_guard(gen: Generator[Any, Any, Any], conn: Any) -> Any:
             last_heard = now
         elif (
             now - last_heard > conn._pk_silence_limit
-            # A session that changed its own settings may have raised statement_timeout.
-            and not conn._pk_dirty
+            # A session that changed its own settings may have raised statement_timeout
+            # (a function's set_config() is not seen: see docs/reliability.md).
+            and conn._pk_dirty is not True
             and conn.pgconn.transaction_status == pq.TransactionStatus.ACTIVE
         ):
             raise psycopg.OperationalError(
