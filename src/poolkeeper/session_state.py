@@ -17,8 +17,9 @@ return:
   with the connection's baseline, in memory, and only a difference means a reset.
 - ``False``, **clean**: the statement provably runs no user code and leaves
   nothing behind: transaction control, ``SHOW``, ``FETCH``/``MOVE``/``CLOSE``,
-  ``SET LOCAL`` (:data:`INERT_FIRST`), and a ``SELECT`` of literals, commas and
-  aliases only (``SELECT 1``). A clean return costs a flag read.
+  ``NOTIFY``/``UNLISTEN`` (:data:`INERT_FIRST`), ``SET LOCAL``, and a ``SELECT``
+  of literals, commas and aliases only (``SELECT 1``). A clean return costs a
+  flag read.
 
 The verdict comes from a small lexer, not a text search: it skips whitespace and
 comments (``--`` and nested ``/* */``), understands quoted identifiers, string
