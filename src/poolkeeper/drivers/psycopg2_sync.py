@@ -252,7 +252,16 @@ def _empty(unread: Any) -> bool:
 def _return_state(conn: PoolConnection2) -> object:
     """(libpq transaction status, session dirty), or None when a client-side attribute
     changed or notices or notifications arrived for the borrower (never "clean")."""
-    if conn._pk_client_dirty or conn.notices or conn.notifies or _types_changed(conn):
+    # _types_changed, inline: this runs on every return, and a call costs more than
+    # the two compares (of empty dicts, on nearly every connection).
+    string_types, binary_types = conn._pk_types
+    if (
+        conn._pk_client_dirty
+        or conn.notices
+        or conn.notifies
+        or conn.string_types != string_types
+        or conn.binary_types != binary_types
+    ):
         return None
     return (conn.get_transaction_status(), conn._pk_dirty)
 
