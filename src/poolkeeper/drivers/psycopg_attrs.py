@@ -223,7 +223,15 @@ def save_client_state(conn: Any) -> None:
         conn._adapters = _tracked_adapters(template, conn)
     elif adapters is not None:
         conn._adapters = None
-    conn._pk_baseline = baseline = shared((shared(_snapshot(conn)), template))
+    snapshot = _snapshot(conn)
+    if template is None and not (snapshot[9] or snapshot[10]):
+        # Nothing of this connection's own in it: shared with every equal one. (The
+        # shared values outlive their connections for a while: never a handler's
+        # closure or a connection's template.)
+        baseline: tuple[tuple[Any, ...], AdaptersMap | None] = shared((shared(snapshot), None))
+    else:
+        baseline = (snapshot, template)
+    conn._pk_baseline = baseline
     if conn._pk_connected is None:
         conn._pk_connected = baseline
     object.__setattr__(conn, "_pk_client_dirty", False)
