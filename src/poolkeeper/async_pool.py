@@ -587,6 +587,11 @@ class AsyncPool(AsyncPoolBase[ConnT]):
             return
         now = _monotonic()
         rec.usage += now - rec.borrowed_at
+        # Each use time only once an exporter asked (PoolMetrics): until then one None
+        # check. No local for the duration: the float add reuses the temporary in place.
+        if self._record_use is not None:
+            record_use = self._record_use  # set once, never unset; a local call specializes
+            record_use(now - rec.borrowed_at)
         # close() and drain() both bump the generation, so one compare covers them.
         if rec.generation != self._generation or now >= rec.expires_at:
             self._retire(rec, "returned after close, drain(), resize() or max_lifetime")

@@ -44,7 +44,7 @@ from poolkeeper.policy import (
 )
 from poolkeeper.record import ConnectionRecord
 from poolkeeper.redact import redact
-from poolkeeper.stats import ConnectTimes, LockFreeCounter, PoolStats
+from poolkeeper.stats import ConnectTimes, LockFreeCounter, PoolStats, UseTimes
 
 if TYPE_CHECKING:
     from typing_extensions import TypeVar as _DefaultingTypeVar
@@ -113,6 +113,7 @@ class PoolCore:
         "_may_refuse",
         "_opened",
         "_opening",
+        "_record_use",
         "_records",
         "_reset_mode",
         "_return_state",
@@ -134,6 +135,7 @@ class PoolCore:
         "_total",
         "_totals_lock",
         "_totals_seen",
+        "_use_times",
         "_user_check",
         "_waiters",
         "config",
@@ -214,6 +216,10 @@ class PoolCore:
         self._stats_timeouts = LockFreeCounter()
         self._stats_opened = LockFreeCounter()
         self._connect_times = ConnectTimes()
+        # Each borrow's use time, once an exporter asks for them (_use_times_sampler):
+        # until then putconn pays one None check for it.
+        self._use_times: UseTimes | None = None
+        self._record_use: Callable[[float], None] | None = None
         self._stats_closed = LockFreeCounter()
         self._stats_connect_errors = LockFreeCounter()
         self._stats_checks_failed = LockFreeCounter()
@@ -324,6 +330,17 @@ class PoolCore:
             totals = (max(usage, seen[0]), max(waited, seen[1]), max(connect, seen[2]))
             self._totals_seen = totals
         return totals
+
+    def _use_times_sampler(self) -> UseTimes:
+        """The buffer of each return's use time (borrow to return, seconds), recording
+        from now on for the pool's life; the same one for every caller."""
+        with self._totals_lock:
+            use_times = self._use_times
+            if use_times is None:
+                use_times = self._use_times = UseTimes()
+                # Set after the buffer: a return that sees the callable finds it ready.
+                self._record_use = use_times.add
+            return use_times
 
     def _wait_figures(self) -> tuple[int, tuple[float, float, float]]:
         """Borrows that waited so far, and (p50, p99, max) of the recent waits in

@@ -13,6 +13,7 @@ __all__ = [
     "ConnectTimes",
     "LockFreeCounter",
     "PoolStats",
+    "UseTimes",
     "WaitRing",
     "WaitSamples",
 ]
@@ -89,6 +90,22 @@ class ConnectTimes:
                 taken.append(pop())
             except IndexError:
                 return taken
+
+
+class UseTimes(ConnectTimes):
+    """How long recent borrows held their connection (seconds, borrow to return), until
+    a metrics exporter takes them with :meth:`drain`.
+
+    A pool makes one only when an exporter asks for it (``PoolCore._use_times_sampler``);
+    until then a return records nothing per borrow. Appended on every return after
+    that, from any thread (the C-level ``deque.append``: one call, no lock); the oldest
+    are dropped when more than ``size`` returns come between two drains.
+    """
+
+    __slots__ = ()
+
+    def __init__(self, size: int = 4096) -> None:
+        super().__init__(size)
 
 
 #: Slots in a :class:`WaitRing`; a power of two, so a wait's slot is ``count & mask``.

@@ -1,8 +1,8 @@
 """OpenTelemetry metrics for poolkeeper pools (extra ``[otel]``).
 
 The connection-pool instruments of OpenTelemetry's database semantic conventions,
-labelled ``db.client.connection.pool.name``, read from the pools when the SDK collects,
-so a borrow pays nothing for them::
+labelled ``db.client.connection.pool.name``, read from the pools when the SDK collects:
+a borrow pays nothing for them, a return one append (its ``use_time``)::
 
     from poolkeeper.metrics.opentelemetry import PoolMetrics
 
@@ -28,7 +28,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     ) from exc
 
 from poolkeeper import __version__
-from poolkeeper.stats import ConnectTimes, PoolStats
+from poolkeeper.stats import ConnectTimes, PoolStats, UseTimes
 
 __all__ = ["POOL_NAME", "STATE", "PoolMetrics"]
 
@@ -67,14 +67,18 @@ class _Instrumentable(Protocol):
 
     def _waits_since(self, cursor: int) -> tuple[int, list[float]]: ...
 
+    def _use_times_sampler(self) -> UseTimes: ...
+
 
 class PoolMetrics:
     """Registers the semantic conventions' connection-pool instruments for ``pools``.
 
     Gauges and counters are observable instruments over each pool's ``stats()``. The
     ``create_time`` and ``wait_time`` histograms take the connects and waits the pools
-    already sample, once each, when the SDK collects. Keep the object alive as long as
-    the metrics should be exported (the meter holds the callbacks, not the pools).
+    already sample, once each, when the SDK collects; ``use_time`` takes the returns
+    each pool samples from the moment a ``PoolMetrics`` is made for it. Keep the object
+    alive as long as the metrics should be exported (the meter holds the callbacks, not
+    the pools).
     """
 
     def __init__(
@@ -82,6 +86,10 @@ class PoolMetrics:
     ) -> None:
         self._pools: tuple[_Instrumentable, ...] = pools
         self._wait_cursors: dict[int, int] = {id(pool): 0 for pool in pools}
+        # Asked for here, not per collection: a pool records use times only once asked.
+        self._use_times: dict[int, UseTimes] = {
+            id(pool): pool._use_times_sampler() for pool in pools
+        }
         self._drain_lock = threading.Lock()
         meter = (meter_provider or metrics.get_meter_provider()).get_meter(
             "poolkeeper", __version__
@@ -104,6 +112,12 @@ class PoolMetrics:
             "db.client.connection.wait_time",
             unit="s",
             description="The time a borrow that had to wait took to obtain a connection.",
+            explicit_bucket_boundaries_advisory=_SECONDS_BUCKETS,
+        )
+        self._use_time: Histogram = meter.create_histogram(
+            "db.client.connection.use_time",
+            unit="s",
+            description="The time between borrowing a connection and returning it to the pool.",
             explicit_bucket_boundaries_advisory=_SECONDS_BUCKETS,
         )
         gauges: dict[str, tuple[str, str, Callable[[PoolStats], int]]] = {
@@ -159,8 +173,8 @@ class PoolMetrics:
         return observations
 
     def _drain(self) -> None:
-        """Move the connects and waits recorded since the last collection into the
-        histograms (each once, even with several readers collecting)."""
+        """Move the connects, waits and uses recorded since the last collection into
+        the histograms (each once, even with several readers collecting)."""
         with self._drain_lock:
             for pool in self._pools:
                 attributes = {POOL_NAME: pool.name}
@@ -170,3 +184,5 @@ class PoolMetrics:
                 self._wait_cursors[id(pool)] = cursor
                 for seconds in waits:
                     self._wait_time.record(seconds, attributes)
+                for seconds in self._use_times[id(pool)].drain():
+                    self._use_time.record(seconds, attributes)
