@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +21,9 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 def _python_blocks() -> list[str]:
-    return re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    # Blocks inside a list item are indented with it.
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    return [textwrap.dedent(block) for block in blocks]
 
 
 def _block(marker: str) -> str:
@@ -56,11 +59,11 @@ def _run(code: str, database_url: str, cwd: Path | None = None) -> str:
 
 
 def test_every_python_block_is_one_of_the_programs_tested_here() -> None:
-    assert len(_python_blocks()) == 5
+    assert len(_python_blocks()) == 8
 
 
 def test_quick_start_runs_as_written(fresh_database: str) -> None:
-    output = _run(_block("poolkeeper.Database()"), fresh_database)
+    output = _run(_block("db.release_connection"), fresh_database)
     assert "'signup'" in output
     with psycopg.connect(fresh_database) as conn:
         assert conn.execute("SELECT kind FROM events").fetchall() == [("signup",)]
@@ -98,3 +101,45 @@ def test_django_snippet_is_a_configuration_the_backend_accepts() -> None:
 def test_sqlalchemy_snippet_runs_as_written(fresh_database: str) -> None:
     out = _run(_block("integrations.sqlalchemy"), fresh_database)
     assert out.strip() == "1"
+
+
+def test_psycopg_pool_snippet_runs_as_written(fresh_database: str) -> None:
+    out = _run(_block("compat.psycopg_pool"), fresh_database)
+    assert out.strip() == "(1,)"
+
+
+def test_opentelemetry_snippet_exports_the_pool_instruments(fresh_database: str) -> None:
+    # As an application would run it: a global MeterProvider set first (here, with the
+    # SDK's in-memory reader), then the README's lines; then one collection.
+    provider = (
+        "from opentelemetry import metrics as otel\n"
+        "from opentelemetry.sdk.metrics import MeterProvider\n"
+        "from opentelemetry.sdk.metrics.export import InMemoryMetricReader\n"
+        "reader = InMemoryMetricReader()\n"
+        "otel.set_meter_provider(MeterProvider(metric_readers=[reader]))\n"
+    )
+    collect = (
+        "\nwith poolkeeper.Database().connection() as conn:\n"
+        "    conn.execute('SELECT 1')\n"
+        "data = reader.get_metrics_data()\n"
+        "for name in sorted({m.name for r in data.resource_metrics\n"
+        "                    for s in r.scope_metrics for m in s.metrics}):\n"
+        "    print(name)\n"
+    )
+    out = _run(provider + _block("PoolMetrics(") + collect, fresh_database)
+    names = set(out.split())
+    assert {
+        "db.client.connection.count",
+        "db.client.connection.create_time",
+        "db.client.connection.use_time",
+        "db.client.connection.max",
+    } <= names
+
+
+def test_prometheus_snippet_registers_the_collector(fresh_database: str) -> None:
+    scrape = (
+        "\nfrom prometheus_client import generate_latest\n"
+        "print(generate_latest(REGISTRY).decode())\n"
+    )
+    out = _run(_block("PoolCollector(") + scrape, fresh_database)
+    assert re.search(r'^poolkeeper_size\{pool="[^"]+"\} \d', out, re.M), out
