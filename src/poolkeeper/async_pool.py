@@ -456,8 +456,11 @@ class AsyncPool(AsyncPoolBase[ConnT]):
                         self._arm_timer(deadline)
                     try:
                         rec = await waiter
-                    except BaseException:
-                        self._stats_cancelled.add()
+                    except BaseException as exc:
+                        if not isinstance(exc, PoolError):
+                            # Cancelled or interrupted: a timeout, a close() or the
+                            # breaker failing the waiter is counted as what it is.
+                            self._stats_cancelled.add()
                         if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
                             # Handed a connection at the very moment we were cancelled:
                             # pass it on.
@@ -694,11 +697,13 @@ class AsyncPool(AsyncPoolBase[ConnT]):
     def _keepalive_later(self, rec: ConnectionRecord) -> None:
         self._spawn(self._keepalive(rec, "keepalive ping", own_check=False))
 
-    async def _call_hook(self, hook: Callable[[Any], object], conn: Any) -> None:
-        """Call the user's ``configure=``/``check=``, awaiting what it returns if needed."""
+    async def _call_hook(self, hook: Callable[[Any], object], conn: Any) -> Any:
+        """Call the user's ``configure=``/``check=`` (or a ``dsn``/``connect_kwargs``
+        callable), awaiting what it returns if needed; return the result."""
         result = hook(conn)
         if inspect.isawaitable(result):
-            await result
+            result = await result
+        return result
 
     # -- internals: background work -----------------------------------------------------
 

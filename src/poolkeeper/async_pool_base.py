@@ -19,7 +19,7 @@ primitives each shell provides under the same name:
   background (a worker thread, or a task); ``_close_all``: close several now (one
   after the other, or side by side);
 * ``_call_hook``: call the user's ``check=``/``configure=`` callable (the asyncio
-  pool also awaits what it returns).
+  pool also awaits what it returns), and return its result.
 
 ``getconn`` and ``putconn`` stay in the shells, each written for its own model
 (docs/design.md says why).
@@ -36,7 +36,7 @@ from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from typing import TYPE_CHECKING, Any, Generic, Protocol
 
 from poolkeeper.config import check_call_timeout
-from poolkeeper.drivers import BROKEN, IDLE, IN_TRANSACTION, AsyncDriver
+from poolkeeper.drivers import BROKEN, IDLE, IN_TRANSACTION, AsyncDriver, ConnectSpec
 from poolkeeper.errors import ConfigurationError, PoolClosed, PoolError
 from poolkeeper.policy import Backoff
 from poolkeeper.pool_core import ConnT, PoolCore
@@ -48,6 +48,10 @@ __all__ = ["AsyncPoolBase"]
 _log = logging.getLogger("poolkeeper.pool")
 _monotonic = time.monotonic
 _NEVER = float("inf")
+
+
+def _call(factory: Callable[[], object]) -> object:
+    return factory()
 
 
 class _Wakeable(Protocol):
@@ -80,7 +84,7 @@ class AsyncPoolBase(PoolCore, Generic[ConnT]):
         async def _close_all(self, records: list[ConnectionRecord]) -> None: ...
         def _close_conn_soon(self, conn: Any) -> None: ...
         def _keepalive_later(self, rec: ConnectionRecord) -> None: ...
-        async def _call_hook(self, hook: Callable[[Any], object], conn: Any) -> None: ...
+        async def _call_hook(self, hook: Callable[[Any], object], conn: Any) -> Any: ...
         def connection(self, timeout: float | None = None) -> AbstractAsyncContextManager[ConnT]:
             """See the shells."""
 
@@ -266,12 +270,22 @@ class AsyncPoolBase(PoolCore, Generic[ConnT]):
         reset = self._reset_mode
         if not callable(reset):
             return
-        await self._call_hook(reset, conn)
-        if self._status(conn) != IDLE:
-            raise ConfigurationError(
-                "reset: the callable left the connection inside a transaction; commit "
-                "at its end, or switch the connection to autocommit first"
+        try:
+            await self._call_hook(reset, conn)
+            if self._status(conn) != IDLE:
+                raise ConfigurationError(
+                    "reset: the callable left the connection inside a transaction; commit "
+                    "at its end, or switch the connection to autocommit first"
+                )
+        except Exception as exc:
+            # Most likely a bug in the callable: said once per return, or every
+            # connection would be replaced on every return without a word.
+            _log.warning(
+                "pool %r: reset= failed on a returned connection, which is discarded: %s",
+                self.name,
+                redact(str(exc)) or type(exc).__name__,
             )
+            raise
         # What it set is what the next borrower should see, not a leak.
         self._driver.mark_clean(conn)
 
@@ -334,11 +348,25 @@ class AsyncPoolBase(PoolCore, Generic[ConnT]):
             await self._call_hook(configure, conn)
             self._after_configure(conn)
 
+    async def _connect_spec(self) -> ConnectSpec:
+        """What the driver needs to connect, the ``dsn`` and ``connect_kwargs`` callables
+        called. The pool calls them rather than the config: on the asyncio pool either
+        may be a coroutine function (an async token fetch), which ``_call_hook`` awaits."""
+        config = self.config
+        dsn, kwargs = config.dsn, config.connect_kwargs
+        if callable(dsn) or callable(kwargs):
+            if callable(dsn):
+                dsn = await self._call_hook(_call, dsn)
+            if callable(kwargs):
+                kwargs = await self._call_hook(_call, kwargs)
+            config = config.replace(dsn=dsn, connect_kwargs=kwargs)
+        return config.connect_spec()
+
     async def _connect_new(self) -> ConnectionRecord:
         # Taken before connecting: a drain() while this connects must replace it too.
         generation = self._generation
         started = _monotonic()
-        conn = await self._driver.connect(self.config.connect_spec())
+        conn = await self._driver.connect(await self._connect_spec())
         if self.config.close_returns:
             conn._pk_pool = weakref.ref(self)
         if not self._identity_ok(conn):

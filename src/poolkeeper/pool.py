@@ -700,8 +700,8 @@ class Pool(PoolBase[ConnT]):
         if self._workers is not None:
             self._workers.submit(lambda: self._keepalive(rec, "keepalive ping", own_check=False))
 
-    def _call_hook(self, hook: Callable[[Any], object], conn: Any) -> None:
-        hook(conn)
+    def _call_hook(self, hook: Callable[[Any], object], conn: Any) -> Any:
+        return hook(conn)
 
     # -- fork safety --------------------------------------------------------------------
 

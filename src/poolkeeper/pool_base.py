@@ -16,7 +16,7 @@ from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Generic, Protocol
 
 from poolkeeper.config import check_call_timeout
-from poolkeeper.drivers import BROKEN, IDLE, IN_TRANSACTION, SyncDriver
+from poolkeeper.drivers import BROKEN, IDLE, IN_TRANSACTION, ConnectSpec, SyncDriver
 from poolkeeper.errors import ConfigurationError, PoolClosed, PoolError
 from poolkeeper.policy import Backoff
 from poolkeeper.pool_core import ConnT, PoolCore
@@ -28,6 +28,10 @@ __all__ = ["PoolBase"]
 _log = logging.getLogger("poolkeeper.pool")
 _monotonic = time.monotonic
 _NEVER = float("inf")
+
+
+def _call(factory: Callable[[], object]) -> object:
+    return factory()
 
 
 class _Wakeable(Protocol):
@@ -60,7 +64,7 @@ class PoolBase(PoolCore, Generic[ConnT]):
         def _close_all(self, records: list[ConnectionRecord]) -> None: ...
         def _close_conn_soon(self, conn: Any) -> None: ...
         def _keepalive_later(self, rec: ConnectionRecord) -> None: ...
-        def _call_hook(self, hook: Callable[[Any], object], conn: Any) -> None: ...
+        def _call_hook(self, hook: Callable[[Any], object], conn: Any) -> Any: ...
         def connection(self, timeout: float | None = None) -> AbstractContextManager[ConnT]:
             """See the shells."""
 
@@ -246,12 +250,22 @@ class PoolBase(PoolCore, Generic[ConnT]):
         reset = self._reset_mode
         if not callable(reset):
             return
-        self._call_hook(reset, conn)
-        if self._status(conn) != IDLE:
-            raise ConfigurationError(
-                "reset: the callable left the connection inside a transaction; commit "
-                "at its end, or switch the connection to autocommit first"
+        try:
+            self._call_hook(reset, conn)
+            if self._status(conn) != IDLE:
+                raise ConfigurationError(
+                    "reset: the callable left the connection inside a transaction; commit "
+                    "at its end, or switch the connection to autocommit first"
+                )
+        except Exception as exc:
+            # Most likely a bug in the callable: said once per return, or every
+            # connection would be replaced on every return without a word.
+            _log.warning(
+                "pool %r: reset= failed on a returned connection, which is discarded: %s",
+                self.name,
+                redact(str(exc)) or type(exc).__name__,
             )
+            raise
         # What it set is what the next borrower should see, not a leak.
         self._driver.mark_clean(conn)
 
@@ -314,11 +328,25 @@ class PoolBase(PoolCore, Generic[ConnT]):
             self._call_hook(configure, conn)
             self._after_configure(conn)
 
+    def _connect_spec(self) -> ConnectSpec:
+        """What the driver needs to connect, the ``dsn`` and ``connect_kwargs`` callables
+        called. The pool calls them rather than the config: on the asyncio pool either
+        may be a coroutine function (an async token fetch), which ``_call_hook`` awaits."""
+        config = self.config
+        dsn, kwargs = config.dsn, config.connect_kwargs
+        if callable(dsn) or callable(kwargs):
+            if callable(dsn):
+                dsn = self._call_hook(_call, dsn)
+            if callable(kwargs):
+                kwargs = self._call_hook(_call, kwargs)
+            config = config.replace(dsn=dsn, connect_kwargs=kwargs)
+        return config.connect_spec()
+
     def _connect_new(self) -> ConnectionRecord:
         # Taken before connecting: a drain() while this connects must replace it too.
         generation = self._generation
         started = _monotonic()
-        conn = self._driver.connect(self.config.connect_spec())
+        conn = self._driver.connect(self._connect_spec())
         if self.config.close_returns:
             conn._pk_pool = weakref.ref(self)
         if not self._identity_ok(conn):
