@@ -18,6 +18,7 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg.pq import TransactionStatus
+from psycopg.rows import DictRow, Row, dict_row
 
 from poolkeeper import ConfigurationError
 from poolkeeper.compat import psycopg_pool as compat
@@ -99,6 +100,55 @@ def test_the_pools_keep_psycopg_pools_attributes(dsn: str) -> None:
     )
 
 
+@pytest.mark.parametrize("cls", [ConnectionPool, AsyncConnectionPool])
+def test_the_pools_show_their_settings_under_psycopg_pools_names(dsn: str, cls: type) -> None:
+    defaults = cls(dsn, open=False)
+    assert (defaults.max_waiting, defaults.max_lifetime, defaults.max_idle) == (0, 3600, 600)
+    assert (defaults.reconnect_timeout, defaults.num_workers) == (300, 3)
+    given = cls(
+        dsn,
+        max_waiting=7,
+        max_lifetime=120.0,
+        max_idle=45.0,
+        reconnect_timeout=9.0,
+        num_workers=2,
+        open=False,
+    )
+    assert (given.max_waiting, given.max_lifetime, given.max_idle) == (7, 120.0, 45.0)
+    assert (given.reconnect_timeout, given.num_workers) == (9.0, 2)
+
+
+class _RowConnection(psycopg.Connection[Row]):
+    """A connection class generic in its row type, as psycopg's typing guide writes one."""
+
+
+@pytest.mark.one_model(
+    "threads",
+    "psycopg_pool's ConnectionPool API, case by case as psycopg_pool's own tests",
+)
+def test_a_pool_is_generic_in_the_connection_class_it_lends(
+    dsn: str, admin: psycopg.Connection[Any]
+) -> None:
+    """``ConnectionPool[C]`` works at run time, and ``connection_class=C[DictRow]`` lends
+    instances of ``C`` (the subscript is for type checkers)."""
+    name = "pk-compat-generic"
+    typed_pool = ConnectionPool[_RowConnection[DictRow]]
+    with (
+        typed_pool(
+            dsn,
+            connection_class=_RowConnection[DictRow],
+            kwargs={"row_factory": dict_row},
+            min_size=1,
+            name=name,
+        ) as pool,
+        pool.connection() as conn,
+    ):
+        assert isinstance(conn, _RowConnection)
+        row = conn.execute("SELECT pg_backend_pid() AS pid").fetchone()
+        assert row is not None
+        assert backends(admin, name) == [row["pid"]]
+
+
 @pytest.mark.one_model(
     "threads",
     "psycopg_pool's ConnectionPool API, case by case as psycopg_pool's own tests",
@@ -176,6 +226,68 @@ def test_connection_closed_in_the_block_is_replaced(dsn: str) -> None:
         with pool.connection() as conn:
             assert len(inits) == 2
             assert conn.execute("SHOW default_transaction_read_only").fetchone() == ("on",)
+
+
+@pytest.mark.one_model(
+    "threads",
+    "psycopg_pool's ConnectionPool API, case by case as psycopg_pool's own tests",
+)
+def test_with_conn_in_a_borrow_commits_and_leaves_the_connection_to_the_pool(
+    dsn: str, admin: psycopg.Connection[Any], table: str
+) -> None:
+    """psycopg's ``with conn:`` closes a connection at its end unless a pool lent it:
+    inside a borrow it only commits, and the pool keeps the session."""
+    name = "pk-compat-withconn"
+    with ConnectionPool(dsn, min_size=1, max_size=1, name=name, timeout=5) as pool:
+        pool.wait(5)
+        [pid] = backends(admin, name)
+        with pool.connection() as conn:
+            with conn:
+                conn.execute("INSERT INTO pk_compat_rows VALUES (1)")
+            assert not conn.closed
+        conn = pool.getconn()
+        with conn:
+            conn.execute("INSERT INTO pk_compat_rows VALUES (2)")
+        pool.putconn(conn)
+        assert _rows(admin) == [1, 2]
+        with pool.connection() as conn:
+            assert conn.info.backend_pid == pid
+        assert backends(admin, name) == [pid]
+
+
+class _ClosesIntoItsPool(psycopg.Connection[Any]):
+    """An integration's connection (SQLAlchemy's NullPool recipe for psycopg_pool)
+    whose ``close()`` gives a lent connection back to the pool psycopg's ``_pool``
+    names, and really closes any other."""
+
+    def close(self) -> None:
+        lender = getattr(self, "_pool", None)
+        if lender is not None:
+            lender.putconn(self)
+        else:
+            super().close()
+
+
+@pytest.mark.one_model(
+    "threads",
+    "psycopg_pool's ConnectionPool API, case by case as psycopg_pool's own tests",
+)
+def test_a_connection_class_can_return_itself_to_its_pool_on_close(
+    dsn: str, admin: psycopg.Connection[Any]
+) -> None:
+    name = "pk-compat-selfreturn"
+    with ConnectionPool(
+        dsn, min_size=1, max_size=1, connection_class=_ClosesIntoItsPool, name=name, timeout=5
+    ) as pool:
+        conn = pool.getconn()
+        pid = conn.info.backend_pid
+        conn.close()
+        assert not conn.closed
+        with pool.connection() as again:
+            assert again.info.backend_pid == pid
+        assert backends(admin, name) == [pid]
+    assert conn.closed
+    assert settled_backends(admin, name, []) == []
 
 
 # -- getconn/putconn -------------------------------------------------------------------------
@@ -359,19 +471,29 @@ def test_reset_runs_on_every_return_and_has_the_last_word(dsn: str) -> None:
     "threads",
     "psycopg_pool's ConnectionPool API, case by case as psycopg_pool's own tests",
 )
-@pytest.mark.parametrize("sql", ["RESET ALL", "WAT"])
+@pytest.mark.parametrize(
+    ("sql", "said"),
+    [("RESET ALL", "inside a transaction"), ("WAT", 'syntax error at or near "WAT"')],
+)
 def test_a_reset_that_fails_or_leaves_a_transaction_discards_the_connection(
-    dsn: str, sql: str
+    dsn: str, admin: psycopg.Connection[Any], pk_logs: pytest.LogCaptureFixture, sql: str, said: str
 ) -> None:
+    """The connection is closed on the server, and the log says why: a reset= that
+    fails on every return would otherwise replace every connection silently."""
+
     def reset(conn: psycopg.Connection[Any]) -> None:
         conn.execute(sql)  # no commit: a transaction is left open (or the SQL fails)
 
-    with ConnectionPool(dsn, min_size=1, max_size=1, reset=reset, name="pk-compat-badr") as p:
+    name = "pk-compat-badr"
+    with ConnectionPool(dsn, min_size=1, max_size=1, reset=reset, name=name) as p:
         with p.connection() as conn:
             pid1 = conn.info.backend_pid
         with p.connection() as conn:
             pid2 = conn.info.backend_pid
+        assert pid1 not in settled_backends(admin, name, [pid2])
     assert pid1 != pid2
+    warnings = [r.getMessage() for r in pk_logs.records if r.levelname == "WARNING"]
+    assert any("reset= failed" in m and said in m for m in warnings), warnings
 
 
 # -- limits --------------------------------------------------------------------------------
@@ -435,7 +557,27 @@ def test_get_stats_and_pop_stats(dsn: str) -> None:
         popped = pool.pop_stats()
         assert popped["requests_num"] == 1
         assert popped["pool_available"] == 2  # gauges are not differences
-        assert pool.get_stats()["requests_num"] == 4  # the counters only grow
+        # psycopg_pool's pop_stats() starts its counters again; poolkeeper's own go on.
+        assert pool.get_stats()["requests_num"] == 0
+        assert pool.stats().borrows == 4
+
+
+@pytest.mark.one_model(
+    "threads",
+    "psycopg_pool's ConnectionPool API, case by case as psycopg_pool's own tests",
+)
+def test_failed_requests_count_as_requests(dsn: str) -> None:
+    """As in psycopg_pool, a request is counted when it is made, whatever its end: a
+    timed-out one is a request, a queued one and an error."""
+    with ConnectionPool(dsn, min_size=1, name="pk-compat-reqs", timeout=5) as pool:
+        pool.wait(5)
+        held = pool.getconn()
+        with pytest.raises(PoolTimeout):
+            pool.getconn(timeout=0.05)
+        stats = pool.get_stats()
+        assert (stats["requests_num"], stats["requests_queued"]) == (2, 1)
+        assert stats["requests_errors"] == 1
+        pool.putconn(held)
 
 
 # -- close_returns and connection_class ------------------------------------------------------
@@ -525,6 +667,34 @@ async def test_async_getconn_putconn_reset_check_and_stats(
 
 
 @pytest.mark.one_model("asyncio", "psycopg_pool's AsyncConnectionPool API")
+async def test_async_conninfo_and_kwargs_may_be_coroutine_functions(
+    dsn: str, admin: psycopg.Connection[Any]
+) -> None:
+    """psycopg_pool's AsyncConnectionPool awaits a conninfo or kwargs callable that is
+    a coroutine function (an async token fetch, say), at every connect."""
+    calls: list[str] = []
+
+    async def conninfo() -> str:
+        calls.append("conninfo")
+        return dsn
+
+    async def kwargs() -> dict[str, Any]:
+        calls.append("kwargs")
+        return {"application_name": f"pk-compat-afetch-{len(calls)}"}
+
+    async with AsyncConnectionPool(
+        conninfo, kwargs=kwargs, min_size=2, name="pk-compat-afetch"
+    ) as pool:
+        await pool.wait(5)
+        assert sorted(calls) == ["conninfo", "conninfo", "kwargs", "kwargs"]
+        seen = admin.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE %s",
+            ["pk-compat-afetch-_"],
+        ).fetchone()
+        assert seen == (2,)
+
+
+@pytest.mark.one_model("asyncio", "psycopg_pool's AsyncConnectionPool API")
 async def test_async_max_waiting_and_timeout(dsn: str) -> None:
     async with AsyncConnectionPool(
         dsn, min_size=1, max_waiting=1, name="pk-compat-async-limits"
@@ -538,4 +708,7 @@ async def test_async_max_waiting_and_timeout(dsn: str) -> None:
         with pytest.raises(PoolTimeout):
             await waiter
         await pool.putconn(held)
-        assert pool.get_stats()["requests_errors"] == 2
+        stats = pool.get_stats()
+        assert (stats["requests_num"], stats["requests_errors"]) == (3, 2)
+        # The wait that timed out is a timeout, not also a cancelled wait.
+        assert (pool.stats().timeouts, pool.stats().cancelled) == (1, 0)

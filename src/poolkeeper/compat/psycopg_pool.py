@@ -24,8 +24,22 @@ arguments (``conninfo``, ``kwargs``, ``min_size``, ``max_size``, ``open``,
   in a transaction, or that it fails on, is discarded.
 * ``check=`` is a callable run before every lend; ``check_connection`` is the
   recipe (``check=ConnectionPool.check_connection``).
+* A lent connection's ``_pool`` is the pool until it is returned, as psycopg
+  expects: ``with conn:`` inside a borrow commits without closing the connection,
+  and a ``connection_class`` whose ``close()`` hands itself back through ``_pool``
+  (SQLAlchemy's NullPool recipe) works.
+* ``ConnectionPool[MyConnection]`` is generic, and ``connection_class`` may be a
+  subscripted generic (``MyConnection[DictRow]``).
+* On ``AsyncConnectionPool``, ``conninfo`` and ``kwargs`` may be coroutine
+  functions, awaited at every connect.
+* psycopg_pool's settings are attributes (``min_size``, ``max_size``,
+  ``timeout``, ``max_waiting``, ``max_lifetime``, ``max_idle``,
+  ``reconnect_timeout``, ``num_workers``, ``conninfo``, ``kwargs``,
+  ``connection_class``, ``name``).
 * ``get_stats()``/``pop_stats()`` return psycopg_pool's keys (``requests_num``,
-  ``requests_wait_ms``, ``usage_ms``, ``connections_ms``, ...).
+  ``requests_wait_ms``, ``usage_ms``, ``connections_ms``, ...), counted as
+  psycopg_pool counts them (a failed request is a request), and ``pop_stats()``
+  starts them again from zero.
 
 What the pools are is poolkeeper's: fork safety, session reset on return, the
 circuit breaker, ``max_lifetime`` never lending an expired connection, and the
@@ -37,7 +51,16 @@ Deliberate differences that remain:
 * Exceptions are poolkeeper's: ``PoolTimeout``, ``PoolClosed`` and
   ``TooManyRequests`` here are :class:`~poolkeeper.errors.PoolError` subclasses,
   not psycopg ``OperationalError`` ones; catch these names from this module (or
-  ``poolkeeper.PoolError``) instead of psycopg_pool's.
+  ``poolkeeper.PoolError``) instead of psycopg_pool's. Returning a connection
+  the pool did not lend raises ``PoolError``, not ``ValueError``. Messages and
+  log lines are poolkeeper's own (logger ``poolkeeper.pool``).
+* Nothing is logged when a connection comes back inside a transaction (it is
+  rolled back and counted in ``stats().rollbacks``), or when a check finds one
+  dead (it is replaced and counted in ``connections_lost``); a ``reset`` or
+  ``configure`` that fails is logged as a warning.
+* The connection lent is the one returned most recently (a stack), where
+  psycopg_pool lends the one idle longest (a queue): spare connections stay
+  idle, so ``max_idle`` can close them.
 * ``check=None`` (the default) is poolkeeper's ``"auto"``: a connection idle for
   ``check_after`` (0.25 s) is pinged before it is lent. psycopg_pool lends
   without checking.
@@ -48,17 +71,20 @@ Deliberate differences that remain:
 * While the server is known unreachable (the circuit breaker is open), a
   ``getconn`` that finds no idle connection fails at once with
   ``ConnectionFailed`` instead of waiting out its timeout; ``wait()`` does wait.
-* The counters behind ``get_stats()`` only grow (Prometheus style);
-  ``pop_stats()`` returns what changed since the previous ``pop_stats()`` without
-  resetting them, so ``pool.stats()`` and the Prometheus collector are unaffected.
-  ``connections_lost`` counts connections found dead by a check.
+* ``pop_stats()`` starts only this module's view from zero: ``pool.stats()``
+  and the Prometheus collector keep counting since the pool opened.
+* ``resize()`` to a smaller ``max_size`` closes the idle connections beyond it
+  at once, rather than leaving them to ``max_idle``.
+* A pool dropped without ``close()`` warns with a ``ResourceWarning`` (as an
+  unclosed file does) before stopping its background work; psycopg_pool is silent.
 * A name is 1-63 letters, digits, ``_``, ``-`` or ``.`` (it becomes the
   ``application_name``); the default is ``pool-N``.
 * ``open=None`` opens the pool at once, without psycopg_pool's deprecation
   warning; an ``AsyncConnectionPool`` built outside a running loop opens at its
   first use. The pool cannot be reopened once closed (as in psycopg_pool).
-* ``kwargs`` and ``conninfo`` may be callables (poolkeeper's rotating
-  credentials); psycopg_pool 3.3's ``get_config`` hooks are not supported.
+* The pool's psycopg_pool internals (``pool._pool``, ``pool._waiting``,
+  ``pool._workers``, ``_jitter``, ``AttemptWithBackoff``...) do not exist;
+  ``get_stats()`` answers what they were read for.
 * ``connection_class`` and ``close_returns`` are psycopg 3 features; these
   classes use psycopg 3 only.
 """
@@ -67,8 +93,9 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import typing
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import psycopg
 
@@ -87,14 +114,31 @@ __all__ = [
     "TooManyRequests",
 ]
 
+if TYPE_CHECKING:
+    from typing_extensions import TypeVar as _DefaultingTypeVar
+
+    #: The connection class a ``ConnectionPool`` lends (``ConnectionPool[MyConn]``).
+    CT = _DefaultingTypeVar("CT", bound=psycopg.Connection[Any], default=psycopg.Connection[Any])
+    #: The connection class an ``AsyncConnectionPool`` lends.
+    ACT = _DefaultingTypeVar(
+        "ACT", bound=psycopg.AsyncConnection[Any], default=psycopg.AsyncConnection[Any]
+    )
+else:
+    # typing.TypeVar takes default= only from Python 3.13; the default is for type checkers.
+    CT = TypeVar("CT")
+    ACT = TypeVar("ACT")
+
 _names = itertools.count(1)
 
 #: psycopg_pool's counters, from a snapshot (its gauges are added in ``_stats_dict``).
+#: psycopg_pool counts a request when it is made, and a queued one when it joins the
+#: queue: the callers waiting now are in ``requests_num`` and ``requests_queued``, and
+#: requests that failed (timed out, refused, cancelled) are in both as well.
 _COUNTERS: dict[str, Callable[[PoolStats], int]] = {
-    "requests_num": lambda s: s.borrows,
-    "requests_queued": lambda s: s.waits,
+    "requests_num": lambda s: s.borrows + s.timeouts + s.refused + s.cancelled + s.waiting,
+    "requests_queued": lambda s: s.waits + s.timeouts + s.cancelled + s.waiting,
     "requests_wait_ms": lambda s: int(s.wait_time_ms),
-    "requests_errors": lambda s: s.timeouts + s.refused,
+    "requests_errors": lambda s: s.timeouts + s.refused + s.cancelled,
     "usage_ms": lambda s: int(s.usage_time_ms),
     "returns_bad": lambda s: s.returned_bad,
     "connections_num": lambda s: s.connections_opened + s.connect_errors,
@@ -102,6 +146,12 @@ _COUNTERS: dict[str, Callable[[PoolStats], int]] = {
     "connections_errors": lambda s: s.connect_errors,
     "connections_lost": lambda s: s.checks_failed,
 }
+
+
+def _since(now: dict[str, int], before: dict[str, int]) -> dict[str, int]:
+    # Never below zero: the callers waiting (part of two counters) leave the queue
+    # a moment before what they became is counted.
+    return {key: max(0, value - before.get(key, 0)) for key, value in now.items()}
 
 
 def _stats_dict(stats: PoolStats, counters: dict[str, int]) -> dict[str, int]:
@@ -117,6 +167,12 @@ def _stats_dict(stats: PoolStats, counters: dict[str, int]) -> dict[str, int]:
 
 def _counters(stats: PoolStats) -> dict[str, int]:
     return {key: read(stats) for key, read in _COUNTERS.items()}
+
+
+def _plain_class(connection_class: Any) -> Any:
+    """``Connection[DictRow]`` (a subscripted generic, as psycopg_pool's typing guide
+    writes it) stands for its class at run time."""
+    return typing.get_origin(connection_class) or connection_class
 
 
 class _PoolShell(Protocol):
@@ -144,6 +200,7 @@ class _PsycopgPoolApi:
         self.connection_class = a["connection_class"]
         self._popped: dict[str, int] = {}
         max_size, check, reset = a["max_size"], a["check"], a["reset"]
+        plain_class = _plain_class(a["connection_class"])
         return {
             "dsn": a["conninfo"],
             "open": a["open"] is not False,
@@ -162,9 +219,7 @@ class _PsycopgPoolApi:
             "reconnect_timeout": a["reconnect_timeout"],
             "reconnect_failed": a["reconnect_failed"],
             "num_workers": a["num_workers"],
-            "connection_class": (
-                None if a["connection_class"] is default_class else a["connection_class"]
-            ),
+            "connection_class": None if plain_class is default_class else plain_class,
             "close_returns": a["close_returns"],
         }
 
@@ -185,23 +240,50 @@ class _PsycopgPoolApi:
         """The default ``getconn`` timeout."""
         return self.config.timeout
 
+    @property
+    def max_waiting(self: _PoolShell) -> int:
+        """The configured ``max_waiting`` (0: no limit)."""
+        return self.config.max_waiting
+
+    @property
+    def max_lifetime(self: _PoolShell) -> float | None:
+        """The configured ``max_lifetime``, in seconds."""
+        return self.config.max_lifetime
+
+    @property
+    def max_idle(self: _PoolShell) -> float | None:
+        """The configured ``max_idle``, in seconds."""
+        return self.config.max_idle
+
+    @property
+    def reconnect_timeout(self: _PoolShell) -> float:
+        """The configured ``reconnect_timeout``, in seconds."""
+        return self.config.reconnect_timeout
+
+    @property
+    def num_workers(self: _PoolShell) -> int:
+        """The configured ``num_workers``."""
+        return self.config.num_workers
+
     # -- psycopg_pool's stats ----------------------------------------------------------------
 
     def get_stats(self: _PoolShell) -> dict[str, int]:
-        """psycopg_pool's stats: its gauges and counters since the pool opened."""
+        """psycopg_pool's stats: its gauges, and its counters since the pool opened or
+        the last :meth:`pop_stats` (which starts them again from zero)."""
         stats = self.stats()
-        return _stats_dict(stats, _counters(stats))
+        return _stats_dict(stats, _since(_counters(stats), self._popped))
 
     def pop_stats(self: _PoolShell) -> dict[str, int]:
-        """Like :meth:`get_stats`, counting from the previous ``pop_stats()`` call."""
+        """Like :meth:`get_stats`, then count from zero again (only for
+        ``get_stats``/``pop_stats``: ``stats()`` and the metrics keep growing)."""
         stats = self.stats()
         now = _counters(stats)
-        since = {key: value - self._popped.get(key, 0) for key, value in now.items()}
+        since = _since(now, self._popped)
         self._popped = now
         return _stats_dict(stats, since)
 
 
-class ConnectionPool(_PsycopgPoolApi, Pool):
+class ConnectionPool(_PsycopgPoolApi, Pool[CT]):
     """psycopg_pool's ``ConnectionPool`` on poolkeeper's :class:`~poolkeeper.Pool`
     (the module docstring lists what differs)."""
 
@@ -230,9 +312,22 @@ class ConnectionPool(_PsycopgPoolApi, Pool):
         # The arguments above as one dict: their translation has one source.
         super().__init__(**self._adopt(psycopg.Connection, locals()))
 
-    def __enter__(self) -> ConnectionPool:
+    def __enter__(self) -> ConnectionPool[CT]:
         super().__enter__()
         return self
+
+    def getconn(self, timeout: float | None = None) -> CT:
+        """Borrow a connection; its ``_pool`` is this pool until it is returned, as
+        psycopg expects (``with conn:`` then commits without closing it)."""
+        conn = super().getconn(timeout)
+        conn._pool = self  # type: ignore[assignment]  # psycopg types it as psycopg_pool's
+        return conn
+
+    def putconn(self, conn: CT) -> None:
+        """Return a borrowed connection (rolled back and reset as poolkeeper does)."""
+        if getattr(conn, "_pool", None) is self:
+            conn._pool = None
+        super().putconn(conn)
 
     def open(self, wait: bool = False, timeout: float = 30.0) -> None:
         """Start the pool; with ``wait=True``, wait up to ``timeout`` for ``min_size``."""
@@ -249,7 +344,7 @@ class ConnectionPool(_PsycopgPoolApi, Pool):
         super().resize(min_size, min_size if max_size is None else max_size)
 
     @contextlib.contextmanager
-    def connection(self, timeout: float | None = None) -> Iterator[Any]:
+    def connection(self, timeout: float | None = None) -> Iterator[CT]:
         """Borrow a connection for a ``with`` block: committed on a clean exit, rolled
         back if the block raises, returned to the pool either way."""
         with super().connection(timeout) as conn:
@@ -273,7 +368,7 @@ class ConnectionPool(_PsycopgPoolApi, Pool):
                 conn.autocommit = False
 
 
-class AsyncConnectionPool(_PsycopgPoolApi, AsyncPool):
+class AsyncConnectionPool(_PsycopgPoolApi, AsyncPool[ACT]):
     """psycopg_pool's ``AsyncConnectionPool`` on poolkeeper's
     :class:`~poolkeeper.AsyncPool` (the module docstring lists what differs)."""
 
@@ -302,9 +397,22 @@ class AsyncConnectionPool(_PsycopgPoolApi, AsyncPool):
         # The arguments above as one dict: their translation has one source.
         super().__init__(**self._adopt(psycopg.AsyncConnection, locals()))
 
-    async def __aenter__(self) -> AsyncConnectionPool:
+    async def __aenter__(self) -> AsyncConnectionPool[ACT]:
         await super().__aenter__()
         return self
+
+    async def getconn(self, timeout: float | None = None) -> ACT:
+        """Borrow a connection; its ``_pool`` is this pool until it is returned, as
+        psycopg expects (``async with conn:`` then commits without closing it)."""
+        conn = await super().getconn(timeout)
+        conn._pool = self  # type: ignore[assignment]  # psycopg types it as psycopg_pool's
+        return conn
+
+    async def putconn(self, conn: ACT) -> None:
+        """Return a borrowed connection (rolled back and reset as poolkeeper does)."""
+        if getattr(conn, "_pool", None) is self:
+            conn._pool = None
+        await super().putconn(conn)
 
     async def open(self, wait: bool = False, timeout: float = 30.0) -> None:
         """Start the pool; with ``wait=True``, wait up to ``timeout`` for ``min_size``."""
@@ -321,7 +429,7 @@ class AsyncConnectionPool(_PsycopgPoolApi, AsyncPool):
         await super().resize(min_size, min_size if max_size is None else max_size)
 
     @contextlib.asynccontextmanager
-    async def connection(self, timeout: float | None = None) -> AsyncIterator[Any]:
+    async def connection(self, timeout: float | None = None) -> AsyncIterator[ACT]:
         """Borrow a connection for an ``async with`` block: committed on a clean exit,
         rolled back if the block raises, returned to the pool either way."""
         async with super().connection(timeout) as conn:
