@@ -568,7 +568,7 @@ def test_get_stats_and_pop_stats(dsn: str) -> None:
 )
 def test_failed_requests_count_as_requests(dsn: str) -> None:
     """As in psycopg_pool, a request is counted when it is made, whatever its end: a
-    timed-out one is a request, a queued one and an error."""
+    timed-out one is a request, a queued one and an error, and its wait is counted."""
     with ConnectionPool(dsn, min_size=1, name="pk-compat-reqs", timeout=5) as pool:
         pool.wait(5)
         held = pool.getconn()
@@ -577,6 +577,7 @@ def test_failed_requests_count_as_requests(dsn: str) -> None:
         stats = pool.get_stats()
         assert (stats["requests_num"], stats["requests_queued"]) == (2, 1)
         assert stats["requests_errors"] == 1
+        assert stats["requests_wait_ms"] >= 50  # the failed request's wait counts too
         pool.putconn(held)
 
 

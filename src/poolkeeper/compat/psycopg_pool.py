@@ -75,6 +75,9 @@ Deliberate differences that remain:
   and the Prometheus collector keep counting since the pool opened.
 * ``resize()`` to a smaller ``max_size`` closes the idle connections beyond it
   at once, rather than leaving them to ``max_idle``.
+* Under a burst the pool opens connections for the callers waiting by its own
+  growth rule, side by side up to ``num_workers``: how long each caller waits
+  differs from psycopg_pool's timings.
 * A pool dropped without ``close()`` warns with a ``ResourceWarning`` (as an
   unclosed file does) before stopping its background work; psycopg_pool is silent.
 * A name is 1-63 letters, digits, ``_``, ``-`` or ``.`` (it becomes the
@@ -93,6 +96,8 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import threading
+import time
 import typing
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -137,7 +142,6 @@ _names = itertools.count(1)
 _COUNTERS: dict[str, Callable[[PoolStats], int]] = {
     "requests_num": lambda s: s.borrows + s.timeouts + s.refused + s.cancelled + s.waiting,
     "requests_queued": lambda s: s.waits + s.timeouts + s.cancelled + s.waiting,
-    "requests_wait_ms": lambda s: int(s.wait_time_ms),
     "requests_errors": lambda s: s.timeouts + s.refused + s.cancelled,
     "usage_ms": lambda s: int(s.usage_time_ms),
     "returns_bad": lambda s: s.returned_bad,
@@ -165,8 +169,11 @@ def _stats_dict(stats: PoolStats, counters: dict[str, int]) -> dict[str, int]:
     }
 
 
-def _counters(stats: PoolStats) -> dict[str, int]:
-    return {key: read(stats) for key, read in _COUNTERS.items()}
+def _counters(stats: PoolStats, failed_wait_s: float) -> dict[str, int]:
+    counters = {key: read(stats) for key, read in _COUNTERS.items()}
+    # psycopg_pool counts the wait of a request that failed too (a timeout waited).
+    counters["requests_wait_ms"] = int(stats.wait_time_ms + failed_wait_s * 1000)
+    return counters
 
 
 def _plain_class(connection_class: Any) -> Any:
@@ -180,6 +187,7 @@ class _PoolShell(Protocol):
 
     config: PoolConfig
     _popped: dict[str, int]
+    _failed_wait_s: float
 
     def stats(self) -> PoolStats: ...
 
@@ -192,6 +200,10 @@ class _PsycopgPoolApi:
     difference is ``connection_class``'s default) and hands its arguments here.
     """
 
+    def _count_failed_wait(self, since: float) -> None:
+        with self._failed_wait_lock:
+            self._failed_wait_s += time.monotonic() - since
+
     def _adopt(self, default_class: type[Any], arguments: dict[str, Any]) -> dict[str, Any]:
         """Keep psycopg_pool's attributes; return the pool constructor's arguments."""
         a = arguments
@@ -199,6 +211,10 @@ class _PsycopgPoolApi:
         self.kwargs = a["kwargs"]
         self.connection_class = a["connection_class"]
         self._popped: dict[str, int] = {}
+        # Seconds waited by borrows that failed (poolkeeper's wait_time_ms counts the
+        # ones that got a connection), added on the error path only.
+        self._failed_wait_s = 0.0
+        self._failed_wait_lock = threading.Lock()
         max_size, check, reset = a["max_size"], a["check"], a["reset"]
         plain_class = _plain_class(a["connection_class"])
         return {
@@ -271,13 +287,13 @@ class _PsycopgPoolApi:
         """psycopg_pool's stats: its gauges, and its counters since the pool opened or
         the last :meth:`pop_stats` (which starts them again from zero)."""
         stats = self.stats()
-        return _stats_dict(stats, _since(_counters(stats), self._popped))
+        return _stats_dict(stats, _since(_counters(stats, self._failed_wait_s), self._popped))
 
     def pop_stats(self: _PoolShell) -> dict[str, int]:
         """Like :meth:`get_stats`, then count from zero again (only for
         ``get_stats``/``pop_stats``: ``stats()`` and the metrics keep growing)."""
         stats = self.stats()
-        now = _counters(stats)
+        now = _counters(stats, self._failed_wait_s)
         since = _since(now, self._popped)
         self._popped = now
         return _stats_dict(stats, since)
@@ -319,7 +335,12 @@ class ConnectionPool(_PsycopgPoolApi, Pool[CT]):
     def getconn(self, timeout: float | None = None) -> CT:
         """Borrow a connection; its ``_pool`` is this pool until it is returned, as
         psycopg expects (``with conn:`` then commits without closing it)."""
-        conn = super().getconn(timeout)
+        start = time.monotonic()
+        try:
+            conn = super().getconn(timeout)
+        except BaseException:
+            self._count_failed_wait(start)
+            raise
         conn._pool = self  # type: ignore[assignment]  # psycopg types it as psycopg_pool's
         return conn
 
@@ -404,7 +425,12 @@ class AsyncConnectionPool(_PsycopgPoolApi, AsyncPool[ACT]):
     async def getconn(self, timeout: float | None = None) -> ACT:
         """Borrow a connection; its ``_pool`` is this pool until it is returned, as
         psycopg expects (``async with conn:`` then commits without closing it)."""
-        conn = await super().getconn(timeout)
+        start = time.monotonic()
+        try:
+            conn = await super().getconn(timeout)
+        except BaseException:
+            self._count_failed_wait(start)
+            raise
         conn._pool = self  # type: ignore[assignment]  # psycopg types it as psycopg_pool's
         return conn
 
