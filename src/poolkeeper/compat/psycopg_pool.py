@@ -75,9 +75,10 @@ Deliberate differences that remain:
   and the Prometheus collector keep counting since the pool opened.
 * ``resize()`` to a smaller ``max_size`` closes the idle connections beyond it
   at once, rather than leaving them to ``max_idle``.
-* Under a burst the pool opens connections for the callers waiting by its own
-  growth rule, side by side up to ``num_workers``: how long each caller waits
-  differs from psycopg_pool's timings.
+* Growth for callers waiting is psycopg_pool's one connection at a time, except
+  that while no connection comes back during a connect the pool opens
+  ``num_workers`` at a time: callers held up by a slow start (``min_size=0``,
+  long borrows) wait less than under psycopg_pool.
 * A pool dropped without ``close()`` warns with a ``ResourceWarning`` (as an
   unclosed file does) before stopping its background work; psycopg_pool is silent.
 * A name is 1-63 letters, digits, ``_``, ``-`` or ``.`` (it becomes the
