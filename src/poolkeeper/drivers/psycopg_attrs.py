@@ -123,7 +123,8 @@ class ClientStateTracking:
     """
 
     _pk_client_dirty: bool = False
-    # (attributes, adapters template) after configure=, and as the connection came; the
+    # (attributes, adapters template) after configure=, and as the connection came (None
+    # while configure= changed nothing: the same as _pk_baseline); the
     # template is None for psycopg's global adapters (the map is then made on first
     # use, from the global one, as psycopg does). Class defaults, not vars(conn):
     # CPython 3.11+ keeps instance attributes inline until something asks for
@@ -231,9 +232,12 @@ def save_client_state(conn: Any) -> None:
         baseline: tuple[tuple[Any, ...], AdaptersMap | None] = shared((shared(snapshot), None))
     else:
         baseline = (snapshot, template)
+    previous = conn._pk_baseline
     conn._pk_baseline = baseline
-    if conn._pk_connected is None:
-        conn._pk_connected = baseline
+    # The state as the connection came is kept apart only once configure= changed it:
+    # an attribute never stored costs no connection a slot.
+    if previous is not None and conn._pk_connected is None and baseline != previous:
+        conn._pk_connected = previous
     object.__setattr__(conn, "_pk_client_dirty", False)
 
 
@@ -261,7 +265,9 @@ def restore_client_state(conn: Any, as_connected: bool = False) -> bool:
         backlog.clear()
     if not (conn._pk_client_dirty or as_connected):
         return True
-    baseline, template = conn._pk_connected if as_connected else conn._pk_baseline
+    baseline, template = (
+        (conn._pk_connected or conn._pk_baseline) if as_connected else conn._pk_baseline
+    )
     now = _snapshot(conn)
     if now != baseline:
         if conn.pgconn.transaction_status != _IDLE or conn._pipeline is not None:

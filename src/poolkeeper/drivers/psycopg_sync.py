@@ -131,7 +131,9 @@ class PsycopgDriver(PsycopgState):
             conn._pk_silence_limit = silence_limit(spec.statement_timeout)
         # An instance attribute, not the class default: one dict hit per read.
         conn._pk_dirty = False
-        conn._pk_answer_timeout = spec.connect_timeout
+        if spec.connect_timeout != conn._pk_answer_timeout:
+            # Stored only when it differs from the class default: see psycopg_attrs.
+            conn._pk_answer_timeout = spec.connect_timeout
         self.record_baseline(conn)
         self.save_client_state(conn)
         return conn
