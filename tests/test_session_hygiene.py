@@ -290,6 +290,35 @@ def test_psycopg_leaves_nothing_for_the_next_borrower(dsn: str, path: str) -> No
     _KEEP.clear()
 
 
+@pytest.mark.one_model(
+    "threads", "psycopg's two-phase API is one in both; the async twin shares its tracking"
+)
+def test_psycopg_two_phase_transaction_reaches_no_next_borrower(dsn: str) -> None:
+    # tpc_begin() keeps the xid on the connection until a tpc_* method ends the
+    # transaction; with it, psycopg refuses commit() and rollback(). Prepared (or
+    # refused: max_prepared_transactions = 0), the session is idle again, the xid not.
+    with _sync_pool(dsn, "psycopg") as pool:
+        with pool.connection() as conn:
+            fresh = _fingerprint(conn)
+        with pool.connection() as conn:
+            conn.tpc_begin(conn.xid(1, "pk_hyg_tpc", "pk"))
+            conn.execute("SELECT 1")
+            with contextlib.suppress(psycopg.errors.NotSupportedError):
+                conn.tpc_prepare()
+        with pool.connection() as conn:
+            conn.execute("SELECT 1")
+            conn.commit()
+            after = _fingerprint(conn)
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        prepared = admin.execute(
+            "SELECT gid FROM pg_prepared_xacts WHERE gid LIKE '%pk_hyg_tpc%'"
+        ).fetchall()
+        for (gid,) in prepared:
+            admin.execute(sql.SQL("ROLLBACK PREPARED {}").format(sql.Literal(gid)))
+    # The backend pid aside (the connection is discarded, not lent), as fresh.
+    assert after[1:] == fresh[1:]
+
+
 class _UserCursor(psycopg2.extensions.cursor):
     def execute(self, query: Any, vars: Any = None) -> Any:
         return super().execute(query, vars)

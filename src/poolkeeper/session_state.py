@@ -17,7 +17,8 @@ return:
   with the connection's baseline, in memory, and only a difference means a reset.
 - ``False``, **clean**: the statement provably runs no user code and leaves
   nothing behind: transaction control, ``SHOW``, ``FETCH``/``MOVE``/``CLOSE``,
-  ``NOTIFY``/``UNLISTEN`` (:data:`INERT_FIRST`), ``SET LOCAL``, and a ``SELECT``
+  ``NOTIFY``/``UNLISTEN`` (:data:`INERT_FIRST`), ``SET LOCAL`` (but of
+  ``statement_timeout``: a reset, so the no-answer guard stands aside), and a ``SELECT``
   of literals, commas and aliases only (``SELECT 1``). A clean return costs a
   flag read.
 
@@ -403,7 +404,11 @@ def _statement_verdict(tokens: list[Token]) -> int:
             return False
         if first == "set":
             # SET LOCAL, SET TRANSACTION, SET CONSTRAINTS (see _first_token): no
-            # function call is possible, only a pg_temp name to catch.
+            # function call is possible, only a pg_temp name to catch. SET LOCAL
+            # statement_timeout counts as a reset, which exempts the session from
+            # the drivers' no-answer guard: a statement may now rightly run past it.
+            if ("word", "statement_timeout") in tokens or ("qid", "statement_timeout") in tokens:
+                return True
             return _calls_verdict(tokens, start) is True
         if first == "select" and _literals_only(tokens, start + 1):
             return False

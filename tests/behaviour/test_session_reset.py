@@ -4,6 +4,7 @@ server (pg_locks, pg_listening_channels(), pg_prepared_statements, …)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -19,9 +20,11 @@ from tests.behaviour.kinds import (
     driver_of,
     execute,
     fetchval,
+    rollback,
     settle,
     wait_until,
 )
+from tests.behaviour.test_user_code import FINGERPRINT_TEXT
 
 
 @pytest.fixture(scope="module")
@@ -193,3 +196,77 @@ async def test_a_clean_session_is_not_reset_on_the_server(
         await autocommit(conn, False)
     assert last_statement(admin, pid) == "SELECT 'pk-plain'"
     assert pool.stats().resets == 0
+
+
+@pytest.fixture(scope="module")
+def _driver_tx_table(dsn: str) -> Iterator[None]:
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute("CREATE TABLE IF NOT EXISTS pk_driver_tx (borrower text)")
+    yield
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute("DROP TABLE IF EXISTS pk_driver_tx")
+
+
+#: Objects a borrower leaves behind unfinished, as a generator never resumed would.
+_UNFINISHED: list[Any] = []
+
+
+async def _begin_in_the_driver(kind: Kind, conn: Any) -> None:
+    """Start a transaction through the driver's own bookkeeping: psycopg's
+    ``transaction()`` block, psycopg2's two-phase ``tpc_begin`` (psycopg2 has no
+    transaction object), asyncpg's ``Transaction``."""
+    if kind.driver == "psycopg":
+        block = conn.transaction()
+        await settle(block.__aenter__() if kind.is_async else block.__enter__())
+    elif kind.driver == "psycopg2":
+        block = conn.xid(1, "pk_driver_tx", "pk")
+        conn.tpc_begin(block)
+    else:
+        block = conn.transaction()
+        await block.start()
+    _UNFINISHED.append(block)
+
+
+async def _insert_in_a_driver_transaction(kind: Kind, conn: Any, borrower: str) -> None:
+    """The next borrower's transaction, the driver's usual way."""
+    insert = f"INSERT INTO pk_driver_tx VALUES ('{borrower}')"
+    if kind.driver == "psycopg2":
+        await execute(conn, insert)
+        await commit(conn)
+    elif kind.is_async:
+        async with conn.transaction():
+            await execute(conn, insert)
+    else:
+        with conn.transaction():
+            await execute(conn, insert)
+
+
+@pytest.mark.usefixtures("_driver_tx_table")
+async def test_a_driver_transaction_ended_by_sql_reaches_no_next_borrower(
+    make_pool: MakePool, kind: Kind, dsn: str, request: pytest.FixtureRequest
+) -> None:
+    # The borrower ends its transaction with a COMMIT sent as SQL: the server is idle,
+    # but the driver still counts the transaction, so it would refuse the next
+    # borrower's commit() (psycopg, psycopg2) or turn its transaction() into a
+    # SAVEPOINT outside any transaction (asyncpg). Such a connection is discarded.
+    pool = make_pool(min_size=1, max_size=1)
+    async with pool.connection() as conn:
+        fresh = await fetchval(conn, FINGERPRINT_TEXT)
+    async with pool.connection() as conn:
+        await _begin_in_the_driver(kind, conn)
+        await execute(conn, "INSERT INTO pk_driver_tx VALUES ('A')")
+        await execute(conn, "COMMIT")
+    borrower = request.node.name
+    async with pool.connection() as conn:
+        await _insert_in_a_driver_transaction(kind, conn, borrower)
+        after = await fetchval(conn, FINGERPRINT_TEXT)
+        await rollback(conn)
+    _UNFINISHED.clear()
+    # The backend pid (the fingerprint's first field) is new: not lent, discarded.
+    assert after.split(",", 1)[1] == fresh.split(",", 1)[1]
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        rows = admin.execute(
+            "SELECT count(*) FROM pk_driver_tx WHERE borrower = %s", [borrower]
+        ).fetchone()
+        admin.execute("DELETE FROM pk_driver_tx")
+    assert rows == (1,)

@@ -10,8 +10,9 @@ import pytest
 
 from poolkeeper import ConfigurationError, PoolTimeout
 from poolkeeper.config import DURATION_BOUNDS, MAX_SECONDS
+from poolkeeper.policy import silence_limit
 from tests.behaviour.conftest import MakePool
-from tests.behaviour.kinds import autocommit, fetchval
+from tests.behaviour.kinds import autocommit, begin, execute, fetchval
 
 BAD_TIMEOUTS = [math.nan, math.inf, 1e10, 10**400, -1, -0.0, "0.5", True]
 
@@ -70,3 +71,20 @@ async def test_timeout_zero_still_means_do_not_wait(make_pool: MakePool) -> None
     async with pool.connection():
         with pytest.raises(PoolTimeout):
             await pool.getconn(0)
+
+
+async def test_a_transaction_that_raises_its_statement_timeout_may_run_past_the_guard(
+    make_pool: MakePool,
+) -> None:
+    # The no-answer guard (psycopg 3, asyncpg) fails a statement silent past
+    # silence_limit(statement_timeout): 1.2 s here. A transaction that raised its own
+    # statement_timeout with SET LOCAL may rightly run longer, and must not be cut off
+    # as if the server were gone.
+    statement_timeout = 0.2
+    pool = make_pool(min_size=1, max_size=1, statement_timeout=statement_timeout)
+    sleep = silence_limit(statement_timeout) + 0.3
+    async with pool.connection() as conn:
+        await begin(conn)
+        await execute(conn, "SET LOCAL statement_timeout = '30s'")
+        assert await fetchval(conn, f"SELECT 1 FROM pg_sleep({sleep})") == 1
+    assert pool.stats().connections_closed == 0

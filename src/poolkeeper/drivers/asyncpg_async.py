@@ -498,7 +498,10 @@ def _return_state(conn: PoolAsyncpgConnection) -> object:
     Reads in one place what :meth:`AsyncpgDriver.status` and
     :meth:`AsyncpgDriver.session_dirty` decide apart (they run only when this is true).
     """
-    if conn._pk_client_dirty or conn._aborted:  # type: ignore[attr-defined]
+    # _top_xact: a Transaction the borrower started and ended by SQL (COMMIT sent as a
+    # statement) stays asyncpg's top transaction, so the next borrower's
+    # transaction() would send SAVEPOINT outside any transaction.
+    if conn._pk_client_dirty or conn._aborted or conn._top_xact is not None:  # type: ignore[attr-defined]
         return True
     protocol: Any = conn._protocol  # type: ignore[attr-defined]
     # A query cancelled mid-flight leaves a cancel request racing the server.
@@ -614,6 +617,10 @@ class AsyncpgDriver:
     def restore_client_state(self, conn: PoolAsyncpgConnection, as_connected: bool = False) -> bool:
         """Put the listeners and loggers back as configure= left them; False (discard)
         if a borrower changed a type codec."""
+        if conn._top_xact is not None:  # type: ignore[attr-defined]
+            # The borrower's Transaction object, idle by SQL: it cannot be put back, and
+            # could still end a transaction of the next borrower.
+            return False
         if not (conn._pk_client_dirty or as_connected):
             return True
         if conn._pk_codecs:

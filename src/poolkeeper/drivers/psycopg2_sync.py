@@ -140,6 +140,8 @@ class PoolConnection2(psycopg2.extensions.connection):
     # answer: the pool's connect_timeout.
     _pk_answer_timeout = 10.0
     _pk_client_dirty = False
+    # A borrower began a two-phase transaction: see tpc_begin.
+    _pk_tpc = False
     # (autocommit, isolation_level, readonly, deferrable, cursor_factory, notices,
     # notifies, encoding) after configure=: what every borrower gets.
     _pk_baseline: tuple[Any, ...] = ()
@@ -167,6 +169,13 @@ class PoolConnection2(psycopg2.extensions.connection):
         """psycopg2's ``set_isolation_level``; put back on return."""
         self._pk_client_dirty = True
         super().set_isolation_level(level)
+
+    def tpc_begin(self, xid: Any) -> None:
+        """psycopg2's ``tpc_begin``; the connection is discarded on return (psycopg2
+        keeps the xid, refusing commit() and rollback(), until the transaction ends
+        through its own tpc_* methods)."""
+        self._pk_client_dirty = self._pk_tpc = True
+        super().tpc_begin(xid)
 
     def set_client_encoding(self, encoding: str) -> None:
         """psycopg2's ``set_client_encoding``: a ``SET`` on the server (reset on return)
@@ -315,7 +324,7 @@ class Psycopg2Driver:
             or _types_changed(conn)
         ):
             return True
-        if conn.closed or conn.get_transaction_status() != _TRANSACTION_IDLE:
+        if conn._pk_tpc or conn.closed or conn.get_transaction_status() != _TRANSACTION_IDLE:
             return False
         autocommit, isolation, readonly, deferrable, cursors, notices, notifies, encoding = (
             conn._pk_connected if as_connected else conn._pk_baseline

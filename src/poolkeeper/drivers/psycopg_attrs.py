@@ -45,6 +45,9 @@ _STORED = frozenset(
         "cursor_factory",
         "server_cursor_factory",
         "_adapters",
+        # A two-phase transaction's xid, set by tpc_begin(): psycopg refuses commit()
+        # and rollback() while it is set, even after the transaction ended.
+        "_tpc",
     }
 )
 
@@ -252,13 +255,52 @@ def _run_without_io(gen: Generator[Any, Any, None]) -> None:
     raise RuntimeError("the connection is still in pipeline mode")
 
 
+def _in_driver_transaction(conn: Any) -> bool:
+    """Whether psycopg still counts a transaction the server no longer has open: a
+    ``transaction()`` block still entered, or a two-phase transaction begun, whose end
+    the borrower sent as SQL (or prepared). psycopg would refuse the next borrower's
+    ``commit()``, and the borrower's ``Transaction`` object could still end a
+    transaction of the next one: neither can be put back."""
+    return bool(conn._num_transactions) or conn._tpc is not None
+
+
+def _adapters_changed(adapters: AdaptersMap | None, template: AdaptersMap | None) -> bool:
+    """Whether a borrower registered on (or replaced) the connection's adapters map."""
+    if adapters is None:
+        return template is not None
+    return (
+        type(adapters) is not _TrackedAdapters
+        or adapters._pk_changed
+        or getattr(adapters.types, "_pk_changed", True)
+    )
+
+
+def _put_back(conn: Any, now: tuple[Any, ...], baseline: tuple[Any, ...]) -> None:
+    """Set the attributes of :func:`_snapshot` back to ``baseline``, ``conn`` idle."""
+    if now[0] != baseline[0]:
+        _run_without_io(conn._set_autocommit_gen(baseline[0]))
+    if now[1] != baseline[1]:
+        _run_without_io(conn._set_isolation_level_gen(baseline[1]))
+    if now[2] != baseline[2]:
+        _run_without_io(conn._set_read_only_gen(baseline[2]))
+    if now[3] != baseline[3]:
+        _run_without_io(conn._set_deferrable_gen(baseline[3]))
+    conn.row_factory, conn.cursor_factory, conn.server_cursor_factory = baseline[4:7]
+    conn._prepared.prepare_threshold, conn._prepared.prepared_max = baseline[7:9]
+    conn._notice_handlers[:] = baseline[9]
+    conn._notify_handlers[:] = baseline[10]
+
+
 def restore_client_state(conn: Any, as_connected: bool = False) -> bool:
     """Put back what differs from the baseline (``conn`` is idle: rolled back first), or
     with ``as_connected`` from the state before ``configure=`` ran (to run it again).
 
     Through psycopg's own setters, run without I/O, so psycopg's bookkeeping (the cached
-    BEGIN statement) follows; False, to discard the connection, if one refuses.
+    BEGIN statement) follows; False, to discard the connection, if one refuses or
+    psycopg still counts a transaction (:func:`_in_driver_transaction`).
     """
+    if _in_driver_transaction(conn):
+        return False
     backlog = getattr(conn, "_notifies_backlog", None)  # not in every psycopg 3 release
     if backlog:
         # Notifications that arrived while the borrower held the connection were theirs.
@@ -272,31 +314,9 @@ def restore_client_state(conn: Any, as_connected: bool = False) -> bool:
     if now != baseline:
         if conn.pgconn.transaction_status != _IDLE or conn._pipeline is not None:
             return False
-        if now[0] != baseline[0]:
-            _run_without_io(conn._set_autocommit_gen(baseline[0]))
-        if now[1] != baseline[1]:
-            _run_without_io(conn._set_isolation_level_gen(baseline[1]))
-        if now[2] != baseline[2]:
-            _run_without_io(conn._set_read_only_gen(baseline[2]))
-        if now[3] != baseline[3]:
-            _run_without_io(conn._set_deferrable_gen(baseline[3]))
-        conn.row_factory, conn.cursor_factory, conn.server_cursor_factory = baseline[4:7]
-        conn._prepared.prepare_threshold, conn._prepared.prepared_max = baseline[7:9]
-        conn._notice_handlers[:] = baseline[9]
-        conn._notify_handlers[:] = baseline[10]
+        _put_back(conn, now, baseline)
     adapters = conn._adapters
-    if (
-        as_connected
-        or (adapters is None and template is not None)
-        or (
-            adapters is not None
-            and (
-                type(adapters) is not _TrackedAdapters
-                or adapters._pk_changed
-                or getattr(adapters.types, "_pk_changed", True)
-            )
-        )
-    ):
+    if as_connected or _adapters_changed(adapters, template):
         conn._adapters = None if template is None else _tracked_adapters(template, conn)
     object.__setattr__(conn, "_pk_client_dirty", False)
     return True

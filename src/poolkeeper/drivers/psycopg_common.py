@@ -176,11 +176,15 @@ class PsycopgState:
 
     name = "psycopg"
     # attrgetter runs in C: the whole per-return inspection costs one call.
+    # _num_transactions: a transaction() block the borrower left entered (its end sent
+    # as SQL) leaves the connection idle, but psycopg refuses every later commit().
     return_state = staticmethod(
-        operator.attrgetter("pgconn.transaction_status", "_pk_dirty", "_pk_client_dirty")
+        operator.attrgetter(
+            "pgconn.transaction_status", "_pk_dirty", "_pk_client_dirty", "_num_transactions"
+        )
     )
-    clean_state = (int(pq.TransactionStatus.IDLE), False, False)
-    check_state = (int(pq.TransactionStatus.IDLE), CHECK, False)
+    clean_state = (int(pq.TransactionStatus.IDLE), False, False, 0)
+    check_state = (int(pq.TransactionStatus.IDLE), CHECK, False, 0)
     save_client_state = staticmethod(save_client_state)
     restore_client_state = staticmethod(restore_client_state)
 
