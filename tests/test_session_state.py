@@ -30,7 +30,13 @@ from poolkeeper.session_state import CHECK, KNOWN_VERDICTS, touches_session
         "LISTEN chan",
         "PREPARE s AS SELECT 1",
         "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
-        "DECLARE c CURSOR FOR SELECT 1",
+        'DECLARE "c" SCROLL CURSOR WITH HOLD FOR SELECT x FROM t',
+        "EXPLAIN DECLARE c CURSOR WITH HOLD FOR SELECT 1",
+        # without HOLD, judged by its query
+        "DECLARE c CURSOR FOR SELECT set_config('work_mem', '7MB', false)",
+        "DECLARE c NO SCROLL CURSOR WITHOUT HOLD FOR SELECT * FROM pg_temp.t",
+        "DECLARE c CURSOR FOR SET work_mem = '7MB'",
+        "DECLARE c CURSOR",
         "DISCARD ALL",
         "DEALLOCATE ALL",
         "LOAD 'auto_explain'",
@@ -97,6 +103,7 @@ def test_statements_that_can_leave_session_state_are_flagged(query: object) -> N
         "SAVEPOINT sa_1; RELEASE SAVEPOINT sa_1; ROLLBACK TO SAVEPOINT sa_1",
         "END; ABORT",
         "SHOW search_path",
+        'DECLARE "for" CURSOR FOR SELECT 1',
         "FETCH 10 FROM c; MOVE NEXT IN c; CLOSE c",
         "NOTIFY jobs, 'payload'",
         "UNLISTEN *",
@@ -139,6 +146,9 @@ def test_statements_that_run_no_user_code_are_clean(query: object) -> None:
         "ANALYZE t",
         "VACUUM t",
         "SELECT pg_advisory_xact_lock(1)",
+        # a cursor without HOLD ends with its transaction (psycopg's named cursors)
+        'DECLARE "pk_c" CURSOR FOR SELECT x FROM t',
+        "DECLARE c BINARY INSENSITIVE NO SCROLL CURSOR WITHOUT HOLD FOR SELECT f()",
         # operators and casts that search_path may resolve to a user's
         "SELECT 1 + 1",
         "SELECT -1",

@@ -28,7 +28,7 @@ literals (``'…'``, ``E'…'``, ``$tag$…$tag$``), splits the text into statem
 ``;`` outside those, and judges each statement by its first token and by its
 function-call tokens (a name followed by ``(``, comments allowed in between).
 A statement whose first token is not on :data:`INERT_FIRST` or
-:data:`HARMLESS_FIRST` — ``SET``, ``DO``, ``CALL``, ``EXECUTE``, any ``DECLARE``,
+:data:`HARMLESS_FIRST` — ``SET``, ``DO``, ``CALL``, ``EXECUTE``, ``DECLARE … WITH HOLD``,
 an unknown command — is a reset, as is text that does not lex: unknown means
 reset. A false positive costs one ``DISCARD ALL`` (or, for a needless check, a
 microsecond or two), a false negative would leak state.
@@ -86,7 +86,8 @@ REPORTED_PARAMETERS = (
 #: A ``COMMIT`` or ``SET CONSTRAINTS`` fires deferred triggers, but only ones an
 #: earlier statement of the same borrow queued, and that statement was checked; a
 #: ``FETCH`` runs the rest of a cursor's query, but a cursor outlives its transaction
-#: only when ``DECLARE`` made it (a reset).
+#: only when ``DECLARE … WITH HOLD`` made it (a reset; without HOLD, a ``DECLARE`` is
+#: judged by its query).
 INERT_FIRST = frozenset(
     {
         *("abort", "begin", "close", "commit", "end", "fetch", "move", "notify"),
@@ -451,6 +452,11 @@ def _first_token(tokens: list[Token]) -> int:
         if start >= len(tokens):
             return -1
         kind, first = tokens[start]
+    if kind == "word" and first == "declare":
+        start = _declared(tokens, start)
+        if start >= len(tokens):
+            return -1
+        kind, first = tokens[start]
     if kind == "(" or (kind == "word" and (first in HARMLESS_FIRST or first in INERT_FIRST)):
         return start  # (SELECT …) UNION …, or a command that leaves nothing behind
     if kind == "word" and first == "set" and start + 1 < len(tokens):
@@ -486,6 +492,29 @@ def _calls_verdict(tokens: list[Token], start: int) -> int:
         if following != ".":  # not a qualifier: the next name's context is this word
             context = value if kind == "word" else ""
     return CHECK
+
+
+# DECLARE name [BINARY] [ASENSITIVE | INSENSITIVE] [[NO] SCROLL] CURSOR
+# [{WITH | WITHOUT} HOLD] FOR query
+_CURSOR_OPTIONS = frozenset(
+    {"binary", "asensitive", "insensitive", "no", "scroll", "cursor", "without", "hold"}
+)
+
+
+def _declared(tokens: list[Token], start: int) -> int:
+    """Index of the query a DECLARE at ``tokens[start]`` runs, or ``len(tokens)`` when
+    the cursor is WITH HOLD (it outlives its transaction) or the text is not a
+    DECLARE the lexer knows. A cursor without HOLD ends with its transaction (it
+    cannot even be declared outside one), so only its query is left to judge."""
+    index, last = start + 2, len(tokens)  # past DECLARE and the cursor's name
+    while index < last:
+        kind, value = tokens[index]
+        if kind == "word" and value == "for":
+            return index + 1
+        if kind != "word" or value not in _CURSOR_OPTIONS:
+            return last  # WITH (HOLD), or anything unknown
+        index += 1
+    return last
 
 
 def _explained(tokens: list[Token]) -> int:

@@ -15,6 +15,7 @@ from tests.behaviour.kinds import (
     Kind,
     autocommit,
     backend_pid,
+    begin,
     close,
     commit,
     driver_of,
@@ -270,3 +271,37 @@ async def test_a_driver_transaction_ended_by_sql_reaches_no_next_borrower(
         ).fetchone()
         admin.execute("DELETE FROM pk_driver_tx")
     assert rows == (1,)
+
+
+async def _open_cursor_without_hold(kind: Kind, conn: Any, query: str) -> Any:
+    """A server-side cursor made the driver's way, one row fetched: psycopg's and
+    psycopg2's named cursors (a DECLARE), asyncpg's cursor (a protocol portal)."""
+    if kind.driver == "asyncpg":
+        cursor = await conn.cursor(query)
+        return await cursor.fetchrow()
+    cursor = conn.cursor("pk_no_hold")
+    await settle(cursor.execute(query))
+    _UNFINISHED.append(cursor)  # left open, as a borrower who forgets would
+    return await settle(cursor.fetchone())
+
+
+async def test_a_cursor_without_hold_costs_no_reset_and_reaches_no_next_borrower(
+    make_pool: MakePool, kind: Kind
+) -> None:
+    # A cursor without WITH HOLD ends with its transaction, which the return rolls
+    # back: its DECLARE is judged by its query (a table read: a settings check), not
+    # as a reset. Proven on the server: the next borrower of the same backend sees no
+    # cursor (pg_cursors is in the fingerprint), and no DISCARD ALL was sent.
+    pool = make_pool(min_size=1, max_size=1)
+    async with pool.connection() as conn:
+        fresh = await fetchval(conn, FINGERPRINT_TEXT)
+    async with pool.connection() as conn:
+        await begin(conn)
+        row = await _open_cursor_without_hold(
+            kind, conn, "SELECT relname FROM pg_class ORDER BY oid LIMIT 3"
+        )
+        assert row is not None
+    async with pool.connection() as conn:
+        assert await fetchval(conn, FINGERPRINT_TEXT) == fresh
+    _UNFINISHED.clear()
+    assert pool.stats().resets == 0

@@ -46,16 +46,19 @@ class _TracksSession:
 
     psycopg2 runs statements in C, so there is no lower layer to hook: every
     public method that sends SQL is covered here. A named cursor sends
-    ``DECLARE`` (any DECLARE counts as dirty); ``mogrify`` sends nothing."""
+    ``DECLARE`` (a reset when ``withhold``; else judged by its query); ``mogrify``
+    sends nothing."""
 
     connection: Any
     name: str | None
+    withhold: bool
 
     def execute(self, query: Any, vars: Any = None) -> Any:
         conn = self.connection
         if conn._pk_dirty is not True:
-            # A named cursor sends DECLARE, which always counts.
-            _note(conn, True if self.name is not None else _dirty(query, self))
+            # A named cursor sends DECLARE: WITH HOLD outlives the transaction; without
+            # it, the cursor ends with its transaction and only its query counts.
+            _note(conn, True if self.withhold and self.name is not None else _dirty(query, self))
         return super().execute(query, vars)  # type: ignore[misc]
 
     def executemany(self, query: Any, vars_list: Any) -> Any:
