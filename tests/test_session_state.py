@@ -28,6 +28,9 @@ from poolkeeper.session_state import CHECK, KNOWN_VERDICTS, touches_session
         "SELECT 1 INTO TEMP t",
         "SELECT 1; SET search_path TO x",
         "LISTEN chan",
+        # undoes configure='s LISTEN
+        "UNLISTEN *",
+        "unlisten chan",
         "PREPARE s AS SELECT 1",
         "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
         'DECLARE "c" SCROLL CURSOR WITH HOLD FOR SELECT x FROM t',
@@ -106,7 +109,6 @@ def test_statements_that_can_leave_session_state_are_flagged(query: object) -> N
         'DECLARE "for" CURSOR FOR SELECT 1',
         "FETCH 10 FROM c; MOVE NEXT IN c; CLOSE c",
         "NOTIFY jobs, 'payload'",
-        "UNLISTEN *",
         "EXPLAIN SELECT 1",
         b"SELECT 2",
     ],

@@ -17,7 +17,7 @@ return:
   with the connection's baseline, in memory, and only a difference means a reset.
 - ``False``, **clean**: the statement provably runs no user code and leaves
   nothing behind: transaction control, ``SHOW``, ``FETCH``/``MOVE``/``CLOSE``,
-  ``NOTIFY``/``UNLISTEN`` (:data:`INERT_FIRST`), ``SET LOCAL`` (but of
+  ``NOTIFY`` (:data:`INERT_FIRST`), ``SET LOCAL`` (but of
   ``statement_timeout``: a reset, so the no-answer guard stands aside), and a ``SELECT``
   of literals, commas and aliases only (``SELECT 1``). A clean return costs a
   flag read.
@@ -88,10 +88,12 @@ REPORTED_PARAMETERS = (
 #: ``FETCH`` runs the rest of a cursor's query, but a cursor outlives its transaction
 #: only when ``DECLARE … WITH HOLD`` made it (a reset; without HOLD, a ``DECLARE`` is
 #: judged by its query).
+#: ``UNLISTEN`` is not here: it leaves nothing behind, but can undo a ``LISTEN`` that
+#: ``configure=`` made, which only a reset (and ``configure=`` again) puts back.
 INERT_FIRST = frozenset(
     {
         *("abort", "begin", "close", "commit", "end", "fetch", "move", "notify"),
-        *("release", "rollback", "savepoint", "show", "start", "unlisten"),
+        *("release", "rollback", "savepoint", "show", "start"),
     }
 )
 

@@ -305,3 +305,23 @@ async def test_a_cursor_without_hold_costs_no_reset_and_reaches_no_next_borrower
         assert await fetchval(conn, FINGERPRINT_TEXT) == fresh
     _UNFINISHED.clear()
     assert pool.stats().resets == 0
+
+
+async def test_an_unlisten_does_not_take_configures_listen_from_the_next_borrower(
+    make_pool: MakePool, kind: Kind
+) -> None:
+    async def listen(conn: Any) -> None:
+        await execute(conn, "LISTEN pk_configured")
+        await commit(conn)
+
+    listening = "SELECT string_agg(c, ',') FROM pg_listening_channels() AS c"
+    pool = make_pool(min_size=1, max_size=1, configure=kind.hook(listen))
+    async with pool.connection() as conn:
+        pid = backend_pid(conn)
+        assert await fetchval(conn, listening) == "pk_configured"
+    async with pool.connection() as conn:
+        await execute(conn, "UNLISTEN *")
+        await commit(conn)
+    async with pool.connection() as conn:
+        assert backend_pid(conn) == pid
+        assert await fetchval(conn, listening) == "pk_configured"
