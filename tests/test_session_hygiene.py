@@ -319,6 +319,35 @@ def test_psycopg_two_phase_transaction_reaches_no_next_borrower(dsn: str) -> Non
     assert after[1:] == fresh[1:]
 
 
+@pytest.mark.one_model(
+    "threads", "psycopg's pipeline() is one in both; the async twin shares its return check"
+)
+@pytest.mark.parametrize("autocommit", [False, True])
+def test_psycopg_pipeline_left_entered_reaches_no_next_borrower(dsn: str, autocommit: bool) -> None:
+    # Left entered (a generator never resumed, say) and synced, the pipeline leaves
+    # the session idle (in autocommit) or in a transaction the return rolls back,
+    # but the connection in pipeline mode, where stream() is refused.
+    # Autocommit from connect, not set by the borrower (a client-side change of its
+    # own): the return is otherwise as clean as can be.
+    with Pool(
+        dsn, driver="psycopg", min_size=1, max_size=1, connect_kwargs={"autocommit": autocommit}
+    ) as pool:
+        with pool.connection() as conn:
+            fresh = _fingerprint(conn)
+        with pool.connection() as conn:
+            block = conn.pipeline()
+            pipeline = block.__enter__()
+            _KEEP.append(block)
+            conn.execute("SELECT 1")
+            pipeline.sync()
+        with pool.connection() as conn:
+            assert list(conn.cursor().stream("SELECT 1")) == [(1,)]
+            after = _fingerprint(conn)
+    _KEEP.clear()
+    # The backend pid aside (the connection is discarded, not lent), as fresh.
+    assert after[1:] == fresh[1:]
+
+
 class _UserCursor(psycopg2.extensions.cursor):
     def execute(self, query: Any, vars: Any = None) -> Any:
         return super().execute(query, vars)

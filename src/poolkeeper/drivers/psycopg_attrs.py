@@ -255,13 +255,15 @@ def _run_without_io(gen: Generator[Any, Any, None]) -> None:
     raise RuntimeError("the connection is still in pipeline mode")
 
 
-def _in_driver_transaction(conn: Any) -> bool:
-    """Whether psycopg still counts a transaction the server no longer has open: a
-    ``transaction()`` block still entered, or a two-phase transaction begun, whose end
-    the borrower sent as SQL (or prepared). psycopg would refuse the next borrower's
-    ``commit()``, and the borrower's ``Transaction`` object could still end a
-    transaction of the next one: neither can be put back."""
-    return bool(conn._num_transactions) or conn._tpc is not None
+def _in_driver_block(conn: Any) -> bool:
+    """Whether the borrower left a psycopg block entered: a ``pipeline()`` (the next
+    borrower would get a connection in pipeline mode, where ``stream()`` is refused
+    and results wait for a sync), or a transaction psycopg still counts but the server
+    no longer has open — a ``transaction()`` block or a two-phase transaction whose end
+    the borrower sent as SQL (or prepared), after which psycopg refuses ``commit()``.
+    The borrower's block object could still act on the next borrower's connection:
+    none of this can be put back."""
+    return bool(conn._num_transactions) or conn._tpc is not None or conn._pipeline is not None
 
 
 def _adapters_changed(adapters: AdaptersMap | None, template: AdaptersMap | None) -> bool:
@@ -297,9 +299,9 @@ def restore_client_state(conn: Any, as_connected: bool = False) -> bool:
 
     Through psycopg's own setters, run without I/O, so psycopg's bookkeeping (the cached
     BEGIN statement) follows; False, to discard the connection, if one refuses or
-    psycopg still counts a transaction (:func:`_in_driver_transaction`).
+    the borrower left a pipeline or transaction block entered (:func:`_in_driver_block`).
     """
-    if _in_driver_transaction(conn):
+    if _in_driver_block(conn):
         return False
     backlog = getattr(conn, "_notifies_backlog", None)  # not in every psycopg 3 release
     if backlog:

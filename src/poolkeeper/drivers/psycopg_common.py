@@ -178,13 +178,19 @@ class PsycopgState:
     # attrgetter runs in C: the whole per-return inspection costs one call.
     # _num_transactions: a transaction() block the borrower left entered (its end sent
     # as SQL) leaves the connection idle, but psycopg refuses every later commit().
+    # _pipeline: a pipeline() block left entered leaves it idle in pipeline mode (not
+    # flagged by a store: executemany() enters and leaves one on every call).
     return_state = staticmethod(
         operator.attrgetter(
-            "pgconn.transaction_status", "_pk_dirty", "_pk_client_dirty", "_num_transactions"
+            "pgconn.transaction_status",
+            "_pk_dirty",
+            "_pk_client_dirty",
+            "_num_transactions",
+            "_pipeline",
         )
     )
-    clean_state = (int(pq.TransactionStatus.IDLE), False, False, 0)
-    check_state = (int(pq.TransactionStatus.IDLE), CHECK, False, 0)
+    clean_state = (int(pq.TransactionStatus.IDLE), False, False, 0, None)
+    check_state = (int(pq.TransactionStatus.IDLE), CHECK, False, 0, None)
     save_client_state = staticmethod(save_client_state)
     restore_client_state = staticmethod(restore_client_state)
 
