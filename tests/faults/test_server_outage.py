@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
-import threading
 import time
 from collections.abc import Callable
 
 import pytest
 
 from poolkeeper import ConnectionFailed, Pool, PoolTimeout
-from tests.behaviour.kinds import PER_MODEL_KINDS, AnyPool, Kind, fetchval
-from tests.faults.conftest import Report, ServerFactory, wait_until
-from tests.faults.load import restart_under_load
+from tests.behaviour.kinds import ALL_KINDS, PER_MODEL_KINDS, AnyPool, Kind, fetchval
+from tests.faults.conftest import Report, ServerFactory
+from tests.faults.load import restart_under_load, restart_under_load_async
 
 pytestmark = pytest.mark.fault
 
@@ -20,23 +20,30 @@ PoolMaker = Callable[..., Pool]
 KindPools = Callable[..., AnyPool]
 
 
-@pytest.mark.one_model(
-    "threads",
-    twin="tests/faults/test_async_outage.py::test_async_restart_under_load",
-)
-def test_restart_under_load(own_server: ServerFactory, pools: PoolMaker, report: Report) -> None:
-    """Fast shutdown and start while 8 threads query: nobody hangs, and every query
-    started 1 s after the server accepts connections again succeeds."""
+@pytest.mark.parametrize("kind", ALL_KINDS)
+async def test_restart_under_load(
+    own_server: ServerFactory, kind_pools: KindPools, report: Report, kind: Kind
+) -> None:
+    """Fast shutdown and start while 8 threads (Pool) or tasks (AsyncPool) query: nobody
+    hangs, and every query started 1 s after the server accepts connections again
+    succeeds."""
     server = own_server()
     timeout = 3.0
-    pool = pools(server.dsn, name="fault-restart", min_size=4, max_size=8, timeout=timeout)
-    pool.wait(timeout=10)
+    pool = kind_pools(
+        server.dsn, name=f"fault-restart-{kind.id}", min_size=4, max_size=8, timeout=timeout
+    )
+    await pool.wait(timeout=10)
 
-    def query() -> None:
-        with pool.connection() as conn:
-            conn.execute("SELECT pg_sleep(0.005)")
+    async def query() -> None:
+        async with pool.connection() as conn:
+            await fetchval(conn, "SELECT pg_sleep(0.005)::text")
 
-    run = restart_under_load(server, query, timeout=timeout)
+    if kind.is_async:
+        run = await restart_under_load_async(server, query, timeout=timeout)
+    else:
+        # A Pool's calls never suspend: each query runs to its end on the worker thread.
+        step = kind.hook(lambda _: query())
+        run = restart_under_load(server, lambda: step(None), timeout=timeout)
     first_ok_after_up = min(
         (a.started + a.elapsed for a in run.attempts if not a.error and a.started >= run.up_at),
         default=float("inf"),
@@ -94,45 +101,32 @@ async def test_server_down_at_start_with_breaker(
     assert isinstance(caught.value.__cause__, ConnectionFailed)
 
 
-@pytest.mark.one_model(
-    "threads",
-    twin="tests/faults/test_async_outage.py::test_async_circuit_breaker_fails_50_callers_fast",
-)
-def test_circuit_breaker_fails_50_callers_fast(
-    own_server: ServerFactory, pools: PoolMaker, report: Report
+@pytest.mark.parametrize("kind", ALL_KINDS)
+async def test_circuit_breaker_fails_50_callers_fast(
+    own_server: ServerFactory, kind_pools: KindPools, report: Report, kind: Kind
 ) -> None:
-    """Server stopped: 50 callers with timeout=10 all get ConnectionFailed well before it;
-    after a restart the pool serves again."""
+    """Server stopped: 50 callers (threads or tasks) with timeout=10 all get
+    ConnectionFailed well before it; after a restart the same pool serves again."""
     server = own_server()
-    pool = pools(server.dsn, name="fault-breaker", min_size=2, max_size=10, timeout=10)
-    pool.wait(timeout=10)
-    server.stop("fast")
+    pool = kind_pools(
+        server.dsn, name=f"fault-breaker-{kind.id}", min_size=2, max_size=10, timeout=10
+    )
+    await pool.wait(timeout=10)
+    await asyncio.to_thread(server.stop, "fast")
     # Connections used within check_after are lent unchecked (that is the setting's
     # promise); here they have sat idle longer, so every borrow verifies first.
-    time.sleep(pool.config.check_after + 0.05)
-    results: list[tuple[float, BaseException | None]] = []
-    lock = threading.Lock()
-    go = threading.Event()
+    await asyncio.sleep(pool.config.check_after + 0.05)
 
-    def caller() -> None:
-        go.wait()
+    async def caller() -> tuple[float, BaseException | None]:
         started = time.monotonic()
-        error: BaseException | None = None
         try:
-            with pool.connection() as conn:
-                conn.execute("SELECT 1")
+            async with pool.connection() as conn:
+                await fetchval(conn, "SELECT 1")
         except Exception as exc:
-            error = exc
-        with lock:
-            results.append((time.monotonic() - started, error))
+            return time.monotonic() - started, exc
+        return time.monotonic() - started, None
 
-    threads = [threading.Thread(target=caller, daemon=True) for _ in range(50)]
-    for thread in threads:
-        thread.start()
-    go.set()
-    for thread in threads:
-        thread.join(12)
-    assert len(results) == 50
+    results = await asyncio.wait_for(asyncio.gather(*(kind.spawn(caller()) for _ in range(50))), 12)
     slowest = max(elapsed for elapsed, _ in results)
     report["callers"] = 50
     report["slowest_failure_s"] = slowest
@@ -146,18 +140,16 @@ def test_circuit_breaker_fails_50_callers_fast(
     assert all(error.__cause__ is not None for _, error in results if error)
     assert pool.health()["status"] == "down"
 
-    server.start()
+    await asyncio.to_thread(server.start)
     up_at = time.monotonic()
-
-    def serves() -> bool:
+    deadline = up_at + 10
+    while True:
         try:
-            with pool.connection(timeout=1) as conn:
-                conn.execute("SELECT 1")
+            async with pool.connection(timeout=1) as conn:
+                assert await fetchval(conn, "SELECT 41 + 1") == 42
+            break
         except (ConnectionFailed, PoolTimeout):
-            time.sleep(0.02)
-            return False
-        return True
-
-    wait_until(serves, 10, "the pool to serve after restart")
+            assert time.monotonic() < deadline, "the pool did not serve after the restart"
+            await asyncio.sleep(0.02)
     report["serving_after_start_s"] = time.monotonic() - up_at
     assert pool.health()["status"] in ("ok", "degraded")
