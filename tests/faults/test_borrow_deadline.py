@@ -6,13 +6,12 @@ ROLLBACK, DISCARD ALL) end too."""
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections.abc import Callable
 
 import pytest
 
-from poolkeeper import Pool, PoolTimeout
+from poolkeeper import PoolTimeout
 from poolkeeper.embedded import LocalServer
 from tests.behaviour.kinds import ALL_KINDS, AnyPool, Kind
 from tests.faults.conftest import Report
@@ -56,50 +55,3 @@ async def test_a_borrow_on_a_silent_network_ends_at_its_timeout(
         assert took < BORROW_TIMEOUT + 0.5 < CONNECT_TIMEOUT
     finally:
         proxy.heal()
-
-
-@pytest.mark.one_model("threads", "psycopg2 is a sync-only driver")
-@pytest.mark.parametrize("left", ["in a transaction", "with session state"])
-def test_a_psycopg2_return_does_not_hang_on_a_silent_server(
-    shared_server: LocalServer,
-    proxy_to: Callable[[int], FaultProxy],
-    report: Report,
-    left: str,
-) -> None:
-    proxy = proxy_to(shared_server.port)
-    connect_timeout = 1.0
-    pool = Pool(
-        proxy.dsn,
-        driver="psycopg2",
-        name="fault-return-psycopg2",
-        min_size=1,
-        max_size=1,
-        connect_timeout=connect_timeout,
-    )
-    try:
-        conn = pool.getconn(timeout=10)
-        cur = conn.cursor()
-        if left == "in a transaction":
-            cur.execute("SELECT 1")
-        else:
-            conn.autocommit = True
-            cur.execute("SET search_path = public")
-        proxy.blackhole()
-        done = threading.Event()
-        start = time.monotonic()
-
-        def give_back() -> None:
-            pool.putconn(conn)
-            done.set()
-
-        worker = threading.Thread(target=give_back, daemon=True)
-        worker.start()
-        worker.join(connect_timeout + 5)
-        took = time.monotonic() - start
-        report["returned_after_s"] = took
-        assert done.is_set(), "putconn hung"
-        assert connect_timeout - 0.1 < took < connect_timeout + 0.5
-        assert pool.stats().idle == 0
-    finally:
-        proxy.heal()
-        pool.close(1.0)
