@@ -348,6 +348,26 @@ def test_psycopg_pipeline_left_entered_reaches_no_next_borrower(dsn: str, autoco
     assert after[1:] == fresh[1:]
 
 
+@pytest.mark.one_model("threads", "psycopg2's own reset(), a sync-only driver")
+def test_psycopg2_reset_does_not_take_configures_settings_from_the_next_borrower(
+    dsn: str,
+) -> None:
+    def configure(conn: Any) -> None:
+        with conn.cursor() as cur:
+            cur.execute("SET work_mem = '7MB'")
+        conn.commit()
+
+    with Pool(dsn, driver="psycopg2", min_size=1, max_size=1, configure=configure) as pool:
+        with pool.connection() as conn:
+            fresh = _fingerprint(conn)
+        with pool.connection() as conn:
+            conn.reset()  # RESET ALL and SET SESSION AUTHORIZATION DEFAULT, in C
+        with pool.connection() as conn:
+            after = _fingerprint(conn)
+    assert after[0] == fresh[0], "the connection was replaced, not reset"
+    assert after == fresh
+
+
 class _UserCursor(psycopg2.extensions.cursor):
     def execute(self, query: Any, vars: Any = None) -> Any:
         return super().execute(query, vars)

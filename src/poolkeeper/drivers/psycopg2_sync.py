@@ -173,6 +173,13 @@ class PoolConnection2(psycopg2.extensions.connection):
         self._pk_client_dirty = True
         super().set_isolation_level(level)
 
+    def reset(self) -> None:
+        """psycopg2's ``reset``: its ``RESET ALL`` (sent beneath the cursors) also
+        undoes what ``configure=`` set, so the session is reset on return, and
+        ``configure=`` runs again."""
+        self._pk_dirty = True
+        super().reset()
+
     def tpc_begin(self, xid: Any) -> None:
         """psycopg2's ``tpc_begin``; the connection is discarded on return (psycopg2
         keeps the xid, refusing commit() and rollback(), until the transaction ends
