@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from poolkeeper import AsyncDatabase, Database
+from tests.behaviour.kinds import PER_MODEL_KINDS, Kind, commit, execute
 from tests.conftest import settled_backends
 from tests.faults.conftest import Report
 
@@ -24,93 +24,48 @@ REQUEST_S = 0.05
 WORKERS = 8
 
 
-@pytest.mark.one_model(
-    "threads",
-    twin="tests/faults/test_shutdown_under_load.py::test_async_shutdown_under_load",
-)
-def test_sync_shutdown_under_load(dsn: str, admin: psycopg.Connection[Any], report: Report) -> None:
-    name = "pk-shutdown-load"
-    db = Database(name, dsn, min_size=2, max_size=4, timeout=10)
+@pytest.mark.parametrize("kind", PER_MODEL_KINDS)
+async def test_shutdown_under_load(
+    dsn: str, admin: psycopg.Connection[Any], report: Report, kind: Kind
+) -> None:
+    """8 threads (Database) or tasks (AsyncDatabase) serve requests while
+    close_all_connections() runs."""
+    name = f"pk-shutdown-load-{kind.id}"
+    db = kind.database(name, dsn=dsn, min_size=2, max_size=4, timeout=10)
     outcomes: collections.Counter[str] = collections.Counter()
     lock = threading.Lock()
     stopping = threading.Event()
 
-    def worker() -> None:
+    async def worker() -> None:
         while not stopping.is_set():
             try:
-                conn = db.get_connection()
+                conn = await db.get_connection()
             except Exception as exc:  # counted: the test asserts there are none
                 what = f"borrow {type(exc).__name__}"
             else:
                 try:
-                    conn.execute("SELECT pg_sleep(%s)", [REQUEST_S])
-                    conn.commit()
-                    db.release_connection(conn)
+                    await execute(conn, f"SELECT pg_sleep({REQUEST_S})")
+                    await commit(conn)
+                    await db.release_connection(conn)
                     what = "served"
                 except Exception as exc:
                     what = f"release {type(exc).__name__}"
             with lock:
                 outcomes[what] += 1
+            await asyncio.sleep(0)
 
-    threads = [threading.Thread(target=worker) for _ in range(WORKERS)]
-    for thread in threads:
-        thread.start()
-    time.sleep(0.5)
-    stopping.set()
-    started = time.monotonic()
-    db.close_all_connections(timeout=10)
-    closed_in = time.monotonic() - started
-    for thread in threads:
-        thread.join(10)
-    # A request that began just after close() started opened a fresh pool: close it.
-    db.close_all_connections(timeout=10)
-    _report_and_check(report, outcomes, closed_in, settled_backends(admin, name, []))
-
-
-@pytest.mark.one_model(
-    "asyncio",
-    twin="tests/faults/test_shutdown_under_load.py::test_sync_shutdown_under_load",
-)
-def test_async_shutdown_under_load(
-    dsn: str, admin: psycopg.Connection[Any], report: Report
-) -> None:
-    name = "pk-ashutdown-load"
-
-    async def run() -> tuple[collections.Counter[str], float]:
-        db = AsyncDatabase(name, dsn, min_size=2, max_size=4, timeout=10)
-        outcomes: collections.Counter[str] = collections.Counter()
-        stopping = asyncio.Event()
-
-        async def worker() -> None:
-            while not stopping.is_set():
-                try:
-                    conn = await db.get_connection()
-                except Exception as exc:
-                    outcomes[f"borrow {type(exc).__name__}"] += 1
-                    await asyncio.sleep(0)
-                    continue
-                try:
-                    await conn.execute("SELECT pg_sleep(%s)", [REQUEST_S])
-                    await conn.commit()
-                    await db.release_connection(conn)
-                    outcomes["served"] += 1
-                except Exception as exc:
-                    outcomes[f"release {type(exc).__name__}"] += 1
-
-        try:
-            tasks = [asyncio.create_task(worker()) for _ in range(WORKERS)]
-            await asyncio.sleep(0.5)
-            stopping.set()
-            started = time.monotonic()
-            await db.close_all_connections(timeout=10)
-            closed_in = time.monotonic() - started
-            await asyncio.wait_for(asyncio.gather(*tasks), 10)
-            await db.close_all_connections(timeout=10)
-            return outcomes, closed_in
-        finally:
-            await AsyncDatabase.reset_all(timeout=1)
-
-    outcomes, closed_in = asyncio.run(run())
+    try:
+        workers = [kind.spawn(worker()) for _ in range(WORKERS)]
+        await asyncio.sleep(0.5)
+        stopping.set()
+        started = time.monotonic()
+        await db.close_all_connections(timeout=10)
+        closed_in = time.monotonic() - started
+        await asyncio.wait_for(asyncio.gather(*workers), 10)
+        # A request that began just after close() started opened a fresh pool: close it.
+        await db.close_all_connections(timeout=10)
+    finally:
+        await kind.forget_databases()
     _report_and_check(report, outcomes, closed_in, settled_backends(admin, name, []))
 
 
