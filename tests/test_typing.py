@@ -13,7 +13,6 @@ from typing import Any
 import asyncpg
 import psycopg
 import psycopg2.extensions
-import pytest
 from typing_extensions import assert_type
 
 from poolkeeper import AsyncDatabase, AsyncPool, Database, Pool, PoolConfig
@@ -75,11 +74,7 @@ async def _async_database(db: AsyncDatabase[asyncpg.Connection]) -> AsyncIterato
         assert_type(conn, asyncpg.Connection)
 
 
-@pytest.mark.one_model(
-    "threads",
-    twin="tests/test_typing.py::test_async_pool_types_follow_the_driver",
-)
-def test_pool_types_follow_the_driver(dsn: str) -> None:
+async def test_pool_types_follow_the_driver(dsn: str) -> None:
     pools: list[Pool[Any]] = [
         assert_type(Pool(dsn, open=False), Pool[psycopg.Connection[Any]]),
         assert_type(Pool(dsn, open=False, driver="psycopg"), Pool[psycopg.Connection[Any]]),
@@ -87,24 +82,18 @@ def test_pool_types_follow_the_driver(dsn: str) -> None:
         # With config= the driver is only known at run time.
         assert_type(Pool(config=PoolConfig.build(dsn), open=False), Pool[Any]),
     ]
-    for pool in pools:
-        pool.close()
-
-
-@pytest.mark.one_model(
-    "asyncio",
-    twin="tests/test_typing.py::test_pool_types_follow_the_driver",
-)
-async def test_async_pool_types_follow_the_driver(dsn: str) -> None:
-    pools: list[AsyncPool[Any]] = [
+    async_pools: list[AsyncPool[Any]] = [
         assert_type(AsyncPool(dsn, open=False), AsyncPool[psycopg.AsyncConnection[Any]]),
         assert_type(
             AsyncPool(dsn, open=False, driver="psycopg"), AsyncPool[psycopg.AsyncConnection[Any]]
         ),
         assert_type(AsyncPool(dsn, open=False, driver="asyncpg"), AsyncPool[asyncpg.Connection]),
+        assert_type(AsyncPool(config=PoolConfig.build(dsn), open=False), AsyncPool[Any]),
     ]
     for pool in pools:
-        await pool.close()
+        pool.close()
+    for async_pool in async_pools:
+        await async_pool.close()
 
 
 def test_database_types_follow_the_driver(dsn: str) -> None:
