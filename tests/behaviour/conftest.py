@@ -21,7 +21,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         "kind" in marker.args[0] for marker in metafunc.definition.iter_markers("parametrize")
     ):
         per_model = metafunc.definition.get_closest_marker("per_model") is not None
-        metafunc.parametrize("kind", PER_MODEL_KINDS if per_model else ALL_KINDS)
+        # Indirect: through the kind fixture, which skips what differs() documents.
+        metafunc.parametrize("kind", PER_MODEL_KINDS if per_model else ALL_KINDS, indirect=True)
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from typing import Any
 import psycopg
 import psycopg.client_cursor
 from psycopg import pq
+from psycopg._preparing import Prepare
 
 try:
     from psycopg._cursor_base import BaseCursor
@@ -98,38 +99,59 @@ def _tracked_execute_send(base: Callable[..., None]) -> Callable[..., None]:
     return _execute_send
 
 
-def _tracked_send_prepare(base: Callable[..., None]) -> Callable[..., None]:
-    def _send_prepare(self: Any, name: bytes, query: Any, *args: Any, **kwargs: Any) -> None:
+def _tracked_get_prepared(base: Callable[..., Any]) -> Callable[..., Any]:
+    del base  # replaced, not wrapped: psycopg's is the one line below
+
+    def _get_prepared(self: Any, pgq: Any, prepare: bool | None = None) -> Any:
+        # Every execute() and executemany() asks here whether its statement is
+        # prepared; one that is (or is about to be) is sent by name, never through
+        # _execute_send, so it is judged here. Judged on each run, not once when
+        # prepared: a CHECK return that finds nothing changed keeps the statement, and
+        # the next borrower's arguments may make it change the session.
         conn = self._conn
-        if getattr(conn, "_pk_dirty", True) is not True:
-            verdict = touches_session(query.query)
+        answer = conn._prepared.get(pgq, prepare)
+        if answer[0] is not _NOT_PREPARED and getattr(conn, "_pk_dirty", True) is not True:
+            text = pgq.query
+            try:
+                verdict = KNOWN_VERDICTS[text]
+            except (KeyError, TypeError):
+                verdict = touches_session(text)
             if verdict:
                 conn._pk_dirty = verdict
-        base(self, name, query, *args, **kwargs)
+        return answer
 
-    _send_prepare._pk_tracks = True  # type: ignore[attr-defined]
-    return _send_prepare
+    _get_prepared._pk_tracks = True  # type: ignore[attr-defined]
+    return _get_prepared
 
+
+_NOT_PREPARED = Prepare.NO
 
 #: The cursor classes whose methods send a statement's text to the server: every
 #: psycopg cursor (Cursor, ClientCursor, RawCursor, ServerCursor and their async
-#: twins, and any subclass) inherits these two layers.
+#: twins, and any subclass) inherits these two layers. Only BaseCursor's
+#: _get_prepared is replaced: ClientCursorMixin's never prepares, and must stay so.
 _SENDERS = (BaseCursor, psycopg.client_cursor.ClientCursorMixin)
+_REPLACED_ONLY_ON_BASE = "_get_prepared"
 
 
 def track_statements() -> None:
     """Judge every statement a psycopg cursor sends on a pool connection.
 
     psycopg has no connection-level method that sees a query's text: each cursor
-    class sends it itself, through ``_execute_send`` (execute, executemany, stream,
-    copy, a named cursor's DECLARE, pipelines) or ``_send_prepare`` (a statement
-    prepared before it first runs). Both are wrapped here, once per process, on the
-    classes that define them, so every cursor class reaches the check whether the
-    borrower made it through ``conn.cursor()``, ``conn.execute()`` or directly
-    (``psycopg.ClientCursor(conn)``); connections that are not the pool's are left
-    to psycopg after one attribute lookup. Idempotent.
+    class sends it itself, through ``_execute_send`` when it sends the text
+    (execute, executemany, stream, copy, a named cursor's DECLARE, pipelines), or by
+    name once psycopg has prepared it (``_send_prepare``, then
+    ``_send_query_prepared`` on every later run: after ``prepare_threshold`` runs,
+    at once with ``prepare=True`` or in executemany). Every execute() and
+    executemany() first asks ``_get_prepared`` which way its statement goes, so
+    that method, replaced rather than wrapped (no extra call), judges the prepared
+    way, and ``_execute_send`` (wrapped) the other. Both are hooked once per process,
+    on the classes that define them, so every cursor class reaches the check whether
+    the borrower made it through ``conn.cursor()``, ``conn.execute()`` or directly
+    (``psycopg.ClientCursor(conn)``, which never prepares); connections that are not
+    the pool's are left to psycopg after one attribute lookup. Idempotent.
     """
-    hooks = (("_execute_send", _tracked_execute_send), ("_send_prepare", _tracked_send_prepare))
+    hooks = (("_execute_send", _tracked_execute_send), ("_get_prepared", _tracked_get_prepared))
     if not all(callable(getattr(BaseCursor, name, None)) for name, _ in hooks):
         # Statements would go untracked, and session state would leak unseen.
         raise ConfigurationError(
@@ -140,6 +162,8 @@ def track_statements() -> None:
     for cls in _SENDERS:
         for name, wrap in hooks:
             base = cls.__dict__.get(name)
+            if cls is not BaseCursor and name == _REPLACED_ONLY_ON_BASE:
+                continue
             if base is not None and not getattr(base, "_pk_tracks", False):
                 setattr(cls, name, wrap(base))
 
