@@ -976,6 +976,15 @@ def test_every_asyncpg_query_method_is_tracked() -> None:
     }
     tracked = public & set(vars(PoolAsyncpgConnection))
     assert public - tracked == _ASYNCPG_NO_CALLER_SQL
+    # A PreparedStatement runs later by arguments alone: every public method of it
+    # passes the (tracked) validity check first.
+    statement: Any = asyncpg.prepared_stmt.PreparedStatement
+    assert getattr(statement._check_conn_validity, "_pk_tracks", False)
+    for name in dir(statement):
+        method = getattr(statement, name)
+        if not name.startswith("_") and callable(method):
+            # asyncpg's connresource.guarded wrapper calls it.
+            assert "_check_conn_validity" in method.__code__.co_names, name
 
 
 def test_every_psycopg2_cursor_method_that_sends_sql_is_tracked() -> None:

@@ -136,3 +136,28 @@ async def test_every_way_psycopg_prepares_is_judged(
     async with pool.connection() as conn:
         assert backend_pid(conn) == pid, "the connection was replaced, not reset"
         assert await fetchval(conn, FINGERPRINT_TEXT) == fresh
+
+
+@pytest.mark.differs(
+    ["sync-psycopg", "async-psycopg", "sync-psycopg2"],
+    reason="only asyncpg hands out prepared statement objects (docs/design.md, statement tracking)",
+)
+@pytest.mark.usefixtures("_set_name_function")
+async def test_an_asyncpg_prepared_statement_run_by_a_later_borrower_is_judged(
+    make_pool: MakePool, kind: Kind, dsn: str
+) -> None:
+    # SQLAlchemy's asyncpg dialect does this: it keeps PreparedStatement objects per
+    # connection, and runs a cached one by its arguments alone.
+    pool = make_pool(min_size=1, max_size=1)
+    async with pool.connection() as conn:
+        pid = backend_pid(conn)
+        fresh = await fetchval(conn, FINGERPRINT_TEXT)
+    async with pool.connection() as conn:
+        statement = await conn.prepare("SELECT pk_prep_f($1)")
+        await statement.fetchval("")
+    async with pool.connection() as conn:
+        await statement.fetchval(LEAKED)
+        assert _application_name(dsn, pid) == LEAKED  # it ran
+    async with pool.connection() as conn:
+        assert backend_pid(conn) == pid, "the connection was replaced, not reset"
+        assert await fetchval(conn, FINGERPRINT_TEXT) == fresh

@@ -414,6 +414,50 @@ class PoolAsyncpgConnection(asyncpg.Connection):
         await asyncpg.Connection.set_builtin_type_codec(self, typename, **kwargs)
 
 
+def track_prepared_statements() -> None:
+    """Judge every run of an ``asyncpg.PreparedStatement`` made on a pool connection.
+
+    ``conn.prepare()`` is judged when called, but the object it returns runs its
+    statement later by arguments alone, possibly in a later borrow: SQLAlchemy's
+    asyncpg dialect keeps them per connection and runs a cached one for every
+    repeated query. A verdict that asked for a settings check passed at the return
+    that followed the prepare; the same statement with other arguments may change
+    the session. Every public method of the statement first calls
+    ``_check_conn_validity`` (asyncpg's ``connresource.guarded``), which is wrapped
+    here once per process; statements of connections that are not the pool's pay
+    one attribute lookup. Idempotent.
+    """
+    cls = asyncpg.prepared_stmt.PreparedStatement
+    base = cls.__dict__.get("_check_conn_validity")
+    if base is None:
+        # Prepared statements would run untracked, and session state would leak unseen.
+        raise ConfigurationError(
+            f"driver: asyncpg {asyncpg.__version__} no longer checks its prepared "
+            "statements where poolkeeper tracks them; install the asyncpg version "
+            "poolkeeper supports (pip install -U poolkeeper 'asyncpg>=0.29')"
+        )
+    if getattr(base, "_pk_tracks", False):
+        return
+
+    def _check_conn_validity(self: Any, meth_name: str) -> None:
+        base(self, meth_name)
+        conn = self._connection
+        if getattr(conn, "_pk_dirty", True) is not True:
+            query = self._query
+            try:
+                verdict = KNOWN_VERDICTS[query]
+            except (KeyError, TypeError):
+                verdict = touches_session(query)
+            if verdict:
+                conn._pk_dirty = verdict
+
+    _check_conn_validity._pk_tracks = True  # type: ignore[attr-defined]
+    setattr(cls, "_check_conn_validity", _check_conn_validity)  # noqa: B010  (not in asyncpg's type stubs)
+
+
+track_prepared_statements()
+
+
 def _no_settings(source: Any) -> object:
     """What a connection reads before its first baseline: nothing."""
     return ()
