@@ -17,6 +17,10 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from poolkeeper import ConfigurationError
 from poolkeeper.integrations.sqlalchemy import create_async_engine, create_engine
+from tests.behaviour.test_prepared import (  # the fixture is shared, not redefined
+    LEAKED,
+    _set_name_function,  # noqa: F401
+)
 
 
 class Base(DeclarativeBase):
@@ -255,6 +259,32 @@ async def test_async_engine_crud_concurrency_and_backend_reuse(
         async with engine.connect() as conn:
             assert (await conn.execute(sa.text("SELECT pg_backend_pid()"))).scalar() not in pids
         assert "in use=0" in engine.pool.status()
+    finally:
+        await engine.pool.database.close_all_connections(2.0)  # type: ignore[attr-defined]
+
+
+@pytest.mark.usefixtures("_set_name_function")
+@pytest.mark.parametrize("driver", ["psycopg", "asyncpg"])
+async def test_async_engine_statement_cache_reaches_no_next_borrower(
+    dsn: str, admin: psycopg.Connection[Any], driver: str
+) -> None:
+    # The asyncpg dialect keeps a PreparedStatement per query text on the connection
+    # and runs a cached one by its arguments alone; psycopg prepares repeated queries.
+    app = f"pk-sa-prepared-{driver}"
+    engine = create_async_engine(dsn, driver=driver, min_size=1, max_size=1, name=app)
+    query = sa.text("SELECT pk_prep_f(:x)")
+    try:
+        async with engine.connect() as conn:
+            for _ in range(8):
+                await conn.execute(query, {"x": ""})
+            await conn.commit()
+        async with engine.connect() as conn:
+            await conn.execute(query, {"x": LEAKED})
+            await conn.commit()
+            (pid,) = app_pids(admin, LEAKED)  # it ran, and changed the session
+        async with engine.connect() as conn:
+            assert (await conn.execute(sa.text("SELECT pg_backend_pid()"))).scalar() == pid
+            assert app_pids(admin, app) == {pid}
     finally:
         await engine.pool.database.close_all_connections(2.0)  # type: ignore[attr-defined]
 
