@@ -161,3 +161,29 @@ async def test_an_asyncpg_prepared_statement_run_by_a_later_borrower_is_judged(
     async with pool.connection() as conn:
         assert backend_pid(conn) == pid, "the connection was replaced, not reset"
         assert await fetchval(conn, FINGERPRINT_TEXT) == fresh
+
+
+@pytest.mark.differs(
+    ["sync-psycopg2", "async-asyncpg"],
+    reason="only psycopg 3 prepares this way (docs/design.md, statement tracking)",
+)
+@pytest.mark.usefixtures("_set_name_function")
+async def test_a_psycopg_whose_get_prepared_changed_is_still_judged(
+    make_pool: MakePool, kind: Kind, dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The hook replaces psycopg's one-line _get_prepared; a psycopg whose own differs
+    # gets it wrapped instead, and must be as safe.
+    from psycopg._cursor_base import BaseCursor
+
+    from poolkeeper.drivers.psycopg_common import _tracked_get_prepared
+
+    def other_get_prepared(self: Any, pgq: Any, prepare: bool | None = None) -> Any:
+        manager = self._conn._prepared
+        return type(manager).get(manager, pgq, prepare)
+
+    wrapped = _tracked_get_prepared(other_get_prepared)
+    assert wrapped.__name__ == "_wrapped_get_prepared"
+    monkeypatch.setattr(BaseCursor, "_get_prepared", wrapped)
+    await test_a_prepared_statement_that_changes_a_setting_reaches_no_next_borrower(
+        make_pool, kind, dsn
+    )

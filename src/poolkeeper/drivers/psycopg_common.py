@@ -99,15 +99,41 @@ def _tracked_execute_send(base: Callable[..., None]) -> Callable[..., None]:
     return _execute_send
 
 
+#: What psycopg's own _get_prepared reads (3.2 and 3.3): ``self._conn._prepared.get``.
+_GET_PREPARED_NAMES = ("_conn", "_prepared", "get")
+
+
+def _judge_prepared(conn: Any, pgq: Any) -> None:
+    if getattr(conn, "_pk_dirty", True) is not True:
+        text = pgq.query
+        try:
+            verdict = KNOWN_VERDICTS[text]
+        except (KeyError, TypeError):
+            verdict = touches_session(text)
+        if verdict:
+            conn._pk_dirty = verdict
+
+
 def _tracked_get_prepared(base: Callable[..., Any]) -> Callable[..., Any]:
-    del base  # replaced, not wrapped: psycopg's is the one line below
+    # Every execute() and executemany() asks _get_prepared whether its statement is
+    # prepared; one that is (or is about to be) is sent by name, never through
+    # _execute_send, so it is judged here. Judged on each run, not once when prepared:
+    # a CHECK return that finds nothing changed keeps the statement, and the next
+    # borrower's arguments may make it change the session.
+    code = getattr(base, "__code__", None)
+    if code is None or code.co_names != _GET_PREPARED_NAMES:
+        # Not the one line this replaces: wrapped instead (one call more per statement).
+        def _wrapped_get_prepared(self: Any, pgq: Any, prepare: bool | None = None) -> Any:
+            answer = base(self, pgq, prepare)
+            if answer[0] is not _NOT_PREPARED:
+                _judge_prepared(self._conn, pgq)
+            return answer
+
+        _wrapped_get_prepared._pk_tracks = True  # type: ignore[attr-defined]
+        return _wrapped_get_prepared
 
     def _get_prepared(self: Any, pgq: Any, prepare: bool | None = None) -> Any:
-        # Every execute() and executemany() asks here whether its statement is
-        # prepared; one that is (or is about to be) is sent by name, never through
-        # _execute_send, so it is judged here. Judged on each run, not once when
-        # prepared: a CHECK return that finds nothing changed keeps the statement, and
-        # the next borrower's arguments may make it change the session.
+        # psycopg's own line, then the check inline: no call beyond what psycopg makes.
         conn = self._conn
         answer = conn._prepared.get(pgq, prepare)
         if answer[0] is not _NOT_PREPARED and getattr(conn, "_pk_dirty", True) is not True:
