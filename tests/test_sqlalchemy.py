@@ -271,20 +271,29 @@ async def test_async_engine_statement_cache_reaches_no_next_borrower(
     # The asyncpg dialect keeps a PreparedStatement per query text on the connection
     # and runs a cached one by its arguments alone; psycopg prepares repeated queries.
     app = f"pk-sa-prepared-{driver}"
+    leaked = f"{app}-{LEAKED}"
     engine = create_async_engine(dsn, driver=driver, min_size=1, max_size=1, name=app)
     query = sa.text("SELECT pk_prep_f(:x)")
+
+    def application_name(pid: int) -> Any:
+        row = admin.execute(
+            "SELECT application_name FROM pg_stat_activity WHERE pid = %s", [pid]
+        ).fetchone()
+        return row and row[0]
+
     try:
         async with engine.connect() as conn:
+            pid = (await conn.execute(sa.text("SELECT pg_backend_pid()"))).scalar_one()
             for _ in range(8):
                 await conn.execute(query, {"x": ""})
             await conn.commit()
         async with engine.connect() as conn:
-            await conn.execute(query, {"x": LEAKED})
+            await conn.execute(query, {"x": leaked})
             await conn.commit()
-            (pid,) = app_pids(admin, LEAKED)  # it ran, and changed the session
+            assert application_name(pid) == leaked  # it ran, on the one backend
         async with engine.connect() as conn:
             assert (await conn.execute(sa.text("SELECT pg_backend_pid()"))).scalar() == pid
-            assert app_pids(admin, app) == {pid}
+            assert application_name(pid) == app
     finally:
         await engine.pool.database.close_all_connections(2.0)  # type: ignore[attr-defined]
 
