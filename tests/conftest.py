@@ -11,11 +11,15 @@ import logging
 import os
 import signal
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 from poolkeeper import Database, Pool
 from poolkeeper.embedded import LocalServer
@@ -23,18 +27,47 @@ from poolkeeper.embedded import LocalServer
 pytest_plugins: list[str] = ["pytester", "tests.pool_kinds"]
 
 
+#: Unique to this run (and to each xdist worker): names of the objects a test makes
+#: that live in the whole cluster (roles, databases), so two runs sharing a server
+#: never create, use or drop each other's.
+RUN_TAG = f"{os.getpid()}_{uuid.uuid4().hex[:6]}"
+
+
 @pytest.fixture(scope="session")
 def dsn() -> Iterator[str]:
-    """The DSN of the server the suite runs against."""
+    """The DSN of the server the suite runs against.
+
+    On a server given by ``POOLKEEPER_TEST_DSN``, which other runs may share, a database
+    of this run's own: tables, functions, schemas, LISTEN channels and advisory locks
+    are per database, so the tests' fixed names cannot meet another run's.
+    """
     given = os.environ.get("POOLKEEPER_TEST_DSN")
     if given:
-        yield given
+        yield from _own_database(given)
         return
     server = LocalServer().start()
     try:
         yield server.dsn
     finally:
         server.stop(remove=True)
+
+
+def _own_database(given: str) -> Iterator[str]:
+    name = f"pk_test_{RUN_TAG}"
+    with psycopg.connect(given, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        # The same spelling as given (a URL, or key=value): tests take DSNs apart.
+        if given.startswith(("postgres://", "postgresql://")):
+            url = urlsplit(given)
+            yield urlunsplit(url._replace(path=f"/{name}"))
+        else:
+            yield make_conninfo(given, dbname=name)
+    finally:
+        with psycopg.connect(given, autocommit=True) as admin:
+            admin.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
 
 
 @pytest.fixture
@@ -109,7 +142,8 @@ def settled_backends(
 def backends(admin: psycopg.Connection[Any], application_name: str) -> list[int]:
     """Backend pids connected with ``application_name``."""
     rows = admin.execute(
-        "SELECT pid FROM pg_stat_activity WHERE application_name = %s ORDER BY pid",
+        "SELECT pid FROM pg_stat_activity"
+        " WHERE datname = current_database() AND application_name = %s ORDER BY pid",
         [application_name],
     ).fetchall()
     return [row[0] for row in rows]

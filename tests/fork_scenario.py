@@ -131,7 +131,8 @@ class Scenario:
         # children, and it is no pool's, so nothing would make it inert there.
         with psycopg.connect(self.dsn, autocommit=True, connect_timeout=5) as admin:
             rows = admin.execute(
-                "SELECT pid FROM pg_stat_activity WHERE application_name = %s ORDER BY pid",
+                "SELECT pid FROM pg_stat_activity"
+                " WHERE datname = current_database() AND application_name = %s ORDER BY pid",
                 [self.name],
             ).fetchall()
         return [row[0] for row in rows]

@@ -224,7 +224,8 @@ async def test_tasks_cancelled_while_waiting_or_holding_never_lose_a_connection(
     # The server agrees: exactly the pool's connections, none left in a transaction.
     await wait_until(lambda: len(backends(admin, "pk-async-cancel")) == 3)
     states = admin.execute(
-        "SELECT state FROM pg_stat_activity WHERE application_name = 'pk-async-cancel'"
+        "SELECT state FROM pg_stat_activity"
+        " WHERE datname = current_database() AND application_name = 'pk-async-cancel'"
     ).fetchall()
     assert {s for (s,) in states} == {"idle"}
 

@@ -133,7 +133,8 @@ def test_demo_against_database_url_writes_nothing(dsn: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         after = conn.execute("SELECT count(*) FROM pg_class WHERE relpersistence = 'p'").fetchone()
         leftover = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pk-demo-%'"
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND application_name LIKE 'pk-demo-%'"
         ).fetchone()
     assert before == after
     assert leftover == (0,)

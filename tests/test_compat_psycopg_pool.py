@@ -689,7 +689,8 @@ async def test_async_conninfo_and_kwargs_may_be_coroutine_functions(
         await pool.wait(5)
         assert sorted(calls) == ["conninfo", "conninfo", "kwargs", "kwargs"]
         seen = admin.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE %s",
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND application_name LIKE %s",
             ["pk-compat-afetch-_"],
         ).fetchone()
         assert seen == (2,)

@@ -58,7 +58,9 @@ def _histogram_count(reading: Reading, name: str) -> int:
 
 def _backends(admin: psycopg.Connection[Any], name: str) -> int:
     row = admin.execute(
-        "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (name,)
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND application_name = %s",
+        (name,),
     ).fetchone()
     assert row is not None
     return int(row[0])

@@ -57,10 +57,13 @@ FINGERPRINT_ASYNCPG = FINGERPRINT
 @pytest.fixture(scope="module")
 def server_objects(dsn: str) -> Iterator[None]:
     """A role to SET ROLE to, a procedure and a SECURITY DEFINER function that change
-    settings, and a table for harmless statements; all dropped afterwards."""
+    settings, and a table for harmless statements; all but the role dropped afterwards."""
     with psycopg.connect(dsn, autocommit=True) as admin:
+        # Roles belong to the whole cluster: another run on the same server may be making
+        # or using this one now (the rest lives in the run's own database, tests/conftest.py).
         admin.execute(
-            f"DO $$ BEGIN CREATE ROLE {ROLE}; EXCEPTION WHEN duplicate_object THEN NULL; END $$"
+            f"DO $$ BEGIN CREATE ROLE {ROLE}; "
+            "EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$"
         )
         admin.execute(
             "CREATE OR REPLACE PROCEDURE pk_hyg_proc() LANGUAGE plpgsql AS "
@@ -92,7 +95,6 @@ def server_objects(dsn: str) -> Iterator[None]:
         admin.execute("DROP FUNCTION IF EXISTS pk_hyg_trig_fn()")
         admin.execute("DROP FUNCTION IF EXISTS pk_hyg_set_tz()")
         admin.execute("DROP PROCEDURE IF EXISTS pk_hyg_proc()")
-        admin.execute(f"DROP ROLE IF EXISTS {ROLE}")
 
 
 def test_the_fingerprint_itself_costs_no_reset() -> None:

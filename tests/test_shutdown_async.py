@@ -17,9 +17,11 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from tests.conftest import backends
+from tests.conftest import RUN_TAG, backends
 
-DBNAME = "pk_shutdown_hook"
+#: A database in the whole cluster: one per run, so two runs sharing a server never
+#: drop each other's.
+DBNAME = f"pk_shutdown_hook_{RUN_TAG}"
 
 _SCRIPT = textwrap.dedent(
     """
@@ -55,6 +57,13 @@ def hook_db(dsn: str, admin: psycopg.Connection[Any]) -> Iterator[str]:
     admin.execute(f"DROP DATABASE IF EXISTS {DBNAME} WITH (FORCE)")
 
 
+@pytest.fixture
+def hook_admin(hook_db: str) -> Iterator[psycopg.Connection[Any]]:
+    """A plain connection in the hook's database: ``backends()`` lists only those there."""
+    with psycopg.connect(hook_db, autocommit=True) as conn:
+        yield conn
+
+
 def _abandoned(admin: psycopg.Connection[Any]) -> int:
     admin.execute("SELECT pg_stat_clear_snapshot()")
     row = admin.execute(
@@ -66,7 +75,7 @@ def _abandoned(admin: psycopg.Connection[Any]) -> int:
 
 @pytest.mark.parametrize("hooked", ["hooked", "unhooked"])
 def test_sigterm_closes_async_and_sync_pools_cleanly(
-    hook_db: str, admin: psycopg.Connection[Any], hooked: str
+    hook_db: str, admin: psycopg.Connection[Any], hook_admin: psycopg.Connection[Any], hooked: str
 ) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     proc = subprocess.Popen(
@@ -79,8 +88,8 @@ def test_sigterm_closes_async_and_sync_pools_cleanly(
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "ready"
-        assert len(backends(admin, "hooked-async")) == 2
-        assert len(backends(admin, "hooked-sync")) == 1
+        assert len(backends(hook_admin, "hooked-async")) == 2
+        assert len(backends(hook_admin, "hooked-sync")) == 1
         sent = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=20)
@@ -92,7 +101,7 @@ def test_sigterm_closes_async_and_sync_pools_cleanly(
     assert "not killed" not in out
     assert proc.returncode == -signal.SIGTERM, err
     deadline = time.monotonic() + 5
-    while backends(admin, "hooked-async") + backends(admin, "hooked-sync"):
+    while backends(hook_admin, "hooked-async") + backends(hook_admin, "hooked-sync"):
         assert time.monotonic() < deadline
         time.sleep(0.02)
     if hooked == "unhooked":

@@ -37,7 +37,9 @@ class Counter(Base):
 
 def app_pids(admin: psycopg.Connection[Any], app: str) -> set[int]:
     rows = admin.execute(
-        "SELECT pid FROM pg_stat_activity WHERE application_name = %s", [app]
+        "SELECT pid FROM pg_stat_activity"
+        " WHERE datname = current_database() AND application_name = %s",
+        [app],
     ).fetchall()
     return {row[0] for row in rows}
 

@@ -25,7 +25,8 @@ Admin = psycopg.Connection[Any]
 
 def terminate(admin: Admin, application_name: str) -> None:
     admin.execute(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND application_name = %s",
         [application_name],
     )
 

@@ -188,7 +188,8 @@ async def test_a_connection_lent_when_the_server_went_away_is_not_trusted_back(
     second = await pool.getconn()
     old = {backend_pid(first), backend_pid(second)}
     admin.execute(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND application_name = %s",
         [pool.name],
     )
     await wait_until(lambda: not backends(admin, pool.name))

@@ -32,9 +32,10 @@ from tests.behaviour.test_user_code import FINGERPRINT_TEXT
 @pytest.fixture(scope="module")
 def _reader_role(dsn: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as admin:
+        # Kept, never dropped: another run sharing the server may be using it.
         admin.execute(
-            "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'pk_reader') "
-            "THEN CREATE ROLE pk_reader; END IF; END $$"
+            "DO $$ BEGIN CREATE ROLE pk_reader; "
+            "EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$"
         )
 
 

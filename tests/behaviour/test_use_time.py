@@ -110,7 +110,9 @@ async def test_use_time_is_each_borrow_until_its_return(
     assert_holds(use_time(reader, pool.name))
     # The holds were on the pool's two server sessions, and only those.
     rows = admin.execute(
-        "SELECT pid FROM pg_stat_activity WHERE application_name = %s", (pool.name,)
+        "SELECT pid FROM pg_stat_activity"
+        " WHERE datname = current_database() AND application_name = %s",
+        (pool.name,),
     ).fetchall()
     assert {pid for (pid,) in rows} == pids
     del metrics

@@ -86,7 +86,9 @@ def stop_group(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> int:
 def backends_of(admin: psycopg.Connection[Any], app_name: str) -> set[int]:
     """Server pids of the backends connected with ``app_name``."""
     rows = admin.execute(
-        "SELECT pid FROM pg_stat_activity WHERE application_name = %s", [app_name]
+        "SELECT pid FROM pg_stat_activity"
+        " WHERE datname = current_database() AND application_name = %s",
+        [app_name],
     ).fetchall()
     return {row[0] for row in rows}
 

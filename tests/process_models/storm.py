@@ -27,7 +27,9 @@ AT_ONCE = 8
 def _count(db: poolkeeper.Database, app_name: str) -> int:
     with db.connection() as conn:
         row = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", [app_name]
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND application_name = %s",
+            [app_name],
         ).fetchone()
     return int(row[0]) if row else -1
 
