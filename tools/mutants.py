@@ -385,8 +385,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "prepared-statement-unjudged",
         PKG + "drivers/psycopg_common.py",
-        "        if answer[0] is not _NOT_PREPARED and getattr(conn, "
-        '"_pk_dirty", True) is not True:\n',
+        "        if answer[0] is not _NOT_PREPARED and conn._pk_dirty is not True:\n",
         "        if False:\n",
         "a statement psycopg runs by its prepared name is never judged: after a check "
         "that found nothing, a later borrower's run of it changes the session unseen",

@@ -13,6 +13,7 @@ from typing import Any
 import psycopg
 import psycopg.client_cursor
 from psycopg import pq
+from psycopg._connection_base import BaseConnection
 from psycopg._preparing import Prepare
 
 try:
@@ -83,9 +84,9 @@ def connect_params(spec: ConnectSpec) -> dict[str, Any]:
 def _tracked_execute_send(base: Callable[..., None]) -> Callable[..., None]:
     def _execute_send(self: Any, query: Any, *args: Any, **kwargs: Any) -> None:
         # Pool connections carry _pk_dirty (False, CHECK or True); any other psycopg
-        # connection reads True and pays one failed attribute lookup.
+        # connection reads the class default True (see track_statements).
         conn = self._conn
-        if getattr(conn, "_pk_dirty", True) is not True:
+        if conn._pk_dirty is not True:
             text = query.query  # the bytes about to go to the server
             try:
                 verdict = KNOWN_VERDICTS[text]
@@ -104,7 +105,7 @@ _GET_PREPARED_NAMES = ("_conn", "_prepared", "get")
 
 
 def _judge_prepared(conn: Any, pgq: Any) -> None:
-    if getattr(conn, "_pk_dirty", True) is not True:
+    if conn._pk_dirty is not True:
         text = pgq.query
         try:
             verdict = KNOWN_VERDICTS[text]
@@ -136,7 +137,7 @@ def _tracked_get_prepared(base: Callable[..., Any]) -> Callable[..., Any]:
         # psycopg's own line, then the check inline: no call beyond what psycopg makes.
         conn = self._conn
         answer = conn._prepared.get(pgq, prepare)
-        if answer[0] is not _NOT_PREPARED and getattr(conn, "_pk_dirty", True) is not True:
+        if answer[0] is not _NOT_PREPARED and conn._pk_dirty is not True:
             text = pgq.query
             try:
                 verdict = KNOWN_VERDICTS[text]
@@ -175,7 +176,10 @@ def track_statements() -> None:
     on the classes that define them, so every cursor class reaches the check whether
     the borrower made it through ``conn.cursor()``, ``conn.execute()`` or directly
     (``psycopg.ClientCursor(conn)``, which never prepares); connections that are not
-    the pool's are left to psycopg after one attribute lookup. Idempotent.
+    the pool's are left to psycopg after one attribute read: every psycopg connection
+    gets the class default ``_pk_dirty = True`` (tracking off), which the pool's
+    connection classes override. A plain attribute read, not ``getattr`` with a
+    default: the call cost about 450 instructions per statement. Idempotent.
     """
     hooks = (("_execute_send", _tracked_execute_send), ("_get_prepared", _tracked_get_prepared))
     if not all(callable(getattr(BaseCursor, name, None)) for name, _ in hooks):
@@ -185,6 +189,7 @@ def track_statements() -> None:
             "poolkeeper tracks them; install the psycopg version poolkeeper supports "
             "(pip install -U poolkeeper 'psycopg>=3.2')"
         )
+    BaseConnection._pk_dirty = True  # type: ignore[attr-defined]
     for cls in _SENDERS:
         for name, wrap in hooks:
             base = cls.__dict__.get(name)
