@@ -13,6 +13,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +22,7 @@ from benchmarks.contenders import SYNC_CONTENDERS, note
 from benchmarks.machine import machine_info
 from benchmarks.memory import run_memory
 from benchmarks.micro import run_micro
-from benchmarks.report import PEER, Target, evaluate_targets, render, summarize
+from benchmarks.report import DEDICATED, PEER, Target, evaluate_targets, render, summarize
 from benchmarks.runner import BenchConfig, Skips, run_rounds
 from benchmarks.stats import CellResult, MemoryResult, MicroResult, Summary
 
@@ -249,6 +250,18 @@ def _int_list(text: str) -> tuple[int, ...]:
     return values
 
 
+def only_with_references(names: Iterable[str]) -> frozenset[str]:
+    """What ``--only names`` runs: those contenders, the dedicated baselines, and the
+    pool each chosen poolkeeper or fifo_floor contender is compared with (``PEER``).
+
+    Every throughput row's "vs dedicated" ratio needs its driver's dedicated
+    baseline, hence all of them. A contender without a peer (SQLAlchemy's pools,
+    psycopg2's) brings none: no row of its own shows a "vs psycopg_pool" ratio.
+    """
+    chosen = {name.strip() for name in names if name.strip()}
+    return frozenset(chosen | DEDICATED | {PEER[name] for name in chosen if name in PEER})
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line options (shared with a future ``poolkeeper bench``)."""
     p = argparse.ArgumentParser(
@@ -290,7 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-repetitions", type=int, help="memory repetitions (default 3)")
     p.add_argument(
         "--only",
-        help="comma-separated contender names (baselines and psycopg_pool are kept)",
+        help="comma-separated contender names; the dedicated baselines are kept, and "
+        "so is the pool a chosen poolkeeper or fifo_floor contender is compared with "
+        "(psycopg_pool, psycopg_pool_async or asyncpg_pool)",
     )
     for part in ("sync", "async", "micro", "memory"):
         p.add_argument(f"--no-{part}", action="store_true", help=f"skip the {part} part")
@@ -333,17 +348,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         if value is not None:
             values[name] = value
     if args.only:
-        chosen = {name.strip() for name in args.only.split(",") if name.strip()}
-        # Ratios need their baselines, so --only never drops them.
-        chosen |= {
-            "dedicated_psycopg",
-            "dedicated_psycopg2",
-            "dedicated_async_psycopg",
-            "dedicated_asyncpg",
-        }
-        # ... nor the pool a poolkeeper contender is held against.
-        chosen |= {peer for name, peer in PEER.items() if name in chosen}
-        values["only"] = frozenset(chosen)
+        values["only"] = only_with_references(args.only.split(","))
     values.update(
         run_sync=not args.no_sync,
         run_async=not args.no_async,

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.report import summarize, time_breakdown
-from benchmarks.run import BenchResults, load_results
+from benchmarks.run import BenchResults, build_parser, config_from_args, load_results
 from benchmarks.runner import BenchConfig, Level, Skips
 from benchmarks.stats import SliceRun, Usage, WorkerOutcome, merge_slices
 
@@ -287,3 +287,33 @@ def test_the_published_run_reports_where_the_time_goes() -> None:
     report = load_results(str(PUBLISHED)).report()
 
     assert "Where the time goes" in report
+
+
+def test_only_keeps_the_dedicated_baselines_and_the_peers_of_the_chosen_pools() -> None:
+    def only(names: str) -> frozenset[str] | None:
+        return config_from_args(build_parser().parse_args(["--only", names])).only
+
+    dedicated = {
+        "dedicated_psycopg",
+        "dedicated_psycopg2",
+        "dedicated_async_psycopg",
+        "dedicated_asyncpg",
+    }
+    # No row of SQLAlchemy's is held against psycopg_pool, so none is run for them.
+    assert only("sqlalchemy,sqlalchemy_poolkeeper") == {
+        "sqlalchemy",
+        "sqlalchemy_poolkeeper",
+        *dedicated,
+    }
+    assert only("poolkeeper, poolkeeper_asyncpg") == {
+        "poolkeeper",
+        "psycopg_pool",
+        "poolkeeper_asyncpg",
+        "asyncpg_pool",
+        *dedicated,
+    }
+    assert only("fifo_floor_async") == {"fifo_floor_async", "psycopg_pool_async", *dedicated}
+    # The help says the same thing as the code.
+    help_text = " ".join(build_parser().format_help().split())
+    assert "the dedicated baselines are kept" in help_text
+    assert "poolkeeper or fifo_floor contender is compared with" in help_text

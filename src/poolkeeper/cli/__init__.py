@@ -1,4 +1,4 @@
-"""The ``poolkeeper`` command line: ``demo``, ``check`` and ``doctor``.
+"""The ``poolkeeper`` command line: ``demo``, ``check``, ``doctor`` and ``bench``.
 
 :func:`main` is the console script's entry point. It imports typer and rich only
 when run, so that a missing ``cli`` extra is a one-line error, not a traceback.
