@@ -290,8 +290,8 @@ def test_the_published_run_reports_where_the_time_goes() -> None:
 
 
 def test_only_keeps_the_dedicated_baselines_and_the_peers_of_the_chosen_pools() -> None:
-    def only(names: str) -> frozenset[str] | None:
-        return config_from_args(build_parser().parse_args(["--only", names])).only
+    def only(names: str) -> set[str]:
+        return set(config_from_args(build_parser().parse_args(["--only", names])).only or ())
 
     dedicated = {
         "dedicated_psycopg",

@@ -8,20 +8,30 @@ runs a query on every one of its connections and looks at pg_stat_activity: its
 backends must be the ones it had before the fork. Without the step that makes
 inherited sockets inert in a child (``forking.neutralise_fd``), the child's close()
 sends the server a Terminate message on the parent's socket and these tests fail.
+
+The last test forks from the test itself: a child collecting its inherited
+connections is not warned about them (the pool keeps them alive there).
 """
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import importlib.util
 import json
 import os
 import signal
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
+
+from poolkeeper import AsyncPool, Pool
+from tests.conftest import backends, in_forked_child, unique_pool_name
 
 SCENARIO = Path(__file__).with_name("fork_scenario.py")
 VARIANTS = [
@@ -98,3 +108,50 @@ def test_a_child_closing_what_it_inherited_leaves_the_parents_sessions_alive(
                 f"the fork, {report['after']} after"
             )
     assert not failures, "\n".join(failures)
+
+
+@pytest.mark.parametrize("pool_class", [Pool, AsyncPool])
+def test_a_child_is_not_warned_about_the_connections_it_inherited(
+    dsn: str,
+    pool_class: type[Pool] | type[AsyncPool],
+    admin: psycopg.Connection[Any],
+    request: pytest.FixtureRequest,
+) -> None:
+    # The child never opened its parent's connections: collecting them there would make
+    # psycopg warn that each "was deleted while still open" (a ResourceWarning, shown
+    # under -X dev and by pytest), about connections the child must not close anyway.
+    name = unique_pool_name(request)
+    settings: dict[str, Any] = {"name": name, "min_size": 3, "max_size": 3}
+    loop = asyncio.new_event_loop()
+    pool: Any = None
+    try:
+        if pool_class is Pool:
+            pool = Pool(dsn, **settings)
+            pool.wait(5)
+        else:
+
+            async def opened() -> AsyncPool:
+                made = AsyncPool(dsn, **settings)
+                await made.wait(5)
+                return made
+
+            pool = loop.run_until_complete(opened())
+        before = backends(admin, name)
+        assert len(before) == 3
+
+        def collect() -> list[str]:
+            gc.collect()
+            return [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+
+        # Recorded from the fork on: the pool's fork hook runs before any step.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            (said,) = in_forked_child(collect)
+        assert said == "ok: []", said
+        assert backends(admin, name) == before
+    finally:
+        if isinstance(pool, Pool):
+            pool.close()
+        elif pool is not None:
+            loop.run_until_complete(pool.close())
+        loop.close()

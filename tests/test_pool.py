@@ -1,4 +1,5 @@
-"""What only the threaded Pool has: a deadline thread, Ctrl-C in a blocked thread, fork.
+"""What only the threaded Pool has: a deadline thread, Ctrl-C in a blocked thread, fork,
+and the lines of its own putconn.
 
 Everything Pool and AsyncPool share is written once in tests/behaviour/ and runs
 against both; each test here says why it cannot be (tests/pool_kinds.py checks).
@@ -6,15 +7,20 @@ against both; each test here says why it cannot be (tests/pool_kinds.py checks).
 
 from __future__ import annotations
 
+import inspect
 import os
 import signal
+import sys
 import threading
 import time
+from types import FrameType
 from typing import Any
 
+import psycopg
 import pytest
 
-from tests.conftest import PoolFactory, in_forked_child
+from poolkeeper import Pool
+from tests.conftest import PoolFactory, backends, in_forked_child
 
 
 def wait_until(predicate: Any, timeout: float = 5.0) -> None:
@@ -108,3 +114,55 @@ def test_a_pool_made_with_open_false_before_fork_opens_in_the_child(
     pool.open()
     with pool.connection() as conn:
         assert conn.execute("SELECT 2").fetchone() == (2,)
+
+
+@pytest.mark.one_model(
+    "threads",
+    "the window between two lines of Pool.putconn (AsyncPool's return cannot be "
+    "interleaved there), held open by a trace function in the returning thread",
+)
+def test_a_waiter_queuing_while_putconn_pushes_is_served_by_that_return(
+    make_pool: PoolFactory, admin: psycopg.Connection[Any]
+) -> None:
+    # putconn found no waiter and is about to push; a borrower queues in between, finds
+    # the stack still empty and sleeps. Only putconn's second look, after its push, can
+    # wake it: without it the waiter sleeps out its timeout beside an idle connection.
+    pool = make_pool(min_size=1, max_size=1)
+    held = pool.getconn()
+    pid = held.info.backend_pid
+    lines, first = inspect.getsourcelines(Pool.putconn)
+    push = first + max(
+        i for i, line in enumerate(lines) if line.strip() == "self._idle.append(rec)"
+    )
+    at_push = threading.Event()
+    errors: list[BaseException] = []
+
+    def hold_before_push(frame: FrameType, event: str, arg: object) -> Any:
+        if event == "line" and frame.f_lineno == push:
+            at_push.set()
+            wait_until(lambda: pool.stats().waiting == 1)
+        return hold_before_push
+
+    def calls(frame: FrameType, event: str, arg: object) -> Any:
+        return hold_before_push if frame.f_code is Pool.putconn.__code__ else None
+
+    def give_back() -> None:
+        sys.settrace(calls)
+        try:
+            pool.putconn(held)
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            sys.settrace(None)
+
+    returner = threading.Thread(target=give_back)
+    returner.start()
+    try:
+        assert at_push.wait(5), "putconn never reached its push"
+        conn = pool.getconn(timeout=3)
+    finally:
+        returner.join(10)
+    assert not errors
+    assert conn.execute("SELECT pg_backend_pid()").fetchone() == (pid,)
+    pool.putconn(conn)
+    assert backends(admin, pool.name) == [pid]

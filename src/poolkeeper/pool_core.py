@@ -811,8 +811,9 @@ class PoolCore:
         records = list(self._idle) + list(self._lent.values())
         for rec in records:
             forking.neutralise_fd(self._driver.fileno(rec.conn))
-        # Keep the objects alive: their finalisers would write to what is now /dev/null,
-        # harmless, but there is no reason to run them at all.
+        # Keep the objects alive: collected here, each psycopg connection would warn that
+        # it "was deleted while still open" (a ResourceWarning about a connection this
+        # process never opened), and its finaliser would write to what is now /dev/null.
         _orphans.extend(records)
         self._idle = deque()
         self._lent = {}
