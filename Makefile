@@ -48,7 +48,7 @@ docs: $(DOCS_STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 # Curated mutation testing (docs/testing.md): each deliberate bug in tools/mutants.py
-# must make its tests fail. About 7.5 minutes on two busy cores; not part of `make test`.
+# must make its tests fail. 5-7.5 minutes on two cores; not part of `make test`.
 mutants: $(STAMP)
 	$(BIN)/python tools/mutants.py $(MUTANTS_ARGS)
 
