@@ -566,13 +566,8 @@ class AsyncPool(AsyncPoolBase[ConnT]):
         """
         rec = self._lent.pop(conn, None)
         if rec is None:
-            if conn in self._closed_under_borrower:
-                self._closed_under_borrower.discard(conn)
-                return  # close() already closed it under its borrower
-            raise PoolError(
-                f"pool {self.name!r} did not lend this connection (already returned, or "
-                "from another pool); return each connection once, to the pool it came from"
-            )
+            self._unknown_return(conn)
+            return
         if _running_loop() is not self._loop:
             self._lent[conn] = rec
             raise self._wrong_loop_error()

@@ -509,9 +509,7 @@ class Pool(PoolBase[ConnT]):
             remove_waiter(waiters, waiter)
             waiter.fail(self._no_connection_error(waiter.limit))
 
-    # Past the complexity limit on purpose, as getconn: every return runs this frame,
-    # and a branch moved into a helper would cost a call on each.
-    def putconn(self, conn: ConnT) -> None:  # noqa: C901
+    def putconn(self, conn: ConnT) -> None:
         """Return a borrowed connection.
 
         An open transaction is rolled back; a broken or closed connection is
@@ -520,13 +518,8 @@ class Pool(PoolBase[ConnT]):
         """
         rec = self._lent.pop(conn, None)
         if rec is None:
-            if conn in self._closed_under_borrower:
-                self._closed_under_borrower.discard(conn)
-                return
-            raise PoolError(
-                f"pool {self.name!r} did not lend this connection (already returned, or "
-                "from another pool); return each connection once, to the pool it came from"
-            )
+            self._unknown_return(conn)
+            return
         # One C-level read of (transaction status, session dirty) against "clean". Read
         # into a local first: CPython cannot specialize a method call on a slot.
         return_state = self._return_state

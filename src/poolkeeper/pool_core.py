@@ -30,6 +30,7 @@ from poolkeeper.errors import (
     ConfigureFailed,
     ConnectionFailed,
     PoolClosed,
+    PoolError,
     PoolTimeout,
     TooManyWaiters,
 )
@@ -499,6 +500,18 @@ class PoolCore:
                 "shed load or raise max_waiting"
             )
         return probe
+
+    def _unknown_return(self, conn: object) -> None:
+        """``putconn`` of a connection this pool does not hold as lent: one that
+        ``close()`` closed under its borrower is taken back quietly; anything else is
+        the caller's mistake."""
+        if conn in self._closed_under_borrower:
+            self._closed_under_borrower.discard(conn)
+            return
+        raise PoolError(
+            f"pool {self.name!r} did not lend this connection (already returned, or "
+            "from another pool); return each connection once, to the pool it came from"
+        )
 
     def _no_connection_error(self, limit: float) -> PoolTimeout:
         """A waiter's deadline passed: count it and say what to change."""
