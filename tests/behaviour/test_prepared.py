@@ -12,7 +12,7 @@ borrower after that, on the same backend, sees the session fingerprint a fresh o
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import psycopg
@@ -48,6 +48,28 @@ def _application_name(dsn: str, pid: int) -> str:
     return str(row[0])
 
 
+Step = Callable[[Any], Awaitable[None]]
+
+
+async def _leaks_nothing(pool: Any, dsn: str, harmless: Step, leaking: Step) -> None:
+    """Borrow after borrow on one backend: ``harmless`` runs the statement without
+    changing anything (long enough for the driver to prepare it), ``leaking`` runs it
+    once more changing ``application_name``; the borrower after that must see the
+    fingerprint a fresh session showed."""
+    async with pool.connection() as conn:
+        pid = backend_pid(conn)
+        fresh = await fetchval(conn, FINGERPRINT_TEXT)
+    async with pool.connection() as conn:
+        await harmless(conn)
+    async with pool.connection() as conn:
+        await leaking(conn)
+        # Asked from outside: any statement of its own would be judged on return.
+        assert _application_name(dsn, pid) == LEAKED  # it ran
+    async with pool.connection() as conn:
+        assert backend_pid(conn) == pid, "the connection was replaced, not reset"
+        assert await fetchval(conn, FINGERPRINT_TEXT) == fresh
+
+
 async def _call(conn: Any, kind: Kind, arg: str) -> None:
     """``SELECT pk_prep_f(arg)`` with ``arg`` as a bound parameter: the same text every
     time, as the driver sees it."""
@@ -67,21 +89,15 @@ async def _call(conn: Any, kind: Kind, arg: str) -> None:
 async def test_a_prepared_statement_that_changes_a_setting_reaches_no_next_borrower(
     make_pool: MakePool, kind: Kind, dsn: str
 ) -> None:
-    pool = make_pool(min_size=1, max_size=1)
-    async with pool.connection() as conn:
-        pid = backend_pid(conn)
-        fresh = await fetchval(conn, FINGERPRINT_TEXT)
-    async with pool.connection() as conn:
+    async def harmless(conn: Any) -> None:
         # Past psycopg's prepare_threshold (5): from then on it runs prepared.
         for _ in range(8):
             await _call(conn, kind, "")
-    async with pool.connection() as conn:
+
+    async def leaking(conn: Any) -> None:
         await _call(conn, kind, LEAKED)
-        # Asked from outside: any statement of its own would be judged on return.
-        assert _application_name(dsn, pid) == LEAKED  # it ran
-    async with pool.connection() as conn:
-        assert backend_pid(conn) == pid, "the connection was replaced, not reset"
-        assert await fetchval(conn, FINGERPRINT_TEXT) == fresh
+
+    await _leaks_nothing(make_pool(min_size=1, max_size=1), dsn, harmless, leaking)
 
 
 QUERY = "SELECT pk_prep_f(%s)"
@@ -124,18 +140,15 @@ async def test_every_way_psycopg_prepares_is_judged(
         max_size=1,
         connect_kwargs={"autocommit": True, "prepare_threshold": WAYS[way]},
     )
-    async with pool.connection() as conn:
-        pid = backend_pid(conn)
-        fresh = await fetchval(conn, FINGERPRINT_TEXT)
-    async with pool.connection() as conn:
+
+    async def harmless(conn: Any) -> None:
         for _ in range(8):
             await _run_psycopg(conn, way, "")
-    async with pool.connection() as conn:
+
+    async def leaking(conn: Any) -> None:
         await _run_psycopg(conn, way, LEAKED)
-        assert _application_name(dsn, pid) == LEAKED  # it ran
-    async with pool.connection() as conn:
-        assert backend_pid(conn) == pid, "the connection was replaced, not reset"
-        assert await fetchval(conn, FINGERPRINT_TEXT) == fresh
+
+    await _leaks_nothing(pool, dsn, harmless, leaking)
 
 
 @pytest.mark.differs(
@@ -148,19 +161,17 @@ async def test_an_asyncpg_prepared_statement_run_by_a_later_borrower_is_judged(
 ) -> None:
     # SQLAlchemy's asyncpg dialect does this: it keeps PreparedStatement objects per
     # connection, and runs a cached one by its arguments alone.
-    pool = make_pool(min_size=1, max_size=1)
-    async with pool.connection() as conn:
-        pid = backend_pid(conn)
-        fresh = await fetchval(conn, FINGERPRINT_TEXT)
-    async with pool.connection() as conn:
-        statement = await conn.prepare("SELECT pk_prep_f($1)")
-        await statement.fetchval("")
-    async with pool.connection() as conn:
-        await statement.fetchval(LEAKED)
-        assert _application_name(dsn, pid) == LEAKED  # it ran
-    async with pool.connection() as conn:
-        assert backend_pid(conn) == pid, "the connection was replaced, not reset"
-        assert await fetchval(conn, FINGERPRINT_TEXT) == fresh
+    statements: list[Any] = []
+
+    async def harmless(conn: Any) -> None:
+        statements.append(await conn.prepare("SELECT pk_prep_f($1)"))
+        await statements[0].fetchval("")
+
+    async def leaking(conn: Any) -> None:
+        # The statement prepared by the borrower before, not by this one.
+        await statements[0].fetchval(LEAKED)
+
+    await _leaks_nothing(make_pool(min_size=1, max_size=1), dsn, harmless, leaking)
 
 
 @pytest.mark.differs(
