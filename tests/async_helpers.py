@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import inspect
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 
-from poolkeeper import AsyncPool
+from poolkeeper import AsyncPool, Pool
 from tests.conftest import unique_pool_name
 
 DRIVERS = [
@@ -29,6 +30,20 @@ DRIVERS = [
 ]
 
 AsyncPoolFactory = Callable[..., AsyncPool]
+
+#: The two pool classes by name, for a test written once over both (``kind``).
+POOL_CLASS_NAMES = ["Pool", "AsyncPool"]
+
+
+async def maybe_await(value: Any) -> Any:
+    """``value``, awaited if a pool method of the asyncio pool returned an awaitable."""
+    return await value if inspect.isawaitable(value) else value
+
+
+def pool_of(kind: str, dsn: str, name: str, **settings: Any) -> Pool | AsyncPool:
+    """A ``Pool`` or ``AsyncPool`` (by ``kind``) with a 5 s timeout unless given."""
+    settings.setdefault("timeout", 5.0)
+    return (Pool if kind == "Pool" else AsyncPool)(dsn, name=name, **settings)
 
 
 @pytest.fixture(params=DRIVERS)

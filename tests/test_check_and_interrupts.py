@@ -7,7 +7,6 @@ scenario is a coroutine, and ``_call`` awaits what the async pool returns.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -17,18 +16,10 @@ import psycopg
 import pytest
 
 from poolkeeper import AsyncPool, Pool, PoolTimeout
+from tests.async_helpers import POOL_CLASS_NAMES, maybe_await, pool_of
 from tests.conftest import backends
 
-KINDS = ["Pool", "AsyncPool"]
-
-
-async def _call(value: Any) -> Any:
-    return await value if inspect.isawaitable(value) else value
-
-
-def _make(kind: str, dsn: str, name: str, **settings: Any) -> Pool | AsyncPool:
-    settings.setdefault("timeout", 5.0)
-    return (Pool if kind == "Pool" else AsyncPool)(dsn, name=name, **settings)
+KINDS = POOL_CLASS_NAMES
 
 
 def _gone_and_replaced(
@@ -55,17 +46,17 @@ def test_check_runs_the_check_callable(dsn: str, admin: psycopg.Connection[Any],
             raise RuntimeError("rejected by check=")
 
     async def scenario() -> tuple[set[int], set[int]]:
-        pool = _make(kind, dsn, name, min_size=2, max_size=2, check=check)
+        pool = pool_of(kind, dsn, name, min_size=2, max_size=2, check=check)
         try:
-            await _call(pool.wait(5))
+            await maybe_await(pool.wait(5))
             old = set(backends(admin, name))
             failing.set()
-            await _call(pool.check())
+            await maybe_await(pool.check())
             failing.clear()
-            await _call(pool.wait(5))
+            await maybe_await(pool.wait(5))
             return old, _gone_and_replaced(admin, name, old, 2)
         finally:
-            await _call(pool.close(timeout=1.0))
+            await maybe_await(pool.close(timeout=1.0))
 
     old, now = asyncio.run(scenario())
     assert len(old) == 2
@@ -90,14 +81,14 @@ async def _interrupted_in_check(pool: Pool | AsyncPool, hook: _Interrupter) -> N
     time.sleep(0.02)  # past check_after: the next borrow checks first
     hook.armed.set()
     with pytest.raises(hook.interrupt):
-        await _call(pool.getconn())
+        await maybe_await(pool.getconn())
 
 
 async def _interrupted_in_return(pool: Pool | AsyncPool, hook: _Interrupter) -> None:
-    conn = await _call(pool.getconn())
+    conn = await maybe_await(pool.getconn())
     hook.armed.set()
     with pytest.raises(hook.interrupt):
-        await _call(pool.putconn(conn))
+        await maybe_await(pool.putconn(conn))
 
 
 # Where the interrupt lands, and the settings that put the hook there: the check before
@@ -122,20 +113,20 @@ def test_an_interrupted_check_or_clean_up_retires_the_connection(
     hook = _Interrupter(KeyboardInterrupt if kind == "Pool" else asyncio.CancelledError)
 
     async def scenario() -> tuple[int, int]:
-        pool = _make(kind, dsn, name, min_size=1, max_size=1, **{hook_setting: hook}, **settings)
+        pool = pool_of(kind, dsn, name, min_size=1, max_size=1, **{hook_setting: hook}, **settings)
         try:
-            await _call(pool.wait(5))
+            await maybe_await(pool.wait(5))
             (old,) = backends(admin, name)
             await interrupted(pool, hook)
             try:
-                conn = await _call(pool.getconn(timeout=3))
+                conn = await maybe_await(pool.getconn(timeout=3))
             except PoolTimeout:
                 pytest.fail("the interrupted connection still holds the pool's only slot")
-            await _call(pool.putconn(conn))
+            await maybe_await(pool.putconn(conn))
             (new,) = _gone_and_replaced(admin, name, {old}, 1)
             return old, new
         finally:
-            await _call(pool.close(timeout=1.0))
+            await maybe_await(pool.close(timeout=1.0))
 
     old, new = asyncio.run(scenario())
     assert new != old

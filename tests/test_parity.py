@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import inspect
 import socket
 import threading
 import time
@@ -23,19 +22,11 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict
 
 from poolkeeper import AsyncPool, ConfigurationError, Pool, TooManyWaiters
+from tests.async_helpers import POOL_CLASS_NAMES, maybe_await, pool_of
 from tests.conftest import backends, settled_backends
 from tests.faults.proxy import FaultProxy
 
-KINDS = ["Pool", "AsyncPool"]
-
-
-async def _call(value: Any) -> Any:
-    return await value if inspect.isawaitable(value) else value
-
-
-def _make(kind: str, dsn: str, name: str, **settings: Any) -> Pool | AsyncPool:
-    settings.setdefault("timeout", 5.0)
-    return (Pool if kind == "Pool" else AsyncPool)(dsn, name=name, **settings)
+KINDS = POOL_CLASS_NAMES
 
 
 def _terminate(admin: psycopg.Connection[Any], pid: int) -> None:
@@ -67,24 +58,24 @@ def test_a_check_callable_runs_before_every_lend(
                 return None
             return conn.execute("SELECT 1")
 
-        pool = _make(kind, dsn, name, min_size=1, max_size=1, check=check, check_after=600)
+        pool = pool_of(kind, dsn, name, min_size=1, max_size=1, check=check, check_after=600)
         try:
-            await _call(pool.wait())
-            conn = await _call(pool.getconn())
-            await _call(pool.putconn(conn))
+            await maybe_await(pool.wait())
+            conn = await maybe_await(pool.getconn())
+            await maybe_await(pool.putconn(conn))
             (old,) = backends(admin, name)
             _terminate(admin, old)
-            conn = await _call(pool.getconn())
+            conn = await maybe_await(pool.getconn())
             try:
-                cur = await _call(conn.execute("SELECT pg_backend_pid()"))
-                row = await _call(cur.fetchone())
+                cur = await maybe_await(conn.execute("SELECT pg_backend_pid()"))
+                row = await maybe_await(cur.fetchone())
                 assert row[0] != old
                 assert row[0] in backends(admin, name)
             finally:
-                await _call(pool.putconn(conn))
+                await maybe_await(pool.putconn(conn))
             assert len(calls) >= 3  # each of the three lends was checked
         finally:
-            await _call(pool.close())
+            await maybe_await(pool.close())
 
     asyncio.run(scenario())
 
@@ -136,7 +127,7 @@ def test_reconnect_failed_is_called_at_reconnect_timeout(dsn: str, kind: str) ->
         start = time.monotonic()
         for i in range(6):
             pools.append(
-                _make(
+                pool_of(
                     kind,
                     refusing.dsn,
                     f"pk-parity-gaveup-{i}",
@@ -155,7 +146,7 @@ def test_reconnect_failed_is_called_at_reconnect_timeout(dsn: str, kind: str) ->
             assert max(gave_up.values()) - start < timeout + 0.5
         finally:
             for pool in pools:
-                await _call(pool.close())
+                await maybe_await(pool.close())
 
     try:
         asyncio.run(scenario())
@@ -174,14 +165,14 @@ def test_wait_waits_out_a_server_that_comes_back(dsn: str, kind: str) -> None:
     refusing = _RefusingPort(dsn)
 
     async def scenario() -> None:
-        pool = _make(kind, refusing.dsn, f"pk-parity-wait-{kind.lower()}", min_size=1)
+        pool = pool_of(kind, refusing.dsn, f"pk-parity-wait-{kind.lower()}", min_size=1)
         try:
             deadline = time.monotonic() + 5
             while not pool.stats().breaker_open:
                 assert time.monotonic() < deadline, "the breaker never opened"
                 await asyncio.sleep(0.02)
             threading.Timer(0.3, refusing.serve).start()
-            await _call(pool.wait(8.0))
+            await maybe_await(pool.wait(8.0))
             async with contextlib.AsyncExitStack() as stack:
                 if kind == "Pool":
                     conn = stack.enter_context(pool.connection())  # type: ignore[arg-type]
@@ -191,7 +182,7 @@ def test_wait_waits_out_a_server_that_comes_back(dsn: str, kind: str) -> None:
                     row = await (await conn.execute("SELECT 1")).fetchone()
                 assert row == (1,)
         finally:
-            await _call(pool.close())
+            await maybe_await(pool.close())
 
     try:
         asyncio.run(scenario())
@@ -337,9 +328,9 @@ async def _borrow_in_background(pool: Pool | AsyncPool, count: int) -> Any:
     that ends when all are done (threads for a Pool, tasks for an AsyncPool)."""
 
     async def borrow() -> None:
-        conn = await _call(pool.getconn())
-        await _call(conn.execute("SELECT 1"))
-        await _call(pool.putconn(conn))
+        conn = await maybe_await(pool.getconn())
+        await maybe_await(conn.execute("SELECT 1"))
+        await maybe_await(pool.putconn(conn))
 
     if isinstance(pool, AsyncPool):
         tasks = [asyncio.create_task(borrow()) for _ in range(count)]
@@ -394,12 +385,12 @@ async def _burst_on_gated_growth(kind: str, pool: Any, gates: _Gates, waiting: A
     """50 callers queue behind the pool's two connections, each for a ``SELECT 1``; the
     two come back and serve them all, while the growth connection the queue started is
     held in ``configure=``. Then it is let through."""
-    held = [await _call(pool.getconn()) for _ in range(2)]
+    held = [await maybe_await(pool.getconn()) for _ in range(2)]
     gates.arm()
     done = await _callers(kind, pool.getconn, pool.putconn, 50)
     await _until(lambda: waiting() == 50 and gates.entered >= 1)
     for conn in held:
-        await _call(pool.putconn(conn))
+        await maybe_await(pool.putconn(conn))
     await done
     gates.open(*range(20))
 
@@ -418,17 +409,17 @@ def test_a_burst_of_short_requests_grows_as_psycopg_pool_does(
 
     async def scenario() -> None:
         gates = _Gates(kind)
-        pool = _make(
+        pool = pool_of(
             kind, dsn, name, min_size=2, max_size=20, num_workers=4, configure=gates.configure
         )
         try:
-            await _call(pool.wait(5))
+            await maybe_await(pool.wait(5))
             await _burst_on_gated_growth(kind, pool, gates, lambda: pool.stats().waiting)
             await _until(lambda: pool.stats().opening == 0)
             ours = backends(admin, name)
             assert gates.entered == 1
         finally:
-            await _call(pool.close())
+            await maybe_await(pool.close())
 
         gates = _Gates(kind)
         settings: dict[str, Any] = dict(
@@ -455,7 +446,7 @@ def test_a_burst_of_short_requests_grows_as_psycopg_pool_does(
             their_backends = backends(admin, theirs_name)
             assert gates.entered == 1
         finally:
-            await _call(theirs.close())
+            await maybe_await(theirs.close())
         assert len(ours) == len(their_backends) == 3
 
     asyncio.run(scenario())
@@ -472,26 +463,26 @@ def test_growth_skips_connections_the_demand_no_longer_needs(
 
     async def scenario() -> None:
         gates = _Gates(kind)
-        pool = _make(
+        pool = pool_of(
             kind, dsn, name, min_size=1, max_size=10, num_workers=2, configure=gates.configure
         )
         try:
-            await _call(pool.wait(5))
-            held = await _call(pool.getconn())
+            await maybe_await(pool.wait(5))
+            held = await maybe_await(pool.getconn())
             gates.arm()
             done = await _callers(kind, pool.getconn, pool.putconn, 5)
             await _until(lambda: pool.stats().waiting == 5 and gates.entered == 1)
             # One growth connection in flight for five waiters, however many openers.
             assert pool.stats().opening == 1
             assert len(backends(admin, name)) == 2
-            await _call(pool.putconn(held))
+            await maybe_await(pool.putconn(held))
             await done
             gates.open(0)
             await _until(lambda: pool.stats().opening == 0)
             assert gates.entered == 1
             assert len(backends(admin, name)) == 2
         finally:
-            await _call(pool.close())
+            await maybe_await(pool.close())
 
     asyncio.run(scenario())
 
@@ -509,7 +500,7 @@ def test_growth_opens_side_by_side_when_no_connection_comes_back(
 
     async def scenario() -> None:
         gates = _Gates(kind)
-        pool = _make(
+        pool = pool_of(
             kind, dsn, name, min_size=1, max_size=10, num_workers=3, configure=gates.configure
         )
         hold: Any = threading.Event() if kind == "Pool" else asyncio.Event()
@@ -540,8 +531,8 @@ def test_growth_opens_side_by_side_when_no_connection_comes_back(
 
                 return borrow()
 
-            await _call(pool.wait(5))
-            held = await _call(pool.getconn())
+            await maybe_await(pool.wait(5))
+            held = await maybe_await(pool.getconn())
             gates.arm()
             done = await _callers(kind, getconn, pool.putconn, 4, hold=hold)
             await _until(lambda: pool.stats().waiting == 4 and gates.entered == 1)
@@ -557,11 +548,11 @@ def test_growth_opens_side_by_side_when_no_connection_comes_back(
             await _until(lambda: pool.stats().in_use == 5)
             hold.set()
             await done
-            await _call(pool.putconn(held))
+            await maybe_await(pool.putconn(held))
             assert len(backends(admin, name)) == 5
         finally:
             hold.set()
-            await _call(pool.close())
+            await maybe_await(pool.close())
 
     asyncio.run(scenario())
 
@@ -578,29 +569,29 @@ def test_stats_count_times_bad_returns_and_refusals(
     name = f"pk-parity-stats-{kind.lower()}"
 
     async def scenario() -> None:
-        pool = _make(kind, dsn, name, min_size=1, max_size=1, max_waiting=1)
+        pool = pool_of(kind, dsn, name, min_size=1, max_size=1, max_waiting=1)
         try:
-            await _call(pool.wait(5))
+            await maybe_await(pool.wait(5))
             assert pool.stats().connect_time_ms > 0
             # Usage: a borrow that spends 0.2 s on the server.
-            conn = await _call(pool.getconn())
-            await _call(conn.execute("SELECT pg_sleep(0.2)"))
-            await _call(pool.putconn(conn))
+            conn = await maybe_await(pool.getconn())
+            await maybe_await(conn.execute("SELECT pg_sleep(0.2)"))
+            await maybe_await(pool.putconn(conn))
             assert pool.stats().usage_time_ms >= 200
             # Wait: a caller queues while the only connection is held for 0.2 s.
-            held = await _call(pool.getconn())
+            held = await maybe_await(pool.getconn())
             done = await _borrow_in_background(pool, 1)
             await _until(lambda: pool.stats().waiting == 1)
             # Refused: one caller waits already (max_waiting=1).
             with pytest.raises(TooManyWaiters):
-                await _call(pool.getconn(timeout=1))
+                await maybe_await(pool.getconn(timeout=1))
             await asyncio.sleep(0.2)
             # Returned bad: its backend is killed while it is lent.
             (pid,) = backends(admin, name)
             _terminate(admin, pid)
             with contextlib.suppress(psycopg.Error):
-                await _call(held.execute("SELECT 1"))
-            await _call(pool.putconn(held))
+                await maybe_await(held.execute("SELECT 1"))
+            await maybe_await(pool.putconn(held))
             await done
             stats = pool.stats()
             assert stats.wait_time_ms >= 150
@@ -609,12 +600,12 @@ def test_stats_count_times_bad_returns_and_refusals(
             health = pool.health()
             assert (health["refused"], health["returned_bad"]) == (1, 1)
             before = pool.stats()
-            await _call(pool.close())
+            await maybe_await(pool.close())
             after = pool.stats()  # the closed connections' times are kept
             assert after.usage_time_ms >= before.usage_time_ms
             assert after.connect_time_ms >= before.connect_time_ms
         finally:
-            await _call(pool.close())
+            await maybe_await(pool.close())
 
     asyncio.run(scenario())
 
@@ -665,19 +656,19 @@ def test_connection_class_composes_with_the_pools_tracking(
     cls = _MyConnection if kind == "Pool" else _MyAsyncConnection
 
     async def scenario() -> None:
-        pool = _make(kind, dsn, name, min_size=1, max_size=1, connection_class=cls)
+        pool = pool_of(kind, dsn, name, min_size=1, max_size=1, connection_class=cls)
         try:
-            conn = await _call(pool.getconn())
+            conn = await maybe_await(pool.getconn())
             assert isinstance(conn, cls)
-            assert await _call(conn.whoami()) in backends(admin, name)
-            await _call(conn.execute("SET work_mem = '7MB'"))
-            await _call(pool.putconn(conn))
-            conn = await _call(pool.getconn())
-            cur = await _call(conn.execute("SHOW work_mem"))
-            assert (await _call(cur.fetchone()))[0] != "7MB"
-            await _call(pool.putconn(conn))
+            assert await maybe_await(conn.whoami()) in backends(admin, name)
+            await maybe_await(conn.execute("SET work_mem = '7MB'"))
+            await maybe_await(pool.putconn(conn))
+            conn = await maybe_await(pool.getconn())
+            cur = await maybe_await(conn.execute("SHOW work_mem"))
+            assert (await maybe_await(cur.fetchone()))[0] != "7MB"
+            await maybe_await(pool.putconn(conn))
         finally:
-            await _call(pool.close())
+            await maybe_await(pool.close())
 
     asyncio.run(scenario())
 
@@ -702,22 +693,22 @@ def test_close_returns_gives_a_closed_connection_back_to_the_pool(
     name = f"pk-parity-closeret-{kind.lower()}"
 
     async def scenario() -> None:
-        pool = _make(kind, dsn, name, min_size=1, max_size=1, close_returns=True)
+        pool = pool_of(kind, dsn, name, min_size=1, max_size=1, close_returns=True)
         try:
-            conn = await _call(pool.getconn())
-            await _call(conn.execute("CREATE TEMP TABLE never_committed (x int)"))
-            cur = await _call(conn.execute("SELECT pg_backend_pid()"))
-            pid = (await _call(cur.fetchone()))[0]
-            await _call(conn.close())
+            conn = await maybe_await(pool.getconn())
+            await maybe_await(conn.execute("CREATE TEMP TABLE never_committed (x int)"))
+            cur = await maybe_await(conn.execute("SELECT pg_backend_pid()"))
+            pid = (await maybe_await(cur.fetchone()))[0]
+            await maybe_await(conn.close())
             assert pool.stats().in_use == 0
             assert backends(admin, name) == [pid]
-            again = await _call(pool.getconn())
+            again = await maybe_await(pool.getconn())
             assert again is conn and not again.closed
-            cur = await _call(again.execute("SELECT to_regclass('never_committed')"))
-            assert (await _call(cur.fetchone()))[0] is None
-            await _call(pool.putconn(again))
+            cur = await maybe_await(again.execute("SELECT to_regclass('never_committed')"))
+            assert (await maybe_await(cur.fetchone()))[0] is None
+            await maybe_await(pool.putconn(again))
         finally:
-            await _call(pool.close())
+            await maybe_await(pool.close())
         assert settled_backends(admin, name, []) == []  # the pool's own close closes
 
     asyncio.run(scenario())
