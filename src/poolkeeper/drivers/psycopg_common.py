@@ -105,12 +105,10 @@ _GET_PREPARED_NAMES = ("_conn", "_prepared", "get")
 
 
 def _judge_prepared(conn: Any, pgq: Any) -> None:
+    # Only the fallback wrapper calls this, a call per statement already: the cache
+    # lookup the inline hooks make themselves is touches_session's own first step.
     if conn._pk_dirty is not True:
-        text = pgq.query
-        try:
-            verdict = KNOWN_VERDICTS[text]
-        except (KeyError, TypeError):
-            verdict = touches_session(text)
+        verdict = touches_session(pgq.query)
         if verdict:
             conn._pk_dirty = verdict
 
