@@ -250,6 +250,27 @@ def _int_list(text: str) -> tuple[int, ...]:
     return values
 
 
+#: Every name ``--only`` accepts, in the order the report lists them.
+CONTENDER_NAMES: tuple[str, ...] = (
+    *(c.name for c in SYNC_CONTENDERS),
+    *(c.name for c in ASYNC_CONTENDERS),
+)
+
+
+def _contender_names(text: str) -> tuple[str, ...]:
+    # Checked while parsing, before any server is started or connected to: a
+    # misspelt name would otherwise just leave that contender out of a long run.
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    if not names:
+        raise argparse.ArgumentTypeError("expected comma-separated contender names")
+    unknown = sorted(set(names) - set(CONTENDER_NAMES))
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown contender(s): {', '.join(unknown)}; known: {', '.join(CONTENDER_NAMES)}"
+        )
+    return names
+
+
 def only_with_references(names: Iterable[str]) -> frozenset[str]:
     """What ``--only names`` runs: those contenders, the dedicated baselines, and the
     pool each chosen poolkeeper or fifo_floor contender is compared with (``PEER``).
@@ -268,8 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m benchmarks.run",
         description="Benchmark poolkeeper against psycopg_pool, psycopg2, SQLAlchemy and "
         "asyncpg pools and dedicated connections (issue 5).",
-        epilog="contenders: "
-        + ", ".join([c.name for c in SYNC_CONTENDERS] + [c.name for c in ASYNC_CONTENDERS]),
+        epilog="contenders: " + ", ".join(CONTENDER_NAMES),
     )
     p.add_argument("--dsn", help="server to use (default: $DATABASE_URL, else a throwaway one)")
     p.add_argument(
@@ -303,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-repetitions", type=int, help="memory repetitions (default 3)")
     p.add_argument(
         "--only",
+        type=_contender_names,
         help="comma-separated contender names; the dedicated baselines are kept, and "
         "so is the pool a chosen poolkeeper or fifo_floor contender is compared with "
         "(psycopg_pool, psycopg_pool_async or asyncpg_pool)",
@@ -348,7 +369,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         if value is not None:
             values[name] = value
     if args.only:
-        values["only"] = only_with_references(args.only.split(","))
+        values["only"] = only_with_references(args.only)
     values.update(
         run_sync=not args.no_sync,
         run_async=not args.no_async,
