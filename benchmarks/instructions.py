@@ -307,6 +307,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", type=int, default=64, help="tasks in async pool variants")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    default = CONTENDED_VARIANTS if args.contended else VARIANTS
+    variants = args.only.split(",") if args.only else list(default)
+    # Before the valgrind and server checks: a misspelt name is an error wherever it runs.
+    unknown = set(variants) - set(VARIANTS) - set(CONTENDED_VARIANTS)
+    if unknown:
+        parser.error(
+            f"unknown variant(s): {', '.join(sorted(unknown))}; "
+            f"known: {', '.join(VARIANTS + CONTENDED_VARIANTS)}"
+        )
     if args.dsn is None:
         parser.error("give --dsn or set DATABASE_URL")
     if args.child:
@@ -320,11 +329,6 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("valgrind") is None:
         print("valgrind is not installed (Debian package 'valgrind'); nothing measured")
         return 1
-    default = CONTENDED_VARIANTS if args.contended else VARIANTS
-    variants = args.only.split(",") if args.only else list(default)
-    unknown = set(variants) - set(VARIANTS) - set(CONTENDED_VARIANTS)
-    if unknown:
-        parser.error(f"unknown variant(s): {', '.join(sorted(unknown))}")
     counts: dict[str, float] = {}
     for variant in variants:
         counts[variant] = count_per_iteration(

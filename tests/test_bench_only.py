@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from benchmarks.instructions import CONTENDED_VARIANTS, VARIANTS
 from benchmarks.run import CONTENDER_NAMES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,3 +48,13 @@ def test_run_only_with_no_name_at_all_is_a_usage_error() -> None:
 
     assert result.returncode == 2, result.stderr
     assert "argument --only: expected comma-separated contender names" in result.stderr
+
+
+def test_instructions_only_with_an_unknown_variant_lists_the_known_ones() -> None:
+    # Checked before the valgrind check too: this host need not have valgrind.
+    result = bench("instructions", "--dsn", UNREACHABLE, "--only", "poolkeeper,threads_pk")
+
+    assert result.returncode == 2, result.stderr
+    message = result.stderr.strip().splitlines()[-1]
+    assert "unknown variant(s): threads_pk;" in message
+    assert message.split("known: ", 1)[1].split(", ") == [*VARIANTS, *CONTENDED_VARIANTS]
