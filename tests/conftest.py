@@ -9,10 +9,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import signal
+import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -27,10 +30,80 @@ from poolkeeper.embedded import LocalServer
 pytest_plugins: list[str] = ["pytester", "tests.pool_kinds"]
 
 
+def _pid_space() -> str:
+    """Eight hex digits naming the space this process's pid is unique in: the host, its
+    boot and (on Linux) the pid namespace, so that a name carrying a pid says whose."""
+    parts = [socket.gethostname()]
+    try:
+        parts.append(Path("/proc/sys/kernel/random/boot_id").read_text().strip())
+        parts.append(os.readlink("/proc/self/ns/pid"))
+    except OSError:
+        pass
+    return hashlib.sha1("\0".join(parts).encode()).hexdigest()[:8]
+
+
+#: Where the pids in run tags made here mean something (see ``run_tag``).
+PID_SPACE = _pid_space()
+
+
+def run_tag(pid: int) -> str:
+    """A tag for the cluster-wide objects of the run in process ``pid`` of this host.
+
+    It carries the pid and the pid space, so that a later run can tell the run is over
+    (``drop_stale_databases``), and a random part, so that it is never reused.
+    """
+    return f"{PID_SPACE}_{pid}_{uuid.uuid4().hex[:6]}"
+
+
 #: Unique to this run (and to each xdist worker): names of the objects a test makes
 #: that live in the whole cluster (roles, databases), so two runs sharing a server
 #: never create, use or drop each other's.
-RUN_TAG = f"{os.getpid()}_{uuid.uuid4().hex[:6]}"
+RUN_TAG = run_tag(os.getpid())
+
+#: A database named after a run tag of this pid space; group 1 is the run's pid.
+_RUN_DATABASE = re.compile(rf"pk_[a-z_]+_{PID_SPACE}_([0-9]+)_[0-9a-f]{{6}}")
+
+
+def drop_stale_databases(conninfo: str) -> list[str]:
+    """Drop the databases that runs on this host, since killed, left on the server at
+    ``conninfo``; return their names.
+
+    A run removes its databases when it ends, but a run killed (SIGKILL, a CI timeout)
+    leaves them behind. One is dropped only when provably abandoned: it is named after a
+    run tag of this pid space (a name from another host, container or boot, or without a
+    pid space, proves nothing here and is left), its run's pid is no live process, and no
+    session is connected to it. A live run on the same host (another worktree, an xdist
+    worker) keeps its databases whether or not it is connected at the moment.
+    """
+    dropped = []
+    with psycopg.connect(conninfo, autocommit=True) as admin:
+        rows = admin.execute(
+            "SELECT datname FROM pg_database d"
+            " WHERE NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.datid = d.oid)"
+        ).fetchall()
+        for (name,) in rows:
+            match = _RUN_DATABASE.fullmatch(name)
+            if match is None or _is_alive(int(match[1])):
+                continue
+            try:
+                # Without FORCE: the server itself refuses if a session connected since
+                # the query above, so a database in use is never taken from anyone.
+                admin.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+            except (psycopg.errors.ObjectInUse, psycopg.errors.InsufficientPrivilege):
+                continue
+            dropped.append(name)
+    return dropped
+
+
+def _is_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this host (``kill(pid, 0)``; any owner)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @pytest.fixture(scope="session")
@@ -53,6 +126,7 @@ def dsn() -> Iterator[str]:
 
 
 def _own_database(given: str) -> Iterator[str]:
+    drop_stale_databases(given)
     name = f"pk_test_{RUN_TAG}"
     with psycopg.connect(given, autocommit=True) as admin:
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
