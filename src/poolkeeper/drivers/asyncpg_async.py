@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import inspect
 import logging
 import operator
 import os
 import shlex
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Any, TypeVar, cast
 from urllib.parse import urlencode
@@ -219,56 +220,27 @@ class NoAnswerTimeout(asyncio.TimeoutError):
     is discarded when it is returned."""
 
 
-async def _within(statement: Awaitable[Any], limit: float) -> Any:
-    try:
-        return await statement
-    except asyncio.TimeoutError as exc:
-        raise NoAnswerTimeout(
-            f"no answer from the server for {limit:.1f}s, although statement_timeout "
-            "would have ended the statement by now; the server or the network path to "
-            "it is not responding"
-        ) from exc
+def _no_answer(limit: float) -> NoAnswerTimeout:
+    return NoAnswerTimeout(
+        f"no answer from the server for {limit:.1f}s, although statement_timeout "
+        "would have ended the statement by now; the server or the network path to "
+        "it is not responding"
+    )
 
 
-def _tracking(base: _F, *, bounded: bool = False, bounded_with_args: bool = False) -> _F:
-    """``base`` (an ``asyncpg.Connection`` query method) that first marks the connection
-    dirty when its SQL may change the session.
+def _judging(base: _F) -> _F:
+    """``base`` (an ``asyncpg.Connection`` method taking SQL text first) that first
+    marks the connection dirty when that SQL may change the session.
 
-    It returns asyncpg's own coroutine rather than awaiting it, so tracking adds no
-    coroutine frame; a query seen before costs one dict read, and the base method is
-    called directly, not through ``super()``.
-
-    ``bounded`` methods run one statement per call (``bounded_with_args``: only when
-    given arguments, which make asyncpg use the extended protocol; without them
-    ``execute`` may run a script of several). On a pool with ``statement_timeout``
-    and a clean session they get the silence limit as asyncpg's ``timeout`` unless
-    the caller gave one: the no-answer guard psycopg's connections have.
+    It returns asyncpg's own coroutine (or object) rather than awaiting it, so
+    judging adds no coroutine frame. For the methods that do not run through
+    :meth:`PoolAsyncpgConnection._execute`, which judges the others inline.
     """
 
     def method(self: PoolAsyncpgConnection, query: Any, *args: Any, **kwargs: Any) -> Any:
-        flag = self._pk_dirty
-        if flag is not True:
-            try:
-                verdict = KNOWN_VERDICTS[query]
-            except (KeyError, TypeError):
-                verdict = touches_session(query)
-            if verdict:
-                self._pk_dirty = verdict
-            # A session that changed its own settings may have raised its
-            # statement_timeout: no client-side limit from then on. (A function's
-            # set_config() is not seen: see docs/reliability.md.)
-            if verdict is not True and (
-                self._pk_silence_limit is not None
-                and (bounded or (bounded_with_args and args))
-                and kwargs.get("timeout") is None
-            ):
-                limit = self._pk_silence_limit
-                kwargs["timeout"] = limit
-                return _within(base(self, query, *args, **kwargs), limit)
-        if args or kwargs:
-            return base(self, query, *args, **kwargs)
-        # The common call, a bare query: a plain call, not one that unpacks args.
-        return base(self, query)
+        if self._pk_dirty is not True:
+            self._note(touches_session(query))
+        return base(self, query, *args, **kwargs)
 
     method.__name__ = base.__name__
     method.__qualname__ = f"PoolAsyncpgConnection.{base.__name__}"
@@ -278,7 +250,7 @@ def _tracking(base: _F, *, bounded: bool = False, bounded_with_args: bool = Fals
 
 class PoolAsyncpgConnection(asyncpg.Connection):
     """``asyncpg.Connection`` that marks itself dirty when SQL may change the session
-    (every method that sends SQL text: see :func:`_tracking`)."""
+    (every method that sends SQL text: :meth:`_execute`, :func:`_judging`)."""
 
     __slots__ = (
         "_pk_answer_timeout",
@@ -314,14 +286,69 @@ class PoolAsyncpgConnection(asyncpg.Connection):
         self._pk_settings: Any = None
         self._pk_read_settings: Callable[[Any], object] = _no_settings
 
-    execute = _tracking(asyncpg.Connection.execute, bounded_with_args=True)
-    fetch = _tracking(asyncpg.Connection.fetch, bounded=True)
-    fetchval = _tracking(asyncpg.Connection.fetchval, bounded=True)
-    fetchrow = _tracking(asyncpg.Connection.fetchrow, bounded=True)
-    # fetchmany runs its statement once per argument set, like executemany: unbounded.
-    fetchmany = _tracking(asyncpg.Connection.fetchmany)
-    cursor = _tracking(asyncpg.Connection.cursor)
-    prepare = _tracking(asyncpg.Connection.prepare)
+    # fetch, fetchval, fetchrow and execute with arguments all run through _execute.
+    async def _execute(
+        self,
+        query: Any,
+        args: Any,
+        limit: int,
+        timeout: float | None,
+        *,
+        return_status: bool = False,
+        ignore_custom_codec: bool = False,
+        record_class: Any = None,
+    ) -> Any:
+        """asyncpg's ``_execute`` (one statement, by the extended protocol), with the
+        statement judged first and, on a pool with ``statement_timeout``, the
+        no-answer guard: unless the caller gave a ``timeout``, the silence limit is
+        asyncpg's, and running past it raises :class:`NoAnswerTimeout`.
+
+        asyncpg's own body, written out with the judging inline rather than wrapped:
+        these are the queries of nearly every borrow, and a wrapper's frame cost
+        more than the judging (see docs/benchmarks.md). :func:`_check_layout`
+        makes sure at import that asyncpg still has the parts it calls.
+        """
+        guard = None
+        if self._pk_dirty is not True:
+            try:
+                verdict = KNOWN_VERDICTS[query]
+            except (KeyError, TypeError):
+                verdict = touches_session(query)
+            if verdict:
+                self._pk_dirty = verdict
+            # A session that changed its own settings may have raised its
+            # statement_timeout: no client-side limit from then on. (A function's
+            # set_config() is not seen: see docs/reliability.md.)
+            if timeout is None and verdict is not True:
+                timeout = guard = self._pk_silence_limit
+        with self._stmt_exclusive_section:  # type: ignore[attr-defined]
+            try:
+                result, _ = await self._Connection__execute(  # type: ignore[attr-defined]
+                    query,
+                    args,
+                    limit,
+                    timeout,
+                    return_status=return_status,
+                    record_class=record_class,
+                    ignore_custom_codec=ignore_custom_codec,
+                )
+            except asyncio.TimeoutError as exc:
+                if guard is None:
+                    raise
+                raise _no_answer(guard) from exc
+        return result
+
+    def execute(self, query: str, *args: Any, **kwargs: Any) -> Any:
+        """asyncpg's ``execute``. With arguments it runs through :meth:`_execute`;
+        without, as a simple query that may be a script of several statements: judged
+        here, and with no client-side limit. Returns asyncpg's own coroutine."""
+        if not args and self._pk_dirty is not True:
+            self._note(touches_session(query))
+        return asyncpg.Connection.execute(self, query, *args, **kwargs)
+
+    fetchmany = _judging(asyncpg.Connection.fetchmany)
+    cursor = _judging(asyncpg.Connection.cursor)
+    prepare = _judging(asyncpg.Connection.prepare)
 
     def executemany(self, command: str, *args: Any, **kwargs: Any) -> Any:
         # Spelled out: its first parameter is called ``command``, not ``query``.
@@ -412,6 +439,31 @@ class PoolAsyncpgConnection(asyncpg.Connection):
         """asyncpg's ``set_builtin_type_codec``; see :meth:`set_type_codec`."""
         self._pk_client_dirty = self._pk_codecs = True
         await asyncpg.Connection.set_builtin_type_codec(self, typename, **kwargs)
+
+
+def _check_layout() -> None:
+    """Make sure asyncpg still runs its one-statement queries through ``_execute`` as
+    :meth:`PoolAsyncpgConnection._execute` expects (asyncpg 0.29 to 0.32 do);
+    otherwise those queries would run unjudged, or fail."""
+    base = asyncpg.Connection
+    execute = base.__dict__.get("_execute")
+    expected = ["self", "query", "args", "limit", "timeout"]
+    if (
+        execute is None
+        or list(inspect.signature(execute).parameters)[:5] != expected
+        or not {"return_status", "ignore_custom_codec", "record_class"}
+        <= set(inspect.signature(execute).parameters)
+        or not hasattr(base, "_Connection__execute")
+        or "_stmt_exclusive_section" not in base.__slots__
+    ):
+        raise ConfigurationError(
+            f"driver: asyncpg {asyncpg.__version__} no longer runs its queries where "
+            "poolkeeper judges them; install the asyncpg version poolkeeper supports "
+            "(pip install -U poolkeeper 'asyncpg>=0.29')"
+        )
+
+
+_check_layout()
 
 
 def track_prepared_statements() -> None:
