@@ -492,9 +492,10 @@ class AsyncPool(AsyncPoolBase[ConnT]):
             if waited:
                 ring = self._wait_ring
                 count = ring.count
-                ring.samples[count & RING_MASK] = now - start
+                wait = now - start
+                ring.samples[count & RING_MASK] = wait
                 ring.count = count + 1
-                rec.waited += now - start
+                rec.waited += wait
             else:
                 next(self._borrow_ticks)
             rec.borrowed_at = now
