@@ -63,6 +63,19 @@ CONTENDED_VARIANTS = (
 )
 #: connections in every contended variant, as in the throughput benchmark
 POOL_SIZE = 10
+#: The measured processes' environment, for counts that repeat. A fixed hash seed:
+#: with random ones the same code measured 3,700 to 5,000 instructions per pair from
+#: run to run (dict layouts, and so probe counts, move). Fixed glibc malloc
+#: thresholds: every socket read allocates a 256 KiB buffer (asyncio's, and
+#: asyncpg's), and with glibc's moving mmap threshold and heap trimming, whether
+#: those reads also consolidated and trimmed the heap changed from run to run,
+#: about 700 instructions per asyncpg query either way.
+MEASURED_ENV = {
+    "PYTHONHASHSEED": "0",
+    "MALLOC_MMAP_THRESHOLD_": str(4 << 20),
+    "MALLOC_TRIM_THRESHOLD_": str(1 << 30),
+    "MALLOC_TOP_PAD_": str(16 << 20),
+}
 _COLLECTED = re.compile(r"Collected\s*:\s*(\d+)")
 
 
@@ -256,9 +269,7 @@ def _collected(variant: str, dsn: str, iterations: int, borrowers: list[str]) ->
         str(iterations),
         *borrowers,
     ]
-    # A fixed hash seed: with random ones the same code measured 3,700 to 5,000
-    # instructions per pair from run to run (dict layouts, and so probe counts, move).
-    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    env = {**os.environ, **MEASURED_ENV}
     done = subprocess.run(
         command, capture_output=True, text=True, check=False, timeout=900, env=env
     )
