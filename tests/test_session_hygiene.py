@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg import sql
 
-from poolkeeper import AsyncPool, Pool
+from poolkeeper import AsyncPool, ConfigurationError, Pool
 from poolkeeper.session_state import CHECK, touches_session
 
 ROLE = "pk_hyg_role"
@@ -1008,3 +1008,28 @@ def test_every_psycopg2_cursor_method_that_sends_sql_is_tracked() -> None:
     no_sql = {"cast", "close", "fetchall", "fetchmany", "fetchone", "mogrify", "nextset"}
     no_sql |= {"scroll", "setinputsizes", "setoutputsize"}  # a named cursor's MOVE/FETCH
     assert public - set(vars(_TracksSession)) == no_sql
+
+
+def test_an_asyncpg_whose_query_internals_moved_is_refused_by_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # poolkeeper judges asyncpg's queries in its private _execute and in a prepared
+    # statement's validity check: an asyncpg without them must be refused loudly,
+    # never run with those queries unjudged.
+    import asyncpg
+
+    from poolkeeper.drivers import asyncpg_async
+
+    async def reshaped(self: Any, query: str, *args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("never called")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(asyncpg.Connection, "_execute", reshaped)
+        with pytest.raises(ConfigurationError, match=r"^driver: asyncpg .*pip install"):
+            asyncpg_async._check_layout()
+    asyncpg_async._check_layout()  # the real one passes
+    statement: Any = asyncpg.prepared_stmt.PreparedStatement
+    with monkeypatch.context() as patched:
+        patched.delattr(statement, "_check_conn_validity")
+        with pytest.raises(ConfigurationError, match=r"^driver: asyncpg .*pip install"):
+            asyncpg_async.track_prepared_statements()
