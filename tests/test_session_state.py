@@ -31,6 +31,13 @@ from poolkeeper.session_state import CHECK, KNOWN_VERDICTS, touches_session
         # undoes configure='s LISTEN
         "UNLISTEN *",
         "unlisten chan",
+        # closes configure='s WITH HOLD cursors
+        "CLOSE ALL",
+        "close all;",
+        "  Close/* every cursor */ALL ",
+        "-- done\nCLOSE\n\tall",
+        "close /* a /* nested */ comment */ All",
+        "FETCH 1 FROM c; CLOSE ALL",
         "PREPARE s AS SELECT 1",
         "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
         'DECLARE "c" SCROLL CURSOR WITH HOLD FOR SELECT x FROM t',
@@ -108,6 +115,9 @@ def test_statements_that_can_leave_session_state_are_flagged(query: object) -> N
         "SHOW search_path",
         'DECLARE "for" CURSOR FOR SELECT 1',
         "FETCH 10 FROM c; MOVE NEXT IN c; CLOSE c",
+        # a cursor named "all", or a name that starts with it
+        'CLOSE "all"',
+        "close all_done",
         "NOTIFY jobs, 'payload'",
         "EXPLAIN SELECT 1",
         b"SELECT 2",
@@ -239,6 +249,8 @@ _FRAGMENTS = [
     "BEGIN",
     "SHOW x",
     "'a\\'",
+    "CLOSE",
+    "ALL",
 ]
 
 

@@ -16,8 +16,8 @@ return:
   return the settings the server reports (:data:`REPORTED_PARAMETERS`) are compared
   with the connection's baseline, in memory, and only a difference means a reset.
 - ``False``, **clean**: the statement provably runs no user code and leaves
-  nothing behind: transaction control, ``SHOW``, ``FETCH``/``MOVE``/``CLOSE``,
-  ``NOTIFY`` (:data:`INERT_FIRST`), ``SET LOCAL`` (but of
+  nothing behind: transaction control, ``SHOW``, ``FETCH``/``MOVE``/``CLOSE``
+  (but ``CLOSE ALL``: a reset), ``NOTIFY`` (:data:`INERT_FIRST`), ``SET LOCAL`` (but of
   ``statement_timeout``: a reset, so the no-answer guard stands aside), and a ``SELECT``
   of literals, commas and aliases only (``SELECT 1``). A clean return costs a
   flag read.
@@ -29,8 +29,8 @@ literals (``'…'``, ``E'…'``, ``$tag$…$tag$``), splits the text into statem
 function-call tokens (a name followed by ``(``, comments allowed in between).
 A statement whose first token is not on :data:`INERT_FIRST` or
 :data:`HARMLESS_FIRST` — ``SET``, ``DO``, ``CALL``, ``EXECUTE``, ``DECLARE … WITH HOLD``,
-an unknown command — is a reset, as is text that does not lex: unknown means
-reset. A false positive costs one ``DISCARD ALL`` (or, for a needless check, a
+an unknown command — is a reset, as is ``CLOSE ALL`` and text that does not lex:
+unknown means reset. A false positive costs one ``DISCARD ALL`` (or, for a needless check, a
 microsecond or two), a false negative would leak state.
 
 What the server does not report stays out of reach: a function (or a trigger…)
@@ -89,7 +89,9 @@ REPORTED_PARAMETERS = (
 #: only when ``DECLARE … WITH HOLD`` made it (a reset; without HOLD, a ``DECLARE`` is
 #: judged by its query).
 #: ``UNLISTEN`` is not here: it leaves nothing behind, but can undo a ``LISTEN`` that
-#: ``configure=`` made, which only a reset (and ``configure=`` again) puts back.
+#: ``configure=`` made, which only a reset (and ``configure=`` again) puts back. For
+#: the same reason ``CLOSE ALL``, which closes the ``WITH HOLD`` cursors ``configure=``
+#: declared, is a reset; ``CLOSE`` of one named cursor is clean.
 INERT_FIRST = frozenset(
     {
         *("abort", "begin", "close", "commit", "end", "fetch", "move", "notify"),
@@ -263,7 +265,7 @@ def _judge(text: str) -> int:
         # One statement, or one with a ';' at its very end (as ORMs and tools write).
         one = semicolon < 0 or (semicolon == len(lowered.rstrip()) - 1)
         if one and _MARKERS.search(lowered) is None:
-            if word in INERT_FIRST:
+            if word in INERT_FIRST and word != "close":  # CLOSE ALL: see _statement_verdict
                 return False
             if word == "select" and _LITERALS_ONLY.fullmatch(lowered, first.end()):
                 return False
@@ -404,7 +406,9 @@ def _statement_verdict(tokens: list[Token]) -> int:
     kind, first = tokens[start]
     if kind == "word":
         if first in INERT_FIRST:
-            return False
+            # CLOSE ALL also closes the WITH HOLD cursors configure= declared, which
+            # only a reset (and configure= again) puts back.
+            return first == "close" and tokens[start + 1 : start + 2] == [("word", "all")]
         if first == "set":
             # SET LOCAL, SET TRANSACTION, SET CONSTRAINTS (see _first_token): no
             # function call is possible, only a pg_temp name to catch. SET LOCAL

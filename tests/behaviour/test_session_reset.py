@@ -332,3 +332,31 @@ async def test_an_unlisten_does_not_take_configures_listen_from_the_next_borrowe
     async with pool.connection() as conn:
         assert backend_pid(conn) == pid
         assert await fetchval(conn, listening) == "pk_configured"
+
+
+async def test_a_close_all_does_not_take_configures_hold_cursor_from_the_next_borrower(
+    make_pool: MakePool, kind: Kind
+) -> None:
+    # A WITH HOLD cursor configure= declares is part of every borrower's session; a
+    # borrower's CLOSE ALL closes it, and only a reset (then configure= again) puts it
+    # back. Seen on the server: pg_cursors is in the fingerprint.
+    async def declare(conn: Any) -> None:
+        await execute(conn, "DECLARE pk_configured CURSOR WITH HOLD FOR SELECT 1")
+        await commit(conn)
+
+    # (Named ones: asyncpg's query runs in the unnamed portal, which pg_cursors lists.)
+    cursors = "SELECT string_agg(name, ',') FROM pg_cursors WHERE name <> ''"
+    pool = make_pool(min_size=1, max_size=1, configure=kind.hook(declare))
+    async with pool.connection() as conn:
+        pid = backend_pid(conn)
+        assert await fetchval(conn, cursors) == "pk_configured"
+        fresh = await fetchval(conn, FINGERPRINT_TEXT)
+    async with pool.connection() as conn:
+        await execute(conn, "close /* every cursor */\n  ALL")
+        await commit(conn)
+        assert await fetchval(conn, cursors) is None
+    async with pool.connection() as conn:
+        assert backend_pid(conn) == pid
+        assert await fetchval(conn, cursors) == "pk_configured"
+        assert await fetchval(conn, FINGERPRINT_TEXT) == fresh
+    assert pool.stats().resets == 1
