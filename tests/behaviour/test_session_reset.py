@@ -314,49 +314,45 @@ async def test_a_cursor_without_hold_costs_no_reset_and_reaches_no_next_borrower
     assert pool.stats().resets == 0
 
 
-async def test_an_unlisten_does_not_take_configures_listen_from_the_next_borrower(
-    make_pool: MakePool, kind: Kind
+#: what configure= makes for every borrower -> (its statement, a query that lists it on
+#: the server, a borrower's statement that undoes it). Only a reset, then configure=
+#: again, puts it back: the undoing statement must count as a reset, not as clean.
+CONFIGURED: dict[str, tuple[str, str, str]] = {
+    "listen": (
+        "LISTEN pk_configured",
+        "SELECT string_agg(c, ',') FROM pg_listening_channels() AS c",
+        "UNLISTEN *",
+    ),
+    "hold_cursor": (
+        "DECLARE pk_configured CURSOR WITH HOLD FOR SELECT 1",
+        # Named ones: asyncpg's query runs in the unnamed portal, which pg_cursors lists.
+        "SELECT string_agg(name, ',') FROM pg_cursors WHERE name <> ''",
+        "close /* every cursor */\n  ALL",
+    ),
+}
+
+
+@pytest.mark.parametrize("state", sorted(CONFIGURED))
+async def test_what_a_borrower_undoes_of_configure_is_back_for_the_next_borrower(
+    make_pool: MakePool, kind: Kind, state: str
 ) -> None:
-    async def listen(conn: Any) -> None:
-        await execute(conn, "LISTEN pk_configured")
+    made, listed, undo = CONFIGURED[state]
+
+    async def configure(conn: Any) -> None:
+        await execute(conn, made)
         await commit(conn)
 
-    listening = "SELECT string_agg(c, ',') FROM pg_listening_channels() AS c"
-    pool = make_pool(min_size=1, max_size=1, configure=kind.hook(listen))
+    pool = make_pool(min_size=1, max_size=1, configure=kind.hook(configure))
     async with pool.connection() as conn:
         pid = backend_pid(conn)
-        assert await fetchval(conn, listening) == "pk_configured"
-    async with pool.connection() as conn:
-        await execute(conn, "UNLISTEN *")
-        await commit(conn)
-    async with pool.connection() as conn:
-        assert backend_pid(conn) == pid
-        assert await fetchval(conn, listening) == "pk_configured"
-
-
-async def test_a_close_all_does_not_take_configures_hold_cursor_from_the_next_borrower(
-    make_pool: MakePool, kind: Kind
-) -> None:
-    # A WITH HOLD cursor configure= declares is part of every borrower's session; a
-    # borrower's CLOSE ALL closes it, and only a reset (then configure= again) puts it
-    # back. Seen on the server: pg_cursors is in the fingerprint.
-    async def declare(conn: Any) -> None:
-        await execute(conn, "DECLARE pk_configured CURSOR WITH HOLD FOR SELECT 1")
-        await commit(conn)
-
-    # (Named ones: asyncpg's query runs in the unnamed portal, which pg_cursors lists.)
-    cursors = "SELECT string_agg(name, ',') FROM pg_cursors WHERE name <> ''"
-    pool = make_pool(min_size=1, max_size=1, configure=kind.hook(declare))
-    async with pool.connection() as conn:
-        pid = backend_pid(conn)
-        assert await fetchval(conn, cursors) == "pk_configured"
+        assert await fetchval(conn, listed) == "pk_configured"
         fresh = await fetchval(conn, FINGERPRINT_TEXT)
     async with pool.connection() as conn:
-        await execute(conn, "close /* every cursor */\n  ALL")
+        await execute(conn, undo)
         await commit(conn)
-        assert await fetchval(conn, cursors) is None
+        assert await fetchval(conn, listed) is None
     async with pool.connection() as conn:
         assert backend_pid(conn) == pid
-        assert await fetchval(conn, cursors) == "pk_configured"
+        assert await fetchval(conn, listed) == "pk_configured"
         assert await fetchval(conn, FINGERPRINT_TEXT) == fresh
     assert pool.stats().resets == 1
