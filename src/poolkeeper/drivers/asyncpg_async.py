@@ -24,7 +24,7 @@ from urllib.parse import urlencode
 import asyncpg
 
 from poolkeeper.conninfo import parse_conninfo
-from poolkeeper.drivers.base import BROKEN, IDLE, IN_TRANSACTION, ConnectSpec, shared
+from poolkeeper.drivers.base import BROKEN, IDLE, IN_TRANSACTION, ConnectSpec, SettingsBaseline
 from poolkeeper.drivers.sqlstate import READ_ONLY_SQLSTATE, REPLAY_LAG_SQL, is_server_gone_sqlstate
 from poolkeeper.errors import ConfigurationError
 from poolkeeper.policy import silence_limit
@@ -515,12 +515,6 @@ def _no_settings(source: Any) -> object:
     return ()
 
 
-def _reported_settings(conn: PoolAsyncpgConnection) -> object:
-    """The settings this server reports (ParameterStatus), as asyncpg holds them now:
-    one C-level read (see :func:`_settings_source`)."""
-    return conn._pk_read_settings(conn._pk_settings)
-
-
 #: The getters :func:`_settings_source` hands out, one per kind and list of names.
 _READERS: dict[tuple[Any, tuple[str, ...]], Callable[[Any], object]] = {}
 
@@ -606,7 +600,7 @@ def _return_state(conn: PoolAsyncpgConnection) -> object:
     return conn._pk_dirty  # False, CHECK (check_state) or True
 
 
-class AsyncpgDriver:
+class AsyncpgDriver(SettingsBaseline):
     """asyncpg behind the pool's driver interface."""
 
     name = "asyncpg"
@@ -630,6 +624,7 @@ class AsyncpgDriver:
         # The no-answer guard, unless the caller chose asyncpg's own command_timeout.
         if spec.statement_timeout is not None and kwargs.get("command_timeout") is None:
             conn._pk_silence_limit = silence_limit(spec.statement_timeout)
+        conn._pk_settings, conn._pk_read_settings = _settings_source(conn)
         self.record_baseline(conn)
         self.save_client_state(conn)
         return conn
@@ -681,25 +676,10 @@ class AsyncpgDriver:
         except Exception:
             conn.terminate()
 
-    def session_dirty(self, conn: PoolAsyncpgConnection) -> bool:
-        """SQL that may have changed the session (a LISTEN a borrower's listener sent,
-        too: :meth:`restore_client_state` runs first), or a setting the server reports
-        that differs from the baseline."""
-        return conn._pk_dirty is True or self.settings_changed(conn)
-
-    def settings_changed(self, conn: PoolAsyncpgConnection) -> bool:
-        """Whether a setting the server reports differs from the baseline; when none
-        does, a pending :data:`~poolkeeper.session_state.CHECK` is cleared. No I/O."""
-        if _reported_settings(conn) != conn._pk_reported:
-            return True
-        conn._pk_dirty = False
-        return False
-
-    def record_baseline(self, conn: PoolAsyncpgConnection) -> None:
-        """Remember the reported settings as they are now: what a borrower must find."""
-        if conn._pk_settings is None:
-            conn._pk_settings, conn._pk_read_settings = _settings_source(conn)
-        conn._pk_reported = shared(_reported_settings(conn))
+    def read_settings(self, conn: PoolAsyncpgConnection) -> object:
+        """The settings this server reports (ParameterStatus), as asyncpg holds them
+        now: one C-level read (see :func:`_settings_source`)."""
+        return conn._pk_read_settings(conn._pk_settings)
 
     def save_client_state(self, conn: PoolAsyncpgConnection) -> None:
         """Record listeners and loggers (after configure=) as the baseline; the first

@@ -11,7 +11,7 @@ import psycopg2
 import psycopg2.extensions
 import psycopg2.sql
 
-from poolkeeper.drivers.base import BROKEN, IDLE, IN_TRANSACTION, ConnectSpec, shared
+from poolkeeper.drivers.base import BROKEN, IDLE, IN_TRANSACTION, ConnectSpec, SettingsBaseline
 from poolkeeper.drivers.libpq_options import libpq_server_refused, merge_conninfo
 from poolkeeper.drivers.sqlstate import READ_ONLY_SQLSTATE, REPLAY_LAG_SQL, is_server_gone_sqlstate
 from poolkeeper.drivers.watchdog import watchdog
@@ -239,11 +239,6 @@ def _answer_within(conn: PoolConnection2, seconds: float, what: str) -> Iterator
         )
 
 
-def _reported_settings(conn: PoolConnection2) -> tuple[str | None, ...]:
-    """The settings the server reported (ParameterStatus), as libpq holds them."""
-    return tuple(map(conn.get_parameter_status, REPORTED_PARAMETERS))
-
-
 def _snapshot(conn: PoolConnection2) -> tuple[Any, ...]:
     return (
         conn.autocommit,
@@ -298,7 +293,7 @@ def _put_back_types(conn: PoolConnection2, types: tuple[dict[Any, Any], dict[Any
             live.update(saved)
 
 
-class Psycopg2Driver:
+class Psycopg2Driver(SettingsBaseline):
     """Sync psycopg2 behind the pool's driver interface."""
 
     name = "psycopg2"
@@ -433,22 +428,9 @@ class Psycopg2Driver:
         with contextlib.suppress(Exception):
             conn.close()
 
-    def session_dirty(self, conn: PoolConnection2) -> bool:
-        """Whether SQL since the last reset may have changed session state, or a setting
-        the server reports differs from the baseline."""
-        return conn._pk_dirty is True or self.settings_changed(conn)
-
-    def settings_changed(self, conn: PoolConnection2) -> bool:
-        """Whether a setting the server reports differs from the baseline; when none
-        does, a pending :data:`~poolkeeper.session_state.CHECK` is cleared. No I/O."""
-        if _reported_settings(conn) != conn._pk_reported:
-            return True
-        conn._pk_dirty = False
-        return False
-
-    def record_baseline(self, conn: PoolConnection2) -> None:
-        """Remember the reported settings as they are now: what a borrower must find."""
-        conn._pk_reported = shared(_reported_settings(conn))
+    def read_settings(self, conn: PoolConnection2) -> tuple[str | None, ...]:
+        """The settings the server reported (ParameterStatus), as libpq holds them."""
+        return tuple(map(conn.get_parameter_status, REPORTED_PARAMETERS))
 
     def reset_session(self, conn: PoolConnection2) -> None:
         """DISCARD ALL outside a transaction, waiting at most ``connect_timeout``."""

@@ -21,7 +21,7 @@ try:
 except ImportError:  # psycopg before 3.2 kept it beside Cursor
     from psycopg.cursor import BaseCursor  # type: ignore[attr-defined]
 
-from poolkeeper.drivers.base import BROKEN, IDLE, IN_TRANSACTION, ConnectSpec, shared
+from poolkeeper.drivers.base import BROKEN, IDLE, IN_TRANSACTION, ConnectSpec, SettingsBaseline
 from poolkeeper.drivers.libpq_options import libpq_server_refused, merge_conninfo
 from poolkeeper.drivers.psycopg_attrs import restore_client_state, save_client_state
 from poolkeeper.drivers.sqlstate import READ_ONLY_SQLSTATE, is_server_gone_sqlstate
@@ -203,11 +203,6 @@ track_statements()
 _REPORTED = tuple(name.encode() for name in REPORTED_PARAMETERS)
 
 
-def reported_settings(conn: Any) -> tuple[bytes | None, ...]:
-    """The settings the server reported (ParameterStatus), as libpq holds them: no I/O."""
-    return tuple(map(conn.pgconn.parameter_status, _REPORTED))
-
-
 def forget_prepared(conn: Any) -> None:
     """Forget the statements psycopg prepared on ``conn``, after a DISCARD ALL that
     deallocated them on the server.
@@ -223,7 +218,7 @@ def forget_prepared(conn: Any) -> None:
     manager._to_flush.clear()
 
 
-class PsycopgState:
+class PsycopgState(SettingsBaseline):
     """The I/O-free half of a psycopg 3 driver (connections carry ``_pk_dirty`` and
     ``_pk_client_dirty``)."""
 
@@ -251,23 +246,9 @@ class PsycopgState:
         """Map libpq's transaction status to IDLE / IN_TRANSACTION / BROKEN."""
         return _STATUS_BY_PQ[conn.pgconn.transaction_status]
 
-    def session_dirty(self, conn: Any) -> bool:
-        """Whether a statement since the last reset may have changed session state, or
-        a setting the server reports differs from the baseline (see
-        :meth:`record_baseline`)."""
-        return conn._pk_dirty is True or self.settings_changed(conn)
-
-    def settings_changed(self, conn: Any) -> bool:
-        """Whether a setting the server reports differs from the baseline; when none
-        does, a pending :data:`~poolkeeper.session_state.CHECK` is cleared. No I/O."""
-        if tuple(map(conn.pgconn.parameter_status, _REPORTED)) != conn._pk_reported:
-            return True
-        conn._pk_dirty = False
-        return False
-
-    def record_baseline(self, conn: Any) -> None:
-        """Remember the reported settings as they are now: what a borrower must find."""
-        conn._pk_reported = shared(reported_settings(conn))
+    def read_settings(self, conn: Any) -> tuple[bytes | None, ...]:
+        """The settings the server reported (ParameterStatus), as libpq holds them."""
+        return tuple(map(conn.pgconn.parameter_status, _REPORTED))
 
     def mark_clean(self, conn: Any) -> None:
         """Forget the session-dirty flag."""
