@@ -79,6 +79,9 @@ def server_objects(dsn: str) -> Iterator[None]:
         )
         # A trigger: server-side code that an INSERT runs without naming it.
         admin.execute("CREATE TABLE IF NOT EXISTS pk_hyg_trig (x int)")
+        # A type asyncpg has no codec for until it introspects it.
+        admin.execute("DROP TYPE IF EXISTS pk_hyg_mood")
+        admin.execute("CREATE TYPE pk_hyg_mood AS ENUM ('sad', 'ok')")
         admin.execute(
             "CREATE OR REPLACE FUNCTION pk_hyg_trig_fn() RETURNS trigger LANGUAGE plpgsql AS "
             "$$ BEGIN PERFORM set_config('TimeZone', 'America/Chicago', false); RETURN NEW; "
@@ -92,6 +95,7 @@ def server_objects(dsn: str) -> Iterator[None]:
     with psycopg.connect(dsn, autocommit=True) as admin:
         admin.execute("DROP TABLE IF EXISTS pk_hyg_weather")
         admin.execute("DROP TABLE IF EXISTS pk_hyg_trig")
+        admin.execute("DROP TYPE IF EXISTS pk_hyg_mood")
         admin.execute("DROP FUNCTION IF EXISTS pk_hyg_trig_fn()")
         admin.execute("DROP FUNCTION IF EXISTS pk_hyg_set_tz()")
         admin.execute("DROP PROCEDURE IF EXISTS pk_hyg_proc()")
@@ -578,6 +582,8 @@ ASYNCPG_LEAKS: dict[str, AsyncAction] = {
     "LISTEN": lambda c: c.execute("LISTEN pk_hyg_chan"),
     "PREPARE": lambda c: c.execute("PREPARE pk_hyg_stmt AS SELECT 1"),
     "SECURITY DEFINER function sets TimeZone": lambda c: c.fetchval("SELECT pk_hyg_set_tz()"),
+    # asyncpg's own type introspection runs set_config('jit', ..., false), twice.
+    "a type asyncpg introspects": lambda c: c.fetchval("SELECT $1::pk_hyg_mood", "ok"),
 }
 
 ASYNC_LEAKS = [("psycopg", name) for name in sorted(ASYNC_PSYCOPG_LEAKS)] + [
@@ -598,6 +604,27 @@ async def test_async_drivers_leave_nothing_for_the_next_borrower(
     async with _async_pool(dsn, driver) as pool:
         await _assert_no_leak_async(pool, action)
     _KEEP.clear()
+
+
+@pytest.mark.one_model("asyncio", "asyncpg's own type introspection (an asyncio-only driver)")
+@pytest.mark.usefixtures("server_objects")
+async def test_asyncpg_introspection_cut_short_leaves_its_jit_to_no_one(
+    dsn: str, admin: psycopg.Connection[Any]
+) -> None:
+    # asyncpg turns jit off for its catalog query and back on after it. A caller's
+    # timeout that runs out in that query (held here by a lock on a catalog it
+    # reads) leaves the session with jit off; the borrower goes on using it.
+    async with _async_pool(dsn, "asyncpg") as pool:
+        async with pool.connection() as conn:
+            fresh = await _afingerprint(conn)
+        async with pool.connection() as conn:
+            with admin.transaction():
+                admin.execute("LOCK TABLE pg_catalog.pg_range IN ACCESS EXCLUSIVE MODE")
+                with pytest.raises(asyncio.TimeoutError):
+                    await conn.fetchval("SELECT $1::pk_hyg_mood", "ok", timeout=0.5)
+            assert await conn.fetchval("SHOW jit") == "off"
+        async with pool.connection() as conn:
+            assert await _afingerprint(conn) == fresh
 
 
 # -- property-based: any spelling, any path --------------------------------------------
@@ -995,6 +1022,18 @@ def test_every_asyncpg_query_method_is_tracked() -> None:
         if not name.startswith("_") and callable(method):
             # asyncpg's connresource.guarded wrapper calls it.
             assert "_check_conn_validity" in method.__code__.co_names, name
+
+
+def test_an_asyncpg_that_introspects_elsewhere_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Its introspection changes the session's jit where _introspect_types sees it.
+    import asyncpg
+
+    from poolkeeper import ConfigurationError
+    from poolkeeper.drivers import asyncpg_async
+
+    monkeypatch.delattr(asyncpg.Connection, "_introspect_types")
+    with pytest.raises(ConfigurationError, match=r"^driver: asyncpg"):
+        asyncpg_async._check_layout()
 
 
 def test_every_psycopg2_cursor_method_that_sends_sql_is_tracked() -> None:

@@ -259,6 +259,7 @@ class PoolAsyncpgConnection(asyncpg.Connection):
         "_pk_codecs",
         "_pk_connected",
         "_pk_dirty",
+        "_pk_introspected",
         "_pk_read_settings",
         "_pk_reported",
         "_pk_settings",
@@ -273,6 +274,8 @@ class PoolAsyncpgConnection(asyncpg.Connection):
         # see AsyncpgDriver.restore_client_state.
         self._pk_client_dirty = False
         self._pk_codecs = False
+        # asyncpg's type introspection changed the session's jit: see _introspect_types.
+        self._pk_introspected = False
         self._pk_baseline: _Listeners | None = None
         self._pk_connected: _Listeners | None = None
         # How long the pool's own statements (ping, ROLLBACK, DISCARD ALL) wait for an
@@ -337,6 +340,23 @@ class PoolAsyncpgConnection(asyncpg.Connection):
                     raise
                 raise _no_answer(guard) from exc
         return result
+
+    async def _introspect_types(self, typeoids: Any, timeout: float | None) -> Any:
+        """asyncpg's ``_introspect_types``, which runs when a statement meets a type this
+        connection has no codec for yet (an enum, a domain, a composite...).
+
+        On a server with JIT, asyncpg turns ``jit`` off for its catalog query with
+        ``set_config('jit', 'off', false)`` and back with another: a session setting
+        either way, and left off when the query is interrupted (a caller's ``timeout``
+        running out in it). ``jit`` is not a setting the server reports, so only a
+        reset clears it: the return makes one. Through the client-side flag, not
+        ``_pk_dirty``, so the no-answer guard does not stand aside for the rest of the
+        borrow: the session's ``statement_timeout`` is untouched. Rare: once per type
+        and connection, asyncpg keeps the codecs it found.
+        """
+        if self._server_caps.jit:  # type: ignore[attr-defined]
+            self._pk_client_dirty = self._pk_introspected = True
+        return await asyncpg.Connection._introspect_types(self, typeoids, timeout)  # type: ignore[attr-defined]
 
     def execute(self, query: str, *args: Any, **kwargs: Any) -> Any:
         """asyncpg's ``execute``. With arguments it runs through :meth:`_execute`;
@@ -443,10 +463,12 @@ class PoolAsyncpgConnection(asyncpg.Connection):
 
 def _check_layout() -> None:
     """Make sure asyncpg still runs its one-statement queries through ``_execute`` as
-    :meth:`PoolAsyncpgConnection._execute` expects (asyncpg 0.29 to 0.32 do);
+    :meth:`PoolAsyncpgConnection._execute` expects (asyncpg 0.29 to 0.32 do), and
+    introspects types where :meth:`PoolAsyncpgConnection._introspect_types` sees it;
     otherwise those queries would run unjudged, or fail."""
     base = asyncpg.Connection
     execute = base.__dict__.get("_execute")
+    introspect = base.__dict__.get("_introspect_types")
     expected = ["self", "query", "args", "limit", "timeout"]
     if (
         execute is None
@@ -455,6 +477,9 @@ def _check_layout() -> None:
         <= set(inspect.signature(execute).parameters)
         or not hasattr(base, "_Connection__execute")
         or "_stmt_exclusive_section" not in base.__slots__
+        or introspect is None
+        or list(inspect.signature(introspect).parameters) != ["self", "typeoids", "timeout"]
+        or "_server_caps" not in base.__slots__
     ):
         raise ConfigurationError(
             f"driver: asyncpg {asyncpg.__version__} no longer runs its queries where "
@@ -688,7 +713,7 @@ class AsyncpgDriver(SettingsBaseline):
         conn._pk_baseline = _listeners(conn)
         if conn._pk_connected is None:
             conn._pk_connected = conn._pk_baseline
-        conn._pk_client_dirty = conn._pk_codecs = False
+        conn._pk_client_dirty = conn._pk_codecs = conn._pk_introspected = False
 
     def restore_client_state(self, conn: PoolAsyncpgConnection, as_connected: bool = False) -> bool:
         """Put the listeners and loggers back as configure= left them; False (discard)
@@ -701,6 +726,10 @@ class AsyncpgDriver(SettingsBaseline):
             return True
         if conn._pk_codecs:
             return False
+        if conn._pk_introspected:
+            # asyncpg's introspection set jit for the session (see _introspect_types).
+            conn._pk_dirty = True
+            conn._pk_introspected = False
         saved = conn._pk_connected if as_connected else conn._pk_baseline
         assert saved is not None
         channels, logs, terminations, loggers = saved
