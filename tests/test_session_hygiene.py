@@ -1024,11 +1024,30 @@ def test_every_asyncpg_query_method_is_tracked() -> None:
             assert "_check_conn_validity" in method.__code__.co_names, name
 
 
+@pytest.mark.parametrize("method", ["fetch", "fetchval", "fetchrow", "execute"])
+def test_an_asyncpg_whose_queries_bypass_execute_is_refused(
+    monkeypatch: pytest.MonkeyPatch, method: str
+) -> None:
+    # fetch & co. are judged only in _execute: a version of asyncpg whose method no
+    # longer calls it would run the borrower's SQL unjudged.
+    import asyncpg
+
+    from poolkeeper.drivers import asyncpg_async
+
+    asyncpg_async._check_layout()
+
+    async def bypass(self: Any, query: str, *args: Any, **kwargs: Any) -> Any:
+        return await self._Connection__execute(query, args, 0, None)
+
+    monkeypatch.setattr(asyncpg.Connection, method, bypass)
+    with pytest.raises(ConfigurationError, match=r"^driver: asyncpg .*pip install"):
+        asyncpg_async._check_layout()
+
+
 def test_an_asyncpg_that_introspects_elsewhere_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     # Its introspection changes the session's jit where _introspect_types sees it.
     import asyncpg
 
-    from poolkeeper import ConfigurationError
     from poolkeeper.drivers import asyncpg_async
 
     monkeypatch.delattr(asyncpg.Connection, "_introspect_types")

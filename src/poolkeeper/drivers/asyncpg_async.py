@@ -461,6 +461,15 @@ class PoolAsyncpgConnection(asyncpg.Connection):
         await asyncpg.Connection.set_builtin_type_codec(self, typename, **kwargs)
 
 
+#: asyncpg's methods that must reach its ``_execute`` for their statement to be judged.
+_THROUGH_EXECUTE = ("fetch", "fetchval", "fetchrow", "execute")
+
+
+def _calls_execute(method: object) -> bool:
+    code = getattr(method, "__code__", None)
+    return code is not None and "_execute" in code.co_names
+
+
 def _check_layout() -> None:
     """Make sure asyncpg still runs its one-statement queries through ``_execute`` as
     :meth:`PoolAsyncpgConnection._execute` expects (asyncpg 0.29 to 0.32 do), and
@@ -477,6 +486,8 @@ def _check_layout() -> None:
         <= set(inspect.signature(execute).parameters)
         or not hasattr(base, "_Connection__execute")
         or "_stmt_exclusive_section" not in base.__slots__
+        # A public method that stopped calling _execute would run its SQL unjudged.
+        or not all(_calls_execute(getattr(base, name, None)) for name in _THROUGH_EXECUTE)
         or introspect is None
         or list(inspect.signature(introspect).parameters) != ["self", "typeoids", "timeout"]
         or "_server_caps" not in base.__slots__
