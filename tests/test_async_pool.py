@@ -13,8 +13,11 @@ import random
 import weakref
 from typing import Any
 
+import asyncpg
 import psycopg
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from poolkeeper import AsyncPool, WrongEventLoop
 from poolkeeper.drivers.asyncpg_async import asyncpg_connect_args
@@ -388,6 +391,124 @@ async def test_statement_timeout_guards_psycopg_connections_against_silence(
             assert await fetchval(conn, "SELECT 1") == 1
     finally:
         await pool.close()
+
+
+#: Statements as a caller sends them, with their arguments: answers of every shape,
+#: and the errors asyncpg raises before, while and after the server runs them (a
+#: type asyncpg must introspect first, pk_drv_mood, among them).
+_AS_ASYNCPG_QUERIES: list[tuple[str, tuple[Any, ...]]] = [
+    ("SELECT 1", ()),
+    ("SELECT $1::int + 1", (41,)),
+    ("SELECT 1 AS a, 'b' AS b", ()),
+    ("SELECT generate_series(1, $1) AS g", (3,)),
+    ("SELECT 1 WHERE false", ()),
+    ("SELECT NULL", ()),
+    ("VALUES (1, 'a'), (2, 'b')", ()),
+    ("SELECT $1::int[]", ([1, 2],)),
+    ("SELECT $1::pk_drv_mood, ARRAY['ok']::pk_drv_mood[]", ("sad",)),
+    ("SELECT 1/0", ()),
+    ("SELEC 1", ()),
+    ("SELECT 1; SELECT 2", ()),
+    ("SELECT $1::text", (5,)),
+    ("SELECT $1::int", ()),
+    ("SELECT 1", (1,)),
+    ("SELECT 'x'::pk_drv_no_such_type", ()),
+    ("SHOW search_path", ()),
+]
+
+_Call = tuple[str, str, tuple[Any, ...], dict[str, Any]]
+
+
+class _Tagged(asyncpg.Record):
+    """A caller's record_class."""
+
+
+@st.composite
+def _asyncpg_calls(draw: st.DrawFn) -> _Call:
+    query, args = draw(st.sampled_from(_AS_ASYNCPG_QUERIES))
+    method = draw(st.sampled_from(["fetch", "fetchval", "fetchrow", "execute", "prepared"]))
+    kwargs: dict[str, Any] = {}
+    if method in ("fetch", "fetchrow", "prepared") and draw(st.booleans()):
+        kwargs["record_class"] = _Tagged
+    if method == "fetchval" and draw(st.booleans()):
+        kwargs["column"] = draw(st.sampled_from([0, 1, 5]))
+    if draw(st.booleans()):
+        kwargs["timeout"] = draw(st.sampled_from([None, 5.0]))
+    return method, query, args, kwargs
+
+
+def _as_asyncpg_answer(value: Any) -> Any:
+    if isinstance(value, asyncpg.Record):
+        return (type(value).__name__, tuple(value.items()))
+    if isinstance(value, list):
+        return [_as_asyncpg_answer(item) for item in value]
+    return value
+
+
+async def _asyncpg_call(conn: Any, call: _Call) -> Any:
+    """What the caller sees: the answer, or the exception's class and message."""
+    method, query, args, kwargs = call
+    kwargs = dict(kwargs)
+    try:
+        if method == "prepared":
+            record_class = kwargs.pop("record_class", None)
+            statement = await conn.prepare(query, record_class=record_class, **kwargs)
+            answer = await statement.fetch(*args)
+        else:
+            answer = await getattr(conn, method)(query, *args, **kwargs)
+    except Exception as exc:
+        return ("raised", type(exc).__name__, str(exc))
+    return ("answered", _as_asyncpg_answer(answer))
+
+
+async def _asyncpg_both(plain: Any, pool: AsyncPool, script: list[_Call]) -> None:
+    """Run ``script`` on ``plain`` and on a connection of ``pool``, call by call."""
+    logged: tuple[list[Any], list[Any]] = ([], [])
+    async with pool.connection() as ours:
+        for conn, log in ((plain, logged[0]), (ours, logged[1])):
+            conn.add_query_logger(
+                lambda r, log=log: log.append(
+                    (r.query, r.args, r.timeout, type(r.exception).__name__)
+                )
+            )
+        try:
+            for call in script:
+                expected = await _asyncpg_call(plain, call)
+                assert await _asyncpg_call(ours, call) == expected, call
+            await asyncio.sleep(0)  # asyncpg calls loggers with call_soon
+        finally:
+            plain._query_loggers.clear()
+    assert logged[1] == logged[0]
+
+
+@pytest.mark.one_model("asyncio", "asyncpg is an asyncio-only driver")
+def test_asyncpg_pool_connection_answers_as_asyncpg_does(dsn: str, admin: Admin) -> None:
+    """Whatever a caller sends through fetch, fetchval, fetchrow, execute or a prepared
+    statement, with any of their keyword arguments, a pool connection (which judges
+    every statement in its own _execute and _introspect_types) gives what a plain
+    asyncpg connection gives: the same values, records of the same class, the same
+    exception with the same message, and the same records for its query loggers."""
+    admin.execute("DROP TYPE IF EXISTS pk_drv_mood")
+    admin.execute("CREATE TYPE pk_drv_mood AS ENUM ('sad', 'ok')")
+    loop = asyncio.new_event_loop()
+    pool = AsyncPool(dsn, driver="asyncpg", min_size=1, max_size=1, name="pk-as-asyncpg")
+    plain: Any = None
+    try:
+        loop.run_until_complete(pool.open())
+        plain = loop.run_until_complete(asyncpg.connect(dsn))
+
+        @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+        @given(script=st.lists(_asyncpg_calls(), min_size=1, max_size=4))
+        def answers_alike(script: list[_Call]) -> None:
+            loop.run_until_complete(_asyncpg_both(plain, pool, script))
+
+        answers_alike()
+    finally:
+        if plain is not None:
+            loop.run_until_complete(plain.close())
+        loop.run_until_complete(pool.close())
+        loop.close()
+        admin.execute("DROP TYPE IF EXISTS pk_drv_mood")
 
 
 @pytest.mark.one_model("asyncio", "asyncpg is an asyncio-only driver")
