@@ -178,7 +178,7 @@ def test_usage_survives_a_json_round_trip_and_missing_usage_stays_missing(
 
 
 #: The run whose tables docs/benchmarks.md publishes (the only one kept).
-PUBLISHED = RESULTS / "issue5-pg15-45a2d2723cf1.json"
+PUBLISHED = RESULTS / "issue5-pg15-0035c8afab84.json"
 
 #: What results saved before context switches and CPU were recorded, and before cells
 #: were sliced, lack.
