@@ -302,7 +302,9 @@ def run_demo(
             try:
                 if database_url:
                     dsn = database_url
-                    source = f"DATABASE_URL ({redact(dsn)})"
+                    # The address is printed once, here: the summary names only the
+                    # source, so that its line stays short whatever the URL's length.
+                    source = "DATABASE_URL"
                     out.print(f"using [bold]DATABASE_URL[/] {redact(dsn)}")
                 else:
                     server = _start_embedded(data_dir)
