@@ -216,8 +216,10 @@ class NoAnswerTimeout(asyncio.TimeoutError):
     """A statement heard nothing from the server for well past ``statement_timeout``:
     the server or the network path to it is not responding (the no-answer guard).
 
-    A ``TimeoutError``, as asyncpg's own ``command_timeout`` raises; the connection
-    is discarded when it is returned."""
+    A ``TimeoutError``, as asyncpg's own ``command_timeout`` raises. Returned through
+    ``pool.connection()``, the connection is discarded (and the pool's idle ones are
+    checked before their next loan); handed back with ``putconn``, it is kept only
+    if it is idle again, asyncpg's cancel of the statement having been answered."""
 
 
 def _no_answer(limit: float) -> NoAnswerTimeout:
