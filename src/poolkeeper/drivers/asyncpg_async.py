@@ -480,12 +480,10 @@ def _check_layout() -> None:
     base = asyncpg.Connection
     execute = base.__dict__.get("_execute")
     introspect = base.__dict__.get("_introspect_types")
-    expected = ["self", "query", "args", "limit", "timeout"]
+    params = [] if execute is None else list(inspect.signature(execute).parameters)
     if (
-        execute is None
-        or list(inspect.signature(execute).parameters)[:5] != expected
-        or not {"return_status", "ignore_custom_codec", "record_class"}
-        <= set(inspect.signature(execute).parameters)
+        params[:5] != ["self", "query", "args", "limit", "timeout"]
+        or not {"return_status", "ignore_custom_codec", "record_class"} <= set(params)
         or not hasattr(base, "_Connection__execute")
         or "_stmt_exclusive_section" not in base.__slots__
         # A public method that stopped calling _execute would run its SQL unjudged.
