@@ -1024,34 +1024,41 @@ def test_every_asyncpg_query_method_is_tracked() -> None:
             assert "_check_conn_validity" in method.__code__.co_names, name
 
 
-@pytest.mark.parametrize("method", ["fetch", "fetchval", "fetchrow", "execute"])
-def test_an_asyncpg_whose_queries_bypass_execute_is_refused(
-    monkeypatch: pytest.MonkeyPatch, method: str
+async def _bypass(self: Any, query: str, *args: Any, **kwargs: Any) -> Any:
+    return await self._Connection__execute(query, args, 0, None)
+
+
+async def _reshaped(self: Any, query: str, *args: Any, **kwargs: Any) -> Any:
+    raise AssertionError("never called")
+
+
+@pytest.mark.parametrize(
+    ("name", "replacement"),
+    [
+        # fetch & co. are judged only in _execute: a version of asyncpg whose method
+        # no longer calls it would run the borrower's SQL unjudged.
+        *((method, _bypass) for method in ("fetch", "fetchval", "fetchrow", "execute")),
+        # _execute itself with another shape.
+        ("_execute", _reshaped),
+        # Its introspection changes the session's jit where _introspect_types sees it.
+        ("_introspect_types", None),
+    ],
+)
+def test_an_asyncpg_whose_query_internals_moved_is_refused_by_name(
+    monkeypatch: pytest.MonkeyPatch, name: str, replacement: Any
 ) -> None:
-    # fetch & co. are judged only in _execute: a version of asyncpg whose method no
-    # longer calls it would run the borrower's SQL unjudged.
+    # poolkeeper judges asyncpg's queries in its private _execute: an asyncpg whose
+    # internals moved must be refused loudly, never run with those queries unjudged.
     import asyncpg
 
     from poolkeeper.drivers import asyncpg_async
 
-    asyncpg_async._check_layout()
-
-    async def bypass(self: Any, query: str, *args: Any, **kwargs: Any) -> Any:
-        return await self._Connection__execute(query, args, 0, None)
-
-    monkeypatch.setattr(asyncpg.Connection, method, bypass)
+    asyncpg_async._check_layout()  # the real one passes
+    if replacement is None:
+        monkeypatch.delattr(asyncpg.Connection, name)
+    else:
+        monkeypatch.setattr(asyncpg.Connection, name, replacement)
     with pytest.raises(ConfigurationError, match=r"^driver: asyncpg .*pip install"):
-        asyncpg_async._check_layout()
-
-
-def test_an_asyncpg_that_introspects_elsewhere_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Its introspection changes the session's jit where _introspect_types sees it.
-    import asyncpg
-
-    from poolkeeper.drivers import asyncpg_async
-
-    monkeypatch.delattr(asyncpg.Connection, "_introspect_types")
-    with pytest.raises(ConfigurationError, match=r"^driver: asyncpg"):
         asyncpg_async._check_layout()
 
 
@@ -1068,26 +1075,16 @@ def test_every_psycopg2_cursor_method_that_sends_sql_is_tracked() -> None:
     assert public - set(vars(_TracksSession)) == no_sql
 
 
-def test_an_asyncpg_whose_query_internals_moved_is_refused_by_name(
+def test_an_asyncpg_whose_prepared_statements_are_not_checked_is_refused(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # poolkeeper judges asyncpg's queries in its private _execute and in a prepared
-    # statement's validity check: an asyncpg without them must be refused loudly,
-    # never run with those queries unjudged.
+    # A prepared statement's runs are judged in its validity check: an asyncpg without
+    # it must be refused, never run them unjudged.
     import asyncpg
 
     from poolkeeper.drivers import asyncpg_async
 
-    async def reshaped(self: Any, query: str, *args: Any, **kwargs: Any) -> Any:
-        raise AssertionError("never called")
-
-    with monkeypatch.context() as patched:
-        patched.setattr(asyncpg.Connection, "_execute", reshaped)
-        with pytest.raises(ConfigurationError, match=r"^driver: asyncpg .*pip install"):
-            asyncpg_async._check_layout()
-    asyncpg_async._check_layout()  # the real one passes
     statement: Any = asyncpg.prepared_stmt.PreparedStatement
-    with monkeypatch.context() as patched:
-        patched.delattr(statement, "_check_conn_validity")
-        with pytest.raises(ConfigurationError, match=r"^driver: asyncpg .*pip install"):
-            asyncpg_async.track_prepared_statements()
+    monkeypatch.delattr(statement, "_check_conn_validity")
+    with pytest.raises(ConfigurationError, match=r"^driver: asyncpg .*pip install"):
+        asyncpg_async.track_prepared_statements()
